@@ -1,0 +1,214 @@
+//! Pure-Rust reader for Ultralytics YOLO detection exports in ONNX.
+//!
+//! [`import_file`] parses the protobuf, reads the Ultralytics metadata, recovers the layer
+//! list ([`Architecture`]) from the graph and returns every convolution's weights as `f32`
+//! (dynamically quantised INT8 exports are dequantised: `(q - zero_point) * scale`).
+//! Nothing here depends on a tensor library; `streamtrack` builds its Burn modules from it.
+
+pub mod architecture;
+mod graph;
+pub mod metadata;
+mod onnx_proto;
+pub mod tensor;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+pub use architecture::{Architecture, ConvSpec, DetectSpec, Family, LayerKind, LayerSpec};
+use graph::GraphIndex;
+pub use metadata::ModelMetadata;
+use onnx_proto::ModelProto;
+pub use tensor::FloatTensor;
+
+/// Why a model could not be imported.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("not an ONNX model ({0})")]
+    NotOnnx(String),
+    #[error("corrupt model: {0}")]
+    Corrupt(String),
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+    #[error("bad Ultralytics metadata: {0}")]
+    Metadata(String),
+}
+
+/// An import failure together with the file it concerns.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct FileImportError {
+    pub path: PathBuf,
+    #[source]
+    pub source: ImportError,
+}
+
+/// Weights of one convolution, bias folded in as exported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvWeights {
+    /// `[c_out, c_in / groups, k, k]`.
+    pub weight: FloatTensor,
+    /// `[c_out]`; zeros when the export has no bias.
+    pub bias: Vec<f32>,
+}
+
+/// Everything needed to build and describe the network.
+#[derive(Debug, Clone)]
+pub struct ImportedModel {
+    pub metadata: ModelMetadata,
+    pub architecture: Architecture,
+    /// Weights by convolution module path.
+    pub weights: BTreeMap<String, ConvWeights>,
+    /// True when the file stored INT8 weights (dequantised here).
+    pub quantized_weights: bool,
+}
+
+/// Reads and validates an Ultralytics YOLO detection export.
+pub fn import_file(path: impl AsRef<Path>) -> Result<ImportedModel, FileImportError> {
+    let path = path.as_ref();
+    let result = std::fs::read(path)
+        .map_err(ImportError::from)
+        .and_then(|bytes| import_bytes(&bytes));
+    result.map_err(|source| FileImportError {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Same as [`import_file`] on an in-memory file.
+pub fn import_bytes(bytes: &[u8]) -> Result<ImportedModel, ImportError> {
+    let model = ModelProto::decode(bytes).map_err(|e| ImportError::NotOnnx(e.to_string()))?;
+    let graph = model
+        .graph
+        .filter(|g| !g.node.is_empty())
+        .ok_or_else(|| ImportError::NotOnnx("the file holds no graph".into()))?;
+    let props: Vec<(String, String)> = model
+        .metadata_props
+        .into_iter()
+        .map(|p| (p.key, p.value))
+        .collect();
+    let input_hw = graph_input_hw(&graph);
+    let output_count = graph.output.len();
+    let metadata = ModelMetadata::from_props(&props, input_hw)?;
+    if metadata.task != "detect" {
+        return Err(ImportError::Unsupported(format!(
+            "this is a '{}' model; only detection ('detect') models are supported",
+            metadata.task
+        )));
+    }
+    if output_count != 1 {
+        return Err(ImportError::Unsupported(format!(
+            "the graph has {output_count} outputs; a detection export has one"
+        )));
+    }
+    let index = GraphIndex::new(graph)?;
+    let architecture = Architecture::from_graph(&index)?;
+    architecture::output_channels(&architecture)?;
+    let mut metadata = metadata;
+    let num_classes = architecture.detect().num_classes;
+    if metadata.names.is_empty() {
+        metadata.names = (0..num_classes).map(|i| format!("class{i}")).collect();
+    } else if metadata.names.len() != num_classes {
+        return Err(ImportError::Metadata(format!(
+            "{} class names for a head with {num_classes} classes",
+            metadata.names.len()
+        )));
+    }
+    let mut quantized_weights = false;
+    let mut weights = BTreeMap::new();
+    for conv in architecture.convs() {
+        let node = index.conv(&conv.path)?;
+        let loaded = conv_weights(&index, &conv.path, node)?;
+        quantized_weights |= loaded.1;
+        weights.insert(conv.path.clone(), loaded.0);
+    }
+    Ok(ImportedModel {
+        metadata,
+        architecture,
+        weights,
+        quantized_weights,
+    })
+}
+
+/// `[H, W]` of the `images` input when both are fixed.
+fn graph_input_hw(graph: &onnx_proto::GraphProto) -> Option<[usize; 2]> {
+    let dims = &graph
+        .input
+        .first()?
+        .r#type
+        .as_ref()?
+        .tensor_type
+        .as_ref()?
+        .shape
+        .as_ref()?
+        .dim;
+    match dims.as_slice() {
+        [_, _, h, w] if h.dim_value > 0 && w.dim_value > 0 => {
+            Some([h.dim_value as usize, w.dim_value as usize])
+        }
+        _ => None,
+    }
+}
+
+fn conv_weights(
+    index: &GraphIndex,
+    path: &str,
+    node: &graph::ConvNode,
+) -> Result<(ConvWeights, bool), ImportError> {
+    let load = |name: &str| -> Result<FloatTensor, ImportError> {
+        let proto = index
+            .initializer(name)
+            .ok_or_else(|| ImportError::Corrupt(format!("missing initialiser {name}")))?;
+        tensor::decode(proto)
+    };
+    let mut weight = load(&node.weight)?;
+    let quantized = node.weight.ends_with("_quantized");
+    if quantized {
+        let scale = load(&format!("{path}.weight_scale"))?;
+        let zero = load(&format!("{path}.weight_zero_point"))?;
+        dequantize(&mut weight, &scale, &zero, path)?;
+    }
+    let c_out = node.c_out;
+    let bias = match node
+        .bias_input
+        .clone()
+        .or_else(|| index.initializer(&format!("{path}.bias")).map(|_| format!("{path}.bias")))
+    {
+        Some(name) => load(&name)?.data,
+        None => vec![0.0; c_out],
+    };
+    if bias.len() != c_out {
+        return Err(ImportError::Corrupt(format!(
+            "{path}: bias has {} values for {c_out} output channels",
+            bias.len()
+        )));
+    }
+    Ok((ConvWeights { weight, bias }, quantized))
+}
+
+/// Per-tensor or per-output-channel affine dequantisation, in place.
+fn dequantize(
+    weight: &mut FloatTensor,
+    scale: &FloatTensor,
+    zero: &FloatTensor,
+    path: &str,
+) -> Result<(), ImportError> {
+    let c_out = weight.shape[0];
+    let per_channel = |t: &FloatTensor| t.len() == 1 || t.len() == c_out;
+    if !per_channel(scale) || !per_channel(zero) {
+        return Err(ImportError::Unsupported(format!(
+            "{path}: quantisation parameters are neither per-tensor nor per-channel"
+        )));
+    }
+    let per_out = weight.len() / c_out;
+    for (i, value) in weight.data.iter_mut().enumerate() {
+        let c = i / per_out;
+        let s = scale.data[if scale.len() == 1 { 0 } else { c }];
+        let z = zero.data[if zero.len() == 1 { 0 } else { c }];
+        *value = (*value - z) * s;
+    }
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! The detection stage: letterbox a batch of frames, run the network, decode and suppress.
+
+use image::RgbImage;
+use rayon::prelude::*;
+
+use super::decode::to_original;
+use super::{DetectConfig, Detection, decode_candidates, non_max_suppression};
+use crate::model::YoloModel;
+use crate::model::preprocess::{Letterbox, letterbox_into};
+
+/// A YOLO model plus thresholds: frames in, detections in original pixels out.
+pub struct Detector {
+    pub model: YoloModel,
+    pub config: DetectConfig,
+    input: Vec<f32>,
+}
+
+impl Detector {
+    pub fn new(model: YoloModel, config: DetectConfig) -> Self {
+        Self {
+            model,
+            config,
+            input: Vec::new(),
+        }
+    }
+
+    /// Class names by id.
+    pub fn class_names(&self) -> &[String] {
+        self.model.class_names()
+    }
+
+    /// Detects objects in one frame.
+    pub fn detect(&mut self, image: &RgbImage) -> Vec<Detection> {
+        self.detect_batch(&[image]).pop().expect("one result per image")
+    }
+
+    /// Detects objects in each frame of a batch (one network call).
+    pub fn detect_batch(&mut self, images: &[&RgbImage]) -> Vec<Vec<Detection>> {
+        let (w, h) = self.model.input_size();
+        let per_image = 3 * w as usize * h as usize;
+        let mut input = std::mem::take(&mut self.input);
+        input.resize(per_image * images.len(), 0.0);
+        let letterboxes: Vec<Letterbox> = input
+            .par_chunks_mut(per_image)
+            .zip(images.par_iter())
+            .map(|(buffer, image)| letterbox_into(image, (w, h), buffer))
+            .collect();
+        let output = self.model.infer(input.clone(), images.len());
+        self.input = input;
+        letterboxes
+            .par_iter()
+            .enumerate()
+            .map(|(b, letterbox)| {
+                let candidates = decode_candidates(output.image(b), output.anchors, &self.config);
+                let kept = non_max_suppression(
+                    candidates,
+                    self.config.iou,
+                    self.config.max_det,
+                    self.config.agnostic_nms,
+                );
+                to_original(&kept, letterbox)
+            })
+            .collect()
+    }
+}

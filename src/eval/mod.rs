@@ -1,0 +1,5 @@
+//! Evaluation: MOTChallenge tracking metrics (HOTA, CLEAR, Identity) computed as TrackEval
+//! computes them.
+
+pub mod mot;
+pub mod speed;

@@ -1,0 +1,15 @@
+//! streamtrack: object detection, multi-object tracking and speed estimation on video, in
+//! pure Rust. YOLO runs in Burn (wgpu or CPU); everything after the network is plain Rust.
+
+pub mod analysis;
+pub mod annotate;
+pub mod config;
+pub mod detect;
+pub mod eval;
+pub mod geometry;
+pub mod video;
+pub mod model;
+pub mod motfile;
+pub mod pipeline;
+pub mod speed;
+pub mod track;

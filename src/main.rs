@@ -1,0 +1,492 @@
+//! The `streamtrack` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use streamtrack::analysis::Analysis;
+use streamtrack::config::Config;
+use streamtrack::detect::{Detection, Detector};
+use streamtrack::model::{ComputeDevice, DeviceChoice, YoloModel};
+use streamtrack::pipeline::{self, Sinks};
+use streamtrack::video::encoder::EncodeSettings;
+use streamtrack::video::sink::{Mp4Sink, PngFrameSink};
+use streamtrack::motfile;
+use streamtrack::video::{self, images};
+
+#[derive(Parser)]
+#[command(name = "streamtrack", version, about = "Object detection, tracking and speed estimation on video, in pure Rust")]
+struct Cli {
+    /// Configuration file (TOML); command-line flags override its values.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Hide the progress bar and informational logs.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Detect objects in a video (or images) and write an annotated H.264 MP4.
+    Process(ProcessArgs),
+    /// Detect objects in images, folders or videos; print a summary and write JSON.
+    Detect(DetectArgs),
+    /// Convert an Ultralytics ONNX export into a Burn record (.bpk) plus a model card (.json).
+    Import(ImportArgs),
+    /// Track MOTChallenge detections (det.txt) and write MOTChallenge results.
+    Track(TrackArgs),
+    /// Evaluate tracking (HOTA, MOTA, IDF1) or speed accuracy against ground truth.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+}
+
+#[derive(Args)]
+struct TrackArgs {
+    /// Detections in MOTChallenge format (frame,-1,left,top,width,height,score[,class]).
+    #[arg(long)]
+    det: PathBuf,
+    /// The sequence's seqinfo.ini (frame rate and length).
+    #[arg(long)]
+    seqinfo: PathBuf,
+    /// Output tracks in MOTChallenge format.
+    #[arg(long, short)]
+    output: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// MOTChallenge metrics of result files against ground truth, per sequence and combined.
+    Mot(EvalMotArgs),
+    /// Speed error and coverage on a sequence with true speeds (det.txt, gt.txt,
+    /// gt_speed.csv, seqinfo.ini, calibration.toml).
+    Speed(EvalSpeedArgs),
+}
+
+#[derive(Args)]
+struct EvalMotArgs {
+    /// Folder holding one folder per sequence with gt.txt and seqinfo.ini.
+    #[arg(long)]
+    gt_root: PathBuf,
+    /// Folder holding one SEQ.txt result file per sequence; with --track, results are
+    /// computed from each sequence's det.txt and written here.
+    #[arg(long)]
+    res: PathBuf,
+    /// Run the tracker on each sequence's det.txt first.
+    #[arg(long)]
+    track: bool,
+    /// Sequence names.
+    #[arg(required = true)]
+    sequences: Vec<String>,
+}
+
+#[derive(Args)]
+struct EvalSpeedArgs {
+    /// Sequence folder.
+    sequence: PathBuf,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Process only every N-th frame (simulates frame skipping).
+    #[arg(long, default_value_t = 1)]
+    frame_step: u32,
+}
+
+/// Model and detection flags shared by the commands that run the network.
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// Model: an Ultralytics YOLOv8/YOLO11 detection export (.onnx) or an imported .bpk.
+    #[arg(long, short)]
+    model: Option<PathBuf>,
+    /// Where the network runs: auto, gpu or cpu.
+    #[arg(long)]
+    device: Option<DeviceChoice>,
+    /// Confidence threshold (default 0.25).
+    #[arg(long)]
+    conf: Option<f32>,
+    /// NMS IoU threshold (default 0.7).
+    #[arg(long)]
+    iou: Option<f32>,
+    /// Maximum detections per frame (default 300).
+    #[arg(long)]
+    max_det: Option<usize>,
+    /// Suppress overlapping boxes across classes.
+    #[arg(long)]
+    agnostic_nms: bool,
+    /// Keep only these classes, by name or id, comma-separated (e.g. car,bus,7).
+    #[arg(long, value_delimiter = ',')]
+    classes: Vec<String>,
+}
+
+#[derive(Args)]
+struct ProcessArgs {
+    /// Input: MP4 file, raw H.264 (.h264, or - for stdin), image or folder of images.
+    input: PathBuf,
+    /// Output annotated video (.mp4).
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Also write every annotated frame as PNG into this folder.
+    #[arg(long)]
+    save_frames: Option<PathBuf>,
+    /// Frame rate assumed for raw H.264 input, which carries no timestamps.
+    #[arg(long, default_value_t = 25.0)]
+    fps: f64,
+    /// Output video bitrate in bits per second (default: from frame size and rate).
+    #[arg(long)]
+    bitrate: Option<u32>,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Args)]
+struct DetectArgs {
+    /// Images, folders of images, or videos.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Write detections here: one JSON object for a single image, JSON lines otherwise.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write YOLO-format label files (class cx cy w h, normalised) into this folder.
+    #[arg(long)]
+    labels: Option<PathBuf>,
+    /// Write annotated images into this folder.
+    #[arg(long)]
+    save_dir: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// The ONNX export to convert.
+    model: PathBuf,
+    /// Output record (.bpk); the model card is written beside it as .json.
+    #[arg(long, short)]
+    output: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = if cli.quiet { "warn" } else { cli.log_level.as_str() };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(level)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    match cli.command {
+        Command::Process(args) => process(args, config, cli.quiet),
+        Command::Detect(args) => detect(args, config),
+        Command::Import(args) => import(args),
+        Command::Track(args) => track(args, config),
+        Command::Eval(EvalCommand::Mot(args)) => eval_mot(args, config),
+        Command::Eval(EvalCommand::Speed(args)) => eval_speed(args, config),
+    }
+}
+
+/// `--model`, then the config file, then `STREAMTRACK_MODEL`, then `models/default.onnx`,
+/// then the shared sample model.
+fn resolve_model_path(flag: Option<&Path>, config: &Config) -> anyhow::Result<PathBuf> {
+    let candidates = [
+        flag.map(Path::to_path_buf),
+        config.model.clone(),
+        std::env::var_os("STREAMTRACK_MODEL").map(PathBuf::from),
+    ];
+    if let Some(chosen) = candidates.into_iter().flatten().next() {
+        return Ok(chosen);
+    }
+    ["models/default.onnx", "../shared/data/models/yolov8n-coco-640.onnx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .context("no model given: pass --model, set `model` in the config file or STREAMTRACK_MODEL, or place models/default.onnx")
+}
+
+/// Loads the model and resolves thresholds; returns the detector and display names.
+fn build_detector(args: &ModelArgs, config: &Config) -> anyhow::Result<(Detector, Vec<String>)> {
+    let path = resolve_model_path(args.model.as_deref(), config)?;
+    let device = ComputeDevice::resolve(args.device.unwrap_or(config.device)).map_err(anyhow::Error::msg)?;
+    tracing::info!("device: {}", device.description);
+    let model = YoloModel::load(&path, device)?;
+    let mut section = config.detect.clone();
+    section.conf = args.conf.unwrap_or(section.conf);
+    section.iou = args.iou.unwrap_or(section.iou);
+    section.max_det = args.max_det.unwrap_or(section.max_det);
+    section.agnostic_nms |= args.agnostic_nms;
+    if !args.classes.is_empty() {
+        section.classes = args.classes.clone();
+    }
+    let names = section.display_names(model.class_names())?;
+    let thresholds = section.resolve(model.class_names())?;
+    Ok((Detector::new(model, thresholds), names))
+}
+
+/// Ctrl-C / SIGTERM set the returned flag; a second signal exits at once.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupted: finishing the frames in flight and finalising outputs");
+    });
+    stop
+}
+
+fn process(args: ProcessArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
+    if args.output.is_none() && args.save_frames.is_none() {
+        bail!("nothing to write: give --output FILE.mp4 and/or --save-frames DIR");
+    }
+    let source = video::open_source(&args.input, args.fps)?;
+    let info = source.info().clone();
+    tracing::info!(
+        "{}: {}x{}, {:.2} fps{}",
+        args.input.display(),
+        info.width,
+        info.height,
+        info.fps,
+        info.frame_count.map(|n| format!(", {n} frames")).unwrap_or_default()
+    );
+    let (detector, names) = build_detector(&args.model, &config)?;
+    let settings = EncodeSettings {
+        bitrate: args.bitrate.or(config.output.bitrate),
+        keyframe_interval_s: config.output.keyframe_interval,
+    };
+    let sinks = Sinks {
+        video: args
+            .output
+            .as_deref()
+            .map(|p| Mp4Sink::create(p, info.fps, settings))
+            .transpose()?,
+        frames: args.save_frames.as_deref().map(PngFrameSink::create).transpose()?,
+    };
+    let mut analysis = Analysis::new(detector, names);
+    let summary = pipeline::run(source, &mut analysis, sinks, interrupt_flag(), !quiet)?;
+    eprintln!(
+        "{} frames in {:.1} s ({:.1} FPS){}{}",
+        summary.frames_decoded,
+        summary.elapsed.as_secs_f64(),
+        summary.fps(),
+        if summary.corrupt_frames > 0 {
+            format!(", {} corrupt frames skipped", summary.corrupt_frames)
+        } else {
+            String::new()
+        },
+        if summary.interrupted { ", interrupted" } else { "" }
+    );
+    if let Some(out) = &args.output {
+        eprintln!("wrote {} ({} frames)", out.display(), summary.frames_written);
+    }
+    Ok(())
+}
+
+/// One image's detections in the reference JSON shape.
+fn detections_json(image: &str, imgsz: u32, detections: &[Detection], names: &[String]) -> serde_json::Value {
+    let round = |v: f32, places: i32| (v as f64 * 10f64.powi(places)).round() / 10f64.powi(places);
+    serde_json::json!({
+        "image": image,
+        "imgsz": imgsz,
+        "detections": detections.iter().map(|d| serde_json::json!({
+            "xyxy": [round(d.bbox.x1, 3), round(d.bbox.y1, 3), round(d.bbox.x2, 3), round(d.bbox.y2, 3)],
+            "conf": round(d.score, 5),
+            "cls": d.class_id,
+            "name": names[d.class_id],
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn detect(args: DetectArgs, config: Config) -> anyhow::Result<()> {
+    let (mut detector, names) = build_detector(&args.model, &config)?;
+    let imgsz = detector.model.input_size().0.max(detector.model.input_size().1);
+    for dir in [&args.labels, &args.save_dir].into_iter().flatten() {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the folder", dir.display()))?;
+    }
+    let mut records = Vec::new();
+    let mut annotator = streamtrack::annotate::Annotator::new();
+    for input in &args.inputs {
+        let files = if input.is_dir() {
+            images::list_images(input)?
+        } else {
+            vec![input.clone()]
+        };
+        for file in files {
+            let mut source = video::open_source(&file, 25.0)?;
+            let is_video = !images::is_image_path(&file);
+            while let Some(frame) = source.next_frame()? {
+                let detections = detector.detect(&frame.image);
+                let label = if is_video {
+                    format!("{}#{}", file.display(), frame.index)
+                } else {
+                    file.display().to_string()
+                };
+                println!("{label}: {}", summary_line(&detections, &names));
+                let stem = file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
+                let stem = if is_video { format!("{stem}_{:06}", frame.index) } else { stem };
+                if let Some(dir) = &args.labels {
+                    write_yolo_labels(&dir.join(format!("{stem}.txt")), &detections, frame.image.dimensions())?;
+                }
+                if let Some(dir) = &args.save_dir {
+                    let mut canvas = frame.image.clone();
+                    let annotations: Vec<_> = detections.iter().map(|d| streamtrack::annotate::Annotation {
+                        bbox: d.bbox, class_id: d.class_id, class_name: names[d.class_id].clone(),
+                        score: d.score, track_id: None, speed: None,
+                    }).collect();
+                    annotator.draw(&mut canvas, &annotations);
+                    let path = dir.join(format!("{stem}.jpg"));
+                    canvas.save(&path).with_context(|| format!("{}: cannot write", path.display()))?;
+                }
+                let name = if is_video { label } else { file.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default() };
+                records.push(detections_json(&name, imgsz, &detections, &names));
+            }
+        }
+    }
+    if let Some(path) = &args.json {
+        let text = if records.len() == 1 {
+            serde_json::to_string_pretty(&records[0])?
+        } else {
+            records.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n")
+        };
+        std::fs::write(path, text + "\n").with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    Ok(())
+}
+
+/// `2 persons, 1 bus`.
+fn summary_line(detections: &[Detection], names: &[String]) -> String {
+    if detections.is_empty() {
+        return "no detections".into();
+    }
+    let mut counts: Vec<(usize, usize)> = Vec::new();
+    for d in detections {
+        match counts.iter_mut().find(|(c, _)| *c == d.class_id) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((d.class_id, 1)),
+        }
+    }
+    counts
+        .iter()
+        .map(|(c, n)| format!("{n} {}", names[*c]))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn write_yolo_labels(path: &Path, detections: &[Detection], (w, h): (u32, u32)) -> anyhow::Result<()> {
+    let (w, h) = (w as f32, h as f32);
+    let lines: String = detections
+        .iter()
+        .map(|d| {
+            let (cx, cy) = d.bbox.centre();
+            format!("{} {:.6} {:.6} {:.6} {:.6} {:.5}\n", d.class_id, cx / w, cy / h, d.bbox.width() / w, d.bbox.height() / h, d.score)
+        })
+        .collect();
+    std::fs::write(path, lines).with_context(|| format!("{}: cannot write", path.display()))
+}
+
+fn import(args: ImportArgs) -> anyhow::Result<()> {
+    let model = YoloModel::load(&args.model, ComputeDevice::cpu())?;
+    model.save(&args.output)?;
+    let card = &model.card;
+    println!(
+        "{} {}{}: {} classes, input {}x{} -> {} (+ {})",
+        args.model.display(),
+        card.architecture.family,
+        card.architecture.scale.map(|s| format!(" scale {s}")).unwrap_or_default(),
+        card.metadata.names.len(),
+        card.metadata.imgsz[1],
+        card.metadata.imgsz[0],
+        args.output.display(),
+        args.output.with_extension("json").display()
+    );
+    Ok(())
+}
+
+fn track(args: TrackArgs, config: Config) -> anyhow::Result<()> {
+    let info = motfile::read_seqinfo(&args.seqinfo)?;
+    let detections = motfile::read_rows(&args.det)?;
+    let results = streamtrack::track::track_mot_rows(&detections, &info, &config.tracker);
+    motfile::write_results(&args.output, &results)?;
+    let ids: std::collections::HashSet<i64> = results.iter().map(|r| r.id).collect();
+    println!("{} frames, {} tracks, {} boxes -> {}", info.length, ids.len(), results.len(), args.output.display());
+    Ok(())
+}
+
+fn eval_mot(args: EvalMotArgs, config: Config) -> anyhow::Result<()> {
+    use streamtrack::eval::mot::{MotCounts, evaluate};
+    if args.track {
+        std::fs::create_dir_all(&args.res).with_context(|| format!("{}: cannot create the folder", args.res.display()))?;
+    }
+    let mut combined: Option<MotCounts> = None;
+    println!("{:<16} {:>7} {:>7} {:>7} {:>6} {:>7} {:>7}", "sequence", "HOTA", "MOTA", "IDF1", "IDSW", "FP", "FN");
+    for seq in &args.sequences {
+        let dir = args.gt_root.join(seq);
+        let info = motfile::read_seqinfo(&dir.join("seqinfo.ini"))?;
+        let res_path = args.res.join(format!("{seq}.txt"));
+        if args.track {
+            let dets = motfile::read_rows(&dir.join("det.txt"))?;
+            motfile::write_results(&res_path, &streamtrack::track::track_mot_rows(&dets, &info, &config.tracker))?;
+        }
+        let counts = evaluate(&motfile::read_rows(&dir.join("gt.txt"))?, &motfile::read_rows(&res_path)?, info.length);
+        print_mot_row(seq, &counts);
+        match combined.as_mut() {
+            Some(c) => c.add(&counts),
+            None => combined = Some(counts),
+        }
+    }
+    if let Some(c) = combined {
+        print_mot_row("COMBINED", &c);
+    }
+    Ok(())
+}
+
+fn print_mot_row(name: &str, counts: &streamtrack::eval::mot::MotCounts) {
+    let s = counts.summary();
+    println!(
+        "{:<16} {:>7.3} {:>7.3} {:>7.3} {:>6} {:>7} {:>7}",
+        name, s.hota, s.mota, s.idf1, s.id_switches, s.false_positives, s.false_negatives
+    );
+}
+
+fn eval_speed(args: EvalSpeedArgs, config: Config) -> anyhow::Result<()> {
+    if args.frame_step == 0 {
+        bail!("--frame-step must be at least 1");
+    }
+    let report = streamtrack::eval::speed::evaluate_sequence(&args.sequence, &config.tracker, &config.speed, args.frame_step)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{}: MAE {:.3} km/h, median {:.3}, p95 {:.3}, coverage {:.1}% ({} tracks, {} samples)",
+            args.sequence.display(),
+            report.mae_kmh,
+            report.median_kmh,
+            report.p95_kmh,
+            100.0 * report.coverage,
+            report.tracks,
+            report.samples
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! Choosing where the network runs: a GPU through wgpu (Vulkan/Metal/DX12) or the pure-Rust
+//! `flex` CPU backend.
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::{Device, DeviceKind};
+
+/// What the user asked for with `--device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceChoice {
+    /// A hardware GPU adapter if one exists, else the CPU.
+    #[default]
+    Auto,
+    /// wgpu on the best adapter; software adapters are used with a warning.
+    Gpu,
+    /// The pure-Rust CPU backend.
+    Cpu,
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "gpu" => Ok(Self::Gpu),
+            "cpu" => Ok(Self::Cpu),
+            other => Err(format!("unknown device '{other}' (expected auto, gpu or cpu)")),
+        }
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Gpu => "gpu",
+            Self::Cpu => "cpu",
+        })
+    }
+}
+
+/// A resolved compute device and a human-readable description of it.
+#[derive(Debug, Clone)]
+pub struct ComputeDevice {
+    pub device: Device,
+    /// e.g. `cpu (flex, 2 threads)` or `wgpu: NVIDIA H100 (Vulkan, DiscreteGpu)`.
+    pub description: String,
+    /// True for wgpu devices.
+    pub is_gpu: bool,
+}
+
+impl ComputeDevice {
+    /// The pure-Rust CPU backend.
+    pub fn cpu() -> Self {
+        Self {
+            device: Device::flex(),
+            description: format!("cpu (burn flex, {} threads)", rayon::current_num_threads()),
+            is_gpu: false,
+        }
+    }
+
+    /// Resolves `choice` against the adapters present on this machine.
+    pub fn resolve(choice: DeviceChoice) -> Result<Self, String> {
+        if choice == DeviceChoice::Cpu {
+            return Ok(Self::cpu());
+        }
+        let adapters = gpu_adapters();
+        let hardware = adapters.iter().find(|a| a.device_type != wgpu::DeviceType::Cpu);
+        match (choice, hardware, adapters.first()) {
+            (_, Some(adapter), _) => Ok(Self::wgpu(adapter)),
+            (DeviceChoice::Gpu, None, Some(software)) => {
+                tracing::warn!(
+                    "no hardware GPU found; using the software adapter '{}', which is very slow",
+                    software.name
+                );
+                Ok(Self::wgpu(software))
+            }
+            (DeviceChoice::Gpu, None, None) => {
+                Err("--device gpu: no wgpu adapter (Vulkan, Metal or DX12) was found".into())
+            }
+            _ => {
+                tracing::info!("no hardware GPU adapter found; running on the CPU");
+                Ok(Self::cpu())
+            }
+        }
+    }
+
+    fn wgpu(adapter: &wgpu::AdapterInfo) -> Self {
+        let kind = match adapter.device_type {
+            wgpu::DeviceType::Cpu => DeviceKind::Cpu,
+            _ => DeviceKind::DefaultDevice,
+        };
+        Self {
+            device: Device::wgpu(kind),
+            description: format!(
+                "wgpu: {} ({:?}, {:?})",
+                adapter.name, adapter.backend, adapter.device_type
+            ),
+            is_gpu: true,
+        }
+    }
+}
+
+/// Every adapter wgpu can open, best first (discrete, integrated, virtual, software).
+pub fn gpu_adapters() -> Vec<wgpu::AdapterInfo> {
+    let instance = wgpu::Instance::default();
+    let mut infos: Vec<wgpu::AdapterInfo> =
+        pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+            .into_iter()
+            .map(|a| a.get_info())
+            .collect();
+    infos.sort_by_key(|info| match info.device_type {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    });
+    infos
+}

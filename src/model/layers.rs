@@ -1,0 +1,329 @@
+//! YOLO building blocks as Burn modules, built from an imported [`Architecture`] layer spec.
+//!
+//! Each block mirrors the Ultralytics module of the same name; batch norms are already fused
+//! into the convolution weights by the export.
+//!
+//! [`Architecture`]: model_import::Architecture
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::module::{conv2d, max_pool2d};
+use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
+use burn::tensor::{Device, Tensor, TensorData};
+use model_import::ConvWeights;
+use model_import::architecture::{
+    AttentionSpec, BottleneckSpec, ConvSpec, CspBlockSpec, PsaBlockSpec,
+};
+
+/// Where convolution weights come from: an imported ONNX file, or zeros to be overwritten by
+/// a saved Burn record.
+#[derive(Clone, Copy)]
+pub enum WeightSource<'a> {
+    Imported(&'a BTreeMap<String, ConvWeights>),
+    Zeros,
+}
+
+/// Convolution with fused batch norm, optionally followed by SiLU (Ultralytics `Conv`).
+#[derive(Module, Debug)]
+pub struct ConvBlock {
+    pub weight: Param<Tensor<4>>,
+    pub bias: Param<Tensor<1>>,
+    pub stride: usize,
+    pub padding: usize,
+    pub groups: usize,
+    pub act: bool,
+}
+
+impl ConvBlock {
+    /// Builds the convolution described by `spec`.
+    pub fn new(spec: &ConvSpec, weights: WeightSource, device: &Device) -> Self {
+        let shape = [spec.c_out, spec.c_in / spec.groups, spec.kernel, spec.kernel];
+        let (weight, bias) = match weights {
+            WeightSource::Imported(map) => {
+                let w = &map[&spec.path];
+                (w.weight.data.clone(), w.bias.clone())
+            }
+            WeightSource::Zeros => (
+                vec![0.0; shape.iter().product()],
+                vec![0.0; spec.c_out],
+            ),
+        };
+        Self {
+            weight: Param::from_tensor(Tensor::from_data(TensorData::new(weight, shape), device)),
+            bias: Param::from_tensor(Tensor::from_data(
+                TensorData::new(bias, [spec.c_out]),
+                device,
+            )),
+            stride: spec.stride,
+            padding: spec.padding,
+            groups: spec.groups,
+            act: spec.act,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let options = ConvOptions::new(
+            [self.stride; 2],
+            [self.padding; 2],
+            [1, 1],
+            self.groups,
+        );
+        let y = conv2d(x, self.weight.val(), Some(self.bias.val()), options);
+        if self.act { silu(y) } else { y }
+    }
+}
+
+/// Two convolutions with an optional residual connection.
+#[derive(Module, Debug)]
+pub struct Bottleneck {
+    pub cv1: ConvBlock,
+    pub cv2: ConvBlock,
+    pub shortcut: bool,
+}
+
+impl Bottleneck {
+    pub fn new(spec: &BottleneckSpec, weights: WeightSource, device: &Device) -> Self {
+        Self {
+            cv1: ConvBlock::new(&spec.cv1, weights, device),
+            cv2: ConvBlock::new(&spec.cv2, weights, device),
+            shortcut: spec.shortcut,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let y = self.cv2.forward(self.cv1.forward(x.clone()));
+        if self.shortcut { x + y } else { y }
+    }
+}
+
+/// YOLO11 C3k: a CSP block with its own bottleneck chain.
+#[derive(Module, Debug)]
+pub struct C3k {
+    pub cv1: ConvBlock,
+    pub cv2: ConvBlock,
+    pub cv3: ConvBlock,
+    pub blocks: Vec<Bottleneck>,
+}
+
+impl C3k {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let a = self
+            .blocks
+            .iter()
+            .fold(self.cv1.forward(x.clone()), |y, b| b.forward(y));
+        self.cv3.forward(Tensor::cat(vec![a, self.cv2.forward(x)], 1))
+    }
+}
+
+/// The inner block of a C2f / C3k2 layer.
+#[derive(Module, Debug)]
+pub enum CspInner {
+    Bottleneck(Bottleneck),
+    C3k(C3k),
+}
+
+impl CspInner {
+    pub fn new(spec: &CspBlockSpec, weights: WeightSource, device: &Device) -> Self {
+        match spec {
+            CspBlockSpec::Bottleneck(b) => Self::Bottleneck(Bottleneck::new(b, weights, device)),
+            CspBlockSpec::C3k {
+                cv1,
+                cv2,
+                cv3,
+                blocks,
+            } => Self::C3k(C3k {
+                cv1: ConvBlock::new(cv1, weights, device),
+                cv2: ConvBlock::new(cv2, weights, device),
+                cv3: ConvBlock::new(cv3, weights, device),
+                blocks: blocks
+                    .iter()
+                    .map(|b| Bottleneck::new(b, weights, device))
+                    .collect(),
+            }),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        match self {
+            Self::Bottleneck(b) => b.forward(x),
+            Self::C3k(c) => c.forward(x),
+        }
+    }
+}
+
+/// C2f (YOLOv8) and C3k2 (YOLO11): split, chain inner blocks, concatenate every stage.
+#[derive(Module, Debug)]
+pub struct Csp {
+    pub cv1: ConvBlock,
+    pub cv2: ConvBlock,
+    pub blocks: Vec<CspInner>,
+}
+
+impl Csp {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut parts = self.cv1.forward(x).chunk(2, 1);
+        for block in &self.blocks {
+            let last = parts.last().expect("two halves").clone();
+            parts.push(block.forward(last));
+        }
+        self.cv2.forward(Tensor::cat(parts, 1))
+    }
+}
+
+/// Spatial pyramid pooling, fast variant: three chained stride-1 max-pools.
+#[derive(Module, Debug)]
+pub struct Sppf {
+    pub cv1: ConvBlock,
+    pub cv2: ConvBlock,
+    pub pool: usize,
+}
+
+impl Sppf {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let options = MaxPoolOptions::new([self.pool; 2])
+            .with_stride([1, 1])
+            .with_padding([self.pool / 2; 2]);
+        let mut parts = vec![self.cv1.forward(x)];
+        for _ in 0..3 {
+            let last = parts.last().expect("one part").clone();
+            parts.push(max_pool2d(last, options.clone()));
+        }
+        self.cv2.forward(Tensor::cat(parts, 1))
+    }
+}
+
+/// Multi-head self-attention over all positions of a feature map, with a depth-wise
+/// positional-encoding convolution on the values.
+#[derive(Module, Debug)]
+pub struct Attention {
+    pub qkv: ConvBlock,
+    pub proj: ConvBlock,
+    pub pe: ConvBlock,
+    pub num_heads: usize,
+    pub key_dim: usize,
+    pub head_dim: usize,
+}
+
+impl Attention {
+    pub fn new(spec: &AttentionSpec, weights: WeightSource, device: &Device) -> Self {
+        Self {
+            qkv: ConvBlock::new(&spec.qkv, weights, device),
+            proj: ConvBlock::new(&spec.proj, weights, device),
+            pe: ConvBlock::new(&spec.pe, weights, device),
+            num_heads: spec.num_heads,
+            key_dim: spec.key_dim,
+            head_dim: spec.head_dim,
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [b, c, h, w] = x.dims();
+        let n = h * w;
+        let (nh, kd, hd) = (self.num_heads, self.key_dim, self.head_dim);
+        let qkv = self
+            .qkv
+            .forward(x)
+            .reshape([b, nh, 2 * kd + hd, n]);
+        let q = qkv.clone().narrow(2, 0, kd);
+        let k = qkv.clone().narrow(2, kd, kd);
+        let v = qkv.narrow(2, 2 * kd, hd);
+        let scale = (kd as f32).powf(-0.5);
+        let attn = softmax(q.swap_dims(2, 3).matmul(k).mul_scalar(scale), 3);
+        let v_map = v.clone().reshape([b, c, h, w]);
+        let y = v.matmul(attn.swap_dims(2, 3)).reshape([b, c, h, w]) + self.pe.forward(v_map);
+        self.proj.forward(y)
+    }
+}
+
+/// YOLO11 PSA block: attention then a two-layer feed-forward, both residual.
+#[derive(Module, Debug)]
+pub struct PsaBlock {
+    pub attn: Attention,
+    pub ffn0: ConvBlock,
+    pub ffn1: ConvBlock,
+}
+
+impl PsaBlock {
+    pub fn new(spec: &PsaBlockSpec, weights: WeightSource, device: &Device) -> Self {
+        Self {
+            attn: Attention::new(&spec.attn, weights, device),
+            ffn0: ConvBlock::new(&spec.ffn[0], weights, device),
+            ffn1: ConvBlock::new(&spec.ffn[1], weights, device),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = x.clone() + self.attn.forward(x);
+        x.clone() + self.ffn1.forward(self.ffn0.forward(x))
+    }
+}
+
+/// YOLO11 C2PSA: attention on one half of the channels.
+#[derive(Module, Debug)]
+pub struct C2psa {
+    pub cv1: ConvBlock,
+    pub cv2: ConvBlock,
+    pub blocks: Vec<PsaBlock>,
+}
+
+impl C2psa {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut halves = self.cv1.forward(x).chunk(2, 1);
+        let b = halves.pop().expect("two halves");
+        let b = self.blocks.iter().fold(b, |y, block| block.forward(y));
+        halves.push(b);
+        self.cv2.forward(Tensor::cat(halves, 1))
+    }
+}
+
+/// A chain of convolutions (one head branch).
+#[derive(Module, Debug)]
+pub struct ConvChain {
+    pub convs: Vec<ConvBlock>,
+}
+
+impl ConvChain {
+    pub fn new(specs: &[ConvSpec], weights: WeightSource, device: &Device) -> Self {
+        Self {
+            convs: specs
+                .iter()
+                .map(|s| ConvBlock::new(s, weights, device))
+                .collect(),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.convs.iter().fold(x, |y, conv| conv.forward(y))
+    }
+}
+
+/// Decodes one batch of head outputs: DFL expectation over `reg_max` bins, distances to
+/// `xywh` boxes around anchor points, scaled by each anchor's stride.
+///
+/// `box_logits` is `[B, 4 * reg_max, N]`; `anchors` is `[2, N]` (x, y in grid cells);
+/// `strides` is `[1, N]`. Returns `[B, 4, N]` boxes in input pixels.
+pub fn decode_boxes(
+    box_logits: Tensor<3>,
+    anchors: Tensor<2>,
+    strides: Tensor<2>,
+    reg_max: usize,
+) -> Tensor<3> {
+    let [b, _, n] = box_logits.dims();
+    let device = box_logits.device();
+    let bins: Vec<f32> = (0..reg_max).map(|i| i as f32).collect();
+    let bins = Tensor::<1>::from_data(TensorData::new(bins, [reg_max]), &device)
+        .reshape([1, 1, reg_max, 1]);
+    let probs = softmax(box_logits.reshape([b, 4, reg_max, n]), 2);
+    let dist: Tensor<3> = (probs * bins).sum_dim(2).reshape([b, 4, n]);
+    let lt = dist.clone().narrow(1, 0, 2);
+    let rb = dist.narrow(1, 2, 2);
+    let anchors: Tensor<3> = anchors.unsqueeze();
+    let x1y1 = anchors.clone() - lt;
+    let x2y2 = anchors + rb;
+    let centre = (x1y1.clone() + x2y2.clone()).div_scalar(2.0);
+    let size = x2y2 - x1y1;
+    let strides: Tensor<3> = strides.unsqueeze();
+    Tensor::cat(vec![centre, size], 1) * strides
+}

@@ -1,0 +1,166 @@
+//! The YOLO network in Burn: building it from an ONNX export or a saved record, choosing the
+//! device, preprocessing and running it. This is the only module that touches Burn tensors.
+
+pub mod device;
+pub mod layers;
+pub mod network;
+pub mod preprocess;
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::tensor::{Tensor, TensorData};
+use model_import::{Architecture, ModelMetadata};
+use serde::{Deserialize, Serialize};
+
+pub use device::{ComputeDevice, DeviceChoice};
+use layers::WeightSource;
+use network::YoloNetwork;
+
+/// Why a model could not be loaded or saved.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Import(#[from] model_import::FileImportError),
+    #[error("{}: {message}", path.display())]
+    Record { path: PathBuf, message: String },
+}
+
+/// What is stored beside a Burn record so the network can be rebuilt without the ONNX file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelCard {
+    pub metadata: ModelMetadata,
+    pub architecture: Architecture,
+    /// The file the weights were imported from.
+    pub source: String,
+}
+
+/// The raw network output for a batch: `[batch, 4 + classes, anchors]`, row-major.
+#[derive(Debug, Clone)]
+pub struct RawOutput {
+    pub data: Vec<f32>,
+    pub batch: usize,
+    pub channels: usize,
+    pub anchors: usize,
+}
+
+impl RawOutput {
+    /// The `[channels, anchors]` block of image `b`.
+    pub fn image(&self, b: usize) -> &[f32] {
+        let size = self.channels * self.anchors;
+        &self.data[b * size..(b + 1) * size]
+    }
+}
+
+/// A loaded YOLO detector network on a device.
+#[derive(Debug)]
+pub struct YoloModel {
+    network: YoloNetwork,
+    pub card: ModelCard,
+    pub device: ComputeDevice,
+}
+
+impl YoloModel {
+    /// Loads an Ultralytics `.onnx` export or a record written by [`YoloModel::save`]
+    /// (`.bpk` with its `.json` card beside it).
+    pub fn load(path: &Path, device: ComputeDevice) -> Result<Self, ModelError> {
+        if path.extension().is_some_and(|e| e == "bpk") {
+            return Self::load_record(path, device);
+        }
+        let imported = model_import::import_file(path)?;
+        let network = YoloNetwork::new(
+            &imported.architecture,
+            WeightSource::Imported(&imported.weights),
+            &device.device,
+        );
+        tracing::info!(
+            "loaded {} {}{} ({} classes, input {}x{}{}) from {}",
+            imported.architecture.family,
+            imported.architecture.family.to_string().to_lowercase(),
+            imported.architecture.scale.map(String::from).unwrap_or_default(),
+            imported.metadata.names.len(),
+            imported.metadata.imgsz[1],
+            imported.metadata.imgsz[0],
+            if imported.quantized_weights { ", INT8 weights dequantised" } else { "" },
+            path.display()
+        );
+        Ok(Self {
+            network,
+            card: ModelCard {
+                metadata: imported.metadata,
+                architecture: imported.architecture,
+                source: path.display().to_string(),
+            },
+            device,
+        })
+    }
+
+    fn load_record(path: &Path, device: ComputeDevice) -> Result<Self, ModelError> {
+        let error = |message: String| ModelError::Record {
+            path: path.to_path_buf(),
+            message,
+        };
+        let card_path = path.with_extension("json");
+        let card_text = std::fs::read_to_string(&card_path)
+            .map_err(|e| error(format!("cannot read the model card {}: {e}", card_path.display())))?;
+        let card: ModelCard = serde_json::from_str(&card_text)
+            .map_err(|e| error(format!("model card {} is invalid: {e}", card_path.display())))?;
+        model_import::architecture::output_channels(&card.architecture)
+            .map_err(|e| error(e.to_string()))?;
+        let network = YoloNetwork::new(&card.architecture, WeightSource::Zeros, &device.device)
+            .try_load_file(path)
+            .map_err(|e| error(format!("not a matching Burn record: {e}")))?;
+        Ok(Self {
+            network,
+            card,
+            device,
+        })
+    }
+
+    /// Writes the weights as a Burn record (`path`, burnpack) and the card beside it (`.json`).
+    pub fn save(&self, path: &Path) -> Result<(), ModelError> {
+        let error = |message: String| ModelError::Record {
+            path: path.to_path_buf(),
+            message,
+        };
+        let card = serde_json::to_string_pretty(&self.card).expect("card serialises");
+        std::fs::write(path.with_extension("json"), card)
+            .map_err(|e| error(format!("cannot write the model card: {e}")))?;
+        self.network
+            .clone()
+            .save_file(path)
+            .map_err(|e| error(format!("cannot write the record: {e}")))
+    }
+
+    /// Network input size `(width, height)`.
+    pub fn input_size(&self) -> (u32, u32) {
+        let [h, w] = self.card.metadata.imgsz;
+        (w as u32, h as u32)
+    }
+
+    /// Class names by id.
+    pub fn class_names(&self) -> &[String] {
+        &self.card.metadata.names
+    }
+
+    /// Runs the network on `batch` letterboxed images (`batch * 3 * h * w` planar floats).
+    pub fn infer(&self, pixels: Vec<f32>, batch: usize) -> RawOutput {
+        let (w, h) = self.input_size();
+        let input = Tensor::<4>::from_data(
+            TensorData::new(pixels, [batch, 3, h as usize, w as usize]),
+            &self.device.device,
+        );
+        let output = self.network.forward(input);
+        let [batch, channels, anchors] = output.dims();
+        let data = output
+            .into_data()
+            .try_into_vec::<f32>()
+            .expect("network output is f32");
+        RawOutput {
+            data,
+            batch,
+            channels,
+            anchors,
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The whole YOLO network: layers wired as the Ultralytics YAML describes, ending in the
+//! detection head. `forward` returns exactly what the ONNX export returns: `[B, 4 + nc, N]`
+//! with `cx, cy, w, h` in input pixels followed by sigmoid class scores.
+
+use burn::module::Module;
+use burn::tensor::activation::sigmoid;
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use burn::tensor::{Device, Tensor, TensorData};
+use model_import::{Architecture, DetectSpec, LayerKind};
+
+use super::layers::{
+    C2psa, ConvBlock, ConvChain, Csp, CspInner, PsaBlock, Sppf, WeightSource, decode_boxes,
+};
+
+/// Nearest-neighbour upsampling by an integer factor.
+#[derive(Module, Debug)]
+pub struct Upsample {
+    pub scale: usize,
+}
+
+/// Channel concatenation of the layer's inputs.
+#[derive(Module, Debug)]
+pub struct Concat {
+    pub dim: usize,
+}
+
+/// Per level, a box branch and a class branch; DFL decoding and sigmoid at the end.
+#[derive(Module, Debug)]
+pub struct DetectHead {
+    pub box_branches: Vec<ConvChain>,
+    pub cls_branches: Vec<ConvChain>,
+    pub reg_max: usize,
+    pub num_classes: usize,
+}
+
+/// One top-level layer.
+#[derive(Module, Debug)]
+pub enum Layer {
+    Conv(ConvBlock),
+    Csp(Csp),
+    Sppf(Sppf),
+    C2psa(C2psa),
+    Upsample(Upsample),
+    Concat(Concat),
+    Detect(DetectHead),
+}
+
+/// Which earlier outputs each layer reads (`-1` is the image), and which outputs to keep.
+#[derive(Debug, Clone)]
+pub struct Wiring {
+    from: Vec<Vec<i64>>,
+    keep: Vec<bool>,
+}
+
+/// The YOLO detector network as Burn modules.
+#[derive(Module, Debug)]
+pub struct YoloNetwork {
+    pub layers: Vec<Layer>,
+    #[module(skip)]
+    wiring: Wiring,
+}
+
+impl YoloNetwork {
+    /// Builds the network for `arch` with weights from `weights`.
+    pub fn new(arch: &Architecture, weights: WeightSource, device: &Device) -> Self {
+        let layers = arch
+            .layers
+            .iter()
+            .map(|layer| build_layer(&layer.kind, weights, device))
+            .collect();
+        let from: Vec<Vec<i64>> = arch.layers.iter().map(|l| l.from.clone()).collect();
+        // An output is kept when a layer other than the next one reads it.
+        let keep = (0..from.len())
+            .map(|i| {
+                from.iter()
+                    .enumerate()
+                    .any(|(j, srcs)| j != i + 1 && srcs.contains(&(i as i64)))
+            })
+            .collect();
+        Self {
+            layers,
+            wiring: Wiring { from, keep },
+        }
+    }
+
+    /// Runs the network on a `[B, 3, H, W]` batch (RGB, 0..1); returns `[B, 4 + nc, N]`.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<3> {
+        let [_, _, input_h, input_w] = images.dims();
+        let mut saved: Vec<Option<Tensor<4>>> = vec![None; self.layers.len()];
+        let mut previous = images.clone();
+        let fetch = |saved: &[Option<Tensor<4>>], previous: &Tensor<4>, i: usize, src: i64| {
+            if src == -1 {
+                images.clone()
+            } else if src as usize + 1 == i {
+                previous.clone()
+            } else {
+                saved[src as usize].clone().expect("wiring keeps every output read later")
+            }
+        };
+        for (i, layer) in self.layers.iter().enumerate() {
+            let from = &self.wiring.from[i];
+            let inputs: Vec<Tensor<4>> = from
+                .iter()
+                .map(|&src| fetch(&saved, &previous, i, src))
+                .collect();
+            let output = match layer {
+                Layer::Detect(head) => return head.forward(inputs, [input_h, input_w]),
+                Layer::Conv(m) => m.forward(single(inputs)),
+                Layer::Csp(m) => m.forward(single(inputs)),
+                Layer::Sppf(m) => m.forward(single(inputs)),
+                Layer::C2psa(m) => m.forward(single(inputs)),
+                Layer::Upsample(m) => {
+                    let x = single(inputs);
+                    let [_, _, h, w] = x.dims();
+                    interpolate(
+                        x,
+                        InterpolateOptions::new(InterpolateMode::Nearest)
+                            .with_output_size([h * m.scale, w * m.scale]),
+                    )
+                }
+                Layer::Concat(m) => Tensor::cat(inputs, m.dim),
+            };
+            if self.wiring.keep[i] {
+                saved[i] = Some(output.clone());
+            }
+            previous = output;
+        }
+        unreachable!("architecture ends with a Detect layer")
+    }
+}
+
+fn single(mut inputs: Vec<Tensor<4>>) -> Tensor<4> {
+    inputs.pop().expect("layer has one input")
+}
+
+fn build_layer(kind: &LayerKind, weights: WeightSource, device: &Device) -> Layer {
+    let conv = |spec| ConvBlock::new(spec, weights, device);
+    match kind {
+        LayerKind::Conv(spec) => Layer::Conv(conv(spec)),
+        LayerKind::Csp { cv1, cv2, blocks } => Layer::Csp(Csp {
+            cv1: conv(cv1),
+            cv2: conv(cv2),
+            blocks: blocks
+                .iter()
+                .map(|b| CspInner::new(b, weights, device))
+                .collect(),
+        }),
+        LayerKind::Sppf { cv1, cv2, pool } => Layer::Sppf(Sppf {
+            cv1: conv(cv1),
+            cv2: conv(cv2),
+            pool: *pool,
+        }),
+        LayerKind::C2psa { cv1, cv2, blocks } => Layer::C2psa(C2psa {
+            cv1: conv(cv1),
+            cv2: conv(cv2),
+            blocks: blocks
+                .iter()
+                .map(|b| PsaBlock::new(b, weights, device))
+                .collect(),
+        }),
+        LayerKind::Upsample { scale } => Layer::Upsample(Upsample { scale: *scale }),
+        LayerKind::Concat => Layer::Concat(Concat { dim: 1 }),
+        LayerKind::Detect(spec) => Layer::Detect(DetectHead::new(spec, weights, device)),
+    }
+}
+
+impl DetectHead {
+    fn new(spec: &DetectSpec, weights: WeightSource, device: &Device) -> Self {
+        let chains = |branches: &[Vec<model_import::ConvSpec>]| {
+            branches
+                .iter()
+                .map(|b| ConvChain::new(b, weights, device))
+                .collect()
+        };
+        Self {
+            box_branches: chains(&spec.box_branches),
+            cls_branches: chains(&spec.cls_branches),
+            reg_max: spec.reg_max,
+            num_classes: spec.num_classes,
+        }
+    }
+
+    fn forward(&self, features: Vec<Tensor<4>>, input_hw: [usize; 2]) -> Tensor<3> {
+        let device = features[0].device();
+        let mut boxes = Vec::new();
+        let mut scores = Vec::new();
+        let mut grid = AnchorGrid::default();
+        for ((x, box_branch), cls_branch) in features
+            .into_iter()
+            .zip(&self.box_branches)
+            .zip(&self.cls_branches)
+        {
+            let [b, _, h, w] = x.dims();
+            grid.add_level(h, w, input_hw[0] as f32 / h as f32);
+            boxes.push(
+                box_branch
+                    .forward(x.clone())
+                    .reshape([b, 4 * self.reg_max, h * w]),
+            );
+            scores.push(cls_branch.forward(x).reshape([b, self.num_classes, h * w]));
+        }
+        let (anchors, strides) = grid.into_tensors(&device);
+        let boxes = decode_boxes(Tensor::cat(boxes, 2), anchors, strides, self.reg_max);
+        Tensor::cat(vec![boxes, sigmoid(Tensor::cat(scores, 2))], 1)
+    }
+}
+
+/// Anchor centres (grid cell + 0.5) and strides of every output position, level by level.
+#[derive(Default)]
+struct AnchorGrid {
+    xs: Vec<f32>,
+    ys: Vec<f32>,
+    strides: Vec<f32>,
+}
+
+impl AnchorGrid {
+    fn add_level(&mut self, h: usize, w: usize, stride: f32) {
+        for y in 0..h {
+            for x in 0..w {
+                self.xs.push(x as f32 + 0.5);
+                self.ys.push(y as f32 + 0.5);
+                self.strides.push(stride);
+            }
+        }
+    }
+
+    fn into_tensors(mut self, device: &Device) -> (Tensor<2>, Tensor<2>) {
+        let n = self.strides.len();
+        self.xs.extend(self.ys);
+        (
+            Tensor::from_data(TensorData::new(self.xs, [2, n]), device),
+            Tensor::from_data(TensorData::new(self.strides, [1, n]), device),
+        )
+    }
+}

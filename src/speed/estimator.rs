@@ -1,0 +1,240 @@
+//! Per-track speed on the road plane from timestamped ground points.
+//!
+//! Each track's ground point (bottom centre of its Kalman-filtered box) is mapped to metres
+//! with its frame's timestamp. The speed is the derivative at the newest sample of a
+//! least-squares polynomial fitted over a sliding time window, after rejecting outliers.
+//! Boxes touching the image border are skipped (a clipped box moves its bottom centre).
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use super::calibration::Calibration;
+use crate::track::TrackedObject;
+
+/// Estimator settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpeedConfig {
+    /// Length of the fitting window, seconds.
+    pub window: f64,
+    /// Minimum time span of samples before a speed is reported, seconds.
+    pub min_span: f64,
+    /// Boxes within this many pixels of the image border are not used.
+    pub border_margin: f32,
+}
+
+impl Default for SpeedConfig {
+    fn default() -> Self {
+        Self {
+            window: 1.0,
+            min_span: 0.5,
+            border_margin: 2.0,
+        }
+    }
+}
+
+/// What a track did while in view, reported when it ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrackSummary {
+    pub track_id: u64,
+    pub class_id: usize,
+    pub first_seen: f64,
+    pub last_seen: f64,
+    /// Mean and maximum of the reported speeds, in the calibration's unit.
+    pub mean_speed: Option<f64>,
+    pub max_speed: Option<f64>,
+    /// Distance travelled on the road plane, metres.
+    pub distance_m: f64,
+}
+
+#[derive(Debug, Clone)]
+struct History {
+    samples: VecDeque<(f64, f64, f64)>,
+    class_id: usize,
+    first_seen: f64,
+    last_seen: f64,
+    distance: f64,
+    last_point: Option<(f64, f64)>,
+    speed_sum: f64,
+    speed_count: u64,
+    speed_max: f64,
+}
+
+/// Speeds for every track of a stream.
+pub struct SpeedEstimator {
+    calibration: Calibration,
+    config: SpeedConfig,
+    image_size: (f32, f32),
+    histories: HashMap<u64, History>,
+}
+
+impl SpeedEstimator {
+    pub fn new(calibration: Calibration, config: SpeedConfig, image_size: (u32, u32)) -> Self {
+        Self {
+            calibration,
+            config,
+            image_size: (image_size.0 as f32, image_size.1 as f32),
+            histories: HashMap::new(),
+        }
+    }
+
+    /// The calibration in use.
+    pub fn calibration(&self) -> &Calibration {
+        &self.calibration
+    }
+
+    /// Adds the tracks of the frame at `timestamp`; returns each track's speed in the
+    /// calibration's unit, once enough history exists.
+    pub fn update(&mut self, timestamp: f64, tracks: &[TrackedObject]) -> Vec<Option<f64>> {
+        tracks
+            .iter()
+            .map(|t| {
+                let history = self.histories.entry(t.track_id).or_insert_with(|| History {
+                    samples: VecDeque::new(),
+                    class_id: t.class_id,
+                    first_seen: timestamp,
+                    last_seen: timestamp,
+                    distance: 0.0,
+                    last_point: None,
+                    speed_sum: 0.0,
+                    speed_count: 0,
+                    speed_max: 0.0,
+                });
+                history.last_seen = timestamp;
+                history.class_id = t.class_id;
+                let (w, h) = self.image_size;
+                if t.bbox.touches_border(w, h, self.config.border_margin) {
+                    return None;
+                }
+                let (gx, gy) = t.bbox.bottom_centre();
+                let (x, y) = self.calibration.to_ground(gx as f64, gy as f64)?;
+                if let Some((px, py)) = history.last_point {
+                    history.distance += (x - px).hypot(y - py);
+                }
+                history.last_point = Some((x, y));
+                history.samples.push_back((timestamp, x, y));
+                while history
+                    .samples
+                    .front()
+                    .is_some_and(|s| s.0 < timestamp - self.config.window)
+                {
+                    history.samples.pop_front();
+                }
+                let mps = fit_speed(&history.samples, self.config.min_span)?;
+                let speed = self.calibration.unit.from_mps(mps);
+                history.speed_sum += speed;
+                history.speed_count += 1;
+                history.speed_max = history.speed_max.max(speed);
+                Some(speed)
+            })
+            .collect()
+    }
+
+    /// Summaries of tracks not seen for `idle` seconds before `now`; they are forgotten.
+    pub fn take_finished(&mut self, now: f64, idle: f64) -> Vec<TrackSummary> {
+        let ended: Vec<u64> = self
+            .histories
+            .iter()
+            .filter(|(_, h)| now - h.last_seen > idle)
+            .map(|(id, _)| *id)
+            .collect();
+        self.take(ended)
+    }
+
+    /// Summaries of every track still held (end of stream).
+    pub fn finish_all(&mut self) -> Vec<TrackSummary> {
+        let all: Vec<u64> = self.histories.keys().copied().collect();
+        self.take(all)
+    }
+
+    fn take(&mut self, ids: Vec<u64>) -> Vec<TrackSummary> {
+        let mut out: Vec<TrackSummary> = ids
+            .into_iter()
+            .filter_map(|id| self.histories.remove(&id).map(|h| (id, h)))
+            .map(|(track_id, h)| TrackSummary {
+                track_id,
+                class_id: h.class_id,
+                first_seen: h.first_seen,
+                last_seen: h.last_seen,
+                mean_speed: (h.speed_count > 0).then(|| h.speed_sum / h.speed_count as f64),
+                max_speed: (h.speed_count > 0).then_some(h.speed_max),
+                distance_m: h.distance,
+            })
+            .collect();
+        out.sort_by_key(|s| s.track_id);
+        out
+    }
+}
+
+/// Speed (m/s) at the newest sample: a least-squares line through the window's positions,
+/// refitted once without samples that lie far off it.
+pub fn fit_speed(samples: &VecDeque<(f64, f64, f64)>, min_span: f64) -> Option<f64> {
+    let newest = samples.back()?.0;
+    let span = newest - samples.front()?.0;
+    if samples.len() < 3 || span < min_span {
+        return None;
+    }
+    let points: Vec<(f64, f64, f64)> = samples.iter().map(|&(t, x, y)| (t - newest, x, y)).collect();
+    let (vx, vy, residuals) = line_fit(&points)?;
+    let mut sorted = residuals.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let cutoff = 3.0 * median + 0.2;
+    let inliers: Vec<(f64, f64, f64)> = points
+        .iter()
+        .zip(&residuals)
+        .filter(|(_, r)| **r <= cutoff)
+        .map(|(p, _)| *p)
+        .collect();
+    let (vx, vy) = if inliers.len() >= 3 && inliers.len() < points.len() {
+        let (vx, vy, _) = line_fit(&inliers)?;
+        (vx, vy)
+    } else {
+        (vx, vy)
+    };
+    Some(vx.hypot(vy))
+}
+
+/// Slopes of `x(t)` and `y(t)` and each sample's distance from the fitted line.
+fn line_fit(points: &[(f64, f64, f64)]) -> Option<(f64, f64, Vec<f64>)> {
+    let n = points.len() as f64;
+    let mt = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let mx = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.2).sum::<f64>() / n;
+    let stt: f64 = points.iter().map(|p| (p.0 - mt).powi(2)).sum();
+    if stt <= 0.0 {
+        return None;
+    }
+    let vx = points.iter().map(|p| (p.0 - mt) * (p.1 - mx)).sum::<f64>() / stt;
+    let vy = points.iter().map(|p| (p.0 - mt) * (p.2 - my)).sum::<f64>() / stt;
+    let residuals = points
+        .iter()
+        .map(|p| {
+            let ex = mx + vx * (p.0 - mt);
+            let ey = my + vy * (p.0 - mt);
+            (p.1 - ex).hypot(p.2 - ey)
+        })
+        .collect();
+    Some((vx, vy, residuals))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_speed_is_recovered_despite_an_outlier() {
+        let mut samples: VecDeque<(f64, f64, f64)> =
+            (0..25).map(|i| { let t = i as f64 / 25.0; (t, 3.0 * t, 4.0 * t) }).collect();
+        assert!((fit_speed(&samples, 0.5).unwrap() - 5.0).abs() < 1e-9);
+        samples[12].1 += 3.0;
+        assert!((fit_speed(&samples, 0.5).unwrap() - 5.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn too_little_history_gives_no_speed() {
+        let samples: VecDeque<(f64, f64, f64)> = (0..5).map(|i| (i as f64 / 25.0, i as f64, 0.0)).collect();
+        assert!(fit_speed(&samples, 0.5).is_none());
+    }
+}

@@ -1,0 +1,8 @@
+//! Speed estimation on the road plane from a camera calibration.
+
+pub mod calibration;
+pub mod estimator;
+pub mod homography;
+
+pub use calibration::{Calibration, SpeedUnit};
+pub use estimator::{SpeedConfig, SpeedEstimator, TrackSummary};

@@ -1,0 +1,205 @@
+//! Constant-velocity Kalman filter on `(cx, cy, aspect, height)` with ByteTrack's noise model:
+//! position noise `h / 20`, velocity noise `h / 160`, both proportional to the box height.
+
+/// State: `cx, cy, a, h` and their velocities (per frame).
+pub type State = [f64; 8];
+/// 8 x 8 covariance, row-major.
+pub type Covariance = [[f64; 8]; 8];
+/// Measurement: `cx, cy, a, h`.
+pub type Measurement = [f64; 4];
+
+const WEIGHT_POSITION: f64 = 1.0 / 20.0;
+const WEIGHT_VELOCITY: f64 = 1.0 / 160.0;
+
+/// Chi-square 0.95 quantiles for 1..=4 degrees of freedom, for gating.
+pub const CHI2_95: [f64; 5] = [0.0, 3.8415, 5.9915, 7.8147, 9.4877];
+
+/// Mean and covariance of one track.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gaussian {
+    pub mean: State,
+    pub covariance: Covariance,
+}
+
+/// Starts a track at `z` with zero velocity and height-scaled uncertainty.
+pub fn initiate(z: Measurement) -> Gaussian {
+    let h = z[3];
+    let std = [
+        2.0 * WEIGHT_POSITION * h,
+        2.0 * WEIGHT_POSITION * h,
+        1e-2,
+        2.0 * WEIGHT_POSITION * h,
+        10.0 * WEIGHT_VELOCITY * h,
+        10.0 * WEIGHT_VELOCITY * h,
+        1e-5,
+        10.0 * WEIGHT_VELOCITY * h,
+    ];
+    let mut covariance = [[0.0; 8]; 8];
+    for i in 0..8 {
+        covariance[i][i] = std[i] * std[i];
+    }
+    Gaussian {
+        mean: [z[0], z[1], z[2], z[3], 0.0, 0.0, 0.0, 0.0],
+        covariance,
+    }
+}
+
+/// Advances the state by `dt` frames (1.0 for consecutive frames).
+pub fn predict(g: &mut Gaussian, dt: f64) {
+    let h = g.mean[3];
+    for i in 0..4 {
+        g.mean[i] += dt * g.mean[i + 4];
+    }
+    // P = F P F^T with F = [[I, dt I], [0, I]].
+    let p = g.covariance;
+    let mut fp = [[0.0; 8]; 8];
+    for i in 0..8 {
+        for j in 0..8 {
+            fp[i][j] = p[i][j] + if i < 4 { dt * p[i + 4][j] } else { 0.0 };
+        }
+    }
+    for i in 0..8 {
+        for j in 0..8 {
+            g.covariance[i][j] = fp[i][j] + if j < 4 { dt * fp[i][j + 4] } else { 0.0 };
+        }
+    }
+    let pos = WEIGHT_POSITION * h;
+    let vel = WEIGHT_VELOCITY * h;
+    let q = [pos, pos, 1e-2, pos, vel, vel, 1e-5, vel];
+    // Process noise grows with the time step.
+    for i in 0..8 {
+        g.covariance[i][i] += q[i] * q[i] * dt.max(1e-6);
+    }
+}
+
+/// Projection to measurement space: mean and innovation covariance `S`.
+fn project(g: &Gaussian) -> (Measurement, [[f64; 4]; 4]) {
+    let h = g.mean[3];
+    let r = [WEIGHT_POSITION * h, WEIGHT_POSITION * h, 1e-1, WEIGHT_POSITION * h];
+    let mut s = [[0.0; 4]; 4];
+    for i in 0..4 {
+        for j in 0..4 {
+            s[i][j] = g.covariance[i][j];
+        }
+        s[i][i] += r[i] * r[i];
+    }
+    ([g.mean[0], g.mean[1], g.mean[2], g.mean[3]], s)
+}
+
+/// Corrects the state with measurement `z`.
+pub fn update(g: &mut Gaussian, z: Measurement) {
+    let (projected, s) = project(g);
+    let s_inv = invert4(&s);
+    // K = P H^T S^-1 (8 x 4); P H^T is the first four columns of P.
+    let mut k = [[0.0; 4]; 8];
+    for i in 0..8 {
+        for j in 0..4 {
+            k[i][j] = (0..4).map(|m| g.covariance[i][m] * s_inv[m][j]).sum();
+        }
+    }
+    let innovation: [f64; 4] = std::array::from_fn(|i| z[i] - projected[i]);
+    for i in 0..8 {
+        g.mean[i] += (0..4).map(|j| k[i][j] * innovation[j]).sum::<f64>();
+    }
+    // P -= K S K^T, which equals K (H P).
+    let p = g.covariance;
+    for i in 0..8 {
+        for j in 0..8 {
+            g.covariance[i][j] = p[i][j] - (0..4).map(|m| k[i][m] * p[m][j]).sum::<f64>();
+        }
+    }
+}
+
+/// Squared Mahalanobis distance of `z` from the predicted measurement.
+pub fn gating_distance(g: &Gaussian, z: Measurement) -> f64 {
+    let (projected, s) = project(g);
+    let s_inv = invert4(&s);
+    let d: [f64; 4] = std::array::from_fn(|i| z[i] - projected[i]);
+    (0..4)
+        .map(|i| (0..4).map(|j| d[i] * s_inv[i][j] * d[j]).sum::<f64>())
+        .sum()
+}
+
+/// Inverse of a symmetric positive-definite 4 x 4 matrix (Gauss-Jordan with pivoting).
+fn invert4(m: &[[f64; 4]; 4]) -> [[f64; 4]; 4] {
+    let mut a = *m;
+    let mut inv = [[0.0; 4]; 4];
+    for (i, row) in inv.iter_mut().enumerate() {
+        row[i] = 1.0;
+    }
+    for col in 0..4 {
+        let pivot = (col..4)
+            .max_by(|&x, &y| a[x][col].abs().total_cmp(&a[y][col].abs()))
+            .expect("rows");
+        a.swap(col, pivot);
+        inv.swap(col, pivot);
+        let p = a[col][col];
+        for j in 0..4 {
+            a[col][j] /= p;
+            inv[col][j] /= p;
+        }
+        for r in 0..4 {
+            if r != col {
+                let f = a[r][col];
+                for j in 0..4 {
+                    a[r][j] -= f * a[col][j];
+                    inv[r][j] -= f * inv[col][j];
+                }
+            }
+        }
+    }
+    inv
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_velocity_is_learned_and_extrapolated() {
+        let mut g = initiate([100.0, 50.0, 0.5, 80.0]);
+        for step in 1..=20 {
+            predict(&mut g, 1.0);
+            update(&mut g, [100.0 + 4.0 * step as f64, 50.0, 0.5, 80.0]);
+        }
+        assert!((g.mean[4] - 4.0).abs() < 0.2, "vx = {}", g.mean[4]);
+        predict(&mut g, 3.0);
+        assert!((g.mean[0] - (180.0 + 12.0)).abs() < 1.5, "x = {}", g.mean[0]);
+    }
+
+    #[test]
+    fn update_pulls_towards_the_measurement_and_shrinks_uncertainty() {
+        let mut g = initiate([0.0, 0.0, 1.0, 100.0]);
+        predict(&mut g, 1.0);
+        let before = g.covariance[0][0];
+        update(&mut g, [10.0, 0.0, 1.0, 100.0]);
+        assert!(g.mean[0] > 0.0 && g.mean[0] < 10.0);
+        assert!(g.covariance[0][0] < before);
+        // Symmetric covariance.
+        for i in 0..8 {
+            for j in 0..8 {
+                assert!((g.covariance[i][j] - g.covariance[j][i]).abs() < 1e-9);
+            }
+        }
+    }
+
+    #[test]
+    fn gating_separates_near_from_far_measurements() {
+        let mut g = initiate([100.0, 100.0, 0.5, 50.0]);
+        predict(&mut g, 1.0);
+        assert!(gating_distance(&g, [101.0, 100.0, 0.5, 50.0]) < CHI2_95[4]);
+        assert!(gating_distance(&g, [200.0, 100.0, 0.5, 50.0]) > CHI2_95[4]);
+    }
+
+    #[test]
+    fn inverse_is_exact_on_a_known_matrix() {
+        let m = [[4.0, 1.0, 0.0, 0.0], [1.0, 3.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 5.0]];
+        let inv = invert4(&m);
+        for i in 0..4 {
+            for j in 0..4 {
+                let v: f64 = (0..4).map(|k| m[i][k] * inv[k][j]).sum();
+                assert!((v - if i == j { 1.0 } else { 0.0 }).abs() < 1e-12);
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! Multi-object tracking: Kalman filter, linear assignment and ByteTrack.
+
+pub mod assignment;
+pub mod bytetrack;
+pub mod kalman;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::detect::Detection;
+use crate::geometry::BBox;
+pub use bytetrack::ByteTracker;
+
+/// ByteTrack settings; the defaults are Ultralytics' `bytetrack.yaml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackerConfig {
+    /// Detections at or above this score take part in the first association.
+    pub high_thresh: f32,
+    /// Detections above this (and below `high_thresh`) take part in the second association.
+    pub low_thresh: f32,
+    /// Unmatched detections at or above this score start new tracks.
+    pub new_track_thresh: f32,
+    /// Seconds a lost track is kept for re-identification.
+    pub track_buffer: f64,
+    /// Cost limit (1 - IoU, score-fused) of the first association.
+    pub match_thresh: f32,
+    /// Multiply IoU by the detection score in the first association.
+    pub fuse_score: bool,
+    /// Track each class separately (a car never continues a person's track).
+    pub per_class: bool,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        Self {
+            high_thresh: 0.25,
+            low_thresh: 0.1,
+            new_track_thresh: 0.25,
+            track_buffer: 1.0,
+            match_thresh: 0.8,
+            fuse_score: true,
+            per_class: false,
+        }
+    }
+}
+
+/// One confirmed track in the current frame.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrackedObject {
+    /// Positive, unique per stream, never reused.
+    pub track_id: u64,
+    /// Kalman-filtered box.
+    pub bbox: BBox,
+    pub score: f32,
+    pub class_id: usize,
+    /// Index of the detection (in this frame's input) that updated the track.
+    pub detection_index: usize,
+}
+
+/// ByteTrack over all classes, or one ByteTrack per class with a shared id counter.
+pub struct Tracker {
+    config: TrackerConfig,
+    fps: f64,
+    trackers: BTreeMap<Option<usize>, ByteTracker>,
+    next_id: u64,
+}
+
+impl Tracker {
+    /// `fps` is the source's nominal frame rate; time steps come from timestamps.
+    pub fn new(config: TrackerConfig, fps: f64) -> Self {
+        Self {
+            config,
+            fps,
+            trackers: BTreeMap::new(),
+            next_id: 1,
+        }
+    }
+
+    /// Updates with the detections of the frame presented at `timestamp` seconds. Call it for
+    /// every processed frame, also when there are no detections.
+    pub fn update(&mut self, detections: &[Detection], timestamp: f64) -> Vec<TrackedObject> {
+        if !self.config.per_class {
+            let tracker = self
+                .trackers
+                .entry(None)
+                .or_insert_with(|| ByteTracker::new(self.config.clone(), self.fps));
+            return tracker.update(detections, timestamp, &mut self.next_id);
+        }
+        let mut by_class: BTreeMap<Option<usize>, Vec<usize>> = BTreeMap::new();
+        for (i, d) in detections.iter().enumerate() {
+            by_class.entry(Some(d.class_id)).or_default().push(i);
+        }
+        for class in by_class.keys() {
+            self.trackers
+                .entry(*class)
+                .or_insert_with(|| ByteTracker::new(self.config.clone(), self.fps));
+        }
+        let mut out = Vec::new();
+        for (class, tracker) in self.trackers.iter_mut() {
+            let indices = by_class.remove(class).unwrap_or_default();
+            let subset: Vec<Detection> = indices.iter().map(|&i| detections[i]).collect();
+            for mut t in tracker.update(&subset, timestamp, &mut self.next_id) {
+                t.detection_index = indices[t.detection_index];
+                out.push(t);
+            }
+        }
+        out
+    }
+
+    /// Number of tracks being followed (tracked and lost).
+    pub fn live_tracks(&self) -> usize {
+        self.trackers.values().map(ByteTracker::live_tracks).sum()
+    }
+}
+
+/// Runs the tracker over MOTChallenge detection rows of a sequence and returns result rows
+/// (`frame, id, box, score`), frame by frame.
+pub fn track_mot_rows(
+    detections: &[crate::motfile::MotRow],
+    info: &crate::motfile::SeqInfo,
+    config: &TrackerConfig,
+) -> Vec<crate::motfile::MotRow> {
+    let mut tracker = Tracker::new(config.clone(), info.frame_rate);
+    let mut out = Vec::new();
+    for (f, rows) in crate::motfile::by_frame(detections, info.length).iter().enumerate() {
+        let frame = f as u32 + 1;
+        let dets: Vec<Detection> = rows
+            .iter()
+            .map(|r| Detection {
+                bbox: r.bbox,
+                score: r.conf,
+                class_id: r.class.map_or(0, |c| c.max(0) as usize),
+            })
+            .collect();
+        for t in tracker.update(&dets, f as f64 / info.frame_rate) {
+            out.push(crate::motfile::MotRow {
+                frame,
+                id: t.track_id as i64,
+                bbox: t.bbox,
+                conf: t.score,
+                class: None,
+                visibility: None,
+            });
+        }
+    }
+    out
+}

@@ -1,0 +1,96 @@
+//! Still images (JPEG/PNG), one file or a folder of them, as a frame source.
+
+use std::path::{Path, PathBuf};
+
+use super::{Frame, FrameSource, StreamInfo, VideoError};
+
+/// File extensions read as still images.
+const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "bmp"];
+
+/// True when `path` names an image file by its extension.
+pub fn is_image_path(path: &Path) -> bool {
+    path.extension()
+        .map(|e| e.to_string_lossy().to_lowercase())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.as_str()))
+}
+
+/// The image files of a folder, sorted by name.
+pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, VideoError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| VideoError::input(dir, format!("cannot list the folder: {e}")))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && is_image_path(p))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(VideoError::input(dir, "the folder holds no JPEG or PNG images"));
+    }
+    Ok(files)
+}
+
+/// Decodes one image file to RGB.
+pub fn read_image(path: &Path) -> Result<image::RgbImage, VideoError> {
+    let reader = image::ImageReader::open(path)
+        .map_err(|e| VideoError::input(path, format!("cannot open: {e}")))?
+        .with_guessed_format()
+        .map_err(|e| VideoError::input(path, format!("cannot read: {e}")))?;
+    reader
+        .decode()
+        .map(|img| img.to_rgb8())
+        .map_err(|e| VideoError::input(path, format!("not a decodable image: {e}")))
+}
+
+/// Images as frames, one per second of presentation time.
+pub struct ImageSource {
+    files: Vec<PathBuf>,
+    next: usize,
+    info: StreamInfo,
+}
+
+impl ImageSource {
+    pub fn open(path: &Path) -> Result<Self, VideoError> {
+        let files = if path.is_dir() {
+            list_images(path)?
+        } else {
+            vec![path.to_path_buf()]
+        };
+        let first = read_image(&files[0])?;
+        Ok(Self {
+            info: StreamInfo {
+                width: first.width(),
+                height: first.height(),
+                fps: 1.0,
+                frame_count: Some(files.len() as u64),
+            },
+            files,
+            next: 0,
+        })
+    }
+
+    /// The file the most recent frame came from.
+    pub fn current_file(&self) -> Option<&Path> {
+        self.next.checked_sub(1).map(|i| self.files[i].as_path())
+    }
+}
+
+impl FrameSource for ImageSource {
+    fn info(&self) -> &StreamInfo {
+        &self.info
+    }
+
+    fn next_frame(&mut self) -> Result<Option<Frame>, VideoError> {
+        let Some(path) = self.files.get(self.next) else {
+            return Ok(None);
+        };
+        let image = read_image(path)?;
+        let index = self.next as u64;
+        self.next += 1;
+        Ok(Some(Frame {
+            index,
+            pts: index as f64,
+            duration: 1.0,
+            image,
+        }))
+    }
+}

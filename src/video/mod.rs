@@ -1,0 +1,101 @@
+//! Video in and out: sources of decoded RGB frames with presentation times, and sinks.
+//!
+//! Sources: MP4 (H.264, regular or fragmented), raw Annex-B H.264 files or stdin, and still
+//! images. Sinks: H.264 MP4 and PNG frame folders.
+
+pub mod annexb;
+pub mod decoder;
+pub mod encoder;
+pub mod images;
+pub mod mp4_source;
+pub mod mp4_writer;
+pub mod raw_source;
+pub mod sink;
+
+use std::path::{Path, PathBuf};
+
+use image::RgbImage;
+
+/// One decoded frame.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// 0-based index in presentation order among the frames the source delivered.
+    pub index: u64,
+    /// Presentation time in seconds from the start of the stream.
+    pub pts: f64,
+    /// Display duration in seconds.
+    pub duration: f64,
+    pub image: RgbImage,
+}
+
+/// What a source knows about its stream before decoding it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamInfo {
+    pub width: u32,
+    pub height: u32,
+    /// Nominal frame rate.
+    pub fps: f64,
+    /// Number of frames, when known in advance (files).
+    pub frame_count: Option<u64>,
+}
+
+/// Why a video could not be read or written. Every message names the file or stream.
+#[derive(Debug, thiserror::Error)]
+pub enum VideoError {
+    #[error("{}: {message}", path.display())]
+    Input { path: PathBuf, message: String },
+    #[error("{}: {message}", path.display())]
+    Output { path: PathBuf, message: String },
+}
+
+impl VideoError {
+    /// An input-side error about `path`.
+    pub fn input(path: &Path, message: impl Into<String>) -> Self {
+        Self::Input {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+
+    /// An output-side error about `path`.
+    pub fn output(path: &Path, message: impl Into<String>) -> Self {
+        Self::Output {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A stream of decoded frames in presentation order.
+pub trait FrameSource: Send {
+    /// Stream geometry and rate.
+    fn info(&self) -> &StreamInfo;
+    /// The next frame; `Ok(None)` at the end of the stream.
+    fn next_frame(&mut self) -> Result<Option<Frame>, VideoError>;
+    /// Frames that could not be decoded and were skipped so far.
+    fn corrupt_frames(&self) -> u64 {
+        0
+    }
+}
+
+/// Opens `path` as a frame source: `-` is raw H.264 on stdin; `.h264`/`.264` files are raw
+/// Annex-B; image files and folders of images are still images; anything else must be MP4.
+pub fn open_source(path: &Path, fallback_fps: f64) -> Result<Box<dyn FrameSource>, VideoError> {
+    if path == Path::new("-") {
+        return Ok(Box::new(raw_source::RawH264Source::stdin(fallback_fps)?));
+    }
+    if !path.exists() {
+        return Err(VideoError::input(path, "no such file or directory"));
+    }
+    if path.is_dir() || images::is_image_path(path) {
+        return Ok(Box::new(images::ImageSource::open(path)?));
+    }
+    let extension = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    if extension == "h264" || extension == "264" {
+        return Ok(Box::new(raw_source::RawH264Source::file(path, fallback_fps)?));
+    }
+    Ok(Box::new(mp4_source::Mp4Source::open(path)?))
+}

@@ -1,0 +1,210 @@
+//! MP4 (ISO BMFF) input with an H.264 video track, regular or fragmented.
+
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use re_mp4::{Mp4, StsdBoxContent, TrackKind};
+
+use super::annexb::avcc_to_annexb;
+use super::decoder::{H264Decoder, Picture};
+use super::{Frame, FrameSource, StreamInfo, VideoError};
+
+/// Compressed samples of the video track, for decoding or benchmarking.
+pub struct Mp4Track {
+    path: PathBuf,
+    file: BufReader<File>,
+    samples: Vec<re_mp4::Sample>,
+    next_sample: usize,
+    length_size: usize,
+    /// SPS and PPS from `avcC`, as Annex-B.
+    pub parameter_sets: Vec<u8>,
+    pub info: StreamInfo,
+}
+
+impl Mp4Track {
+    /// Opens the first H.264 video track of `path`.
+    pub fn open(path: &Path) -> Result<Self, VideoError> {
+        let fail = |m: String| VideoError::input(path, m);
+        let file = File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
+        let size = file.metadata().map_err(|e| fail(e.to_string()))?.len();
+        let mut reader = BufReader::new(file);
+        let mut magic = [0u8; 8];
+        if reader.read_exact(&mut magic).is_err() || !is_iso_bmff(&magic) {
+            return Err(fail("not an MP4 file (no ISO BMFF box at the start)".into()));
+        }
+        reader.seek(SeekFrom::Start(0)).map_err(|e| fail(e.to_string()))?;
+        let mp4 = Mp4::read(&mut reader, size)
+            .map_err(|e| fail(format!("not a readable MP4 file (truncated or corrupt: {e})")))?;
+        let track = mp4
+            .tracks()
+            .values()
+            .find(|t| t.kind == Some(TrackKind::Video))
+            .ok_or_else(|| fail("the file has no video track".into()))?;
+        let avc = match &track.trak(&mp4).mdia.minf.stbl.stsd.contents {
+            StsdBoxContent::Avc1(avc) => avc,
+            other => {
+                return Err(fail(format!(
+                    "the video track is {}, not H.264; only H.264 is supported",
+                    codec_name(other)
+                )));
+            }
+        };
+        let avcc = &avc.avcc.contents;
+        let mut parameter_sets = Vec::new();
+        for nal in avcc
+            .sequence_parameter_sets
+            .iter()
+            .chain(&avcc.picture_parameter_sets)
+        {
+            parameter_sets.extend_from_slice(&super::annexb::START_CODE);
+            parameter_sets.extend_from_slice(&nal.bytes);
+        }
+        let samples = track.samples.clone();
+        if let Some(bad) = samples.iter().position(|s| s.offset + s.size > size) {
+            return Err(fail(format!(
+                "the file is truncated: sample {} of {} lies past its end",
+                bad + 1,
+                samples.len()
+            )));
+        }
+        let duration_s = samples
+            .iter()
+            .map(|s| (s.composition_timestamp as f64 + s.duration as f64) / track.timescale as f64)
+            .fold(0.0, f64::max);
+        let fps = if duration_s > 0.0 {
+            samples.len() as f64 / duration_s
+        } else {
+            25.0
+        };
+        let info = StreamInfo {
+            width: track.width as u32,
+            height: track.height as u32,
+            fps,
+            frame_count: Some(samples.len() as u64),
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: reader,
+            samples,
+            next_sample: 0,
+            length_size: avcc.length_size_minus_one as usize + 1,
+            parameter_sets,
+            info,
+        })
+    }
+
+    /// The next sample in decode order as Annex-B, with its presentation time and duration.
+    pub fn next_sample(&mut self) -> Result<Option<(Vec<u8>, f64, f64)>, VideoError> {
+        let Some(sample) = self.samples.get(self.next_sample).copied() else {
+            return Ok(None);
+        };
+        self.next_sample += 1;
+        let mut data = vec![0u8; sample.size as usize];
+        self.file
+            .seek(SeekFrom::Start(sample.offset))
+            .and_then(|_| self.file.read_exact(&mut data))
+            .map_err(|e| VideoError::input(&self.path, format!("cannot read sample {}: {e}", sample.id)))?;
+        let mut annexb = Vec::with_capacity(data.len() + 16);
+        if let Err(e) = avcc_to_annexb(&data, self.length_size, &mut annexb) {
+            tracing::warn!("{}: sample {}: {e}", self.path.display(), sample.id);
+            annexb.clear();
+        }
+        let timescale = sample.timescale as f64;
+        Ok(Some((
+            annexb,
+            sample.composition_timestamp as f64 / timescale,
+            sample.duration as f64 / timescale,
+        )))
+    }
+}
+
+/// Decoded frames of an MP4 file.
+pub struct Mp4Source {
+    track: Mp4Track,
+    decoder: H264Decoder,
+    ready: std::collections::VecDeque<Picture>,
+    frame_duration: f64,
+    next_index: u64,
+    corrupt: u64,
+    flushed: bool,
+}
+
+impl Mp4Source {
+    pub fn open(path: &Path) -> Result<Self, VideoError> {
+        let track = Mp4Track::open(path)?;
+        let mut decoder = H264Decoder::new().map_err(|e| VideoError::input(path, e))?;
+        decoder
+            .feed_headers(&track.parameter_sets)
+            .map_err(|e| VideoError::input(path, e))?;
+        Ok(Self {
+            frame_duration: 1.0 / track.info.fps,
+            track,
+            decoder,
+            ready: Default::default(),
+            next_index: 0,
+            corrupt: 0,
+            flushed: false,
+        })
+    }
+}
+
+impl FrameSource for Mp4Source {
+    fn info(&self) -> &StreamInfo {
+        &self.track.info
+    }
+
+    fn next_frame(&mut self) -> Result<Option<Frame>, VideoError> {
+        while self.ready.is_empty() && !self.flushed {
+            match self.track.next_sample()? {
+                Some((annexb, pts, duration)) => {
+                    self.frame_duration = duration;
+                    match self.decoder.decode(&annexb, pts) {
+                        Ok(picture) => self.ready.extend(picture),
+                        Err(e) => {
+                            self.corrupt += 1;
+                            tracing::warn!("{}: frame at {pts:.3}s skipped: {e}", self.track.path.display());
+                        }
+                    }
+                }
+                None => {
+                    self.ready.extend(self.decoder.flush());
+                    self.flushed = true;
+                }
+            }
+        }
+        Ok(self.ready.pop_front().map(|(pts, image)| {
+            let index = self.next_index;
+            self.next_index += 1;
+            Frame {
+                index,
+                pts,
+                duration: self.frame_duration,
+                image,
+            }
+        }))
+    }
+
+    fn corrupt_frames(&self) -> u64 {
+        self.corrupt
+    }
+}
+
+/// True when the first 8 bytes look like an ISO BMFF box header (`ftyp`, `moov`, ...).
+fn is_iso_bmff(header: &[u8; 8]) -> bool {
+    matches!(
+        &header[4..8],
+        b"ftyp" | b"moov" | b"mdat" | b"free" | b"skip" | b"wide" | b"styp" | b"moof"
+    )
+}
+
+fn codec_name(content: &StsdBoxContent) -> String {
+    match content {
+        StsdBoxContent::Av01(_) => "AV1".into(),
+        StsdBoxContent::Hev1(_) | StsdBoxContent::Hvc1(_) => "H.265/HEVC".into(),
+        StsdBoxContent::Vp08(_) => "VP8".into(),
+        StsdBoxContent::Vp09(_) => "VP9".into(),
+        StsdBoxContent::Unknown(fourcc) => format!("'{fourcc}'"),
+        _ => "not video".into(),
+    }
+}

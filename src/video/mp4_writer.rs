@@ -1,0 +1,293 @@
+//! A minimal MP4 muxer for one H.264 video track.
+//!
+//! Layout: `ftyp`, `mdat` (samples streamed as they come), then `moov` written by
+//! [`Mp4Writer::finish`]. Timestamps use a 90 kHz timescale, so common frame rates
+//! (25, 30, 30000/1001, 10, ...) have exact durations.
+
+use std::fs::File;
+use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use super::VideoError;
+
+/// Track timescale in ticks per second.
+const TIMESCALE: u32 = 90_000;
+/// Movie-header timescale (milliseconds).
+const MOVIE_TIMESCALE: u32 = 1_000;
+
+struct SampleEntry {
+    size: u32,
+    duration: u32,
+    is_sync: bool,
+}
+
+/// Streams H.264 samples into an MP4 file.
+pub struct Mp4Writer {
+    path: PathBuf,
+    file: BufWriter<File>,
+    mdat_start: u64,
+    written: u64,
+    samples: Vec<SampleEntry>,
+    width: u32,
+    height: u32,
+}
+
+impl Mp4Writer {
+    /// Creates `path` and writes the file header.
+    pub fn create(path: &Path, width: u32, height: u32) -> Result<Self, VideoError> {
+        let fail = |e: std::io::Error| VideoError::output(path, format!("cannot write: {e}"));
+        let mut file = BufWriter::new(File::create(path).map_err(fail)?);
+        let ftyp = mp4_box(b"ftyp", |b| {
+            b.extend_from_slice(b"isom");
+            b.extend_from_slice(&0x200u32.to_be_bytes());
+            for brand in [b"isom", b"iso2", b"avc1", b"mp41"] {
+                b.extend_from_slice(brand);
+            }
+        });
+        file.write_all(&ftyp).map_err(fail)?;
+        let mdat_start = ftyp.len() as u64;
+        // 64-bit mdat header: size 1, type, then the real size patched in at the end.
+        file.write_all(&1u32.to_be_bytes()).map_err(fail)?;
+        file.write_all(b"mdat").map_err(fail)?;
+        file.write_all(&0u64.to_be_bytes()).map_err(fail)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            mdat_start,
+            written: 0,
+            samples: Vec::new(),
+            width,
+            height,
+        })
+    }
+
+    /// Appends one sample (AVCC) displayed for `duration_s` seconds.
+    pub fn write_sample(&mut self, avcc: &[u8], duration_s: f64, is_sync: bool) -> Result<(), VideoError> {
+        self.file
+            .write_all(avcc)
+            .map_err(|e| VideoError::output(&self.path, format!("cannot write: {e}")))?;
+        self.written += avcc.len() as u64;
+        self.samples.push(SampleEntry {
+            size: avcc.len() as u32,
+            duration: (duration_s * TIMESCALE as f64).round().max(1.0) as u32,
+            is_sync,
+        });
+        Ok(())
+    }
+
+    /// Number of samples written so far.
+    pub fn sample_count(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// Patches the `mdat` size and writes the `moov` index; the file is then complete.
+    pub fn finish(mut self, sps: &[u8], pps: &[u8]) -> Result<PathBuf, VideoError> {
+        let moov = self.moov(sps, pps);
+        let path = self.path.clone();
+        let fail = |e: std::io::Error| VideoError::output(&path, format!("cannot finalise: {e}"));
+        self.file.write_all(&moov).map_err(fail)?;
+        self.file
+            .seek(SeekFrom::Start(self.mdat_start + 8))
+            .map_err(fail)?;
+        self.file
+            .write_all(&(self.written + 16).to_be_bytes())
+            .map_err(fail)?;
+        self.file.flush().map_err(fail)?;
+        Ok(path)
+    }
+
+    fn moov(&self, sps: &[u8], pps: &[u8]) -> Vec<u8> {
+        let total: u64 = self.samples.iter().map(|s| s.duration as u64).sum();
+        let movie_duration = total * MOVIE_TIMESCALE as u64 / TIMESCALE as u64;
+        let (w, h) = (self.width, self.height);
+        let mvhd = full_box(b"mvhd", 0, 0, |b| {
+            b.extend_from_slice(&[0; 8]); // creation, modification
+            put32(b, MOVIE_TIMESCALE);
+            put32(b, movie_duration as u32);
+            put32(b, 0x0001_0000); // rate 1.0
+            b.extend_from_slice(&[0x01, 0x00]); // volume 1.0
+            b.extend_from_slice(&[0; 10]);
+            put_matrix(b);
+            b.extend_from_slice(&[0; 24]);
+            put32(b, 2); // next track id
+        });
+        let tkhd = full_box(b"tkhd", 0, 3, |b| {
+            b.extend_from_slice(&[0; 8]);
+            put32(b, 1); // track id
+            put32(b, 0);
+            put32(b, movie_duration as u32);
+            b.extend_from_slice(&[0; 8]);
+            b.extend_from_slice(&[0; 8]); // layer, alternate group, volume, reserved
+            put_matrix(b);
+            put32(b, w << 16);
+            put32(b, h << 16);
+        });
+        let mdhd = full_box(b"mdhd", 0, 0, |b| {
+            b.extend_from_slice(&[0; 8]);
+            put32(b, TIMESCALE);
+            put32(b, total as u32);
+            b.extend_from_slice(&[0x55, 0xc4, 0, 0]); // language "und"
+        });
+        let hdlr = full_box(b"hdlr", 0, 0, |b| {
+            put32(b, 0);
+            b.extend_from_slice(b"vide");
+            b.extend_from_slice(&[0; 12]);
+            b.extend_from_slice(b"streamtrack video\0");
+        });
+        let vmhd = full_box(b"vmhd", 0, 1, |b| b.extend_from_slice(&[0; 8]));
+        let dref = full_box(b"dref", 0, 0, |b| {
+            put32(b, 1);
+            b.extend_from_slice(&full_box(b"url ", 0, 1, |_| {}));
+        });
+        let dinf = mp4_box(b"dinf", |b| b.extend_from_slice(&dref));
+        let stbl = mp4_box(b"stbl", |b| {
+            b.extend_from_slice(&self.stsd(sps, pps));
+            b.extend_from_slice(&self.stts());
+            b.extend_from_slice(&self.stss());
+            b.extend_from_slice(&full_box(b"stsc", 0, 0, |b| {
+                let n = self.samples.len() as u32;
+                put32(b, u32::from(n > 0));
+                if n > 0 {
+                    put32(b, 1);
+                    put32(b, n);
+                    put32(b, 1);
+                }
+            }));
+            b.extend_from_slice(&full_box(b"stsz", 0, 0, |b| {
+                put32(b, 0);
+                put32(b, self.samples.len() as u32);
+                for s in &self.samples {
+                    put32(b, s.size);
+                }
+            }));
+            b.extend_from_slice(&full_box(b"co64", 0, 0, |b| {
+                let n = u32::from(!self.samples.is_empty());
+                put32(b, n);
+                if n > 0 {
+                    b.extend_from_slice(&(self.mdat_start + 16).to_be_bytes());
+                }
+            }));
+        });
+        let minf = mp4_box(b"minf", |b| {
+            b.extend_from_slice(&vmhd);
+            b.extend_from_slice(&dinf);
+            b.extend_from_slice(&stbl);
+        });
+        let mdia = mp4_box(b"mdia", |b| {
+            b.extend_from_slice(&mdhd);
+            b.extend_from_slice(&hdlr);
+            b.extend_from_slice(&minf);
+        });
+        let trak = mp4_box(b"trak", |b| {
+            b.extend_from_slice(&tkhd);
+            b.extend_from_slice(&mdia);
+        });
+        mp4_box(b"moov", |b| {
+            b.extend_from_slice(&mvhd);
+            b.extend_from_slice(&trak);
+        })
+    }
+
+    fn stsd(&self, sps: &[u8], pps: &[u8]) -> Vec<u8> {
+        let avcc = mp4_box(b"avcC", |b| {
+            let profile = sps.get(1).copied().unwrap_or(66);
+            b.push(1);
+            b.push(profile);
+            b.push(sps.get(2).copied().unwrap_or(0));
+            b.push(sps.get(3).copied().unwrap_or(30));
+            b.push(0xff); // 4-byte NAL lengths
+            b.push(0xe1); // one SPS
+            b.extend_from_slice(&(sps.len() as u16).to_be_bytes());
+            b.extend_from_slice(sps);
+            b.push(1);
+            b.extend_from_slice(&(pps.len() as u16).to_be_bytes());
+            b.extend_from_slice(pps);
+            if matches!(profile, 100 | 110 | 122 | 144) {
+                // 4:2:0, 8-bit, no SPS extensions.
+                b.extend_from_slice(&[0xfd, 0xf8, 0xf8, 0]);
+            }
+        });
+        let avc1 = mp4_box(b"avc1", |b| {
+            b.extend_from_slice(&[0; 6]);
+            b.extend_from_slice(&1u16.to_be_bytes()); // data reference index
+            b.extend_from_slice(&[0; 16]);
+            b.extend_from_slice(&(self.width as u16).to_be_bytes());
+            b.extend_from_slice(&(self.height as u16).to_be_bytes());
+            put32(b, 0x0048_0000);
+            put32(b, 0x0048_0000);
+            put32(b, 0);
+            b.extend_from_slice(&1u16.to_be_bytes()); // frame count
+            let mut name = [0u8; 32];
+            let label = b"streamtrack H.264";
+            name[0] = label.len() as u8;
+            name[1..=label.len()].copy_from_slice(label);
+            b.extend_from_slice(&name);
+            b.extend_from_slice(&0x18u16.to_be_bytes());
+            b.extend_from_slice(&0xffffu16.to_be_bytes());
+            b.extend_from_slice(&avcc);
+        });
+        full_box(b"stsd", 0, 0, |b| {
+            put32(b, 1);
+            b.extend_from_slice(&avc1);
+        })
+    }
+
+    fn stts(&self) -> Vec<u8> {
+        let mut runs: Vec<(u32, u32)> = Vec::new();
+        for s in &self.samples {
+            match runs.last_mut() {
+                Some((count, duration)) if *duration == s.duration => *count += 1,
+                _ => runs.push((1, s.duration)),
+            }
+        }
+        full_box(b"stts", 0, 0, |b| {
+            put32(b, runs.len() as u32);
+            for (count, duration) in runs {
+                put32(b, count);
+                put32(b, duration);
+            }
+        })
+    }
+
+    fn stss(&self) -> Vec<u8> {
+        let sync: Vec<u32> = self
+            .samples
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_sync)
+            .map(|(i, _)| i as u32 + 1)
+            .collect();
+        full_box(b"stss", 0, 0, |b| {
+            put32(b, sync.len() as u32);
+            for n in sync {
+                put32(b, n);
+            }
+        })
+    }
+}
+
+fn put32(b: &mut Vec<u8>, v: u32) {
+    b.extend_from_slice(&v.to_be_bytes());
+}
+
+fn put_matrix(b: &mut Vec<u8>) {
+    for v in [0x0001_0000u32, 0, 0, 0, 0x0001_0000, 0, 0, 0, 0x4000_0000] {
+        put32(b, v);
+    }
+}
+
+fn mp4_box(kind: &[u8; 4], fill: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut b = vec![0, 0, 0, 0];
+    b.extend_from_slice(kind);
+    fill(&mut b);
+    let size = b.len() as u32;
+    b[..4].copy_from_slice(&size.to_be_bytes());
+    b
+}
+
+fn full_box(kind: &[u8; 4], version: u8, flags: u32, fill: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    mp4_box(kind, |b| {
+        put32(b, (version as u32) << 24 | flags);
+        fill(b);
+    })
+}

@@ -1,0 +1,42 @@
+//! Raw network output against ONNX Runtime's, on the exact reference input tensor.
+
+mod common;
+
+use common::{data, read_npy_f32};
+use streamtrack::model::{ComputeDevice, YoloModel};
+
+/// Max abs error on box rows (pixels) and on score rows.
+fn parity(model_file: &str, reference: &str) -> (f32, f32) {
+    let model = YoloModel::load(&data(&format!("models/{model_file}")), ComputeDevice::cpu())
+        .expect("model loads");
+    let (in_shape, input) = read_npy_f32(&data(&format!("reference/{reference}/bus.input.npy")));
+    let (out_shape, expected) = read_npy_f32(&data(&format!("reference/{reference}/bus.output.npy")));
+    assert_eq!(in_shape[0], 1);
+    let output = model.infer(input, 1);
+    assert_eq!(vec![output.batch, output.channels, output.anchors], out_shape);
+    let n = output.anchors;
+    let max_err = |rows: std::ops::Range<usize>| {
+        output.data[rows.start * n..rows.end * n]
+            .iter()
+            .zip(&expected[rows.start * n..rows.end * n])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max)
+    };
+    (max_err(0..4), max_err(4..output.channels))
+}
+
+#[test]
+fn yolov8n_matches_onnx_runtime() {
+    let (boxes, scores) = parity("yolov8n-coco-640.onnx", "yolov8n-coco-640");
+    eprintln!("yolov8n-640: box max error {boxes} px, score max error {scores}");
+    assert!(boxes <= 0.02, "box rows differ by {boxes} px");
+    assert!(scores <= 1e-4, "score rows differ by {scores}");
+}
+
+#[test]
+fn yolo11n_matches_onnx_runtime() {
+    let (boxes, scores) = parity("yolo11n-coco-320.onnx", "yolo11n-coco-320");
+    eprintln!("yolo11n-320: box max error {boxes} px, score max error {scores}");
+    assert!(boxes <= 0.02, "box rows differ by {boxes} px");
+    assert!(scores <= 1e-4, "score rows differ by {scores}");
+}
