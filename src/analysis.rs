@@ -1,53 +1,130 @@
-//! The per-frame analysis behind `process`: detect, then annotate.
+//! The per-frame analysis behind `process`: detect, track, estimate speeds, report events,
+//! write results and draw annotations.
+
+use std::collections::HashSet;
 
 use image::RgbImage;
 
 use crate::annotate::{Annotation, Annotator};
-use crate::detect::{Detection, Detector};
+use crate::detect::Detector;
+use crate::output::{Event, FrameRecord, ResultWriters, TrackRecord};
 use crate::pipeline::FrameStage;
+use crate::speed::{SpeedEstimator, SpeedUnit, TrackSummary};
+use crate::track::Tracker;
 use crate::video::Frame;
 
-/// Detection and drawing for each frame.
+/// Every stage after decoding, for one stream.
 pub struct Analysis {
     detector: Detector,
     names: Vec<String>,
+    tracker: Tracker,
+    speeds: SpeedEstimator,
+    /// Seconds after which an unseen track is summarised and forgotten.
+    track_idle: f64,
     annotator: Annotator,
-    /// Detections of every frame so far, in order (for callers that want them).
-    pub detections_per_frame: u64,
+    writers: ResultWriters,
+    /// Tracks already reported above the speed limit (forgotten with the track).
+    speeding: HashSet<u64>,
+    /// Summaries of every track that ended, in order.
+    pub summaries: Vec<TrackSummary>,
 }
 
 impl Analysis {
-    /// `names` are the display names (after any renaming).
-    pub fn new(detector: Detector, names: Vec<String>) -> Self {
+    /// `names` are the display names (after any renaming); `track_idle` is the tracker's
+    /// buffer in seconds.
+    pub fn new(
+        detector: Detector,
+        names: Vec<String>,
+        tracker: Tracker,
+        speeds: SpeedEstimator,
+        track_idle: f64,
+        writers: ResultWriters,
+    ) -> Self {
         Self {
             detector,
             names,
+            tracker,
+            speeds,
+            track_idle,
             annotator: Annotator::new(),
-            detections_per_frame: 0,
+            writers,
+            speeding: HashSet::new(),
+            summaries: Vec::new(),
         }
     }
 
-    fn annotations(&self, detections: &[Detection]) -> Vec<Annotation> {
-        detections
-            .iter()
-            .map(|d| Annotation {
-                bbox: d.bbox,
-                class_id: d.class_id,
-                class_name: self.names[d.class_id].clone(),
-                score: d.score,
-                track_id: None,
-                speed: None,
-            })
-            .collect()
+    fn unit(&self) -> SpeedUnit {
+        self.speeds.calibration().map_or(SpeedUnit::Kmh, |c| c.unit)
+    }
+
+    fn record_ended(&mut self, ended: Vec<TrackSummary>) -> Vec<Event> {
+        for s in &ended {
+            self.speeding.remove(&s.track_id);
+        }
+        self.summaries.extend(ended.iter().cloned());
+        ended.into_iter().map(Event::TrackEnd).collect()
     }
 }
 
 impl FrameStage for Analysis {
     fn process(&mut self, frame: &Frame, canvas: &mut RgbImage) -> anyhow::Result<()> {
         let detections = self.detector.detect(&frame.image);
-        self.detections_per_frame += detections.len() as u64;
-        let annotations = self.annotations(&detections);
+        let tracks = self.tracker.update(&detections, frame.pts);
+        let speeds = self.speeds.update(frame.pts, &tracks);
+        let unit = self.unit();
+        let limit = self.speeds.calibration().and_then(|c| c.speed_limit);
+        let mut events = Vec::new();
+        let mut records = Vec::with_capacity(tracks.len());
+        let mut annotations = Vec::with_capacity(tracks.len());
+        for (t, speed) in tracks.iter().zip(&speeds) {
+            // Draw and report the detector's own box and score for the matched detection.
+            let det = &detections[t.detection_index];
+            if let (Some(speed), Some(limit)) = (speed, limit)
+                && *speed > limit
+                && self.speeding.insert(t.track_id)
+            {
+                events.push(Event::SpeedLimit {
+                    frame: frame.index,
+                    time: frame.pts,
+                    id: t.track_id,
+                    speed: *speed,
+                    limit,
+                    unit: unit.label(),
+                });
+            }
+            records.push(TrackRecord {
+                id: t.track_id,
+                class: t.class_id,
+                name: self.names[t.class_id].clone(),
+                bbox: [det.bbox.x1, det.bbox.y1, det.bbox.x2, det.bbox.y2],
+                score: det.score,
+                speed: *speed,
+            });
+            annotations.push(Annotation {
+                bbox: det.bbox,
+                class_id: t.class_id,
+                class_name: self.names[t.class_id].clone(),
+                score: det.score,
+                track_id: Some(t.track_id),
+                speed: speed.map(|s| (s as f32, unit.label())),
+            });
+        }
+        let ended = self.speeds.take_finished(frame.pts, self.track_idle);
+        events.extend(self.record_ended(ended));
         self.annotator.draw(canvas, &annotations);
+        let record = FrameRecord {
+            frame: frame.index,
+            time: frame.pts,
+            tracks: records,
+        };
+        self.writers.write_frame(&record, &events)?;
+        Ok(())
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        let ended = self.speeds.finish_all();
+        let events = self.record_ended(ended);
+        self.writers.write_events(&events)?;
         Ok(())
     }
 }

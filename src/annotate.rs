@@ -10,11 +10,26 @@ use crate::geometry::BBox;
 
 /// Ultralytics' 20-colour palette, indexed by class id.
 const PALETTE: [[u8; 3]; 20] = [
-    [0xff, 0x38, 0x38], [0xff, 0x9d, 0x97], [0xff, 0x70, 0x1f], [0xff, 0xb2, 0x1d],
-    [0xcf, 0xd2, 0x31], [0x48, 0xf9, 0x0a], [0x92, 0xcc, 0x17], [0x3d, 0xdb, 0x86],
-    [0x1a, 0x93, 0x34], [0x00, 0xd4, 0xbb], [0x2c, 0x99, 0xa8], [0x00, 0xc2, 0xff],
-    [0x34, 0x45, 0x93], [0x64, 0x73, 0xff], [0x00, 0x18, 0xec], [0x84, 0x38, 0xff],
-    [0x52, 0x00, 0x85], [0xcb, 0x38, 0xff], [0xff, 0x95, 0xc8], [0xff, 0x37, 0xc7],
+    [0xff, 0x38, 0x38],
+    [0xff, 0x9d, 0x97],
+    [0xff, 0x70, 0x1f],
+    [0xff, 0xb2, 0x1d],
+    [0xcf, 0xd2, 0x31],
+    [0x48, 0xf9, 0x0a],
+    [0x92, 0xcc, 0x17],
+    [0x3d, 0xdb, 0x86],
+    [0x1a, 0x93, 0x34],
+    [0x00, 0xd4, 0xbb],
+    [0x2c, 0x99, 0xa8],
+    [0x00, 0xc2, 0xff],
+    [0x34, 0x45, 0x93],
+    [0x64, 0x73, 0xff],
+    [0x00, 0x18, 0xec],
+    [0x84, 0x38, 0xff],
+    [0x52, 0x00, 0x85],
+    [0xcb, 0x38, 0xff],
+    [0xff, 0x95, 0xc8],
+    [0xff, 0x37, 0xc7],
 ];
 
 /// Points kept per trail.
@@ -85,7 +100,14 @@ impl Annotator {
                 }
             }
             draw_rect(image, &a.bbox, colour, thickness);
-            draw_label(image, &a.label(), a.bbox.x1 as i32, a.bbox.y1 as i32, colour, scale);
+            draw_label(
+                image,
+                &a.label(),
+                a.bbox.x1 as i32,
+                a.bbox.y1 as i32,
+                colour,
+                scale,
+            );
         }
     }
 }
@@ -123,7 +145,14 @@ fn draw_line(image: &mut RgbImage, p: (f32, f32), q: (f32, f32), colour: Rgb<u8>
     for i in 0..=steps {
         let f = i as f32 / steps as f32;
         let (x, y) = (p.0 + (q.0 - p.0) * f, p.1 + (q.1 - p.1) * f);
-        fill(image, x as i32 - t / 2, y as i32 - t / 2, x as i32 + (t + 1) / 2, y as i32 + (t + 1) / 2, colour);
+        fill(
+            image,
+            x as i32 - t / 2,
+            y as i32 - t / 2,
+            x as i32 + (t + 1) / 2,
+            y as i32 + (t + 1) / 2,
+            colour,
+        );
     }
 }
 
@@ -134,7 +163,11 @@ fn draw_label(image: &mut RgbImage, text: &str, x: i32, y: i32, colour: Rgb<u8>,
     let top = if y - h >= 0 { y - h } else { y };
     fill(image, x, top, x + w, top + h, colour);
     let luma = 0.299 * colour.0[0] as f32 + 0.587 * colour.0[1] as f32 + 0.114 * colour.0[2] as f32;
-    let ink = if luma > 140.0 { Rgb([0, 0, 0]) } else { Rgb([255, 255, 255]) };
+    let ink = if luma > 140.0 {
+        Rgb([0, 0, 0])
+    } else {
+        Rgb([255, 255, 255])
+    };
     for (i, c) in text.chars().enumerate() {
         let glyph = font8x8::BASIC_FONTS.get(c).unwrap_or([0; 8]);
         let gx = x + 2 + i as i32 * 8 * s;
@@ -186,7 +219,11 @@ mod tests {
         let label_pixels: Vec<_> = (20..100).map(|x| *image.get_pixel(x, 24)).collect();
         assert!(label_pixels.contains(&colour));
         assert!(label_pixels.contains(&Rgb([0, 0, 0])));
-        assert!(label_pixels.iter().all(|p| *p == colour || *p == Rgb([0, 0, 0])));
+        assert!(
+            label_pixels
+                .iter()
+                .all(|p| *p == colour || *p == Rgb([0, 0, 0]))
+        );
     }
 
     #[test]

@@ -76,7 +76,10 @@ impl BBox {
 
     /// True when the box comes within `margin` pixels of the image border.
     pub fn touches_border(&self, width: f32, height: f32, margin: f32) -> bool {
-        self.x1 <= margin || self.y1 <= margin || self.x2 >= width - margin || self.y2 >= height - margin
+        self.x1 <= margin
+            || self.y1 <= margin
+            || self.x2 >= width - margin
+            || self.y2 >= height - margin
     }
 }
 
@@ -100,7 +103,10 @@ mod tests {
         assert_eq!(b, BBox::new(10.0, 20.0, 40.0, 60.0));
         assert_eq!(BBox::from_cxcywh(25.0, 40.0, 30.0, 40.0), b);
         assert_eq!(b.bottom_centre(), (25.0, 60.0));
-        assert_eq!(BBox::new(-5.0, 2.0, 700.0, 9.0).clipped(640.0, 480.0), BBox::new(0.0, 2.0, 640.0, 9.0));
+        assert_eq!(
+            BBox::new(-5.0, 2.0, 700.0, 9.0).clipped(640.0, 480.0),
+            BBox::new(0.0, 2.0, 640.0, 9.0)
+        );
         assert!(b.touches_border(40.0, 100.0, 0.5));
         assert!(!b.touches_border(100.0, 100.0, 2.0));
     }

@@ -11,14 +11,21 @@ use streamtrack::analysis::Analysis;
 use streamtrack::config::Config;
 use streamtrack::detect::{Detection, Detector};
 use streamtrack::model::{ComputeDevice, DeviceChoice, YoloModel};
+use streamtrack::motfile;
+use streamtrack::output::ResultWriters;
 use streamtrack::pipeline::{self, Sinks};
+use streamtrack::speed::{Calibration, SpeedEstimator, TrackSummary};
+use streamtrack::track::Tracker;
 use streamtrack::video::encoder::EncodeSettings;
 use streamtrack::video::sink::{Mp4Sink, PngFrameSink};
-use streamtrack::motfile;
 use streamtrack::video::{self, images};
 
 #[derive(Parser)]
-#[command(name = "streamtrack", version, about = "Object detection, tracking and speed estimation on video, in pure Rust")]
+#[command(
+    name = "streamtrack",
+    version,
+    about = "Object detection, tracking and speed estimation on video, in pure Rust"
+)]
 struct Cli {
     /// Configuration file (TOML); command-line flags override its values.
     #[arg(long, global = true)]
@@ -43,6 +50,8 @@ enum Command {
     Import(ImportArgs),
     /// Track MOTChallenge detections (det.txt) and write MOTChallenge results.
     Track(TrackArgs),
+    /// Validate a detector on a YOLO-format dataset: precision, recall, mAP50, mAP50-95.
+    Val(ValArgs),
     /// Evaluate tracking (HOTA, MOTA, IDF1) or speed accuracy against ground truth.
     #[command(subcommand)]
     Eval(EvalCommand),
@@ -59,6 +68,15 @@ struct TrackArgs {
     /// Output tracks in MOTChallenge format.
     #[arg(long, short)]
     output: PathBuf,
+}
+
+#[derive(Args)]
+struct ValArgs {
+    /// Dataset folder with images/ and labels/ (YOLO txt: class cx cy w h, normalised).
+    #[arg(long)]
+    data: PathBuf,
+    #[command(flatten)]
+    model: ModelArgs,
 }
 
 #[derive(Subcommand)]
@@ -141,6 +159,18 @@ struct ProcessArgs {
     /// Output video bitrate in bits per second (default: from frame size and rate).
     #[arg(long)]
     bitrate: Option<u32>,
+    /// Per-frame tracks and events as JSON lines.
+    #[arg(long)]
+    events: Option<PathBuf>,
+    /// Per-frame tracks as CSV.
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Tracks in MOTChallenge format.
+    #[arg(long)]
+    mot: Option<PathBuf>,
+    /// Camera calibration (TOML) enabling speed estimation.
+    #[arg(long)]
+    calibration: Option<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -174,7 +204,11 @@ struct ImportArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = if cli.quiet { "warn" } else { cli.log_level.as_str() };
+    let level = if cli.quiet {
+        "warn"
+    } else {
+        cli.log_level.as_str()
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(level)
@@ -201,6 +235,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Detect(args) => detect(args, config),
         Command::Import(args) => import(args),
         Command::Track(args) => track(args, config),
+        Command::Val(args) => val(args, config),
         Command::Eval(EvalCommand::Mot(args)) => eval_mot(args, config),
         Command::Eval(EvalCommand::Speed(args)) => eval_speed(args, config),
     }
@@ -227,7 +262,8 @@ fn resolve_model_path(flag: Option<&Path>, config: &Config) -> anyhow::Result<Pa
 /// Loads the model and resolves thresholds; returns the detector and display names.
 fn build_detector(args: &ModelArgs, config: &Config) -> anyhow::Result<(Detector, Vec<String>)> {
     let path = resolve_model_path(args.model.as_deref(), config)?;
-    let device = ComputeDevice::resolve(args.device.unwrap_or(config.device)).map_err(anyhow::Error::msg)?;
+    let device =
+        ComputeDevice::resolve(args.device.unwrap_or(config.device)).map_err(anyhow::Error::msg)?;
     tracing::info!("device: {}", device.description);
     let model = YoloModel::load(&path, device)?;
     let mut section = config.detect.clone();
@@ -257,8 +293,15 @@ fn interrupt_flag() -> Arc<AtomicBool> {
 }
 
 fn process(args: ProcessArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
-    if args.output.is_none() && args.save_frames.is_none() {
-        bail!("nothing to write: give --output FILE.mp4 and/or --save-frames DIR");
+    if args.output.is_none()
+        && args.save_frames.is_none()
+        && args.events.is_none()
+        && args.csv.is_none()
+        && args.mot.is_none()
+    {
+        bail!(
+            "nothing to write: give --output FILE.mp4, --save-frames DIR, --events, --csv or --mot"
+        );
     }
     let source = video::open_source(&args.input, args.fps)?;
     let info = source.info().clone();
@@ -268,9 +311,10 @@ fn process(args: ProcessArgs, config: Config, quiet: bool) -> anyhow::Result<()>
         info.width,
         info.height,
         info.fps,
-        info.frame_count.map(|n| format!(", {n} frames")).unwrap_or_default()
+        info.frame_count
+            .map(|n| format!(", {n} frames"))
+            .unwrap_or_default()
     );
-    let (detector, names) = build_detector(&args.model, &config)?;
     let settings = EncodeSettings {
         bitrate: args.bitrate.or(config.output.bitrate),
         keyframe_interval_s: config.output.keyframe_interval,
@@ -281,9 +325,40 @@ fn process(args: ProcessArgs, config: Config, quiet: bool) -> anyhow::Result<()>
             .as_deref()
             .map(|p| Mp4Sink::create(p, info.fps, settings))
             .transpose()?,
-        frames: args.save_frames.as_deref().map(PngFrameSink::create).transpose()?,
+        frames: args
+            .save_frames
+            .as_deref()
+            .map(PngFrameSink::create)
+            .transpose()?,
     };
-    let mut analysis = Analysis::new(detector, names);
+    let calibration = args
+        .calibration
+        .as_deref()
+        .or(config.calibration.as_deref())
+        .map(|path| -> anyhow::Result<Calibration> {
+            let calibration = Calibration::load(path)?;
+            calibration
+                .check_image_size(info.width, info.height)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Ok(calibration)
+        })
+        .transpose()?;
+    let writers = ResultWriters::create(
+        args.events.as_deref(),
+        args.csv.as_deref(),
+        args.mot.as_deref(),
+    )?;
+    let (detector, names) = build_detector(&args.model, &config)?;
+    let tracker = Tracker::new(config.tracker.clone(), info.fps);
+    let speeds = SpeedEstimator::new(calibration, config.speed.clone(), (info.width, info.height));
+    let mut analysis = Analysis::new(
+        detector,
+        names.clone(),
+        tracker,
+        speeds,
+        config.tracker.track_buffer,
+        writers,
+    );
     let summary = pipeline::run(source, &mut analysis, sinks, interrupt_flag(), !quiet)?;
     eprintln!(
         "{} frames in {:.1} s ({:.1} FPS){}{}",
@@ -295,16 +370,54 @@ fn process(args: ProcessArgs, config: Config, quiet: bool) -> anyhow::Result<()>
         } else {
             String::new()
         },
-        if summary.interrupted { ", interrupted" } else { "" }
+        if summary.interrupted {
+            ", interrupted"
+        } else {
+            ""
+        }
     );
     if let Some(out) = &args.output {
-        eprintln!("wrote {} ({} frames)", out.display(), summary.frames_written);
+        eprintln!(
+            "wrote {} ({} frames)",
+            out.display(),
+            summary.frames_written
+        );
     }
+    print_track_summary(&analysis.summaries, &names);
     Ok(())
 }
 
+/// Per-class track counts and speeds at the end of a run.
+fn print_track_summary(summaries: &[TrackSummary], names: &[String]) {
+    let mut classes: Vec<usize> = summaries.iter().map(|s| s.class_id).collect();
+    classes.sort_unstable();
+    classes.dedup();
+    for class in classes {
+        let tracks: Vec<&TrackSummary> = summaries.iter().filter(|s| s.class_id == class).collect();
+        let speeds: Vec<f64> = tracks.iter().filter_map(|s| s.mean_speed).collect();
+        let speed = if speeds.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", mean speed {:.1}, max {:.1}",
+                speeds.iter().sum::<f64>() / speeds.len() as f64,
+                tracks
+                    .iter()
+                    .filter_map(|s| s.max_speed)
+                    .fold(0.0, f64::max)
+            )
+        };
+        eprintln!("{}: {} tracks{speed}", names[class], tracks.len());
+    }
+}
+
 /// One image's detections in the reference JSON shape.
-fn detections_json(image: &str, imgsz: u32, detections: &[Detection], names: &[String]) -> serde_json::Value {
+fn detections_json(
+    image: &str,
+    imgsz: u32,
+    detections: &[Detection],
+    names: &[String],
+) -> serde_json::Value {
     let round = |v: f32, places: i32| (v as f64 * 10f64.powi(places)).round() / 10f64.powi(places);
     serde_json::json!({
         "image": image,
@@ -320,9 +433,14 @@ fn detections_json(image: &str, imgsz: u32, detections: &[Detection], names: &[S
 
 fn detect(args: DetectArgs, config: Config) -> anyhow::Result<()> {
     let (mut detector, names) = build_detector(&args.model, &config)?;
-    let imgsz = detector.model.input_size().0.max(detector.model.input_size().1);
+    let imgsz = detector
+        .model
+        .input_size()
+        .0
+        .max(detector.model.input_size().1);
     for dir in [&args.labels, &args.save_dir].into_iter().flatten() {
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create the folder", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create the folder", dir.display()))?;
     }
     let mut records = Vec::new();
     let mut annotator = streamtrack::annotate::Annotator::new();
@@ -343,22 +461,48 @@ fn detect(args: DetectArgs, config: Config) -> anyhow::Result<()> {
                     file.display().to_string()
                 };
                 println!("{label}: {}", summary_line(&detections, &names));
-                let stem = file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
-                let stem = if is_video { format!("{stem}_{:06}", frame.index) } else { stem };
+                let stem = file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().to_string())
+                    .unwrap_or_default();
+                let stem = if is_video {
+                    format!("{stem}_{:06}", frame.index)
+                } else {
+                    stem
+                };
                 if let Some(dir) = &args.labels {
-                    write_yolo_labels(&dir.join(format!("{stem}.txt")), &detections, frame.image.dimensions())?;
+                    write_yolo_labels(
+                        &dir.join(format!("{stem}.txt")),
+                        &detections,
+                        frame.image.dimensions(),
+                    )?;
                 }
                 if let Some(dir) = &args.save_dir {
                     let mut canvas = frame.image.clone();
-                    let annotations: Vec<_> = detections.iter().map(|d| streamtrack::annotate::Annotation {
-                        bbox: d.bbox, class_id: d.class_id, class_name: names[d.class_id].clone(),
-                        score: d.score, track_id: None, speed: None,
-                    }).collect();
+                    let annotations: Vec<_> = detections
+                        .iter()
+                        .map(|d| streamtrack::annotate::Annotation {
+                            bbox: d.bbox,
+                            class_id: d.class_id,
+                            class_name: names[d.class_id].clone(),
+                            score: d.score,
+                            track_id: None,
+                            speed: None,
+                        })
+                        .collect();
                     annotator.draw(&mut canvas, &annotations);
                     let path = dir.join(format!("{stem}.jpg"));
-                    canvas.save(&path).with_context(|| format!("{}: cannot write", path.display()))?;
+                    canvas
+                        .save(&path)
+                        .with_context(|| format!("{}: cannot write", path.display()))?;
                 }
-                let name = if is_video { label } else { file.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default() };
+                let name = if is_video {
+                    label
+                } else {
+                    file.file_name()
+                        .map(|n| n.to_string_lossy().to_string())
+                        .unwrap_or_default()
+                };
                 records.push(detections_json(&name, imgsz, &detections, &names));
             }
         }
@@ -367,9 +511,14 @@ fn detect(args: DetectArgs, config: Config) -> anyhow::Result<()> {
         let text = if records.len() == 1 {
             serde_json::to_string_pretty(&records[0])?
         } else {
-            records.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("\n")
+            records
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
         };
-        std::fs::write(path, text + "\n").with_context(|| format!("{}: cannot write", path.display()))?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("{}: cannot write", path.display()))?;
     }
     Ok(())
 }
@@ -393,13 +542,25 @@ fn summary_line(detections: &[Detection], names: &[String]) -> String {
         .join(", ")
 }
 
-fn write_yolo_labels(path: &Path, detections: &[Detection], (w, h): (u32, u32)) -> anyhow::Result<()> {
+fn write_yolo_labels(
+    path: &Path,
+    detections: &[Detection],
+    (w, h): (u32, u32),
+) -> anyhow::Result<()> {
     let (w, h) = (w as f32, h as f32);
     let lines: String = detections
         .iter()
         .map(|d| {
             let (cx, cy) = d.bbox.centre();
-            format!("{} {:.6} {:.6} {:.6} {:.6} {:.5}\n", d.class_id, cx / w, cy / h, d.bbox.width() / w, d.bbox.height() / h, d.score)
+            format!(
+                "{} {:.6} {:.6} {:.6} {:.6} {:.5}\n",
+                d.class_id,
+                cx / w,
+                cy / h,
+                d.bbox.width() / w,
+                d.bbox.height() / h,
+                d.score
+            )
         })
         .collect();
     std::fs::write(path, lines).with_context(|| format!("{}: cannot write", path.display()))
@@ -413,7 +574,10 @@ fn import(args: ImportArgs) -> anyhow::Result<()> {
         "{} {}{}: {} classes, input {}x{} -> {} (+ {})",
         args.model.display(),
         card.architecture.family,
-        card.architecture.scale.map(|s| format!(" scale {s}")).unwrap_or_default(),
+        card.architecture
+            .scale
+            .map(|s| format!(" scale {s}"))
+            .unwrap_or_default(),
         card.metadata.names.len(),
         card.metadata.imgsz[1],
         card.metadata.imgsz[0],
@@ -429,26 +593,43 @@ fn track(args: TrackArgs, config: Config) -> anyhow::Result<()> {
     let results = streamtrack::track::track_mot_rows(&detections, &info, &config.tracker);
     motfile::write_results(&args.output, &results)?;
     let ids: std::collections::HashSet<i64> = results.iter().map(|r| r.id).collect();
-    println!("{} frames, {} tracks, {} boxes -> {}", info.length, ids.len(), results.len(), args.output.display());
+    println!(
+        "{} frames, {} tracks, {} boxes -> {}",
+        info.length,
+        ids.len(),
+        results.len(),
+        args.output.display()
+    );
     Ok(())
 }
 
 fn eval_mot(args: EvalMotArgs, config: Config) -> anyhow::Result<()> {
     use streamtrack::eval::mot::{MotCounts, evaluate};
     if args.track {
-        std::fs::create_dir_all(&args.res).with_context(|| format!("{}: cannot create the folder", args.res.display()))?;
+        std::fs::create_dir_all(&args.res)
+            .with_context(|| format!("{}: cannot create the folder", args.res.display()))?;
     }
     let mut combined: Option<MotCounts> = None;
-    println!("{:<16} {:>7} {:>7} {:>7} {:>6} {:>7} {:>7}", "sequence", "HOTA", "MOTA", "IDF1", "IDSW", "FP", "FN");
+    println!(
+        "{:<16} {:>7} {:>7} {:>7} {:>6} {:>7} {:>7}",
+        "sequence", "HOTA", "MOTA", "IDF1", "IDSW", "FP", "FN"
+    );
     for seq in &args.sequences {
         let dir = args.gt_root.join(seq);
         let info = motfile::read_seqinfo(&dir.join("seqinfo.ini"))?;
         let res_path = args.res.join(format!("{seq}.txt"));
         if args.track {
             let dets = motfile::read_rows(&dir.join("det.txt"))?;
-            motfile::write_results(&res_path, &streamtrack::track::track_mot_rows(&dets, &info, &config.tracker))?;
+            motfile::write_results(
+                &res_path,
+                &streamtrack::track::track_mot_rows(&dets, &info, &config.tracker),
+            )?;
         }
-        let counts = evaluate(&motfile::read_rows(&dir.join("gt.txt"))?, &motfile::read_rows(&res_path)?, info.length);
+        let counts = evaluate(
+            &motfile::read_rows(&dir.join("gt.txt"))?,
+            &motfile::read_rows(&res_path)?,
+            info.length,
+        );
         print_mot_row(seq, &counts);
         match combined.as_mut() {
             Some(c) => c.add(&counts),
@@ -473,7 +654,12 @@ fn eval_speed(args: EvalSpeedArgs, config: Config) -> anyhow::Result<()> {
     if args.frame_step == 0 {
         bail!("--frame-step must be at least 1");
     }
-    let report = streamtrack::eval::speed::evaluate_sequence(&args.sequence, &config.tracker, &config.speed, args.frame_step)?;
+    let report = streamtrack::eval::speed::evaluate_sequence(
+        &args.sequence,
+        &config.tracker,
+        &config.speed,
+        args.frame_step,
+    )?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -488,5 +674,67 @@ fn eval_speed(args: EvalSpeedArgs, config: Config) -> anyhow::Result<()> {
             report.samples
         );
     }
+    Ok(())
+}
+
+fn val(mut args: ValArgs, config: Config) -> anyhow::Result<()> {
+    use streamtrack::eval::detection::{DetectionEval, Label};
+    // Validation scores the whole precision-recall curve: keep low-confidence boxes.
+    args.model.conf = Some(args.model.conf.unwrap_or(0.001));
+    let (mut detector, names) = build_detector(&args.model, &config)?;
+    let files = images::list_images(&args.data.join("images"))?;
+    let mut eval = DetectionEval::new();
+    for file in &files {
+        let image = images::read_image(file)?;
+        let (w, h) = (image.width() as f32, image.height() as f32);
+        let stem = file
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        let label_path = args.data.join("labels").join(format!("{stem}.txt"));
+        let text = std::fs::read_to_string(&label_path).unwrap_or_default();
+        let mut labels = Vec::new();
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let v: Vec<f32> = line
+                .split_whitespace()
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .with_context(|| {
+                    format!("{}:{}: not a YOLO label line", label_path.display(), n + 1)
+                })?;
+            if v.len() < 5 || v[0] < 0.0 || v[0] as usize >= names.len() {
+                bail!(
+                    "{}:{}: expected 'class cx cy w h' with a class below {}",
+                    label_path.display(),
+                    n + 1,
+                    names.len()
+                );
+            }
+            labels.push(Label {
+                bbox: streamtrack::geometry::BBox::from_cxcywh(
+                    v[1] * w,
+                    v[2] * h,
+                    v[3] * w,
+                    v[4] * h,
+                ),
+                class_id: v[0] as usize,
+            });
+        }
+        eval.add_image(&detector.detect(&image), &labels);
+    }
+    let m = eval.metrics();
+    println!(
+        "{} images: precision {:.3}, recall {:.3}, mAP50 {:.3}, mAP50-95 {:.3}",
+        files.len(),
+        m.precision,
+        m.recall,
+        m.map50,
+        m.map50_95
+    );
     Ok(())
 }

@@ -51,7 +51,8 @@ fn error(path: &Path, line: Option<usize>, message: impl Into<String>) -> MotFil
 
 /// Reads every row of a MOT file (detections, ground truth or results).
 pub fn read_rows(path: &Path) -> Result<Vec<MotRow>, MotFileError> {
-    let text = std::fs::read_to_string(path).map_err(|e| error(path, None, format!("cannot read: {e}")))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| error(path, None, format!("cannot read: {e}")))?;
     let mut rows = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -64,9 +65,15 @@ pub fn read_rows(path: &Path) -> Result<Vec<MotRow>, MotFileError> {
 }
 
 fn parse_row(line: &str) -> Result<MotRow, String> {
-    let fields: Vec<&str> = line.split([',', ' ', '\t']).filter(|f| !f.is_empty()).collect();
+    let fields: Vec<&str> = line
+        .split([',', ' ', '\t'])
+        .filter(|f| !f.is_empty())
+        .collect();
     if fields.len() < 6 {
-        return Err(format!("expected at least 6 comma-separated values, found {}", fields.len()));
+        return Err(format!(
+            "expected at least 6 comma-separated values, found {}",
+            fields.len()
+        ));
     }
     let number = |i: usize| -> Result<f64, String> {
         let v: f64 = fields[i]
@@ -88,7 +95,11 @@ fn parse_row(line: &str) -> Result<MotRow, String> {
         return Err(format!("negative box size {w} x {h}"));
     }
     let optional = |i: usize| -> Result<Option<f64>, String> {
-        if i < fields.len() { number(i).map(Some) } else { Ok(None) }
+        if i < fields.len() {
+            number(i).map(Some)
+        } else {
+            Ok(None)
+        }
     };
     Ok(MotRow {
         frame: frame as u32,
@@ -102,7 +113,8 @@ fn parse_row(line: &str) -> Result<MotRow, String> {
 
 /// Reads `seqinfo.ini`.
 pub fn read_seqinfo(path: &Path) -> Result<SeqInfo, MotFileError> {
-    let text = std::fs::read_to_string(path).map_err(|e| error(path, None, format!("cannot read: {e}")))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| error(path, None, format!("cannot read: {e}")))?;
     let get = |key: &str| {
         text.lines()
             .filter_map(|l| l.split_once('='))
@@ -176,10 +188,22 @@ mod tests {
     #[test]
     fn malformed_rows_name_the_problem() {
         assert!(parse_row("1,2,3").unwrap_err().contains("at least 6"));
-        assert!(parse_row("1,-1,0,0,-5,10,0.9").unwrap_err().contains("negative"));
-        assert!(parse_row("1,-1,0,0,5,10,nan").unwrap_err().contains("not finite"));
+        assert!(
+            parse_row("1,-1,0,0,-5,10,0.9")
+                .unwrap_err()
+                .contains("negative")
+        );
+        assert!(
+            parse_row("1,-1,0,0,5,10,nan")
+                .unwrap_err()
+                .contains("not finite")
+        );
         assert!(parse_row("0,-1,0,0,5,10,1").unwrap_err().contains("frame"));
-        assert!(parse_row("x,-1,0,0,5,10,1").unwrap_err().contains("column 1"));
+        assert!(
+            parse_row("x,-1,0,0,5,10,1")
+                .unwrap_err()
+                .contains("column 1")
+        );
     }
 
     #[test]
@@ -189,10 +213,18 @@ mod tests {
         let path = dir.join("det.txt");
         std::fs::write(&path, "1,-1,0,0,5,5,0.9\n2,-1,0,0,5,5,oops\n").unwrap();
         let err = read_rows(&path).unwrap_err().to_string();
-        assert!(err.ends_with("det.txt:2: column 7 is not a number: 'oops'"), "{err}");
+        assert!(
+            err.ends_with("det.txt:2: column 7 is not a number: 'oops'"),
+            "{err}"
+        );
         let ini = dir.join("seqinfo.ini");
         std::fs::write(&ini, "[Sequence]\nname=x\nframeRate=30\n").unwrap();
-        assert!(read_seqinfo(&ini).unwrap_err().to_string().contains("missing 'seqLength'"));
+        assert!(
+            read_seqinfo(&ini)
+                .unwrap_err()
+                .to_string()
+                .contains("missing 'seqLength'")
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

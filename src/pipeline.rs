@@ -66,7 +66,9 @@ pub fn run(
     let decode_stop = stop.clone();
     let decoder = std::thread::Builder::new()
         .name("decode".into())
-        .spawn(move || decode_loop(source.as_mut(), frame_tx, &decode_stop).map(|_| source.corrupt_frames()))?;
+        .spawn(move || {
+            decode_loop(source.as_mut(), frame_tx, &decode_stop).map(|_| source.corrupt_frames())
+        })?;
     let encoder = std::thread::Builder::new()
         .name("encode".into())
         .spawn(move || encode_loop(out_rx, &mut sinks))?;

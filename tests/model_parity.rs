@@ -10,10 +10,14 @@ fn parity(model_file: &str, reference: &str) -> (f32, f32) {
     let model = YoloModel::load(&data(&format!("models/{model_file}")), ComputeDevice::cpu())
         .expect("model loads");
     let (in_shape, input) = read_npy_f32(&data(&format!("reference/{reference}/bus.input.npy")));
-    let (out_shape, expected) = read_npy_f32(&data(&format!("reference/{reference}/bus.output.npy")));
+    let (out_shape, expected) =
+        read_npy_f32(&data(&format!("reference/{reference}/bus.output.npy")));
     assert_eq!(in_shape[0], 1);
     let output = model.infer(input, 1);
-    assert_eq!(vec![output.batch, output.channels, output.anchors], out_shape);
+    assert_eq!(
+        vec![output.batch, output.channels, output.anchors],
+        out_shape
+    );
     let n = output.anchors;
     let max_err = |rows: std::ops::Range<usize>| {
         output.data[rows.start * n..rows.end * n]

@@ -100,7 +100,9 @@ pub enum LayerKind {
         blocks: Vec<PsaBlockSpec>,
     },
     /// Nearest-neighbour upsampling by an integer factor.
-    Upsample { scale: usize },
+    Upsample {
+        scale: usize,
+    },
     /// Channel concatenation of the `from` layers.
     Concat,
     Detect(DetectSpec),
@@ -521,7 +523,9 @@ pub fn output_channels(arch: &Architecture) -> Result<Vec<usize>, ImportError> {
         };
         channels.insert(layer.index as i64, out.unwrap_or(0));
     }
-    Ok((0..arch.layers.len() as i64).map(|i| channels[&i]).collect())
+    Ok((0..arch.layers.len() as i64)
+        .map(|i| channels[&i])
+        .collect())
 }
 
 fn check(

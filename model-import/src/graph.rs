@@ -112,9 +112,8 @@ impl GraphIndex {
                     node.name
                 ))
             })?;
-        let geometry_error = |what: &str| {
-            ImportError::Unsupported(format!("convolution '{}': {what}", node.name))
-        };
+        let geometry_error =
+            |what: &str| ImportError::Unsupported(format!("convolution '{}': {what}", node.name));
         if dims.len() != 4 || dims[2] != dims[3] {
             return Err(geometry_error("only square 2-D kernels are supported"));
         }
@@ -154,9 +153,9 @@ impl GraphIndex {
 
     /// The convolution with this module path.
     pub fn conv(&self, path: &str) -> Result<&ConvNode, ImportError> {
-        self.convs.get(path).ok_or_else(|| {
-            ImportError::Unsupported(format!("expected a convolution named {path}"))
-        })
+        self.convs
+            .get(path)
+            .ok_or_else(|| ImportError::Unsupported(format!("expected a convolution named {path}")))
     }
 
     /// Convolutions whose module path starts with `prefix`, in graph (execution) order.
@@ -237,7 +236,11 @@ fn layer_of_path(path: &str) -> Option<usize> {
 
 /// `/model.12/cv1/conv/Conv` (node or tensor name) → 12.
 fn layer_of_node(name: &str) -> Option<usize> {
-    name.strip_prefix("/model.")?.split('/').next()?.parse().ok()
+    name.strip_prefix("/model.")?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

@@ -172,11 +172,11 @@ fn conv_weights(
         dequantize(&mut weight, &scale, &zero, path)?;
     }
     let c_out = node.c_out;
-    let bias = match node
-        .bias_input
-        .clone()
-        .or_else(|| index.initializer(&format!("{path}.bias")).map(|_| format!("{path}.bias")))
-    {
+    let bias = match node.bias_input.clone().or_else(|| {
+        index
+            .initializer(&format!("{path}.bias"))
+            .map(|_| format!("{path}.bias"))
+    }) {
         Some(name) => load(&name)?.data,
         None => vec![0.0; c_out],
     };

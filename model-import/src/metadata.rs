@@ -78,7 +78,9 @@ pub fn parse_names(text: &str) -> Result<Vec<String>, ImportError> {
             digits.push(*c);
             chars.next();
         }
-        let id: usize = digits.parse().map_err(|_| bad("class id is not a number"))?;
+        let id: usize = digits
+            .parse()
+            .map_err(|_| bad("class id is not a number"))?;
         while chars.peek().is_some_and(|c| c.is_whitespace()) {
             chars.next();
         }
@@ -121,7 +123,9 @@ fn parse_imgsz(text: &str) -> Result<[usize; 2], ImportError> {
     match numbers.as_slice() {
         [s] => Ok([*s, *s]),
         [h, w] => Ok([*h, *w]),
-        _ => Err(ImportError::Metadata(format!("'imgsz' is not a size: {text}"))),
+        _ => Err(ImportError::Metadata(format!(
+            "'imgsz' is not a size: {text}"
+        ))),
     }
 }
 

@@ -64,7 +64,10 @@ fn int8_exports_dequantise_to_the_float_weights() {
                 .zip(&wf.weight.data)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0f32, f32::max);
-            assert!(max_err < 1e-5, "{path}: dequantised weights differ by {max_err}");
+            assert!(
+                max_err < 1e-5,
+                "{path}: dequantised weights differ by {max_err}"
+            );
             assert_eq!(wq.bias, wf.bias, "{path}");
         }
     }
@@ -78,5 +81,10 @@ fn non_onnx_and_truncated_files_are_refused() {
     let err = import_bytes(&bytes[..bytes.len() / 2]).unwrap_err();
     assert!(err.to_string().contains("not an ONNX model"), "{err}");
     let missing = import_file("no/such/model.onnx").unwrap_err();
-    assert!(missing.to_string().starts_with("no/such/model.onnx: cannot read"), "{missing}");
+    assert!(
+        missing
+            .to_string()
+            .starts_with("no/such/model.onnx: cannot read"),
+        "{missing}"
+    );
 }

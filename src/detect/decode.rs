@@ -25,7 +25,11 @@ pub fn decode_candidates(output: &[f32], anchors: usize, config: &DetectConfig) 
     let mut best_score = row(4).to_vec();
     let mut best_class = vec![0u16; anchors];
     for c in 1..classes {
-        for ((score, class), &s) in best_score.iter_mut().zip(best_class.iter_mut()).zip(row(4 + c)) {
+        for ((score, class), &s) in best_score
+            .iter_mut()
+            .zip(best_class.iter_mut())
+            .zip(row(4 + c))
+        {
             if s > *score {
                 *score = s;
                 *class = c as u16;
@@ -39,10 +43,12 @@ pub fn decode_candidates(output: &[f32], anchors: usize, config: &DetectConfig) 
         .filter_map(|a| {
             let class_id = best_class[a] as usize;
             let score = best_score[a];
-            (score > config.threshold(class_id) && config.keeps_class(class_id)).then(|| Candidate {
-                bbox: BBox::from_cxcywh(cx[a], cy[a], w[a], h[a]),
-                score,
-                class_id,
+            (score > config.threshold(class_id) && config.keeps_class(class_id)).then(|| {
+                Candidate {
+                    bbox: BBox::from_cxcywh(cx[a], cy[a], w[a], h[a]),
+                    score,
+                    class_id,
+                }
             })
         })
         .collect()
@@ -88,16 +94,29 @@ mod tests {
         assert_eq!((c[0].class_id, c[0].score), (0, 0.9));
         assert_eq!((c[1].class_id, c[1].score), (1, 0.6));
         assert_eq!(c[0].bbox, BBox::new(8.0, 8.0, 12.0, 12.0));
-        let strict = DetectConfig { conf: 0.3, ..Default::default() };
-        assert_eq!(decode_candidates(&output(), 3, &strict).len(), 2, "0.3 is not > 0.3");
+        let strict = DetectConfig {
+            conf: 0.3,
+            ..Default::default()
+        };
+        assert_eq!(
+            decode_candidates(&output(), 3, &strict).len(),
+            2,
+            "0.3 is not > 0.3"
+        );
     }
 
     #[test]
     fn class_filter_drops_anchors_whose_best_class_is_filtered() {
-        let only_person = DetectConfig { classes: vec![0], ..Default::default() };
+        let only_person = DetectConfig {
+            classes: vec![0],
+            ..Default::default()
+        };
         let c = decode_candidates(&output(), 3, &only_person);
         assert_eq!(c.iter().map(|c| c.class_id).collect::<Vec<_>>(), vec![0, 0]);
-        let per_class = DetectConfig { class_conf: vec![(0, 0.95)], ..Default::default() };
+        let per_class = DetectConfig {
+            class_conf: vec![(0, 0.95)],
+            ..Default::default()
+        };
         let c = decode_candidates(&output(), 3, &per_class);
         assert_eq!(c.iter().map(|c| c.class_id).collect::<Vec<_>>(), vec![1]);
     }
@@ -105,7 +124,11 @@ mod tests {
     #[test]
     fn boxes_map_back_through_the_letterbox() {
         let lb = Letterbox::new((1280, 720), (640, 640));
-        let cand = Candidate { bbox: BBox::new(0.0, 140.0, 640.0, 500.0), score: 0.5, class_id: 0 };
+        let cand = Candidate {
+            bbox: BBox::new(0.0, 140.0, 640.0, 500.0),
+            score: 0.5,
+            class_id: 0,
+        };
         let d = to_original(&[cand], &lb);
         assert_eq!(d[0].bbox, BBox::new(0.0, 0.0, 1280.0, 720.0));
     }

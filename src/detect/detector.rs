@@ -31,7 +31,9 @@ impl Detector {
 
     /// Detects objects in one frame.
     pub fn detect(&mut self, image: &RgbImage) -> Vec<Detection> {
-        self.detect_batch(&[image]).pop().expect("one result per image")
+        self.detect_batch(&[image])
+            .pop()
+            .expect("one result per image")
     }
 
     /// Detects objects in each frame of a batch (one network call).

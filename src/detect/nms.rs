@@ -59,13 +59,25 @@ mod tests {
     use proptest::prelude::*;
 
     fn cand(x: f32, score: f32, class_id: usize) -> Candidate {
-        Candidate { bbox: BBox::new(x, 0.0, x + 10.0, 10.0), score, class_id }
+        Candidate {
+            bbox: BBox::new(x, 0.0, x + 10.0, 10.0),
+            score,
+            class_id,
+        }
     }
 
     #[test]
     fn overlapping_boxes_of_one_class_collapse_to_the_best() {
-        let out = non_max_suppression(vec![cand(0.0, 0.5, 0), cand(1.0, 0.9, 0), cand(50.0, 0.7, 0)], 0.7, 300, false);
-        assert_eq!(out.iter().map(|c| c.score).collect::<Vec<_>>(), vec![0.9, 0.7]);
+        let out = non_max_suppression(
+            vec![cand(0.0, 0.5, 0), cand(1.0, 0.9, 0), cand(50.0, 0.7, 0)],
+            0.7,
+            300,
+            false,
+        );
+        assert_eq!(
+            out.iter().map(|c| c.score).collect::<Vec<_>>(),
+            vec![0.9, 0.7]
+        );
     }
 
     #[test]
@@ -77,12 +89,23 @@ mod tests {
 
     fn arb_candidates() -> impl Strategy<Value = Vec<Candidate>> {
         prop::collection::vec(
-            (0f32..100.0, 0f32..100.0, 1f32..40.0, 1f32..40.0, 0.01f32..1.0, 0usize..3),
+            (
+                0f32..100.0,
+                0f32..100.0,
+                1f32..40.0,
+                1f32..40.0,
+                0.01f32..1.0,
+                0usize..3,
+            ),
             0..60,
         )
         .prop_map(|v| {
             v.into_iter()
-                .map(|(x, y, w, h, s, c)| Candidate { bbox: BBox::new(x, y, x + w, y + h), score: s, class_id: c })
+                .map(|(x, y, w, h, s, c)| Candidate {
+                    bbox: BBox::new(x, y, x + w, y + h),
+                    score: s,
+                    class_id: c,
+                })
                 .collect()
         })
     }

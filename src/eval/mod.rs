@@ -1,5 +1,6 @@
 //! Evaluation: MOTChallenge tracking metrics (HOTA, CLEAR, Identity) computed as TrackEval
 //! computes them.
 
+pub mod detection;
 pub mod mot;
 pub mod speed;

@@ -197,8 +197,12 @@ impl MotCounts {
         let mut tr_count = vec![0.0f64; nt];
         for ((gt, tr), sim) in d.gt_ids.iter().zip(&d.tracker_ids).zip(&d.similarity) {
             let (n, m) = (gt.len(), tr.len());
-            let row_sum: Vec<f64> = (0..n).map(|i| (0..m).map(|j| sim[i * m + j]).sum()).collect();
-            let col_sum: Vec<f64> = (0..m).map(|j| (0..n).map(|i| sim[i * m + j]).sum()).collect();
+            let row_sum: Vec<f64> = (0..n)
+                .map(|i| (0..m).map(|j| sim[i * m + j]).sum())
+                .collect();
+            let col_sum: Vec<f64> = (0..m)
+                .map(|j| (0..n).map(|i| sim[i * m + j]).sum())
+                .collect();
             for i in 0..n {
                 for j in 0..m {
                     let denom = row_sum[i] + col_sum[j] - sim[i * m + j];
@@ -339,7 +343,11 @@ impl MotCounts {
             }
         }
         self.ml = ng as f64 - self.mt - self.pt;
-        self.frag = frag_count.iter().filter(|&&f| f > 0.0).map(|f| f - 1.0).sum();
+        self.frag = frag_count
+            .iter()
+            .filter(|&&f| f > 0.0)
+            .map(|f| f - 1.0)
+            .sum();
     }
 
     fn identity(&mut self, d: &SequenceData) {
@@ -446,7 +454,9 @@ impl MotCounts {
             deta: pct(deta / n),
             assa: pct(assa / n),
             loca: pct(loca / n),
-            mota: pct((self.clr_tp - self.clr_fp - self.idsw) / (self.clr_tp + self.clr_fn).max(1.0)),
+            mota: pct(
+                (self.clr_tp - self.clr_fp - self.idsw) / (self.clr_tp + self.clr_fn).max(1.0)
+            ),
             motp: pct(self.motp_sum / self.clr_tp.max(1.0)),
             idf1: pct(self.idtp / (self.idtp + 0.5 * self.idfp + 0.5 * self.idfn).max(1.0)),
             idp: pct(self.idtp / (self.idtp + self.idfp).max(1.0)),
@@ -471,24 +481,45 @@ mod tests {
     use super::*;
 
     fn row(frame: u32, id: i64, x: f32) -> MotRow {
-        MotRow { frame, id, bbox: BBox::from_ltwh(x, 0.0, 10.0, 10.0), conf: 1.0, class: None, visibility: None }
+        MotRow {
+            frame,
+            id,
+            bbox: BBox::from_ltwh(x, 0.0, 10.0, 10.0),
+            conf: 1.0,
+            class: None,
+            visibility: None,
+        }
     }
 
     #[test]
     fn perfect_tracking_scores_100() {
-        let gt: Vec<MotRow> = (1..=10).flat_map(|f| [row(f, 1, 0.0), row(f, 2, 50.0)]).collect();
+        let gt: Vec<MotRow> = (1..=10)
+            .flat_map(|f| [row(f, 1, 0.0), row(f, 2, 50.0)])
+            .collect();
         let s = evaluate(&gt, &gt, 10).summary();
-        assert!((s.hota - 100.0).abs() < 1e-9 && (s.mota - 100.0).abs() < 1e-9 && (s.idf1 - 100.0).abs() < 1e-9);
-        assert_eq!((s.id_switches, s.false_positives, s.false_negatives), (0, 0, 0));
+        assert!(
+            (s.hota - 100.0).abs() < 1e-9
+                && (s.mota - 100.0).abs() < 1e-9
+                && (s.idf1 - 100.0).abs() < 1e-9
+        );
+        assert_eq!(
+            (s.id_switches, s.false_positives, s.false_negatives),
+            (0, 0, 0)
+        );
     }
 
     #[test]
     fn an_id_switch_and_a_miss_are_counted() {
         let gt: Vec<MotRow> = (1..=10).map(|f| row(f, 1, 0.0)).collect();
         // Tracker switches id at frame 6 and misses frame 10.
-        let tr: Vec<MotRow> = (1..=9).map(|f| row(f, if f < 6 { 7 } else { 8 }, 0.0)).collect();
+        let tr: Vec<MotRow> = (1..=9)
+            .map(|f| row(f, if f < 6 { 7 } else { 8 }, 0.0))
+            .collect();
         let s = evaluate(&gt, &tr, 10).summary();
-        assert_eq!((s.id_switches, s.false_negatives, s.false_positives), (1, 1, 0));
+        assert_eq!(
+            (s.id_switches, s.false_negatives, s.false_positives),
+            (1, 1, 0)
+        );
         assert!((s.mota - 100.0 * (9.0 - 1.0) / 10.0).abs() < 1e-9);
         // IDF1: best id covers 5 of 10 gt and 5 of 9 tracker boxes.
         assert!((s.idf1 - 100.0 * 5.0 / (5.0 + 0.5 * 4.0 + 0.5 * 5.0)).abs() < 1e-9);

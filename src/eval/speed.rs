@@ -50,7 +50,8 @@ pub fn evaluate_sequence(
     }
 
     let mut tracker = Tracker::new(tracker.clone(), info.frame_rate);
-    let mut estimator = SpeedEstimator::new(calibration, speed.clone(), (info.width, info.height));
+    let mut estimator =
+        SpeedEstimator::new(Some(calibration), speed.clone(), (info.width, info.height));
     let mut errors = Vec::new();
     let mut eligible = 0usize;
     let mut covered = 0usize;
@@ -67,12 +68,15 @@ pub fn evaluate_sequence(
             .iter()
             .flat_map(|g| tracks.iter().map(move |t| 1.0 - g.bbox.iou(&t.bbox) as f64))
             .collect();
-        let matched: HashMap<usize, usize> = assign_with_limit(&cost, frame_gt.len(), tracks.len(), 1.0 - MATCH_IOU)
-            .matches
-            .into_iter()
-            .collect();
+        let matched: HashMap<usize, usize> =
+            assign_with_limit(&cost, frame_gt.len(), tracks.len(), 1.0 - MATCH_IOU)
+                .matches
+                .into_iter()
+                .collect();
         for (gi, g) in frame_gt.iter().enumerate() {
-            let Some(&truth) = gt_speed.get(&(frame, g.id)) else { continue };
+            let Some(&truth) = gt_speed.get(&(frame, g.id)) else {
+                continue;
+            };
             let after_first_second = (frame - first_frame[&g.id]) as f64 >= info.frame_rate;
             let estimate = matched.get(&gi).and_then(|&ti| speeds[ti].map(|s| (ti, s)));
             if after_first_second {
@@ -86,7 +90,10 @@ pub fn evaluate_sequence(
         }
     }
     if errors.is_empty() {
-        anyhow::bail!("{}: no speed could be compared with the ground truth", dir.display());
+        anyhow::bail!(
+            "{}: no speed could be compared with the ground truth",
+            dir.display()
+        );
     }
     errors.sort_by(f64::total_cmp);
     let quantile = |q: f64| errors[((errors.len() - 1) as f64 * q).round() as usize];
@@ -110,14 +117,20 @@ fn to_detection(row: &MotRow) -> Detection {
 
 /// `frame,id,speed_kmh` rows keyed by `(frame, id)`.
 fn read_gt_speed(path: &Path) -> anyhow::Result<HashMap<(u32, i64), f64>> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", path.display()))?;
     let mut out = HashMap::new();
     for (n, line) in text.lines().enumerate().skip(1) {
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
         let parsed = (|| -> Option<((u32, i64), f64)> {
-            Some(((fields.first()?.parse().ok()?, fields.get(1)?.parse().ok()?), fields.get(2)?.parse().ok()?))
+            Some((
+                (fields.first()?.parse().ok()?, fields.get(1)?.parse().ok()?),
+                fields.get(2)?.parse().ok()?,
+            ))
         })();
-        let (key, speed) = parsed.ok_or_else(|| anyhow::anyhow!("{}:{}: expected frame,id,speed_kmh", path.display(), n + 1))?;
+        let (key, speed) = parsed.ok_or_else(|| {
+            anyhow::anyhow!("{}:{}: expected frame,id,speed_kmh", path.display(), n + 1)
+        })?;
         out.insert(key, speed);
     }
     Ok(out)

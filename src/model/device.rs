@@ -27,7 +27,9 @@ impl FromStr for DeviceChoice {
             "auto" => Ok(Self::Auto),
             "gpu" => Ok(Self::Gpu),
             "cpu" => Ok(Self::Cpu),
-            other => Err(format!("unknown device '{other}' (expected auto, gpu or cpu)")),
+            other => Err(format!(
+                "unknown device '{other}' (expected auto, gpu or cpu)"
+            )),
         }
     }
 }
@@ -68,7 +70,9 @@ impl ComputeDevice {
             return Ok(Self::cpu());
         }
         let adapters = gpu_adapters();
-        let hardware = adapters.iter().find(|a| a.device_type != wgpu::DeviceType::Cpu);
+        let hardware = adapters
+            .iter()
+            .find(|a| a.device_type != wgpu::DeviceType::Cpu);
         match (choice, hardware, adapters.first()) {
             (_, Some(adapter), _) => Ok(Self::wgpu(adapter)),
             (DeviceChoice::Gpu, None, Some(software)) => {

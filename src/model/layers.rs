@@ -39,16 +39,18 @@ pub struct ConvBlock {
 impl ConvBlock {
     /// Builds the convolution described by `spec`.
     pub fn new(spec: &ConvSpec, weights: WeightSource, device: &Device) -> Self {
-        let shape = [spec.c_out, spec.c_in / spec.groups, spec.kernel, spec.kernel];
+        let shape = [
+            spec.c_out,
+            spec.c_in / spec.groups,
+            spec.kernel,
+            spec.kernel,
+        ];
         let (weight, bias) = match weights {
             WeightSource::Imported(map) => {
                 let w = &map[&spec.path];
                 (w.weight.data.clone(), w.bias.clone())
             }
-            WeightSource::Zeros => (
-                vec![0.0; shape.iter().product()],
-                vec![0.0; spec.c_out],
-            ),
+            WeightSource::Zeros => (vec![0.0; shape.iter().product()], vec![0.0; spec.c_out]),
         };
         Self {
             weight: Param::from_tensor(Tensor::from_data(TensorData::new(weight, shape), device)),
@@ -64,12 +66,7 @@ impl ConvBlock {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let options = ConvOptions::new(
-            [self.stride; 2],
-            [self.padding; 2],
-            [1, 1],
-            self.groups,
-        );
+        let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], self.groups);
         let y = conv2d(x, self.weight.val(), Some(self.bias.val()), options);
         if self.act { silu(y) } else { y }
     }
@@ -113,7 +110,8 @@ impl C3k {
             .blocks
             .iter()
             .fold(self.cv1.forward(x.clone()), |y, b| b.forward(y));
-        self.cv3.forward(Tensor::cat(vec![a, self.cv2.forward(x)], 1))
+        self.cv3
+            .forward(Tensor::cat(vec![a, self.cv2.forward(x)], 1))
     }
 }
 
@@ -222,10 +220,7 @@ impl Attention {
         let [b, c, h, w] = x.dims();
         let n = h * w;
         let (nh, kd, hd) = (self.num_heads, self.key_dim, self.head_dim);
-        let qkv = self
-            .qkv
-            .forward(x)
-            .reshape([b, nh, 2 * kd + hd, n]);
+        let qkv = self.qkv.forward(x).reshape([b, nh, 2 * kd + hd, n]);
         let q = qkv.clone().narrow(2, 0, kd);
         let k = qkv.clone().narrow(2, kd, kd);
         let v = qkv.narrow(2, 2 * kd, hd);

@@ -77,11 +77,19 @@ impl YoloModel {
             "loaded {} {}{} ({} classes, input {}x{}{}) from {}",
             imported.architecture.family,
             imported.architecture.family.to_string().to_lowercase(),
-            imported.architecture.scale.map(String::from).unwrap_or_default(),
+            imported
+                .architecture
+                .scale
+                .map(String::from)
+                .unwrap_or_default(),
             imported.metadata.names.len(),
             imported.metadata.imgsz[1],
             imported.metadata.imgsz[0],
-            if imported.quantized_weights { ", INT8 weights dequantised" } else { "" },
+            if imported.quantized_weights {
+                ", INT8 weights dequantised"
+            } else {
+                ""
+            },
             path.display()
         );
         Ok(Self {
@@ -101,10 +109,18 @@ impl YoloModel {
             message,
         };
         let card_path = path.with_extension("json");
-        let card_text = std::fs::read_to_string(&card_path)
-            .map_err(|e| error(format!("cannot read the model card {}: {e}", card_path.display())))?;
-        let card: ModelCard = serde_json::from_str(&card_text)
-            .map_err(|e| error(format!("model card {} is invalid: {e}", card_path.display())))?;
+        let card_text = std::fs::read_to_string(&card_path).map_err(|e| {
+            error(format!(
+                "cannot read the model card {}: {e}",
+                card_path.display()
+            ))
+        })?;
+        let card: ModelCard = serde_json::from_str(&card_text).map_err(|e| {
+            error(format!(
+                "model card {} is invalid: {e}",
+                card_path.display()
+            ))
+        })?;
         model_import::architecture::output_channels(&card.architecture)
             .map_err(|e| error(e.to_string()))?;
         let network = YoloNetwork::new(&card.architecture, WeightSource::Zeros, &device.device)

@@ -95,7 +95,9 @@ impl YoloNetwork {
             } else if src as usize + 1 == i {
                 previous.clone()
             } else {
-                saved[src as usize].clone().expect("wiring keeps every output read later")
+                saved[src as usize]
+                    .clone()
+                    .expect("wiring keeps every output read later")
             }
         };
         for (i, layer) in self.layers.iter().enumerate() {

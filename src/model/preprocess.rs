@@ -87,14 +87,15 @@ pub fn letterbox_into(image: &RgbImage, input: (u32, u32), out: &mut [f32]) -> L
     geometry
 }
 
-/// Source index pairs and fixed-point weights for one axis of a linear resize.
+/// Source index pairs and fixed-point weights for one axis of a linear resize, computed as
+/// OpenCV does: single-precision offsets, each weight rounded on its own.
 fn axis_taps(src: usize, dst: usize) -> Vec<(usize, usize, i32, i32)> {
     let scale = src as f64 / dst as f64;
     (0..dst)
         .map(|d| {
-            let f = (d as f64 + 0.5) * scale - 0.5;
+            let f = ((d as f64 + 0.5) * scale - 0.5) as f32;
             let mut s = f.floor() as i64;
-            let mut frac = f - s as f64;
+            let mut frac = f - s as f32;
             if s < 0 {
                 s = 0;
                 frac = 0.0;
@@ -103,9 +104,10 @@ fn axis_taps(src: usize, dst: usize) -> Vec<(usize, usize, i32, i32)> {
                 s = src as i64 - 1;
                 frac = 0.0;
             }
-            let w0 = ((1.0 - frac) * COEF_ONE as f64).round() as i32;
+            let w0 = ((1.0 - frac) * COEF_ONE as f32).round_ties_even() as i32;
+            let w1 = (frac * COEF_ONE as f32).round_ties_even() as i32;
             let s = s as usize;
-            (s, (s + 1).min(src - 1), w0, COEF_ONE - w0)
+            (s, (s + 1).min(src - 1), w0, w1)
         })
         .collect()
 }
@@ -129,19 +131,20 @@ fn resize_linear(image: &RgbImage, dw: u32, dh: u32) -> Vec<u8> {
         }
     };
     let mut out = vec![0u8; dw * dh * 3];
-    out.par_chunks_mut(dw * 3)
-        .zip(yt.par_iter())
-        .for_each_init(
-            || (vec![0i32; dw * 3], vec![0i32; dw * 3]),
-            |(row0, row1), (line, &(y0, y1, b0, b1))| {
-                horizontal(y0, row0);
-                horizontal(y1, row1);
-                for ((dst, &r0), &r1) in line.iter_mut().zip(row0.iter()).zip(row1.iter()) {
-                    let v = (r0 as i64 * b0 as i64 + r1 as i64 * b1 as i64 + (1 << 21)) >> 22;
-                    *dst = v.clamp(0, 255) as u8;
-                }
-            },
-        );
+    out.par_chunks_mut(dw * 3).zip(yt.par_iter()).for_each_init(
+        || (vec![0i32; dw * 3], vec![0i32; dw * 3]),
+        |(row0, row1), (line, &(y0, y1, b0, b1))| {
+            horizontal(y0, row0);
+            horizontal(y1, row1);
+            // OpenCV's vectorised vertical pass: drop 4 bits, keep the high 16 bits of
+            // each product, then round off the last 2 bits.
+            for ((dst, &r0), &r1) in line.iter_mut().zip(row0.iter()).zip(row1.iter()) {
+                let a = ((r0 >> 4) * b0) >> 16;
+                let b = ((r1 >> 4) * b1) >> 16;
+                *dst = ((a + b + 2) >> 2).clamp(0, 255) as u8;
+            }
+        },
+    );
     out
 }
 

@@ -88,7 +88,8 @@ impl Calibration {
             path: path.to_path_buf(),
             message,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read the calibration: {e}")))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| fail(format!("cannot read the calibration: {e}")))?;
         let file: CalibrationFile =
             toml::from_str(&text).map_err(|e| fail(format!("invalid calibration: {e}")))?;
         Self::from_file(file).map_err(fail)
@@ -96,7 +97,11 @@ impl Calibration {
 
     /// Validates parsed calibration data.
     pub fn from_file(file: CalibrationFile) -> Result<Self, String> {
-        let mapping = match (&file.image_points, &file.world_points, file.metres_per_pixel) {
+        let mapping = match (
+            &file.image_points,
+            &file.world_points,
+            file.metres_per_pixel,
+        ) {
             (Some(img), Some(world), None) => {
                 let h = Homography::fit(img, world)?;
                 let signs: Vec<bool> = img.iter().map(|p| h.w(p[0], p[1]) > 0.0).collect();
@@ -105,17 +110,32 @@ impl Calibration {
                 }
                 GroundMapping::Homography(if signs[0] { h } else { h.flipped() })
             }
-            (None, None, Some(scale)) if scale > 0.0 && scale.is_finite() => GroundMapping::Scale(scale),
-            (None, None, Some(scale)) => return Err(format!("metres_per_pixel must be positive, got {scale}")),
-            (None, None, None) => {
-                return Err("give image_points and world_points (or metres_per_pixel for a top-down view)".into());
+            (None, None, Some(scale)) if scale > 0.0 && scale.is_finite() => {
+                GroundMapping::Scale(scale)
             }
-            _ => return Err("give either image_points with world_points, or metres_per_pixel, not both".into()),
+            (None, None, Some(scale)) => {
+                return Err(format!("metres_per_pixel must be positive, got {scale}"));
+            }
+            (None, None, None) => {
+                return Err(
+                    "give image_points and world_points (or metres_per_pixel for a top-down view)"
+                        .into(),
+                );
+            }
+            _ => {
+                return Err(
+                    "give either image_points with world_points, or metres_per_pixel, not both"
+                        .into(),
+                );
+            }
         };
         if let Some(zone) = &file.zone
             && zone.len() < 3
         {
-            return Err(format!("the zone polygon needs at least 3 points, got {}", zone.len()));
+            return Err(format!(
+                "the zone polygon needs at least 3 points, got {}",
+                zone.len()
+            ));
         }
         if let Some(limit) = file.speed_limit
             && !(limit > 0.0)
@@ -134,7 +154,12 @@ impl Calibration {
     /// Checks that the calibration points lie inside a `width` x `height` image.
     pub fn check_image_size(&self, width: u32, height: u32) -> Result<(), String> {
         let (w, h) = (width as f64, height as f64);
-        for (i, p) in self.image_points.iter().chain(self.zone.iter().flatten()).enumerate() {
+        for (i, p) in self
+            .image_points
+            .iter()
+            .chain(self.zone.iter().flatten())
+            .enumerate()
+        {
             if p[0] < 0.0 || p[1] < 0.0 || p[0] > w || p[1] > h {
                 return Err(format!(
                     "point {} ({}, {}) lies outside the {width}x{height} image",
@@ -195,13 +220,22 @@ mod tests {
         // The vanishing point of the road is above the far points; far above it is the sky.
         assert!(c.to_ground(640.0, -500.0).is_none());
         c.check_image_size(1280, 720).unwrap();
-        assert!(c.check_image_size(640, 360).unwrap_err().contains("outside"));
+        assert!(
+            c.check_image_size(640, 360)
+                .unwrap_err()
+                .contains("outside")
+        );
     }
 
     #[test]
     fn zone_limits_measurement() {
         let mut file = highway();
-        file.zone = Some(vec![[0.0, 200.0], [1280.0, 200.0], [1280.0, 720.0], [0.0, 720.0]]);
+        file.zone = Some(vec![
+            [0.0, 200.0],
+            [1280.0, 200.0],
+            [1280.0, 720.0],
+            [0.0, 720.0],
+        ]);
         let c = Calibration::from_file(file).unwrap();
         assert!(c.to_ground(640.0, 300.0).is_some());
         assert!(c.to_ground(640.0, 100.0).is_none());
@@ -211,14 +245,34 @@ mod tests {
     fn invalid_files_explain_themselves() {
         let mut both = highway();
         both.metres_per_pixel = Some(0.1);
-        assert!(Calibration::from_file(both).unwrap_err().contains("not both"));
-        assert!(Calibration::from_file(CalibrationFile::default()).unwrap_err().contains("give image_points"));
+        assert!(
+            Calibration::from_file(both)
+                .unwrap_err()
+                .contains("not both")
+        );
+        assert!(
+            Calibration::from_file(CalibrationFile::default())
+                .unwrap_err()
+                .contains("give image_points")
+        );
         let mut straddle = highway();
         // Swapping two far points twists the quadrilateral: only a map through the horizon
         // can do that.
-        straddle.image_points = Some(vec![[415.55, 267.22], [864.45, 267.22], [559.37, 67.78], [720.63, 67.78]]);
-        assert!(Calibration::from_file(straddle).unwrap_err().contains("horizon"));
-        let top_down = CalibrationFile { metres_per_pixel: Some(0.05), ..Default::default() };
+        straddle.image_points = Some(vec![
+            [415.55, 267.22],
+            [864.45, 267.22],
+            [559.37, 67.78],
+            [720.63, 67.78],
+        ]);
+        assert!(
+            Calibration::from_file(straddle)
+                .unwrap_err()
+                .contains("horizon")
+        );
+        let top_down = CalibrationFile {
+            metres_per_pixel: Some(0.05),
+            ..Default::default()
+        };
         let c = Calibration::from_file(top_down).unwrap();
         assert_eq!(c.to_ground(100.0, 20.0), Some((5.0, 1.0)));
     }

@@ -22,6 +22,9 @@ pub struct SpeedConfig {
     pub min_span: f64,
     /// Boxes within this many pixels of the image border are not used.
     pub border_margin: f32,
+    /// Degree of the polynomial fitted to positions: 1 (constant speed over the window) or
+    /// 2 (constant acceleration, no lag when vehicles speed up or brake).
+    pub degree: usize,
 }
 
 impl Default for SpeedConfig {
@@ -30,6 +33,7 @@ impl Default for SpeedConfig {
             window: 1.0,
             min_span: 0.5,
             border_margin: 2.0,
+            degree: 1,
         }
     }
 }
@@ -61,16 +65,21 @@ struct History {
     speed_max: f64,
 }
 
-/// Speeds for every track of a stream.
+/// Speeds for every track of a stream, and what each track did. Without a calibration it
+/// still keeps each track's summary (class, time in view), with no speed or distance.
 pub struct SpeedEstimator {
-    calibration: Calibration,
+    calibration: Option<Calibration>,
     config: SpeedConfig,
     image_size: (f32, f32),
     histories: HashMap<u64, History>,
 }
 
 impl SpeedEstimator {
-    pub fn new(calibration: Calibration, config: SpeedConfig, image_size: (u32, u32)) -> Self {
+    pub fn new(
+        calibration: Option<Calibration>,
+        config: SpeedConfig,
+        image_size: (u32, u32),
+    ) -> Self {
         Self {
             calibration,
             config,
@@ -80,8 +89,8 @@ impl SpeedEstimator {
     }
 
     /// The calibration in use.
-    pub fn calibration(&self) -> &Calibration {
-        &self.calibration
+    pub fn calibration(&self) -> Option<&Calibration> {
+        self.calibration.as_ref()
     }
 
     /// Adds the tracks of the frame at `timestamp`; returns each track's speed in the
@@ -107,8 +116,9 @@ impl SpeedEstimator {
                 if t.bbox.touches_border(w, h, self.config.border_margin) {
                     return None;
                 }
+                let calibration = self.calibration.as_ref()?;
                 let (gx, gy) = t.bbox.bottom_centre();
-                let (x, y) = self.calibration.to_ground(gx as f64, gy as f64)?;
+                let (x, y) = calibration.to_ground(gx as f64, gy as f64)?;
                 if let Some((px, py)) = history.last_point {
                     history.distance += (x - px).hypot(y - py);
                 }
@@ -121,8 +131,12 @@ impl SpeedEstimator {
                 {
                     history.samples.pop_front();
                 }
-                let mps = fit_speed(&history.samples, self.config.min_span)?;
-                let speed = self.calibration.unit.from_mps(mps);
+                let mps = fit_speed(
+                    &history.samples,
+                    self.config.min_span,
+                    self.config.degree.clamp(1, 2),
+                )?;
+                let speed = calibration.unit.from_mps(mps);
                 history.speed_sum += speed;
                 history.speed_count += 1;
                 history.speed_max = history.speed_max.max(speed);
@@ -167,16 +181,19 @@ impl SpeedEstimator {
     }
 }
 
-/// Speed (m/s) at the newest sample: a least-squares line through the window's positions,
-/// refitted once without samples that lie far off it.
-pub fn fit_speed(samples: &VecDeque<(f64, f64, f64)>, min_span: f64) -> Option<f64> {
+/// Speed (m/s) at the newest sample: a least-squares polynomial of `degree` (1 or 2) in time
+/// through the window's positions, refitted once without samples that lie far off it.
+pub fn fit_speed(samples: &VecDeque<(f64, f64, f64)>, min_span: f64, degree: usize) -> Option<f64> {
     let newest = samples.back()?.0;
     let span = newest - samples.front()?.0;
-    if samples.len() < 3 || span < min_span {
+    if samples.len() < degree + 2 || span < min_span {
         return None;
     }
-    let points: Vec<(f64, f64, f64)> = samples.iter().map(|&(t, x, y)| (t - newest, x, y)).collect();
-    let (vx, vy, residuals) = line_fit(&points)?;
+    let points: Vec<(f64, f64, f64)> = samples
+        .iter()
+        .map(|&(t, x, y)| (t - newest, x, y))
+        .collect();
+    let (vx, vy, residuals) = poly_fit(&points, degree)?;
     let mut sorted = residuals.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
@@ -187,8 +204,8 @@ pub fn fit_speed(samples: &VecDeque<(f64, f64, f64)>, min_span: f64) -> Option<f
         .filter(|(_, r)| **r <= cutoff)
         .map(|(p, _)| *p)
         .collect();
-    let (vx, vy) = if inliers.len() >= 3 && inliers.len() < points.len() {
-        let (vx, vy, _) = line_fit(&inliers)?;
+    let (vx, vy) = if inliers.len() >= degree + 2 && inliers.len() < points.len() {
+        let (vx, vy, _) = poly_fit(&inliers, degree)?;
         (vx, vy)
     } else {
         (vx, vy)
@@ -196,27 +213,59 @@ pub fn fit_speed(samples: &VecDeque<(f64, f64, f64)>, min_span: f64) -> Option<f
     Some(vx.hypot(vy))
 }
 
-/// Slopes of `x(t)` and `y(t)` and each sample's distance from the fitted line.
-fn line_fit(points: &[(f64, f64, f64)]) -> Option<(f64, f64, Vec<f64>)> {
-    let n = points.len() as f64;
-    let mt = points.iter().map(|p| p.0).sum::<f64>() / n;
-    let mx = points.iter().map(|p| p.1).sum::<f64>() / n;
-    let my = points.iter().map(|p| p.2).sum::<f64>() / n;
-    let stt: f64 = points.iter().map(|p| (p.0 - mt).powi(2)).sum();
-    if stt <= 0.0 {
-        return None;
+/// Fits `x(t)` and `y(t)` with polynomials of `degree` around `t = 0`; returns the
+/// derivatives at `t = 0` and each sample's distance from the fitted curve.
+fn poly_fit(points: &[(f64, f64, f64)], degree: usize) -> Option<(f64, f64, Vec<f64>)> {
+    let k = degree + 1;
+    // Normal equations (V^T V) c = V^T z with V the Vandermonde matrix in t.
+    let mut ata = [[0.0f64; 3]; 3];
+    let mut atx = [0.0f64; 3];
+    let mut aty = [0.0f64; 3];
+    for &(t, x, y) in points {
+        let powers = [1.0, t, t * t];
+        for i in 0..k {
+            for j in 0..k {
+                ata[i][j] += powers[i] * powers[j];
+            }
+            atx[i] += powers[i] * x;
+            aty[i] += powers[i] * y;
+        }
     }
-    let vx = points.iter().map(|p| (p.0 - mt) * (p.1 - mx)).sum::<f64>() / stt;
-    let vy = points.iter().map(|p| (p.0 - mt) * (p.2 - my)).sum::<f64>() / stt;
+    let cx = solve(&ata, &atx, k)?;
+    let cy = solve(&ata, &aty, k)?;
+    let eval = |c: &[f64; 3], t: f64| c[0] + c[1] * t + c[2] * t * t;
     let residuals = points
         .iter()
-        .map(|p| {
-            let ex = mx + vx * (p.0 - mt);
-            let ey = my + vy * (p.0 - mt);
-            (p.1 - ex).hypot(p.2 - ey)
-        })
+        .map(|&(t, x, y)| (x - eval(&cx, t)).hypot(y - eval(&cy, t)))
         .collect();
-    Some((vx, vy, residuals))
+    Some((cx[1], cy[1], residuals))
+}
+
+/// Solves the leading `k x k` system by Gaussian elimination with partial pivoting.
+fn solve(a: &[[f64; 3]; 3], b: &[f64; 3], k: usize) -> Option<[f64; 3]> {
+    let mut m = *a;
+    let mut v = *b;
+    for col in 0..k {
+        let pivot = (col..k).max_by(|&i, &j| m[i][col].abs().total_cmp(&m[j][col].abs()))?;
+        if m[pivot][col].abs() < 1e-12 {
+            return None;
+        }
+        m.swap(col, pivot);
+        v.swap(col, pivot);
+        for r in col + 1..k {
+            let f = m[r][col] / m[col][col];
+            for c in col..k {
+                m[r][c] -= f * m[col][c];
+            }
+            v[r] -= f * v[col];
+        }
+    }
+    let mut out = [0.0; 3];
+    for r in (0..k).rev() {
+        let rest: f64 = (r + 1..k).map(|c| m[r][c] * out[c]).sum();
+        out[r] = (v[r] - rest) / m[r][r];
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -225,16 +274,21 @@ mod tests {
 
     #[test]
     fn constant_speed_is_recovered_despite_an_outlier() {
-        let mut samples: VecDeque<(f64, f64, f64)> =
-            (0..25).map(|i| { let t = i as f64 / 25.0; (t, 3.0 * t, 4.0 * t) }).collect();
-        assert!((fit_speed(&samples, 0.5).unwrap() - 5.0).abs() < 1e-9);
+        let mut samples: VecDeque<(f64, f64, f64)> = (0..25)
+            .map(|i| {
+                let t = i as f64 / 25.0;
+                (t, 3.0 * t, 4.0 * t)
+            })
+            .collect();
+        assert!((fit_speed(&samples, 0.5, 1).unwrap() - 5.0).abs() < 1e-9);
         samples[12].1 += 3.0;
-        assert!((fit_speed(&samples, 0.5).unwrap() - 5.0).abs() < 1e-6);
+        assert!((fit_speed(&samples, 0.5, 1).unwrap() - 5.0).abs() < 1e-6);
     }
 
     #[test]
     fn too_little_history_gives_no_speed() {
-        let samples: VecDeque<(f64, f64, f64)> = (0..5).map(|i| (i as f64 / 25.0, i as f64, 0.0)).collect();
-        assert!(fit_speed(&samples, 0.5).is_none());
+        let samples: VecDeque<(f64, f64, f64)> =
+            (0..5).map(|i| (i as f64 / 25.0, i as f64, 0.0)).collect();
+        assert!(fit_speed(&samples, 0.5, 1).is_none());
     }
 }

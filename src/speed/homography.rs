@@ -10,16 +10,25 @@ impl Homography {
     /// or degenerate (collinear) configurations.
     pub fn fit(src: &[[f64; 2]], dst: &[[f64; 2]]) -> Result<Self, String> {
         if src.len() != dst.len() {
-            return Err(format!("{} image points but {} world points", src.len(), dst.len()));
+            return Err(format!(
+                "{} image points but {} world points",
+                src.len(),
+                dst.len()
+            ));
         }
         if src.len() < 4 {
-            return Err(format!("a homography needs at least 4 point pairs, got {}", src.len()));
+            return Err(format!(
+                "a homography needs at least 4 point pairs, got {}",
+                src.len()
+            ));
         }
         for (name, pts) in [("image", src), ("world", dst)] {
             if let Some((a, b, c)) = collinear_triple(pts) {
                 return Err(format!(
                     "{name} points {}, {} and {} are (nearly) collinear; choose points spread over the road surface",
-                    a + 1, b + 1, c + 1
+                    a + 1,
+                    b + 1,
+                    c + 1
                 ));
             }
         }
@@ -42,7 +51,9 @@ impl Homography {
             }
         }
         let (values, vectors) = jacobi_eigen(ata);
-        let smallest = (0..9).min_by(|&a, &b| values[a].total_cmp(&values[b])).expect("9 values");
+        let smallest = (0..9)
+            .min_by(|&a, &b| values[a].total_cmp(&values[b]))
+            .expect("9 values");
         let h: [f64; 9] = std::array::from_fn(|i| vectors[i][smallest]);
         // Denormalise: H = Td^-1 * Hn * Ts.
         let h = mul(&mul(&invert_similarity(&td), &h), &ts);
@@ -61,7 +72,10 @@ impl Homography {
         if w <= 1e-12 {
             return None;
         }
-        Some(((h[0] * x + h[1] * y + h[2]) / w, (h[3] * x + h[4] * y + h[5]) / w))
+        Some((
+            (h[0] * x + h[1] * y + h[2]) / w,
+            (h[3] * x + h[4] * y + h[5]) / w,
+        ))
     }
 
     /// The third row's value at a point: positive in front of the horizon.
@@ -102,15 +116,34 @@ fn normalise(pts: &[[f64; 2]]) -> ([f64; 9], Vec<[f64; 2]>) {
     let n = pts.len() as f64;
     let cx = pts.iter().map(|p| p[0]).sum::<f64>() / n;
     let cy = pts.iter().map(|p| p[1]).sum::<f64>() / n;
-    let mean = pts.iter().map(|p| (p[0] - cx).hypot(p[1] - cy)).sum::<f64>() / n;
+    let mean = pts
+        .iter()
+        .map(|p| (p[0] - cx).hypot(p[1] - cy))
+        .sum::<f64>()
+        / n;
     let s = std::f64::consts::SQRT_2 / mean.max(1e-12);
     let t = [s, 0.0, -s * cx, 0.0, s, -s * cy, 0.0, 0.0, 1.0];
-    (t, pts.iter().map(|p| [s * (p[0] - cx), s * (p[1] - cy)]).collect())
+    (
+        t,
+        pts.iter()
+            .map(|p| [s * (p[0] - cx), s * (p[1] - cy)])
+            .collect(),
+    )
 }
 
 fn invert_similarity(t: &[f64; 9]) -> [f64; 9] {
     let s = t[0];
-    [1.0 / s, 0.0, -t[2] / s, 0.0, 1.0 / s, -t[5] / s, 0.0, 0.0, 1.0]
+    [
+        1.0 / s,
+        0.0,
+        -t[2] / s,
+        0.0,
+        1.0 / s,
+        -t[5] / s,
+        0.0,
+        0.0,
+        1.0,
+    ]
 }
 
 fn mul(a: &[f64; 9], b: &[f64; 9]) -> [f64; 9] {
@@ -172,12 +205,20 @@ mod tests {
 
     #[test]
     fn four_points_map_exactly_and_round_trip() {
-        let img = [[415.55, 267.22], [864.45, 267.22], [720.63, 67.78], [559.37, 67.78]];
+        let img = [
+            [415.55, 267.22],
+            [864.45, 267.22],
+            [720.63, 67.78],
+            [559.37, 67.78],
+        ];
         let world = [[-7.0, 20.0], [7.0, 20.0], [7.0, 80.0], [-7.0, 80.0]];
         let h = Homography::fit(&img, &world).unwrap();
         for (p, q) in img.iter().zip(&world) {
             let (x, y) = h.apply(p[0], p[1]).unwrap();
-            assert!((x - q[0]).abs() < 1e-6 && (y - q[1]).abs() < 1e-6, "{p:?} -> ({x}, {y})");
+            assert!(
+                (x - q[0]).abs() < 1e-6 && (y - q[1]).abs() < 1e-6,
+                "{p:?} -> ({x}, {y})"
+            );
         }
         let back = Homography::fit(&world, &img).unwrap();
         let (x, y) = h.apply(640.0, 200.0).unwrap();
@@ -188,8 +229,22 @@ mod tests {
     #[test]
     fn least_squares_with_more_points_recovers_a_known_map() {
         let truth = Homography([2.0, 0.1, 5.0, -0.2, 1.5, 3.0, 0.001, 0.002, 1.0]);
-        let src: Vec<[f64; 2]> = [[0.0, 0.0], [100.0, 0.0], [100.0, 80.0], [0.0, 80.0], [50.0, 40.0], [20.0, 70.0]].to_vec();
-        let dst: Vec<[f64; 2]> = src.iter().map(|p| { let (x, y) = truth.apply(p[0], p[1]).unwrap(); [x, y] }).collect();
+        let src: Vec<[f64; 2]> = [
+            [0.0, 0.0],
+            [100.0, 0.0],
+            [100.0, 80.0],
+            [0.0, 80.0],
+            [50.0, 40.0],
+            [20.0, 70.0],
+        ]
+        .to_vec();
+        let dst: Vec<[f64; 2]> = src
+            .iter()
+            .map(|p| {
+                let (x, y) = truth.apply(p[0], p[1]).unwrap();
+                [x, y]
+            })
+            .collect();
         let h = Homography::fit(&src, &dst).unwrap();
         for (a, b) in h.0.iter().zip(&truth.0) {
             assert!((a - b).abs() < 1e-6, "{:?}", h.0);
@@ -200,8 +255,16 @@ mod tests {
     fn degenerate_inputs_are_refused() {
         let line = [[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [5.0, 0.0]];
         let world = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]];
-        assert!(Homography::fit(&line, &world).unwrap_err().contains("collinear"));
-        assert!(Homography::fit(&world[..3], &world[..3]).unwrap_err().contains("at least 4"));
+        assert!(
+            Homography::fit(&line, &world)
+                .unwrap_err()
+                .contains("collinear")
+        );
+        assert!(
+            Homography::fit(&world[..3], &world[..3])
+                .unwrap_err()
+                .contains("at least 4")
+        );
         assert!(Homography::fit(&world, &world[..3]).is_err());
     }
 }

@@ -191,14 +191,23 @@ mod tests {
         if rows <= cols {
             go(cost, rows, cols, 0, &mut vec![false; cols])
         } else {
-            let t: Vec<f64> = (0..cols).flat_map(|c| (0..rows).map(move |r| cost[r * cols + c])).collect();
+            let t: Vec<f64> = (0..cols)
+                .flat_map(|c| (0..rows).map(move |r| cost[r * cols + c]))
+                .collect();
             go(&t, cols, rows, 0, &mut vec![false; rows])
         }
     }
 
     /// Best `sum(cost - limit)` over partial matchings of affordable pairs (brute force).
     fn brute_force_limited(cost: &[f64], rows: usize, cols: usize, limit: f64) -> f64 {
-        fn go(cost: &[f64], rows: usize, cols: usize, limit: f64, r: usize, used: &mut Vec<bool>) -> f64 {
+        fn go(
+            cost: &[f64],
+            rows: usize,
+            cols: usize,
+            limit: f64,
+            r: usize,
+            used: &mut Vec<bool>,
+        ) -> f64 {
             if r == rows {
                 return 0.0;
             }
@@ -219,7 +228,10 @@ mod tests {
     #[test]
     fn known_three_by_three() {
         let cost = [4.0, 1.0, 3.0, 2.0, 0.0, 5.0, 3.0, 2.0, 2.0];
-        assert_eq!(linear_sum_assignment(&cost, 3, 3), vec![(0, 1), (1, 0), (2, 2)]);
+        assert_eq!(
+            linear_sum_assignment(&cost, 3, 3),
+            vec![(0, 1), (1, 0), (2, 2)]
+        );
     }
 
     #[test]

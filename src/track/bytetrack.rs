@@ -113,7 +113,12 @@ impl ByteTracker {
     }
 
     /// Processes one frame; `next_id` hands out track ids.
-    pub fn update(&mut self, detections: &[Detection], timestamp: f64, next_id: &mut u64) -> Vec<TrackedObject> {
+    pub fn update(
+        &mut self,
+        detections: &[Detection],
+        timestamp: f64,
+        next_id: &mut u64,
+    ) -> Vec<TrackedObject> {
         // Frame counter advanced by the elapsed time, so skipped frames count as frames.
         let steps = match self.last_time {
             Some(last) => ((timestamp - last) * self.fps).max(0.0),
@@ -136,7 +141,9 @@ impl ByteTracker {
         }
 
         let (confirmed, mut unconfirmed): (Vec<Track>, Vec<Track>) =
-            std::mem::take(&mut self.tracked).into_iter().partition(|t| t.activated);
+            std::mem::take(&mut self.tracked)
+                .into_iter()
+                .partition(|t| t.activated);
         // Pool: confirmed tracked tracks then lost tracks, predicted forward.
         let mut pool: Vec<Track> = confirmed;
         pool.extend(std::mem::take(&mut self.lost));
@@ -166,8 +173,9 @@ impl ByteTracker {
             .iter()
             .filter_map(|&i| pool_slots[i].take())
             .collect();
-        let (r_tracked, r_lost): (Vec<Track>, Vec<Track>) =
-            remaining.into_iter().partition(|t| t.state == State::Tracked);
+        let (r_tracked, r_lost): (Vec<Track>, Vec<Track>) = remaining
+            .into_iter()
+            .partition(|t| t.state == State::Tracked);
         let cost = iou_cost(&r_tracked, &low, false);
         let second = assign_with_limit(&cost, r_tracked.len(), low.len(), SECOND_MATCH_LIMIT);
         let mut r_slots: Vec<Option<Track>> = r_tracked.into_iter().map(Some).collect();
@@ -185,7 +193,12 @@ impl ByteTracker {
         // Unconfirmed tracks: matched to leftover high detections or removed.
         let leftovers: Vec<&Candidate> = first.unmatched_cols.iter().map(|&i| &high[i]).collect();
         let cost = iou_cost_refs(&unconfirmed, &leftovers, cfg.fuse_score);
-        let third = assign_with_limit(&cost, unconfirmed.len(), leftovers.len(), UNCONFIRMED_MATCH_LIMIT);
+        let third = assign_with_limit(
+            &cost,
+            unconfirmed.len(),
+            leftovers.len(),
+            UNCONFIRMED_MATCH_LIMIT,
+        );
         let mut confirmed_now = Vec::new();
         for &(ti, di) in third.matches.iter().rev() {
             let mut t = unconfirmed.swap_remove(ti);
@@ -252,7 +265,11 @@ fn iou_cost_refs(tracks: &[Track], dets: &[&Candidate], fuse_score: bool) -> Vec
         let tb = t.bbox();
         for d in dets {
             let iou = tb.iou(&d.bbox) as f64;
-            let similarity = if fuse_score { iou * d.score as f64 } else { iou };
+            let similarity = if fuse_score {
+                iou * d.score as f64
+            } else {
+                iou
+            };
             cost.push(1.0 - similarity);
         }
     }
@@ -294,10 +311,19 @@ mod tests {
     use super::*;
 
     fn det(x: f32, score: f32) -> Detection {
-        Detection { bbox: BBox::new(x, 100.0, x + 40.0, 200.0), score, class_id: 0 }
+        Detection {
+            bbox: BBox::new(x, 100.0, x + 40.0, 200.0),
+            score,
+            class_id: 0,
+        }
     }
 
-    fn run(tracker: &mut ByteTracker, frames: &[Vec<Detection>], fps: f64, next_id: &mut u64) -> Vec<Vec<TrackedObject>> {
+    fn run(
+        tracker: &mut ByteTracker,
+        frames: &[Vec<Detection>],
+        fps: f64,
+        next_id: &mut u64,
+    ) -> Vec<Vec<TrackedObject>> {
         frames
             .iter()
             .enumerate()
@@ -308,7 +334,9 @@ mod tests {
     #[test]
     fn a_moving_object_keeps_one_id() {
         let mut tracker = ByteTracker::new(TrackerConfig::default(), 30.0);
-        let frames: Vec<Vec<Detection>> = (0..50).map(|i| vec![det(10.0 + 3.0 * i as f32, 0.9)]).collect();
+        let frames: Vec<Vec<Detection>> = (0..50)
+            .map(|i| vec![det(10.0 + 3.0 * i as f32, 0.9)])
+            .collect();
         let mut next_id = 1;
         let out = run(&mut tracker, &frames, 30.0, &mut next_id);
         assert!(out.iter().all(|o| o.len() == 1 && o[0].track_id == 1));
@@ -320,11 +348,16 @@ mod tests {
     fn low_score_detections_continue_but_never_start_tracks() {
         let mut tracker = ByteTracker::new(TrackerConfig::default(), 30.0);
         let mut next_id = 1;
-        let mut frames: Vec<Vec<Detection>> = (0..5).map(|i| vec![det(10.0 + i as f32, 0.9)]).collect();
+        let mut frames: Vec<Vec<Detection>> =
+            (0..5).map(|i| vec![det(10.0 + i as f32, 0.9)]).collect();
         frames.extend((5..10).map(|i| vec![det(10.0 + i as f32, 0.15)]));
         frames.push(vec![det(400.0, 0.15)]);
         let out = run(&mut tracker, &frames, 30.0, &mut next_id);
-        assert!(out[5..10].iter().all(|o| o.len() == 1 && o[0].track_id == 1));
+        assert!(
+            out[5..10]
+                .iter()
+                .all(|o| o.len() == 1 && o[0].track_id == 1)
+        );
         assert!(out[10].is_empty());
         assert_eq!(next_id, 2);
     }
@@ -345,7 +378,10 @@ mod tests {
         frames.push(vec![det(50.0, 0.9)]);
         frames.push(vec![det(50.0, 0.9)]);
         let out = run(&mut tracker, &frames, 10.0, &mut next_id);
-        assert!(out[20].is_empty(), "a new track is unconfirmed on its first frame");
+        assert!(
+            out[20].is_empty(),
+            "a new track is unconfirmed on its first frame"
+        );
         assert_eq!(out[21][0].track_id, 3, "a new id after 1.5 s");
         assert_eq!(tracker.live_tracks(), 1, "the old track is gone");
     }

@@ -75,7 +75,12 @@ pub fn predict(g: &mut Gaussian, dt: f64) {
 /// Projection to measurement space: mean and innovation covariance `S`.
 fn project(g: &Gaussian) -> (Measurement, [[f64; 4]; 4]) {
     let h = g.mean[3];
-    let r = [WEIGHT_POSITION * h, WEIGHT_POSITION * h, 1e-1, WEIGHT_POSITION * h];
+    let r = [
+        WEIGHT_POSITION * h,
+        WEIGHT_POSITION * h,
+        1e-1,
+        WEIGHT_POSITION * h,
+    ];
     let mut s = [[0.0; 4]; 4];
     for i in 0..4 {
         for j in 0..4 {
@@ -164,7 +169,11 @@ mod tests {
         }
         assert!((g.mean[4] - 4.0).abs() < 0.2, "vx = {}", g.mean[4]);
         predict(&mut g, 3.0);
-        assert!((g.mean[0] - (180.0 + 12.0)).abs() < 1.5, "x = {}", g.mean[0]);
+        assert!(
+            (g.mean[0] - (180.0 + 12.0)).abs() < 1.5,
+            "x = {}",
+            g.mean[0]
+        );
     }
 
     #[test]
@@ -193,7 +202,12 @@ mod tests {
 
     #[test]
     fn inverse_is_exact_on_a_known_matrix() {
-        let m = [[4.0, 1.0, 0.0, 0.0], [1.0, 3.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 5.0]];
+        let m = [
+            [4.0, 1.0, 0.0, 0.0],
+            [1.0, 3.0, 0.0, 0.0],
+            [0.0, 0.0, 2.0, 0.0],
+            [0.0, 0.0, 0.0, 5.0],
+        ];
         let inv = invert4(&m);
         for i in 0..4 {
             for j in 0..4 {

@@ -124,7 +124,10 @@ pub fn track_mot_rows(
 ) -> Vec<crate::motfile::MotRow> {
     let mut tracker = Tracker::new(config.clone(), info.frame_rate);
     let mut out = Vec::new();
-    for (f, rows) in crate::motfile::by_frame(detections, info.length).iter().enumerate() {
+    for (f, rows) in crate::motfile::by_frame(detections, info.length)
+        .iter()
+        .enumerate()
+    {
         let frame = f as u32 + 1;
         let dets: Vec<Detection> = rows
             .iter()

@@ -52,7 +52,9 @@ pub fn avcc_to_annexb(sample: &[u8], length_size: usize, out: &mut Vec<u8>) -> R
             .fold(0usize, |acc, &b| (acc << 8) | b as usize);
         i += length_size;
         if len == 0 || i + len > sample.len() {
-            return Err(format!("NAL unit of {len} bytes at byte {i} runs past the sample"));
+            return Err(format!(
+                "NAL unit of {len} bytes at byte {i} runs past the sample"
+            ));
         }
         out.extend_from_slice(&START_CODE);
         out.extend_from_slice(&sample[i..i + len]);
@@ -110,7 +112,9 @@ mod tests {
 
     #[test]
     fn annexb_round_trip_through_avcc() {
-        let stream = [0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 0x88, 4];
+        let stream = [
+            0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 0x88, 4,
+        ];
         let nals = split_annexb(&stream);
         assert_eq!(nals, vec![&[0x67, 1, 2][..], &[0x68, 3], &[0x65, 0x88, 4]]);
         let avcc = nals_to_avcc(nals.iter().copied());
@@ -135,6 +139,9 @@ mod tests {
         assert!(builder.push(&[0x65, 0x40]).is_none()); // second slice of the same picture
         let first = builder.push(&[0x41, 0x9a]).expect("new picture"); // P slice, first_mb = 0
         assert_eq!(split_annexb(&first).len(), 4);
-        assert_eq!(split_annexb(&builder.take().unwrap()), vec![&[0x41, 0x9a][..]]);
+        assert_eq!(
+            split_annexb(&builder.take().unwrap()),
+            vec![&[0x41, 0x9a][..]]
+        );
     }
 }

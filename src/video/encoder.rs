@@ -49,11 +49,16 @@ pub struct H264Encoder {
 impl H264Encoder {
     /// An encoder for `width` x `height` frames at `fps`. Odd sizes are rejected by H.264's
     /// 4:2:0 sampling, so frames are cropped to even sizes by the caller.
-    pub fn new(width: u32, height: u32, fps: f64, settings: EncodeSettings) -> Result<Self, String> {
+    pub fn new(
+        width: u32,
+        height: u32,
+        fps: f64,
+        settings: EncodeSettings,
+    ) -> Result<Self, String> {
         // About 0.25 bits per pixel per frame keeps labels readable.
-        let bitrate = settings
-            .bitrate
-            .unwrap_or_else(|| ((width * height) as f64 * fps * 0.25).clamp(200_000.0, 40_000_000.0) as u32);
+        let bitrate = settings.bitrate.unwrap_or_else(|| {
+            ((width * height) as f64 * fps * 0.25).clamp(200_000.0, 40_000_000.0) as u32
+        });
         let keyframe_every = (fps * settings.keyframe_interval_s).floor().max(1.0) as u32;
         let config = EncoderConfig::new()
             .bitrate(BitRate::from_bps(bitrate))

@@ -24,7 +24,10 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, VideoError> {
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(VideoError::input(dir, "the folder holds no JPEG or PNG images"));
+        return Err(VideoError::input(
+            dir,
+            "the folder holds no JPEG or PNG images",
+        ));
     }
     Ok(files)
 }

@@ -95,7 +95,10 @@ pub fn open_source(path: &Path, fallback_fps: f64) -> Result<Box<dyn FrameSource
         .map(|e| e.to_string_lossy().to_lowercase())
         .unwrap_or_default();
     if extension == "h264" || extension == "264" {
-        return Ok(Box::new(raw_source::RawH264Source::file(path, fallback_fps)?));
+        return Ok(Box::new(raw_source::RawH264Source::file(
+            path,
+            fallback_fps,
+        )?));
     }
     Ok(Box::new(mp4_source::Mp4Source::open(path)?))
 }

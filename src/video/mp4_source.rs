@@ -31,15 +31,25 @@ impl Mp4Track {
         let mut reader = BufReader::new(file);
         let mut magic = [0u8; 8];
         if reader.read_exact(&mut magic).is_err() || !is_iso_bmff(&magic) {
-            return Err(fail("not an MP4 file (no ISO BMFF box at the start)".into()));
+            return Err(fail(
+                "not an MP4 file (no ISO BMFF box at the start)".into(),
+            ));
         }
-        reader.seek(SeekFrom::Start(0)).map_err(|e| fail(e.to_string()))?;
-        let mp4 = Mp4::read(&mut reader, size)
-            .map_err(|e| fail(format!("not a readable MP4 file (truncated or corrupt: {e})")))?;
+        reader
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| fail(e.to_string()))?;
+        let mp4 = Mp4::read(&mut reader, size).map_err(|e| {
+            fail(format!(
+                "not a readable MP4 file (truncated or corrupt: {e})"
+            ))
+        })?;
         let track = mp4
             .tracks()
             .values()
-            .find(|t| t.kind == Some(TrackKind::Video))
+            .find(|t| {
+                t.kind == Some(TrackKind::Video)
+                    || &t.trak(&mp4).mdia.hdlr.handler_type.value == b"vide"
+            })
             .ok_or_else(|| fail("the file has no video track".into()))?;
         let avc = match &track.trak(&mp4).mdia.minf.stbl.stsd.contents {
             StsdBoxContent::Avc1(avc) => avc,
@@ -94,8 +104,12 @@ impl Mp4Track {
         })
     }
 
-    /// The next sample in decode order as Annex-B, with its presentation time and duration.
-    pub fn next_sample(&mut self) -> Result<Option<(Vec<u8>, f64, f64)>, VideoError> {
+    /// The next sample in decode order as Annex-B (`Err` text when its NAL framing is
+    /// broken), with its presentation time and duration.
+    #[allow(clippy::type_complexity)]
+    pub fn next_sample(
+        &mut self,
+    ) -> Result<Option<(Result<Vec<u8>, String>, f64, f64)>, VideoError> {
         let Some(sample) = self.samples.get(self.next_sample).copied() else {
             return Ok(None);
         };
@@ -104,12 +118,11 @@ impl Mp4Track {
         self.file
             .seek(SeekFrom::Start(sample.offset))
             .and_then(|_| self.file.read_exact(&mut data))
-            .map_err(|e| VideoError::input(&self.path, format!("cannot read sample {}: {e}", sample.id)))?;
+            .map_err(|e| {
+                VideoError::input(&self.path, format!("cannot read sample {}: {e}", sample.id))
+            })?;
         let mut annexb = Vec::with_capacity(data.len() + 16);
-        if let Err(e) = avcc_to_annexb(&data, self.length_size, &mut annexb) {
-            tracing::warn!("{}: sample {}: {e}", self.path.display(), sample.id);
-            annexb.clear();
-        }
+        let annexb = avcc_to_annexb(&data, self.length_size, &mut annexb).map(|_| annexb);
         let timescale = sample.timescale as f64;
         Ok(Some((
             annexb,
@@ -159,11 +172,14 @@ impl FrameSource for Mp4Source {
             match self.track.next_sample()? {
                 Some((annexb, pts, duration)) => {
                     self.frame_duration = duration;
-                    match self.decoder.decode(&annexb, pts) {
+                    match annexb.and_then(|unit| self.decoder.decode(&unit, pts)) {
                         Ok(picture) => self.ready.extend(picture),
                         Err(e) => {
                             self.corrupt += 1;
-                            tracing::warn!("{}: frame at {pts:.3}s skipped: {e}", self.track.path.display());
+                            tracing::warn!(
+                                "{}: frame at {pts:.3}s skipped: {e}",
+                                self.track.path.display()
+                            );
                         }
                     }
                 }

@@ -62,7 +62,12 @@ impl Mp4Writer {
     }
 
     /// Appends one sample (AVCC) displayed for `duration_s` seconds.
-    pub fn write_sample(&mut self, avcc: &[u8], duration_s: f64, is_sync: bool) -> Result<(), VideoError> {
+    pub fn write_sample(
+        &mut self,
+        avcc: &[u8],
+        duration_s: f64,
+        is_sync: bool,
+    ) -> Result<(), VideoError> {
         self.file
             .write_all(avcc)
             .map_err(|e| VideoError::output(&self.path, format!("cannot write: {e}")))?;

@@ -65,7 +65,10 @@ impl RawH264Source {
             source.info.height = first.1.height();
             source.ready.push_front(first);
         } else {
-            return Err(VideoError::input(&source.name, "no H.264 picture found in the stream"));
+            return Err(VideoError::input(
+                &source.name,
+                "no H.264 picture found in the stream",
+            ));
         }
         Ok(source)
     }
@@ -96,7 +99,11 @@ impl RawH264Source {
             }
             // Keep the last (possibly incomplete) NAL unit in the buffer until more arrives.
             let nals = split_annexb(&self.buffer);
-            let complete = if self.eof { nals.len() } else { nals.len().saturating_sub(1) };
+            let complete = if self.eof {
+                nals.len()
+            } else {
+                nals.len().saturating_sub(1)
+            };
             let units: Vec<Vec<u8>> = nals[..complete]
                 .iter()
                 .filter_map(|nal| self.units.push(nal))

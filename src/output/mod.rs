@@ -1,0 +1,247 @@
+//! Machine-readable results: JSON lines, CSV and MOTChallenge text, written as frames are
+//! processed and flushed every frame, so a crash loses at most the frame in progress.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::geometry::BBox;
+use crate::speed::TrackSummary;
+
+/// One tracked object in one frame.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TrackRecord {
+    pub id: u64,
+    pub class: usize,
+    pub name: String,
+    /// `[x1, y1, x2, y2]` in pixels.
+    #[serde(rename = "box")]
+    pub bbox: [f32; 4],
+    pub score: f32,
+    /// Speed in the calibration's unit, once known.
+    pub speed: Option<f64>,
+}
+
+impl TrackRecord {
+    pub fn bbox(&self) -> BBox {
+        BBox::new(self.bbox[0], self.bbox[1], self.bbox[2], self.bbox[3])
+    }
+}
+
+/// Everything known about one processed frame.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FrameRecord {
+    /// 0-based frame index in the source.
+    pub frame: u64,
+    /// Presentation time, seconds.
+    pub time: f64,
+    pub tracks: Vec<TrackRecord>,
+}
+
+/// Something that happened, reported once.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A track's speed went above the calibration's `speed_limit`.
+    SpeedLimit {
+        frame: u64,
+        time: f64,
+        id: u64,
+        speed: f64,
+        limit: f64,
+        unit: &'static str,
+    },
+    /// A track left the scene (or the stream ended); its summary.
+    TrackEnd(TrackSummary),
+}
+
+/// A failure writing results.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: cannot write: {source}", path.display())]
+pub struct OutputError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+struct Output {
+    path: PathBuf,
+    file: BufWriter<File>,
+}
+
+impl Output {
+    fn create(path: &Path) -> Result<Self, OutputError> {
+        let file = File::create(path).map_err(|source| OutputError {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: BufWriter::new(file),
+        })
+    }
+
+    fn line(&mut self, text: &str) -> Result<(), OutputError> {
+        writeln!(self.file, "{text}").map_err(|source| OutputError {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    fn flush(&mut self) -> Result<(), OutputError> {
+        self.file.flush().map_err(|source| OutputError {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+/// The result files a run writes.
+#[derive(Default)]
+pub struct ResultWriters {
+    jsonl: Option<Output>,
+    csv: Option<Output>,
+    mot: Option<Output>,
+}
+
+impl ResultWriters {
+    /// Opens the requested files (CSV gets its header now).
+    pub fn create(
+        jsonl: Option<&Path>,
+        csv: Option<&Path>,
+        mot: Option<&Path>,
+    ) -> Result<Self, OutputError> {
+        let mut writers = Self {
+            jsonl: jsonl.map(Output::create).transpose()?,
+            csv: csv.map(Output::create).transpose()?,
+            mot: mot.map(Output::create).transpose()?,
+        };
+        if let Some(csv) = writers.csv.as_mut() {
+            csv.line("frame,time,id,class,name,x1,y1,x2,y2,score,speed")?;
+        }
+        Ok(writers)
+    }
+
+    /// Writes one frame and its events, then flushes.
+    pub fn write_frame(
+        &mut self,
+        record: &FrameRecord,
+        events: &[Event],
+    ) -> Result<(), OutputError> {
+        if let Some(out) = self.jsonl.as_mut() {
+            out.line(&serde_json::to_string(record).expect("records serialise"))?;
+            for e in events {
+                out.line(&serde_json::to_string(e).expect("events serialise"))?;
+            }
+            out.flush()?;
+        }
+        if let Some(out) = self.csv.as_mut() {
+            for t in &record.tracks {
+                out.line(&format!(
+                    "{},{:.4},{},{},{},{:.2},{:.2},{:.2},{:.2},{:.4},{}",
+                    record.frame,
+                    record.time,
+                    t.id,
+                    t.class,
+                    csv_field(&t.name),
+                    t.bbox[0],
+                    t.bbox[1],
+                    t.bbox[2],
+                    t.bbox[3],
+                    t.score,
+                    t.speed.map(|s| format!("{s:.2}")).unwrap_or_default()
+                ))?;
+            }
+            out.flush()?;
+        }
+        if let Some(out) = self.mot.as_mut() {
+            for t in &record.tracks {
+                let row = crate::motfile::MotRow {
+                    frame: record.frame as u32 + 1,
+                    id: t.id as i64,
+                    bbox: t.bbox(),
+                    conf: t.score,
+                    class: None,
+                    visibility: None,
+                };
+                out.line(&crate::motfile::result_line(&row))?;
+            }
+            out.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes events that are not tied to a frame (track summaries at the end).
+    pub fn write_events(&mut self, events: &[Event]) -> Result<(), OutputError> {
+        if let Some(out) = self.jsonl.as_mut() {
+            for e in events {
+                out.line(&serde_json::to_string(e).expect("events serialise"))?;
+            }
+            out.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// Quotes a CSV field when needed.
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_format_gets_the_frame() {
+        let dir = std::env::temp_dir().join(format!("streamtrack-out-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (j, c, m) = (dir.join("a.jsonl"), dir.join("a.csv"), dir.join("a.txt"));
+        let mut w = ResultWriters::create(Some(&j), Some(&c), Some(&m)).unwrap();
+        let record = FrameRecord {
+            frame: 4,
+            time: 0.16,
+            tracks: vec![TrackRecord {
+                id: 7,
+                class: 2,
+                name: "car, red".into(),
+                bbox: [10.0, 20.0, 50.0, 60.0],
+                score: 0.9,
+                speed: Some(42.5),
+            }],
+        };
+        let limit = Event::SpeedLimit {
+            frame: 4,
+            time: 0.16,
+            id: 7,
+            speed: 42.5,
+            limit: 40.0,
+            unit: "km/h",
+        };
+        w.write_frame(&record, &[limit]).unwrap();
+        let jsonl = std::fs::read_to_string(&j).unwrap();
+        let lines: Vec<serde_json::Value> = jsonl
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["tracks"][0]["box"][2], 50.0);
+        assert_eq!(lines[0]["tracks"][0]["speed"], 42.5);
+        assert_eq!(lines[1]["event"], "speed_limit");
+        let csv = std::fs::read_to_string(&c).unwrap();
+        assert_eq!(
+            csv.lines().nth(1).unwrap(),
+            "4,0.1600,7,2,\"car, red\",10.00,20.00,50.00,60.00,0.9000,42.50"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&m).unwrap().trim(),
+            "5,7,10.00,20.00,40.00,40.00,0.9000,-1,-1,-1"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,172 @@
+//! Final detections against the Ultralytics reference: same count, each reference box matched
+//! by one of ours with the same class, IoU >= 0.95 and |conf difference| <= 0.01.
+//!
+//! On the reference's own input tensor (`bus.input.npy`) the whole criterion holds. From the
+//! JPEG files the pixels differ slightly before the network sees them: our resize is
+//! bit-exact with OpenCV's, but the `image` crate's JPEG decoder differs from libjpeg-turbo
+//! by up to 4 grey levels, which moves borderline scores by up to 0.015 (measured: worst
+//! 0.0145, yolov8n on zidane.jpg). Those runs check count, classes and IoU >= 0.95 exactly
+//! and bound the score difference at 0.02.
+
+mod common;
+
+use common::{data, read_npy_f32};
+use streamtrack::detect::decode::to_original;
+use streamtrack::detect::{
+    DetectConfig, Detection, Detector, decode_candidates, non_max_suppression,
+};
+use streamtrack::geometry::BBox;
+use streamtrack::model::preprocess::Letterbox;
+use streamtrack::model::{ComputeDevice, YoloModel};
+use streamtrack::video::images::read_image;
+
+const IMAGES: [&str; 5] = ["bus", "dog", "horses", "person", "zidane"];
+
+fn reference(model: &str, image: &str) -> Vec<Detection> {
+    let path = data(&format!("reference/{model}/{image}.json"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    json["detections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let b: Vec<f32> = d["xyxy"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+                .collect();
+            Detection {
+                bbox: BBox::new(b[0], b[1], b[2], b[3]),
+                score: d["conf"].as_f64().unwrap() as f32,
+                class_id: d["cls"].as_u64().unwrap() as usize,
+            }
+        })
+        .collect()
+}
+
+/// Score tolerance for detections from JPEG files (see the module docs).
+const JPEG_CONF_TOLERANCE: f32 = 0.02;
+
+/// Matches `ours` against the reference; returns the worst IoU and confidence difference.
+fn compare(
+    ours: &[Detection],
+    expected: &[Detection],
+    what: &str,
+    conf_tolerance: f32,
+) -> (f32, f32) {
+    let (mut worst_iou, mut worst_conf) = (1.0f32, 0.0f32);
+    assert_eq!(ours.len(), expected.len(), "{what}: {ours:?}");
+    let mut used = vec![false; ours.len()];
+    for r in expected {
+        let (best, iou) = ours
+            .iter()
+            .enumerate()
+            .filter(|(i, d)| !used[*i] && d.class_id == r.class_id)
+            .map(|(i, d)| (i, d.bbox.iou(&r.bbox)))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap_or_else(|| panic!("{what}: no class {} box for {r:?}", r.class_id));
+        used[best] = true;
+        let conf_diff = (ours[best].score - r.score).abs();
+        assert!(
+            iou >= 0.95,
+            "{what}: IoU {iou} for {r:?} vs {:?}",
+            ours[best]
+        );
+        assert!(
+            conf_diff <= conf_tolerance,
+            "{what}: conf {} vs {}",
+            ours[best].score,
+            r.score
+        );
+        worst_iou = worst_iou.min(iou);
+        worst_conf = worst_conf.max(conf_diff);
+    }
+    (worst_iou, worst_conf)
+}
+
+/// Checks every image; returns the worst IoU and confidence difference seen.
+fn check_model(mut detector: Detector, model: &str) -> (f32, f32) {
+    let (mut worst_iou, mut worst_conf) = (1.0f32, 0.0f32);
+    // The reference's exact input tensor: the full criterion.
+    let (_, input) = read_npy_f32(&data(&format!("reference/{model}/bus.input.npy")));
+    let output = detector.model.infer(input, 1);
+    let frame = read_image(&data("images/bus.jpg")).unwrap();
+    let letterbox = Letterbox::new(frame.dimensions(), detector.model.input_size());
+    let candidates = decode_candidates(output.image(0), output.anchors, &detector.config);
+    let kept = non_max_suppression(candidates, 0.7, 300, false);
+    let ours = to_original(&kept, &letterbox);
+    compare(
+        &ours,
+        &reference(model, "bus"),
+        &format!("{model}/bus.input.npy"),
+        0.01,
+    );
+    for image in IMAGES {
+        let frame = read_image(&data(&format!("images/{image}.jpg"))).unwrap();
+        let ours = detector.detect(&frame);
+        let (iou, conf) = compare(
+            &ours,
+            &reference(model, image),
+            &format!("{model}/{image}"),
+            JPEG_CONF_TOLERANCE,
+        );
+        worst_iou = worst_iou.min(iou);
+        worst_conf = worst_conf.max(conf);
+    }
+    (worst_iou, worst_conf)
+}
+
+#[test]
+fn yolov8n_640_matches_the_reference() {
+    let model =
+        YoloModel::load(&data("models/yolov8n-coco-640.onnx"), ComputeDevice::cpu()).unwrap();
+    let (iou, conf) = check_model(
+        Detector::new(model, DetectConfig::default()),
+        "yolov8n-coco-640",
+    );
+    eprintln!("yolov8n-640: worst IoU {iou:.4}, worst conf diff {conf:.5}");
+}
+
+#[test]
+fn yolo11n_320_from_an_imported_record_matches_the_reference() {
+    let dir = std::env::temp_dir().join(format!("streamtrack-record-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let record = dir.join("yolo11n.bpk");
+    YoloModel::load(&data("models/yolo11n-coco-320.onnx"), ComputeDevice::cpu())
+        .unwrap()
+        .save(&record)
+        .unwrap();
+    let model = YoloModel::load(&record, ComputeDevice::cpu()).unwrap();
+    assert_eq!(model.class_names().len(), 80);
+    let (iou, conf) = check_model(
+        Detector::new(model, DetectConfig::default()),
+        "yolo11n-coco-320",
+    );
+    eprintln!("yolo11n-320 (record): worst IoU {iou:.4}, worst conf diff {conf:.5}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn int8_exports_agree_with_the_float_reference() {
+    for (file, reference_model) in [
+        ("yolov8n-coco-640-int8.onnx", "yolov8n-coco-640"),
+        ("yolo11n-coco-320-int8.onnx", "yolo11n-coco-320"),
+    ] {
+        let model =
+            YoloModel::load(&data(&format!("models/{file}")), ComputeDevice::cpu()).unwrap();
+        let mut detector = Detector::new(model, DetectConfig::default());
+        for image in ["bus", "zidane"] {
+            let frame = read_image(&data(&format!("images/{image}.jpg"))).unwrap();
+            let ours = detector.detect(&frame);
+            for r in reference(reference_model, image) {
+                assert!(
+                    ours.iter()
+                        .any(|d| d.class_id == r.class_id && d.bbox.iou(&r.bbox) >= 0.9),
+                    "{file}/{image}: reference box {r:?} not found"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! Video in and out on the real sample videos: frame count, timestamps and quality of a
+//! decode → encode round trip, decoded again with our own decoder.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use common::data;
+use image::RgbImage;
+use streamtrack::pipeline::{self, FrameStage, Sinks};
+use streamtrack::video::encoder::EncodeSettings;
+use streamtrack::video::sink::Mp4Sink;
+use streamtrack::video::{Frame, open_source};
+
+/// Leaves frames untouched.
+struct PassThrough;
+
+impl FrameStage for PassThrough {
+    fn process(&mut self, _frame: &Frame, _canvas: &mut RgbImage) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+fn luma(image: &RgbImage) -> Vec<f64> {
+    image
+        .pixels()
+        .map(|p| 0.299 * p[0] as f64 + 0.587 * p[1] as f64 + 0.114 * p[2] as f64)
+        .collect()
+}
+
+/// Re-encodes `input` and checks the copy frame by frame; returns the mean Y-PSNR.
+fn round_trip(input: &Path, expected_frames: u64, fps: f64) -> f64 {
+    let dir = tempdir();
+    let output = dir.join("copy.mp4");
+    let source = open_source(input, 25.0).unwrap();
+    assert_eq!(source.info().frame_count, Some(expected_frames));
+    assert!(
+        (source.info().fps - fps).abs() < 1e-6,
+        "fps {}",
+        source.info().fps
+    );
+    let sinks = Sinks {
+        video: Some(Mp4Sink::create(&output, fps, EncodeSettings::default()).unwrap()),
+        frames: None,
+    };
+    let summary = pipeline::run(
+        source,
+        &mut PassThrough,
+        sinks,
+        Arc::new(AtomicBool::new(false)),
+        false,
+    )
+    .unwrap();
+    assert_eq!(summary.frames_decoded, expected_frames);
+    assert_eq!(summary.frames_written, expected_frames);
+
+    let mut original = open_source(input, 25.0).unwrap();
+    let mut copy = open_source(&output, 25.0).unwrap();
+    assert_eq!(copy.info().frame_count, Some(expected_frames));
+    assert_eq!(
+        (copy.info().width, copy.info().height),
+        (original.info().width, original.info().height)
+    );
+    let mut psnr_sum = 0.0;
+    let mut n = 0u64;
+    while let Some(a) = original.next_frame().unwrap() {
+        let b = copy.next_frame().unwrap().expect("same number of frames");
+        assert!(
+            (a.pts - b.pts).abs() < 1e-4,
+            "frame {}: pts {} vs {}",
+            a.index,
+            a.pts,
+            b.pts
+        );
+        assert!((a.duration - b.duration).abs() < 1e-4);
+        let (ya, yb) = (luma(&a.image), luma(&b.image));
+        let mse = ya
+            .iter()
+            .zip(&yb)
+            .map(|(x, y)| (x - y).powi(2))
+            .sum::<f64>()
+            / ya.len() as f64;
+        psnr_sum += 10.0 * (255.0f64 * 255.0 / mse.max(1e-9)).log10();
+        n += 1;
+    }
+    assert!(copy.next_frame().unwrap().is_none());
+    assert_eq!(n, expected_frames);
+    std::fs::remove_dir_all(dir).unwrap();
+    psnr_sum / n as f64
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "streamtrack-video-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn pedestrians_with_b_frames_round_trip() {
+    let psnr = round_trip(&data("video/pedestrians-768x576.mp4"), 795, 10.0);
+    eprintln!("pedestrians-768x576: mean Y-PSNR {psnr:.2} dB");
+    assert!(psnr >= 35.0, "Y-PSNR {psnr:.2} dB");
+}
+
+#[test]
+fn traffic_round_trip() {
+    let psnr = round_trip(&data("video/traffic-640x360.mp4"), 1190, 25.0);
+    eprintln!("traffic-640x360: mean Y-PSNR {psnr:.2} dB");
+    assert!(psnr >= 35.0, "Y-PSNR {psnr:.2} dB");
+}
