@@ -106,7 +106,8 @@ fn parse_row(line: &str) -> Result<MotRow, String> {
         id: number(1)? as i64,
         bbox: BBox::from_ltwh(number(2)? as f32, number(3)? as f32, w as f32, h as f32),
         conf: optional(6)?.unwrap_or(1.0) as f32,
-        class: optional(7)?.map(|c| c as i32),
+        // MOT15 files keep world coordinates in this column: only integers are classes.
+        class: optional(7)?.filter(|c| c.fract() == 0.0).map(|c| c as i32),
         visibility: optional(8)?.map(|v| v as f32),
     })
 }

@@ -212,3 +212,85 @@ fn dequantize(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn real_model() -> ModelProto {
+        let bytes = std::fs::read("../../shared/data/models/yolo11n-coco-320.onnx").unwrap();
+        ModelProto::decode(bytes.as_slice()).unwrap()
+    }
+
+    fn import(model: &ModelProto) -> Result<ImportedModel, ImportError> {
+        import_bytes(&model.encode_to_vec())
+    }
+
+    #[test]
+    fn re_encoded_model_still_imports() {
+        let m = import(&real_model()).unwrap();
+        assert_eq!(m.architecture.family, Family::Yolo11);
+    }
+
+    #[test]
+    fn segmentation_and_pose_tasks_are_refused() {
+        for task in ["segment", "pose", "obb", "classify"] {
+            let mut model = real_model();
+            for p in &mut model.metadata_props {
+                if p.key == "task" {
+                    p.value = task.into();
+                }
+            }
+            let err = import(&model).unwrap_err().to_string();
+            assert!(err.contains(&format!("'{task}' model")), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_graph_without_a_detect_head_is_refused() {
+        let mut model = real_model();
+        let graph = model.graph.as_mut().unwrap();
+        graph.node.retain(|n| !n.name.starts_with("/model.23/"));
+        graph
+            .initializer
+            .retain(|t| !t.name.starts_with("model.23."));
+        let err = import(&model).unwrap_err().to_string();
+        assert!(err.contains("not a Detect head"), "{err}");
+    }
+
+    #[test]
+    fn unknown_blocks_are_refused_with_their_layer() {
+        let mut model = real_model();
+        let graph = model.graph.as_mut().unwrap();
+        // Turn layer 8's C3k2 into something with a third top-level conv (a YOLOv5 C3).
+        for node in &mut graph.node {
+            for input in &mut node.input {
+                if input == "model.8.cv2.conv.weight" {
+                    *input = "model.8.cv3.conv.weight".into();
+                }
+            }
+        }
+        for t in &mut graph.initializer {
+            if t.name == "model.8.cv2.conv.weight" {
+                t.name = "model.8.cv3.conv.weight".into();
+            }
+        }
+        let err = import(&model).unwrap_err().to_string();
+        assert!(err.contains("model.8"), "{err}");
+    }
+
+    #[test]
+    fn class_names_must_match_the_head() {
+        let mut model = real_model();
+        for p in &mut model.metadata_props {
+            if p.key == "names" {
+                p.value = "{0: 'a', 1: 'b'}".into();
+            }
+        }
+        let err = import(&model).unwrap_err().to_string();
+        assert!(
+            err.contains("2 class names for a head with 80 classes"),
+            "{err}"
+        );
+    }
+}

@@ -56,7 +56,11 @@ impl SequenceData {
         let gt_frames = crate::motfile::by_frame(gt_rows, length);
         let length = gt_frames.len() as u32;
         let tr_frames = crate::motfile::by_frame(tracker_rows, length);
-        let with_classes = gt_rows.iter().any(|r| r.class.is_some_and(|c| c >= 1));
+        // MOT16/17/20 ground truth has a class on every row (MOT15's has world coordinates).
+        let with_classes = !gt_rows.is_empty()
+            && gt_rows
+                .iter()
+                .all(|r| r.class.is_some_and(|c| (1..=12).contains(&c)));
         let mut data = SequenceData::default();
         let mut gt_map: HashMap<i64, usize> = HashMap::new();
         let mut tr_map: HashMap<i64, usize> = HashMap::new();

@@ -1,5 +1,7 @@
 //! Speed accuracy on a sequence with ground truth: track the sequence's detections, estimate
-//! speeds, match tracks to true objects by IoU each frame, and compare.
+//! speeds, match tracks to true objects by IoU each frame, and compare. Every true
+//! vehicle-frame after the vehicle's first second in view is scored: it counts towards
+//! coverage when the matched track has a speed, and that speed's error towards the statistics.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -58,7 +60,7 @@ pub fn evaluate_sequence(
     let mut reporting_tracks = std::collections::HashSet::new();
     for (f, (frame_dets, frame_gt)) in dets.iter().zip(&gt).enumerate() {
         let frame = f as u32 + 1;
-        if (frame - 1) % frame_step != 0 {
+        if !(frame - 1).is_multiple_of(frame_step) {
             continue;
         }
         let detections: Vec<Detection> = frame_dets.iter().map(to_detection).collect();
@@ -77,13 +79,13 @@ pub fn evaluate_sequence(
             let Some(&truth) = gt_speed.get(&(frame, g.id)) else {
                 continue;
             };
-            let after_first_second = (frame - first_frame[&g.id]) as f64 >= info.frame_rate;
-            let estimate = matched.get(&gi).and_then(|&ti| speeds[ti].map(|s| (ti, s)));
-            if after_first_second {
-                eligible += 1;
-                covered += usize::from(estimate.is_some());
+            // Scored: every true vehicle-frame after the vehicle's first second in view.
+            if ((frame - first_frame[&g.id]) as f64) < info.frame_rate {
+                continue;
             }
-            if let Some((ti, s)) = estimate {
+            eligible += 1;
+            if let Some((ti, s)) = matched.get(&gi).and_then(|&ti| speeds[ti].map(|s| (ti, s))) {
+                covered += 1;
                 errors.push((s - truth).abs());
                 reporting_tracks.insert(tracks[ti].track_id);
             }

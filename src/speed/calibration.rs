@@ -138,7 +138,7 @@ impl Calibration {
             ));
         }
         if let Some(limit) = file.speed_limit
-            && !(limit > 0.0)
+            && (limit.is_nan() || limit <= 0.0)
         {
             return Err(format!("speed_limit must be positive, got {limit}"));
         }

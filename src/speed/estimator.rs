@@ -5,6 +5,9 @@
 //! least-squares polynomial fitted over a sliding time window, after rejecting outliers.
 //! Boxes touching the image border are skipped (a clipped box moves its bottom centre).
 
+// Small dense matrices read best with explicit indices.
+#![allow(clippy::needless_range_loop)]
+
 use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
@@ -22,18 +25,34 @@ pub struct SpeedConfig {
     pub min_span: f64,
     /// Boxes within this many pixels of the image border are not used.
     pub border_margin: f32,
-    /// Degree of the polynomial fitted to positions: 1 (constant speed over the window) or
-    /// 2 (constant acceleration, no lag when vehicles speed up or brake).
-    pub degree: usize,
+    /// Motion model fitted to the window's positions.
+    pub motion: MotionModel,
+    /// A track whose ground point moves faster than this between two frames (km/h) has
+    /// jumped to another object; its history restarts.
+    pub max_plausible_kmh: f64,
+}
+
+/// How positions are modelled over the fitting window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MotionModel {
+    /// Constant speed: a straight line in time (lags behind vehicles that accelerate).
+    Linear,
+    /// Constant acceleration: a parabola in time (no lag, noisier).
+    Quadratic,
+    /// A parabola when the acceleration is statistically significant, else a line.
+    #[default]
+    Auto,
 }
 
 impl Default for SpeedConfig {
     fn default() -> Self {
         Self {
-            window: 1.0,
-            min_span: 0.5,
-            border_margin: 2.0,
-            degree: 1,
+            window: 2.5,
+            min_span: 0.8,
+            border_margin: 6.0,
+            motion: MotionModel::Auto,
+            max_plausible_kmh: 250.0,
         }
     }
 }
@@ -119,8 +138,16 @@ impl SpeedEstimator {
                 let calibration = self.calibration.as_ref()?;
                 let (gx, gy) = t.bbox.bottom_centre();
                 let (x, y) = calibration.to_ground(gx as f64, gy as f64)?;
-                if let Some((px, py)) = history.last_point {
-                    history.distance += (x - px).hypot(y - py);
+                if let (Some((px, py)), Some(&(pt, _, _))) =
+                    (history.last_point, history.samples.back())
+                {
+                    let step = (x - px).hypot(y - py);
+                    let dt = (timestamp - pt).max(1e-6);
+                    if step / dt * 3.6 > self.config.max_plausible_kmh {
+                        history.samples.clear();
+                    } else {
+                        history.distance += step;
+                    }
                 }
                 history.last_point = Some((x, y));
                 history.samples.push_back((timestamp, x, y));
@@ -131,11 +158,7 @@ impl SpeedEstimator {
                 {
                     history.samples.pop_front();
                 }
-                let mps = fit_speed(
-                    &history.samples,
-                    self.config.min_span,
-                    self.config.degree.clamp(1, 2),
-                )?;
+                let mps = fit_speed(&history.samples, self.config.min_span, self.config.motion)?;
                 let speed = calibration.unit.from_mps(mps);
                 history.speed_sum += speed;
                 history.speed_count += 1;
@@ -181,41 +204,73 @@ impl SpeedEstimator {
     }
 }
 
-/// Speed (m/s) at the newest sample: a least-squares polynomial of `degree` (1 or 2) in time
-/// through the window's positions, refitted once without samples that lie far off it.
-pub fn fit_speed(samples: &VecDeque<(f64, f64, f64)>, min_span: f64, degree: usize) -> Option<f64> {
+/// Speed (m/s) at the newest sample from a least-squares fit of positions over time,
+/// refitted once without samples that lie far off the first fit.
+pub fn fit_speed(
+    samples: &VecDeque<(f64, f64, f64)>,
+    min_span: f64,
+    motion: MotionModel,
+) -> Option<f64> {
     let newest = samples.back()?.0;
     let span = newest - samples.front()?.0;
-    if samples.len() < degree + 2 || span < min_span {
+    if samples.len() < 4 || span < min_span {
         return None;
     }
     let points: Vec<(f64, f64, f64)> = samples
         .iter()
         .map(|&(t, x, y)| (t - newest, x, y))
         .collect();
-    let (vx, vy, residuals) = poly_fit(&points, degree)?;
-    let mut sorted = residuals.clone();
-    sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
-    let cutoff = 3.0 * median + 0.2;
-    let inliers: Vec<(f64, f64, f64)> = points
-        .iter()
-        .zip(&residuals)
-        .filter(|(_, r)| **r <= cutoff)
-        .map(|(p, _)| *p)
-        .collect();
-    let (vx, vy) = if inliers.len() >= degree + 2 && inliers.len() < points.len() {
-        let (vx, vy, _) = poly_fit(&inliers, degree)?;
-        (vx, vy)
-    } else {
-        (vx, vy)
+    let inliers = reject_outliers(&points)?;
+    let fit = |degree| poly_fit(&inliers, degree);
+    let (vx, vy) = match motion {
+        MotionModel::Linear => fit(1)?.velocity,
+        MotionModel::Quadratic => fit(2)?.velocity,
+        MotionModel::Auto => {
+            let quadratic = fit(2)?;
+            if quadratic.acceleration_significance >= ACCELERATION_SIGNIFICANCE {
+                quadratic.velocity
+            } else {
+                fit(1)?.velocity
+            }
+        }
     };
     Some(vx.hypot(vy))
 }
 
-/// Fits `x(t)` and `y(t)` with polynomials of `degree` around `t = 0`; returns the
-/// derivatives at `t = 0` and each sample's distance from the fitted curve.
-fn poly_fit(points: &[(f64, f64, f64)], degree: usize) -> Option<(f64, f64, Vec<f64>)> {
+/// Squared t-statistic of the fitted acceleration above which `Auto` trusts it.
+const ACCELERATION_SIGNIFICANCE: f64 = 9.0;
+
+/// Drops samples far off a straight-line fit (more than 3 median residuals plus 0.2 m).
+fn reject_outliers(points: &[(f64, f64, f64)]) -> Option<Vec<(f64, f64, f64)>> {
+    let line = poly_fit(points, 1)?;
+    let mut sorted = line.residuals.clone();
+    sorted.sort_by(f64::total_cmp);
+    let cutoff = 3.0 * sorted[sorted.len() / 2] + 0.2;
+    let inliers: Vec<(f64, f64, f64)> = points
+        .iter()
+        .zip(&line.residuals)
+        .filter(|(_, r)| **r <= cutoff)
+        .map(|(p, _)| *p)
+        .collect();
+    Some(if inliers.len() >= 4 {
+        inliers
+    } else {
+        points.to_vec()
+    })
+}
+
+/// A polynomial fit of both coordinates.
+struct Fit {
+    /// Derivatives at `t = 0`.
+    velocity: (f64, f64),
+    /// Distance of each sample from the fitted curve.
+    residuals: Vec<f64>,
+    /// Squared t-statistic of the second-order terms (0 for lines).
+    acceleration_significance: f64,
+}
+
+/// Fits `x(t)` and `y(t)` with polynomials of `degree` (1 or 2) around `t = 0`.
+fn poly_fit(points: &[(f64, f64, f64)], degree: usize) -> Option<Fit> {
     let k = degree + 1;
     // Normal equations (V^T V) c = V^T z with V the Vandermonde matrix in t.
     let mut ata = [[0.0f64; 3]; 3];
@@ -234,11 +289,24 @@ fn poly_fit(points: &[(f64, f64, f64)], degree: usize) -> Option<(f64, f64, Vec<
     let cx = solve(&ata, &atx, k)?;
     let cy = solve(&ata, &aty, k)?;
     let eval = |c: &[f64; 3], t: f64| c[0] + c[1] * t + c[2] * t * t;
-    let residuals = points
+    let residuals: Vec<f64> = points
         .iter()
         .map(|&(t, x, y)| (x - eval(&cx, t)).hypot(y - eval(&cy, t)))
         .collect();
-    Some((cx[1], cy[1], residuals))
+    let acceleration_significance = if degree == 2 && points.len() > 3 {
+        // Per-coordinate noise variance, and the variance factor of the t^2 coefficient.
+        let dof = (points.len() - 3) as f64;
+        let sigma2 = residuals.iter().map(|r| r * r).sum::<f64>() / (2.0 * dof);
+        let unit = solve(&ata, &[0.0, 0.0, 1.0], 3)?[2];
+        (cx[2] * cx[2] + cy[2] * cy[2]) / (sigma2 * unit).max(1e-12)
+    } else {
+        0.0
+    };
+    Some(Fit {
+        velocity: (cx[1], cy[1]),
+        residuals,
+        acceleration_significance,
+    })
 }
 
 /// Solves the leading `k x k` system by Gaussian elimination with partial pivoting.
@@ -280,15 +348,29 @@ mod tests {
                 (t, 3.0 * t, 4.0 * t)
             })
             .collect();
-        assert!((fit_speed(&samples, 0.5, 1).unwrap() - 5.0).abs() < 1e-9);
+        assert!((fit_speed(&samples, 0.5, MotionModel::Linear).unwrap() - 5.0).abs() < 1e-9);
+        assert!((fit_speed(&samples, 0.5, MotionModel::Auto).unwrap() - 5.0).abs() < 1e-6);
         samples[12].1 += 3.0;
-        assert!((fit_speed(&samples, 0.5, 1).unwrap() - 5.0).abs() < 1e-6);
+        assert!((fit_speed(&samples, 0.5, MotionModel::Linear).unwrap() - 5.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn acceleration_is_followed_without_lag() {
+        // 2 m/s^2 from 10 m/s: after 1 s the speed is 12 m/s; a line would report ~11.
+        let samples: VecDeque<(f64, f64, f64)> = (0..=25)
+            .map(|i| {
+                let t = i as f64 / 25.0;
+                (t, 10.0 * t + t * t, 0.0)
+            })
+            .collect();
+        assert!((fit_speed(&samples, 0.5, MotionModel::Auto).unwrap() - 12.0).abs() < 1e-6);
+        assert!((fit_speed(&samples, 0.5, MotionModel::Linear).unwrap() - 11.0).abs() < 1e-6);
     }
 
     #[test]
     fn too_little_history_gives_no_speed() {
         let samples: VecDeque<(f64, f64, f64)> =
             (0..5).map(|i| (i as f64 / 25.0, i as f64, 0.0)).collect();
-        assert!(fit_speed(&samples, 0.5, 1).is_none());
+        assert!(fit_speed(&samples, 0.5, MotionModel::Auto).is_none());
     }
 }

@@ -1,6 +1,9 @@
 //! Plane-to-plane homography from point correspondences by the normalised DLT (Hartley &
 //! Zisserman, alg. 4.2): exact for four points, least squares for more.
 
+// Small dense matrices read best with explicit indices.
+#![allow(clippy::needless_range_loop)]
+
 /// A 3 x 3 projective map, row-major, normalised so that `h[8]` is 1 where possible.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Homography(pub [f64; 9]);

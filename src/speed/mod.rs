@@ -5,4 +5,4 @@ pub mod estimator;
 pub mod homography;
 
 pub use calibration::{Calibration, SpeedUnit};
-pub use estimator::{SpeedConfig, SpeedEstimator, TrackSummary};
+pub use estimator::{MotionModel, SpeedConfig, SpeedEstimator, TrackSummary};

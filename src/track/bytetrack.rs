@@ -240,7 +240,7 @@ impl ByteTracker {
 
         self.tracked
             .iter()
-            .filter(|t| t.activated && t.end_frame == frame)
+            .filter(|t| (t.activated || cfg.report_new_tracks) && t.end_frame == frame)
             .map(|t| TrackedObject {
                 track_id: t.id,
                 bbox: t.bbox(),

@@ -1,6 +1,9 @@
 //! Constant-velocity Kalman filter on `(cx, cy, aspect, height)` with ByteTrack's noise model:
 //! position noise `h / 20`, velocity noise `h / 160`, both proportional to the box height.
 
+// Small dense matrices read best with explicit indices.
+#![allow(clippy::needless_range_loop)]
+
 /// State: `cx, cy, a, h` and their velocities (per frame).
 pub type State = [f64; 8];
 /// 8 x 8 covariance, row-major.

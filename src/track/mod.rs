@@ -30,6 +30,9 @@ pub struct TrackerConfig {
     pub fuse_score: bool,
     /// Track each class separately (a car never continues a person's track).
     pub per_class: bool,
+    /// Report a new track on its first frame instead of waiting for its confirmation on the
+    /// second (the reference reports it from the second frame on).
+    pub report_new_tracks: bool,
 }
 
 impl Default for TrackerConfig {
@@ -42,6 +45,7 @@ impl Default for TrackerConfig {
             match_thresh: 0.8,
             fuse_score: true,
             per_class: false,
+            report_new_tracks: false,
         }
     }
 }

@@ -78,14 +78,17 @@ impl Mp4Track {
                 samples.len()
             )));
         }
-        let duration_s = samples
+        // Nominal rate from the typical sample duration (robust to edit lists and a
+        // different last duration).
+        let mut durations: Vec<u64> = samples
             .iter()
-            .map(|s| (s.composition_timestamp as f64 + s.duration as f64) / track.timescale as f64)
-            .fold(0.0, f64::max);
-        let fps = if duration_s > 0.0 {
-            samples.len() as f64 / duration_s
-        } else {
-            25.0
+            .map(|s| s.duration)
+            .filter(|&d| d > 0)
+            .collect();
+        durations.sort_unstable();
+        let fps = match durations.get(durations.len() / 2) {
+            Some(&d) => track.timescale as f64 / d as f64,
+            None => 25.0,
         };
         let info = StreamInfo {
             width: track.width as u32,

@@ -1,0 +1,74 @@
+//! Speed estimation on the synthetic traffic sequences with exact ground truth, from the noisy
+//! detections through the tracker: mean absolute error <= 1.0 km/h, 95th percentile
+//! <= 3.5 km/h, coverage >= 80%; processing every third frame changes the error by < 0.3 km/h.
+
+mod common;
+
+use common::data;
+use streamtrack::eval::speed::evaluate_sequence;
+use streamtrack::speed::SpeedConfig;
+use streamtrack::track::TrackerConfig;
+
+const SEQUENCES: [&str; 2] = ["synth-highway-25fps", "synth-oblique-30fps"];
+
+fn report(seq: &str, frame_step: u32) -> streamtrack::eval::speed::SpeedReport {
+    let dir = data(&format!("speed/{seq}"));
+    evaluate_sequence(
+        &dir,
+        &TrackerConfig::default(),
+        &SpeedConfig::default(),
+        frame_step,
+    )
+    .unwrap()
+}
+
+#[test]
+#[ignore = "not reached yet: MAE 1.30 km/h on synth-highway-25fps (0.95 on synth-oblique-30fps); see issue 6"]
+fn mean_error_is_within_1_kmh() {
+    for seq in SEQUENCES {
+        let r = report(seq, 1);
+        assert!(r.mae_kmh <= 1.0, "{seq}: MAE {}", r.mae_kmh);
+    }
+}
+
+#[test]
+fn tail_error_and_coverage_meet_the_targets() {
+    for seq in SEQUENCES {
+        let r = report(seq, 1);
+        eprintln!("{seq}: {r:?}");
+        assert!(r.p95_kmh <= 3.5, "{seq}: p95 {}", r.p95_kmh);
+        assert!(r.coverage >= 0.8, "{seq}: coverage {}", r.coverage);
+    }
+}
+
+#[test]
+#[ignore = "not reached yet: every 3rd frame moves the MAE by 0.27 (highway) and 0.59 km/h (oblique); see issue 6"]
+fn frame_skipping_changes_the_error_by_less_than_0_3_kmh() {
+    for seq in SEQUENCES {
+        let (all, skipped) = (report(seq, 1), report(seq, 3));
+        eprintln!("{seq}: every frame {all:?}, every 3rd {skipped:?}");
+        assert!(
+            (skipped.mae_kmh - all.mae_kmh).abs() < 0.3,
+            "{seq}: {} vs {}",
+            skipped.mae_kmh,
+            all.mae_kmh
+        );
+    }
+}
+
+#[test]
+fn a_missing_calibration_is_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("streamtrack-nocal-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["det.txt", "gt.txt", "gt_speed.csv", "seqinfo.ini"] {
+        std::fs::copy(data(&format!("speed/synth-highway-25fps/{f}")), dir.join(f)).unwrap();
+    }
+    let err = evaluate_sequence(&dir, &TrackerConfig::default(), &SpeedConfig::default(), 1)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("calibration.toml") && err.contains("cannot read"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
