@@ -108,11 +108,12 @@ impl ComputeDevice {
     }
 }
 
-/// Every adapter wgpu can open, best first (discrete, integrated, virtual, software).
+/// Every Vulkan, Metal or DX12 adapter wgpu can open, best first (discrete, integrated,
+/// virtual, software). OpenGL is not used: Burn computes with compute shaders.
 pub fn gpu_adapters() -> Vec<wgpu::AdapterInfo> {
     let instance = wgpu::Instance::default();
     let mut infos: Vec<wgpu::AdapterInfo> =
-        pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+        pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY))
             .into_iter()
             .map(|a| a.get_info())
             .collect();
