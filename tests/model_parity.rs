@@ -44,3 +44,34 @@ fn yolo11n_matches_onnx_runtime() {
     assert!(boxes <= 0.02, "box rows differ by {boxes} px");
     assert!(scores <= 1e-4, "score rows differ by {scores}");
 }
+
+/// The wgpu path on whatever adapter exists (CI installs Mesa's lavapipe, a software Vulkan
+/// driver): same network, same reference tensor.
+#[test]
+fn wgpu_matches_onnx_runtime_where_an_adapter_exists() {
+    let device = match ComputeDevice::resolve(streamtrack::model::DeviceChoice::Gpu) {
+        Ok(device) => device,
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            return;
+        }
+    };
+    eprintln!("device: {}", device.description);
+    let model = YoloModel::load(&data("models/yolo11n-coco-320.onnx"), device).unwrap();
+    let (_, input) = read_npy_f32(&data("reference/yolo11n-coco-320/bus.input.npy"));
+    let (_, expected) = read_npy_f32(&data("reference/yolo11n-coco-320/bus.output.npy"));
+    let output = model.infer(input, 1);
+    let n = output.anchors;
+    let max_err = |rows: std::ops::Range<usize>| {
+        output.data[rows.start * n..rows.end * n]
+            .iter()
+            .zip(&expected[rows.start * n..rows.end * n])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max)
+    };
+    let (boxes, scores) = (max_err(0..4), max_err(4..output.channels));
+    eprintln!("yolo11n-320 on wgpu: box max error {boxes} px, score max error {scores}");
+    // Measured on lavapipe: 0.0015 px and 2.7e-6, within the CPU tolerances.
+    assert!(boxes <= 0.02, "box rows differ by {boxes} px");
+    assert!(scores <= 1e-4, "score rows differ by {scores}");
+}
