@@ -70,7 +70,11 @@ impl FrameStage for Analysis {
     fn process(&mut self, frame: &Frame, canvas: &mut RgbImage) -> anyhow::Result<()> {
         let detections = self.detector.detect(&frame.image);
         let tracks = self.tracker.update(&detections, frame.pts);
-        let speeds = self.speeds.update(frame.pts, &tracks);
+        let measured: Vec<_> = tracks
+            .iter()
+            .map(|t| t.with_detection_box(&detections))
+            .collect();
+        let speeds = self.speeds.update(frame.pts, &measured);
         let unit = self.unit();
         let limit = self.speeds.calibration().and_then(|c| c.speed_limit);
         let mut events = Vec::new();

@@ -65,7 +65,11 @@ pub fn evaluate_sequence(
         }
         let detections: Vec<Detection> = frame_dets.iter().map(to_detection).collect();
         let tracks = tracker.update(&detections, (frame - 1) as f64 / info.frame_rate);
-        let speeds = estimator.update((frame - 1) as f64 / info.frame_rate, &tracks);
+        let measured: Vec<_> = tracks
+            .iter()
+            .map(|t| t.with_detection_box(&detections))
+            .collect();
+        let speeds = estimator.update((frame - 1) as f64 / info.frame_rate, &measured);
         let cost: Vec<f64> = frame_gt
             .iter()
             .flat_map(|g| tracks.iter().map(move |t| 1.0 - g.bbox.iou(&t.bbox) as f64))

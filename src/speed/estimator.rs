@@ -1,6 +1,6 @@
 //! Per-track speed on the road plane from timestamped ground points.
 //!
-//! Each track's ground point (bottom centre of its Kalman-filtered box) is mapped to metres
+//! Each track's ground point (bottom centre of its detection's box) is mapped to metres
 //! with its frame's timestamp. The speed is the derivative at the newest sample of a
 //! least-squares polynomial fitted over a sliding time window, after rejecting outliers.
 //! Boxes touching the image border are skipped (a clipped box moves its bottom centre).
@@ -48,11 +48,11 @@ pub enum MotionModel {
 impl Default for SpeedConfig {
     fn default() -> Self {
         Self {
-            window: 2.5,
+            window: 3.0,
             min_span: 0.8,
             border_margin: 6.0,
             motion: MotionModel::Auto,
-            max_plausible_kmh: 250.0,
+            max_plausible_kmh: 400.0,
         }
     }
 }

@@ -63,6 +63,17 @@ pub struct TrackedObject {
     pub detection_index: usize,
 }
 
+impl TrackedObject {
+    /// The same track with the box of the detection that updated it (unfiltered: a switch
+    /// to another object shows as a jump instead of a smooth Kalman drift).
+    pub fn with_detection_box(&self, detections: &[Detection]) -> TrackedObject {
+        TrackedObject {
+            bbox: detections[self.detection_index].bbox,
+            ..*self
+        }
+    }
+}
+
 /// ByteTrack over all classes, or one ByteTrack per class with a shared id counter.
 pub struct Tracker {
     config: TrackerConfig,
