@@ -123,3 +123,65 @@ fn corrupt_model_file() {
         "{stderr}"
     );
 }
+
+#[test]
+fn undecodable_image() {
+    let path = scratch("broken.jpg");
+    std::fs::write(
+        &path,
+        b"\xff\xd8\xff\xe0 a JPEG header and nothing after it",
+    )
+    .unwrap();
+    let model = data("models/yolo11n-coco-320.onnx");
+    let (ok, stderr) = streamtrack(&[
+        "detect",
+        path.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("broken.jpg") && stderr.contains("not a decodable image"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn empty_folder() {
+    let dir = scratch("empty-folder");
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = data("models/yolo11n-coco-320.onnx");
+    let (ok, stderr) = streamtrack(&[
+        "detect",
+        dir.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("empty-folder") && stderr.contains("holds no JPEG or PNG images"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unknown_class_name() {
+    let image = data("images/bus.jpg");
+    let model = data("models/yolo11n-coco-320.onnx");
+    let (ok, stderr) = streamtrack(&[
+        "detect",
+        image.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--classes",
+        "car,unicorn",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("no class named 'unicorn'"), "{stderr}");
+}
