@@ -75,3 +75,25 @@ fn wgpu_matches_onnx_runtime_where_an_adapter_exists() {
     assert!(boxes <= 0.02, "box rows differ by {boxes} px");
     assert!(scores <= 1e-4, "score rows differ by {scores}");
 }
+
+/// The first load of an `.onnx` file caches its conversion; the second load comes from the
+/// cache and computes the same output.
+#[test]
+fn onnx_conversions_are_cached_and_reused() {
+    let cache = std::env::temp_dir().join(format!("streamtrack-cache-{}", std::process::id()));
+    let path = data("models/yolo11n-coco-320.onnx");
+    let (_, input) = read_npy_f32(&data("reference/yolo11n-coco-320/bus.input.npy"));
+    let first = YoloModel::load_cached(&path, ComputeDevice::cpu(), Some(&cache)).unwrap();
+    let records: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(records.len(), 2, "record and card: {records:?}");
+    let second = YoloModel::load_cached(&path, ComputeDevice::cpu(), Some(&cache)).unwrap();
+    assert_eq!(second.card.source, path.display().to_string());
+    assert_eq!(
+        first.infer(input.clone(), 1).data,
+        second.infer(input, 1).data
+    );
+    std::fs::remove_dir_all(&cache).unwrap();
+}

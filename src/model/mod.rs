@@ -26,6 +26,28 @@ pub enum ModelError {
     Record { path: PathBuf, message: String },
 }
 
+/// Where `.onnx` conversions are cached: `$STREAMTRACK_CACHE`, else
+/// `$XDG_CACHE_HOME/streamtrack`, else `~/.cache/streamtrack`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("STREAMTRACK_CACHE")
+        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("streamtrack")))
+        .or_else(|| env("HOME").map(|d| d.join(".cache/streamtrack")))
+}
+
+/// FNV-1a over the file, with its length: the cache key of a conversion.
+fn content_hash(bytes: &[u8]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64 ^ bytes.len() as u64;
+    for &b in bytes {
+        hash = (hash ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
 /// What is stored beside a Burn record so the network can be rebuilt without the ONNX file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelCard {
@@ -62,12 +84,45 @@ pub struct YoloModel {
 
 impl YoloModel {
     /// Loads an Ultralytics `.onnx` export or a record written by [`YoloModel::save`]
-    /// (`.bpk` with its `.json` card beside it).
+    /// (`.bpk` with its `.json` card beside it). An `.onnx` conversion is cached as a record
+    /// in the user's cache folder (see [`default_cache_dir`]).
     pub fn load(path: &Path, device: ComputeDevice) -> Result<Self, ModelError> {
+        Self::load_cached(path, device, default_cache_dir().as_deref())
+    }
+
+    /// [`YoloModel::load`] with an explicit cache folder (`None`: no cache).
+    pub fn load_cached(
+        path: &Path,
+        device: ComputeDevice,
+        cache_dir: Option<&Path>,
+    ) -> Result<Self, ModelError> {
         if path.extension().is_some_and(|e| e == "bpk") {
             return Self::load_record(path, device);
         }
-        let imported = model_import::import_file(path)?;
+        let bytes = std::fs::read(path).map_err(|e| model_import::FileImportError {
+            path: path.to_path_buf(),
+            source: e.into(),
+        })?;
+        let cached = cache_dir.map(|dir| dir.join(format!("{:016x}.bpk", content_hash(&bytes))));
+        if let Some(record) = cached.as_deref().filter(|r| r.exists()) {
+            match Self::load_record(record, device.clone()) {
+                Ok(mut model) => {
+                    tracing::info!(
+                        "loaded {} from the cached conversion {}",
+                        path.display(),
+                        record.display()
+                    );
+                    model.card.source = path.display().to_string();
+                    return Ok(model);
+                }
+                Err(e) => tracing::warn!("ignoring a stale cached conversion: {e}"),
+            }
+        }
+        let imported =
+            model_import::import_bytes(&bytes).map_err(|source| model_import::FileImportError {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let network = YoloNetwork::new(
             &imported.architecture,
             WeightSource::Imported(&imported.weights),
@@ -92,7 +147,7 @@ impl YoloModel {
             },
             path.display()
         );
-        Ok(Self {
+        let model = Self {
             network,
             card: ModelCard {
                 metadata: imported.metadata,
@@ -100,7 +155,18 @@ impl YoloModel {
                 source: path.display().to_string(),
             },
             device,
-        })
+        };
+        if let Some(record) = cached {
+            let saved = record
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .map_err(|e| e.to_string())
+                .and_then(|_| model.save(&record).map_err(|e| e.to_string()));
+            if let Err(e) = saved {
+                tracing::debug!("could not cache the conversion: {e}");
+            }
+        }
+        Ok(model)
     }
 
     fn load_record(path: &Path, device: ComputeDevice) -> Result<Self, ModelError> {
