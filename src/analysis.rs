@@ -105,12 +105,10 @@ impl FrameStage for Analysis {
                 speed: *speed,
             });
             annotations.push(Annotation {
-                bbox: det.bbox,
                 class_id: t.class_id,
-                class_name: self.names[t.class_id].clone(),
-                score: det.score,
                 track_id: Some(t.track_id),
                 speed: speed.map(|s| (s as f32, unit.label())),
+                ..Annotation::from_detection(det, &self.names[t.class_id])
             });
         }
         let ended = self.speeds.take_finished(frame.pts, self.track_idle);

@@ -48,6 +48,18 @@ pub struct Annotation {
 }
 
 impl Annotation {
+    /// A detection with no track or speed yet.
+    pub fn from_detection(d: &crate::detect::Detection, class_name: &str) -> Self {
+        Self {
+            bbox: d.bbox,
+            class_id: d.class_id,
+            class_name: class_name.to_string(),
+            score: d.score,
+            track_id: None,
+            speed: None,
+        }
+    }
+
     /// `#12 car 0.87 54 km/h`.
     pub fn label(&self) -> String {
         let mut label = String::new();

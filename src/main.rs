@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use streamtrack::analysis::Analysis;
+use streamtrack::annotate::{Annotation, Annotator};
 use streamtrack::config::Config;
 use streamtrack::detect::{Detection, Detector};
 use streamtrack::model::{ComputeDevice, DeviceChoice, YoloModel};
@@ -443,7 +444,7 @@ fn detect(args: DetectArgs, config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("{}: cannot create the folder", dir.display()))?;
     }
     let mut records = Vec::new();
-    let mut annotator = streamtrack::annotate::Annotator::new();
+    let mut annotator = Annotator::new();
     for input in &args.inputs {
         let files = if input.is_dir() {
             images::list_images(input)?
@@ -481,14 +482,7 @@ fn detect(args: DetectArgs, config: Config) -> anyhow::Result<()> {
                     let mut canvas = frame.image.clone();
                     let annotations: Vec<_> = detections
                         .iter()
-                        .map(|d| streamtrack::annotate::Annotation {
-                            bbox: d.bbox,
-                            class_id: d.class_id,
-                            class_name: names[d.class_id].clone(),
-                            score: d.score,
-                            track_id: None,
-                            speed: None,
-                        })
+                        .map(|d| Annotation::from_detection(d, &names[d.class_id]))
                         .collect();
                     annotator.draw(&mut canvas, &annotations);
                     let path = dir.join(format!("{stem}.jpg"));

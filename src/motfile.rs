@@ -22,6 +22,17 @@ pub struct MotRow {
     pub visibility: Option<f32>,
 }
 
+impl MotRow {
+    /// The row as a detection: its box, its score, and its class (0 when absent).
+    pub fn detection(&self) -> crate::detect::Detection {
+        crate::detect::Detection {
+            bbox: self.bbox,
+            score: self.conf,
+            class_id: self.class.map_or(0, |c| c.max(0) as usize),
+        }
+    }
+}
+
 /// Sequence metadata from `seqinfo.ini`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeqInfo {

@@ -12,16 +12,11 @@ use crate::model::preprocess::{Letterbox, letterbox_into};
 pub struct Detector {
     pub model: YoloModel,
     pub config: DetectConfig,
-    input: Vec<f32>,
 }
 
 impl Detector {
     pub fn new(model: YoloModel, config: DetectConfig) -> Self {
-        Self {
-            model,
-            config,
-            input: Vec::new(),
-        }
+        Self { model, config }
     }
 
     /// Class names by id.
@@ -40,15 +35,14 @@ impl Detector {
     pub fn detect_batch(&mut self, images: &[&RgbImage]) -> Vec<Vec<Detection>> {
         let (w, h) = self.model.input_size();
         let per_image = 3 * w as usize * h as usize;
-        let mut input = std::mem::take(&mut self.input);
-        input.resize(per_image * images.len(), 0.0);
+        // The network takes ownership of the buffer, so it is allocated per batch.
+        let mut input = vec![0.0; per_image * images.len()];
         let letterboxes: Vec<Letterbox> = input
             .par_chunks_mut(per_image)
             .zip(images.par_iter())
             .map(|(buffer, image)| letterbox_into(image, (w, h), buffer))
             .collect();
-        let output = self.model.infer(input.clone(), images.len());
-        self.input = input;
+        let output = self.model.infer(input, images.len());
         letterboxes
             .par_iter()
             .enumerate()

@@ -95,7 +95,8 @@ impl DetectionEval {
             let mut preds: Vec<&(f32, usize, [bool; IOU_THRESHOLDS])> =
                 self.predictions.iter().filter(|p| p.1 == class).collect();
             preds.sort_by(|a, b| b.0.total_cmp(&a.0));
-            let conf: Vec<f64> = preds.iter().map(|p| p.0 as f64).collect();
+            // Confidences negated so that they increase, as interpolation needs.
+            let neg_conf: Vec<f64> = preds.iter().map(|p| -(p.0 as f64)).collect();
             let mut curves = Vec::new();
             for k in 0..IOU_THRESHOLDS {
                 let (mut tpc, mut fpc) = (0.0, 0.0);
@@ -120,12 +121,12 @@ impl DetectionEval {
             let (recall, precision) = &curves[0];
             r_curves.push(
                 grid.iter()
-                    .map(|&c| interp_desc(c, &conf, recall, 0.0))
+                    .map(|&c| interp_desc(c, &neg_conf, recall, 0.0))
                     .collect::<Vec<f64>>(),
             );
             p_curves.push(
                 grid.iter()
-                    .map(|&c| interp_desc(c, &conf, precision, 1.0))
+                    .map(|&c| interp_desc(c, &neg_conf, precision, 1.0))
                     .collect::<Vec<f64>>(),
             );
         }
@@ -190,17 +191,16 @@ fn interp(x: f64, xs: &[f64], ys: &[f64]) -> f64 {
     ys[j] + (ys[j + 1] - ys[j]) * (x - x0) / (x1 - x0)
 }
 
-/// Value at confidence `c` of a curve sampled at descending confidences (`left` above the
-/// highest confidence, the last value below the lowest; 0 without samples).
-fn interp_desc(c: f64, conf: &[f64], values: &[f64], left: f64) -> f64 {
-    if conf.is_empty() {
+/// Value at confidence `c` of a curve sampled at descending confidences, given negated
+/// (`left` above the highest confidence, the last value below the lowest; 0 without samples).
+fn interp_desc(c: f64, neg_conf: &[f64], values: &[f64], left: f64) -> f64 {
+    if neg_conf.is_empty() {
         return 0.0; // A class without predictions has zero precision and recall.
     }
-    let xs: Vec<f64> = conf.iter().map(|v| -v).collect();
-    if -c < xs[0] {
+    if -c < neg_conf[0] {
         return left;
     }
-    interp(-c, &xs, values)
+    interp(-c, neg_conf, values)
 }
 
 /// Box filter over `fraction` of the points, with edge padding (Ultralytics' `smooth`).

@@ -63,7 +63,7 @@ pub fn evaluate_sequence(
         if !(frame - 1).is_multiple_of(frame_step) {
             continue;
         }
-        let detections: Vec<Detection> = frame_dets.iter().map(to_detection).collect();
+        let detections: Vec<Detection> = frame_dets.iter().map(MotRow::detection).collect();
         let tracks = tracker.update(&detections, (frame - 1) as f64 / info.frame_rate);
         let measured: Vec<_> = tracks
             .iter()
@@ -111,14 +111,6 @@ pub fn evaluate_sequence(
         tracks: reporting_tracks.len(),
         samples: errors.len(),
     })
-}
-
-fn to_detection(row: &MotRow) -> Detection {
-    Detection {
-        bbox: row.bbox,
-        score: row.conf,
-        class_id: row.class.map_or(0, |c| c.max(0) as usize),
-    }
 }
 
 /// `frame,id,speed_kmh` rows keyed by `(frame, id)`.

@@ -144,14 +144,7 @@ pub fn track_mot_rows(
         .enumerate()
     {
         let frame = f as u32 + 1;
-        let dets: Vec<Detection> = rows
-            .iter()
-            .map(|r| Detection {
-                bbox: r.bbox,
-                score: r.conf,
-                class_id: r.class.map_or(0, |c| c.max(0) as usize),
-            })
-            .collect();
+        let dets: Vec<Detection> = rows.iter().map(crate::motfile::MotRow::detection).collect();
         for t in tracker.update(&dets, f as f64 / info.frame_rate) {
             out.push(crate::motfile::MotRow {
                 frame,
