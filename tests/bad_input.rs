@@ -103,24 +103,35 @@ fn unwritable_output() {
     );
 }
 
+/// Runs `detect INPUT --model MODEL --device cpu EXTRA...` and expects a failure whose
+/// message contains every one of `expected`.
+fn detect_fails_with(input: &Path, model: &Path, extra: &[&str], expected: &[&str]) {
+    let mut args = vec![
+        "detect",
+        input.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+    ];
+    args.extend_from_slice(extra);
+    let (ok, stderr) = streamtrack(&args);
+    assert!(!ok, "succeeded: {args:?}");
+    for text in expected {
+        assert!(stderr.contains(text), "expected '{text}' in: {stderr}");
+    }
+}
+
 #[test]
 fn corrupt_model_file() {
     let path = scratch("broken.onnx");
     let bytes = std::fs::read(data("models/yolo11n-coco-320.onnx")).unwrap();
     std::fs::write(&path, &bytes[..1000]).unwrap();
-    let image = data("images/bus.jpg");
-    let (ok, stderr) = streamtrack(&[
-        "detect",
-        image.to_str().unwrap(),
-        "--model",
-        path.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
-    assert!(!ok);
-    assert!(
-        stderr.contains("broken.onnx") && stderr.contains("not an ONNX model"),
-        "{stderr}"
+    detect_fails_with(
+        &data("images/bus.jpg"),
+        &path,
+        &[],
+        &["broken.onnx", "not an ONNX model"],
     );
 }
 
@@ -133,19 +144,7 @@ fn undecodable_image() {
     )
     .unwrap();
     let model = data("models/yolo11n-coco-320.onnx");
-    let (ok, stderr) = streamtrack(&[
-        "detect",
-        path.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
-    assert!(!ok);
-    assert!(
-        stderr.contains("broken.jpg") && stderr.contains("not a decodable image"),
-        "{stderr}"
-    );
+    detect_fails_with(&path, &model, &[], &["broken.jpg", "not a decodable image"]);
 }
 
 #[test]
@@ -153,35 +152,21 @@ fn empty_folder() {
     let dir = scratch("empty-folder");
     std::fs::create_dir_all(&dir).unwrap();
     let model = data("models/yolo11n-coco-320.onnx");
-    let (ok, stderr) = streamtrack(&[
-        "detect",
-        dir.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-        "--device",
-        "cpu",
-    ]);
-    assert!(!ok);
-    assert!(
-        stderr.contains("empty-folder") && stderr.contains("holds no JPEG or PNG images"),
-        "{stderr}"
+    detect_fails_with(
+        &dir,
+        &model,
+        &[],
+        &["empty-folder", "holds no JPEG or PNG images"],
     );
 }
 
 #[test]
 fn unknown_class_name() {
-    let image = data("images/bus.jpg");
     let model = data("models/yolo11n-coco-320.onnx");
-    let (ok, stderr) = streamtrack(&[
-        "detect",
-        image.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-        "--device",
-        "cpu",
-        "--classes",
-        "car,unicorn",
-    ]);
-    assert!(!ok);
-    assert!(stderr.contains("no class named 'unicorn'"), "{stderr}");
+    detect_fails_with(
+        &data("images/bus.jpg"),
+        &model,
+        &["--classes", "car,unicorn"],
+        &["no class named 'unicorn'"],
+    );
 }

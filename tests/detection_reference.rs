@@ -95,7 +95,8 @@ fn check_model(mut detector: Detector, model: &str) -> (f32, f32) {
     let frame = read_image(&data("images/bus.jpg")).unwrap();
     let letterbox = Letterbox::new(frame.dimensions(), detector.model.input_size());
     let candidates = decode_candidates(output.image(0), output.anchors, &detector.config);
-    let kept = non_max_suppression(candidates, 0.7, 300, false);
+    let config = &detector.config;
+    let kept = non_max_suppression(candidates, config.iou, config.max_det, config.agnostic_nms);
     let ours = to_original(&kept, &letterbox);
     compare(
         &ours,

@@ -5,10 +5,10 @@ mod common;
 use common::{data, read_npy_f32};
 use streamtrack::model::{ComputeDevice, YoloModel};
 
-/// Max abs error on box rows (pixels) and on score rows.
-fn parity(model_file: &str, reference: &str) -> (f32, f32) {
-    let model = YoloModel::load(&data(&format!("models/{model_file}")), ComputeDevice::cpu())
-        .expect("model loads");
+/// Max abs error on box rows (pixels) and on score rows, on `device`.
+fn parity(model_file: &str, reference: &str, device: ComputeDevice) -> (f32, f32) {
+    let model =
+        YoloModel::load(&data(&format!("models/{model_file}")), device).expect("model loads");
     let (in_shape, input) = read_npy_f32(&data(&format!("reference/{reference}/bus.input.npy")));
     let (out_shape, expected) =
         read_npy_f32(&data(&format!("reference/{reference}/bus.output.npy")));
@@ -31,7 +31,11 @@ fn parity(model_file: &str, reference: &str) -> (f32, f32) {
 
 #[test]
 fn yolov8n_matches_onnx_runtime() {
-    let (boxes, scores) = parity("yolov8n-coco-640.onnx", "yolov8n-coco-640");
+    let (boxes, scores) = parity(
+        "yolov8n-coco-640.onnx",
+        "yolov8n-coco-640",
+        ComputeDevice::cpu(),
+    );
     eprintln!("yolov8n-640: box max error {boxes} px, score max error {scores}");
     assert!(boxes <= 0.02, "box rows differ by {boxes} px");
     assert!(scores <= 1e-4, "score rows differ by {scores}");
@@ -39,7 +43,11 @@ fn yolov8n_matches_onnx_runtime() {
 
 #[test]
 fn yolo11n_matches_onnx_runtime() {
-    let (boxes, scores) = parity("yolo11n-coco-320.onnx", "yolo11n-coco-320");
+    let (boxes, scores) = parity(
+        "yolo11n-coco-320.onnx",
+        "yolo11n-coco-320",
+        ComputeDevice::cpu(),
+    );
     eprintln!("yolo11n-320: box max error {boxes} px, score max error {scores}");
     assert!(boxes <= 0.02, "box rows differ by {boxes} px");
     assert!(scores <= 1e-4, "score rows differ by {scores}");
@@ -57,19 +65,7 @@ fn wgpu_matches_onnx_runtime_where_an_adapter_exists() {
         }
     };
     eprintln!("device: {}", device.description);
-    let model = YoloModel::load(&data("models/yolo11n-coco-320.onnx"), device).unwrap();
-    let (_, input) = read_npy_f32(&data("reference/yolo11n-coco-320/bus.input.npy"));
-    let (_, expected) = read_npy_f32(&data("reference/yolo11n-coco-320/bus.output.npy"));
-    let output = model.infer(input, 1);
-    let n = output.anchors;
-    let max_err = |rows: std::ops::Range<usize>| {
-        output.data[rows.start * n..rows.end * n]
-            .iter()
-            .zip(&expected[rows.start * n..rows.end * n])
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max)
-    };
-    let (boxes, scores) = (max_err(0..4), max_err(4..output.channels));
+    let (boxes, scores) = parity("yolo11n-coco-320.onnx", "yolo11n-coco-320", device);
     eprintln!("yolo11n-320 on wgpu: box max error {boxes} px, score max error {scores}");
     // Measured on lavapipe: 0.0015 px and 2.7e-6, within the CPU tolerances.
     assert!(boxes <= 0.02, "box rows differ by {boxes} px");
