@@ -27,6 +27,9 @@ pub struct Analysis {
     speeding: HashSet<u64>,
     /// Summaries of every track that ended, in order.
     pub summaries: Vec<TrackSummary>,
+    /// Every `stride`-th frame is analysed; the others show the last annotations.
+    stride: u64,
+    last_annotations: Vec<Annotation>,
 }
 
 impl Analysis {
@@ -50,7 +53,17 @@ impl Analysis {
             writers,
             speeding: HashSet::new(),
             summaries: Vec::new(),
+            stride: 1,
+            last_annotations: Vec::new(),
         }
+    }
+
+    /// Analyses one frame in `skip + 1` only; the tracker and speed estimator see the
+    /// analysed frames with their real timestamps, and the frames in between are drawn with
+    /// the last results and reported nowhere.
+    pub fn with_frame_skip(mut self, skip: u64) -> Self {
+        self.stride = skip + 1;
+        self
     }
 
     fn unit(&self) -> SpeedUnit {
@@ -68,6 +81,10 @@ impl Analysis {
 
 impl FrameStage for Analysis {
     fn process(&mut self, frame: &Frame, canvas: &mut RgbImage) -> anyhow::Result<()> {
+        if !frame.index.is_multiple_of(self.stride) {
+            self.annotator.draw(canvas, &self.last_annotations);
+            return Ok(());
+        }
         let detections = self.detector.detect(&frame.image);
         let tracks = self.tracker.update(&detections, frame.pts);
         let measured: Vec<_> = tracks
@@ -114,6 +131,7 @@ impl FrameStage for Analysis {
         let ended = self.speeds.take_finished(frame.pts, self.track_idle);
         events.extend(self.record_ended(ended));
         self.annotator.draw(canvas, &annotations);
+        self.last_annotations = annotations;
         let record = FrameRecord {
             frame: frame.index,
             time: frame.pts,

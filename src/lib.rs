@@ -3,6 +3,7 @@
 
 pub mod analysis;
 pub mod annotate;
+pub mod bench;
 pub mod config;
 pub mod detect;
 pub mod eval;

@@ -34,7 +34,8 @@ struct Cli {
     /// Hide the progress bar and informational logs.
     #[arg(long, short, global = true)]
     quiet: bool,
-    /// Log level: error, warn, info, debug or trace.
+    /// Log level of streamtrack's own messages: error, warn, info, debug or trace (libraries
+    /// log warnings only). A full filter such as `info,cubecl=debug` is used as given.
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
     #[command(subcommand)]
@@ -56,6 +57,41 @@ enum Command {
     /// Evaluate tracking (HOTA, MOTA, IDF1) or speed accuracy against ground truth.
     #[command(subcommand)]
     Eval(EvalCommand),
+    /// Time every pipeline stage and the whole pipeline on a video, per model and device.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Video to run on.
+    video: PathBuf,
+    /// Model(s) to compare; repeat the flag for several (default: the usual model lookup).
+    #[arg(long = "model", short)]
+    models: Vec<PathBuf>,
+    /// Where the network runs: auto, gpu, cpu or cpu-burn (Burn's stock CPU kernels).
+    #[arg(long)]
+    device: Option<DeviceChoice>,
+    /// Run every available device in turn: cpu-burn, cpu, and the GPU if there is one.
+    #[arg(long, conflicts_with = "device")]
+    compare_backends: bool,
+    /// Frames timed after the warm-up.
+    #[arg(long, default_value_t = 50)]
+    frames: usize,
+    /// Frames run before timing starts.
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Camera calibration, so the speed stage does real work.
+    #[arg(long)]
+    calibration: Option<PathBuf>,
+    /// Network input size in pixels, a multiple of 32 (default: each model's export size).
+    #[arg(long)]
+    input_size: Option<usize>,
+    /// Also print where the network's time goes, per operation type (CPU devices).
+    #[arg(long)]
+    ops: bool,
+    /// Print the reports as JSON instead of tables.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -124,7 +160,7 @@ struct ModelArgs {
     /// Model: an Ultralytics YOLOv8/YOLO11 detection export (.onnx) or an imported .bpk.
     #[arg(long, short)]
     model: Option<PathBuf>,
-    /// Where the network runs: auto, gpu or cpu.
+    /// Where the network runs: auto, gpu, cpu or cpu-burn (Burn's stock CPU kernels).
     #[arg(long)]
     device: Option<DeviceChoice>,
     /// Confidence threshold (default 0.25).
@@ -142,6 +178,9 @@ struct ModelArgs {
     /// Keep only these classes, by name or id, comma-separated (e.g. car,bus,7).
     #[arg(long, value_delimiter = ',')]
     classes: Vec<String>,
+    /// Network input size in pixels, a multiple of 32 (default: the model's export size).
+    #[arg(long)]
+    input_size: Option<usize>,
 }
 
 #[derive(Args)]
@@ -172,6 +211,9 @@ struct ProcessArgs {
     /// Camera calibration (TOML) enabling speed estimation.
     #[arg(long)]
     calibration: Option<PathBuf>,
+    /// Analyse one frame in N+1 (the others are written with the last annotations).
+    #[arg(long, default_value_t = 0)]
+    frame_skip: u64,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -210,9 +252,14 @@ fn main() -> ExitCode {
     } else {
         cli.log_level.as_str()
     };
+    let filter = if level.contains(['=', ',']) {
+        level.to_string()
+    } else {
+        format!("warn,streamtrack={level}")
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(level)
+            tracing_subscriber::EnvFilter::try_new(filter)
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
@@ -239,6 +286,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Val(args) => val(args, config),
         Command::Eval(EvalCommand::Mot(args)) => eval_mot(args, config),
         Command::Eval(EvalCommand::Speed(args)) => eval_speed(args, config),
+        Command::Bench(args) => bench(args, config),
     }
 }
 
@@ -262,11 +310,25 @@ fn resolve_model_path(flag: Option<&Path>, config: &Config) -> anyhow::Result<Pa
 
 /// Loads the model and resolves thresholds; returns the detector and display names.
 fn build_detector(args: &ModelArgs, config: &Config) -> anyhow::Result<(Detector, Vec<String>)> {
-    let path = resolve_model_path(args.model.as_deref(), config)?;
     let device =
         ComputeDevice::resolve(args.device.unwrap_or(config.device)).map_err(anyhow::Error::msg)?;
+    build_detector_on(args, config, device)
+}
+
+/// [`build_detector`] on a device already chosen.
+fn build_detector_on(
+    args: &ModelArgs,
+    config: &Config,
+    device: ComputeDevice,
+) -> anyhow::Result<(Detector, Vec<String>)> {
+    let path = resolve_model_path(args.model.as_deref(), config)?;
     tracing::info!("device: {}", device.description);
-    let model = YoloModel::load(&path, device)?;
+    let mut model = YoloModel::load(&path, device)?;
+    if let Some(size) = args.input_size {
+        model
+            .set_input_size(size)
+            .map_err(|e| anyhow::anyhow!("--input-size: {e}"))?;
+    }
     let mut section = config.detect.clone();
     section.conf = args.conf.unwrap_or(section.conf);
     section.iou = args.iou.unwrap_or(section.iou);
@@ -359,7 +421,8 @@ fn process(args: ProcessArgs, config: Config, quiet: bool) -> anyhow::Result<()>
         speeds,
         config.tracker.track_buffer,
         writers,
-    );
+    )
+    .with_frame_skip(args.frame_skip);
     let summary = pipeline::run(source, &mut analysis, sinks, interrupt_flag(), !quiet)?;
     eprintln!(
         "{} frames in {:.1} s ({:.1} FPS){}{}",
@@ -385,6 +448,65 @@ fn process(args: ProcessArgs, config: Config, quiet: bool) -> anyhow::Result<()>
         );
     }
     print_track_summary(&analysis.summaries, &names);
+    Ok(())
+}
+
+fn bench(args: BenchArgs, config: Config) -> anyhow::Result<()> {
+    let devices = if args.compare_backends {
+        let mut devices = vec![ComputeDevice::cpu_burn(), ComputeDevice::cpu()];
+        devices.extend(
+            ComputeDevice::resolve(DeviceChoice::Auto)
+                .ok()
+                .filter(|d| d.is_gpu),
+        );
+        devices
+    } else {
+        let choice = args.device.unwrap_or(config.device);
+        vec![ComputeDevice::resolve(choice).map_err(anyhow::Error::msg)?]
+    };
+    let models = if args.models.is_empty() {
+        vec![resolve_model_path(None, &config)?]
+    } else {
+        args.models.clone()
+    };
+    let calibration = args
+        .calibration
+        .as_deref()
+        .or(config.calibration.as_deref())
+        .map(Calibration::load)
+        .transpose()?;
+    let settings = streamtrack::bench::BenchSettings {
+        video: args.video.clone(),
+        frames: args.frames,
+        warmup: args.warmup,
+        tracker: config.tracker.clone(),
+        speed: config.speed.clone(),
+        calibration,
+        op_profile: args.ops,
+    };
+    let mut reports = Vec::new();
+    for model in &models {
+        for device in &devices {
+            eprintln!("benchmarking {} on {}", model.display(), device.description);
+            let model_args = ModelArgs {
+                model: Some(model.clone()),
+                device: None,
+                conf: None,
+                iou: None,
+                max_det: None,
+                agnostic_nms: false,
+                classes: Vec::new(),
+                input_size: args.input_size,
+            };
+            let (detector, names) = build_detector_on(&model_args, &config, device.clone())?;
+            reports.push(streamtrack::bench::run(detector, names, &settings)?);
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        streamtrack::bench::print_tables(&reports);
+    }
     Ok(())
 }
 

@@ -5,8 +5,8 @@ use rayon::prelude::*;
 
 use super::decode::to_original;
 use super::{DetectConfig, Detection, decode_candidates, non_max_suppression};
-use crate::model::YoloModel;
 use crate::model::preprocess::{Letterbox, letterbox_into};
+use crate::model::{RawOutput, YoloModel};
 
 /// A YOLO model plus thresholds: frames in, detections in original pixels out.
 pub struct Detector {
@@ -33,16 +33,32 @@ impl Detector {
 
     /// Detects objects in each frame of a batch (one network call).
     pub fn detect_batch(&mut self, images: &[&RgbImage]) -> Vec<Vec<Detection>> {
+        let (input, letterboxes) = self.preprocess(images);
+        let output = self.model.infer(input, images.len());
+        self.postprocess(&output, &letterboxes)
+    }
+
+    /// Letterboxes `images` into one planar network input batch.
+    pub fn preprocess(&self, images: &[&RgbImage]) -> (Vec<f32>, Vec<Letterbox>) {
         let (w, h) = self.model.input_size();
         let per_image = 3 * w as usize * h as usize;
         // The network takes ownership of the buffer, so it is allocated per batch.
         let mut input = vec![0.0; per_image * images.len()];
-        let letterboxes: Vec<Letterbox> = input
+        let letterboxes = input
             .par_chunks_mut(per_image)
             .zip(images.par_iter())
             .map(|(buffer, image)| letterbox_into(image, (w, h), buffer))
             .collect();
-        let output = self.model.infer(input, images.len());
+        (input, letterboxes)
+    }
+
+    /// Decodes, thresholds and suppresses the network output of each image, in its original
+    /// pixels.
+    pub fn postprocess(
+        &self,
+        output: &RawOutput,
+        letterboxes: &[Letterbox],
+    ) -> Vec<Vec<Detection>> {
         letterboxes
             .par_iter()
             .enumerate()

@@ -15,8 +15,11 @@ pub enum DeviceChoice {
     Auto,
     /// wgpu on the best adapter; software adapters are used with a warning.
     Gpu,
-    /// The pure-Rust CPU backend.
+    /// The pure-Rust CPU backend with streamtrack's fused convolution kernels.
     Cpu,
+    /// The pure-Rust CPU backend with Burn's stock kernels only (a baseline for benchmarks).
+    #[serde(rename = "cpu-burn")]
+    CpuBurn,
 }
 
 impl FromStr for DeviceChoice {
@@ -27,8 +30,9 @@ impl FromStr for DeviceChoice {
             "auto" => Ok(Self::Auto),
             "gpu" => Ok(Self::Gpu),
             "cpu" => Ok(Self::Cpu),
+            "cpu-burn" => Ok(Self::CpuBurn),
             other => Err(format!(
-                "unknown device '{other}' (expected auto, gpu or cpu)"
+                "unknown device '{other}' (expected auto, gpu, cpu or cpu-burn)"
             )),
         }
     }
@@ -40,6 +44,7 @@ impl fmt::Display for DeviceChoice {
             Self::Auto => "auto",
             Self::Gpu => "gpu",
             Self::Cpu => "cpu",
+            Self::CpuBurn => "cpu-burn",
         })
     }
 }
@@ -52,22 +57,39 @@ pub struct ComputeDevice {
     pub description: String,
     /// True for wgpu devices.
     pub is_gpu: bool,
+    /// Whether convolutions take streamtrack's fused CPU kernels (Flex devices only).
+    pub fast_cpu_conv: bool,
 }
 
 impl ComputeDevice {
-    /// The pure-Rust CPU backend.
+    /// The pure-Rust CPU backend with the fused convolution kernels.
     pub fn cpu() -> Self {
         Self {
             device: Device::flex(),
-            description: format!("cpu (burn flex, {} threads)", rayon::current_num_threads()),
+            description: format!(
+                "cpu (burn flex + fused conv, {} threads)",
+                rayon::current_num_threads()
+            ),
             is_gpu: false,
+            fast_cpu_conv: true,
+        }
+    }
+
+    /// The pure-Rust CPU backend with Burn's stock kernels only.
+    pub fn cpu_burn() -> Self {
+        Self {
+            description: format!("cpu (burn flex, {} threads)", rayon::current_num_threads()),
+            fast_cpu_conv: false,
+            ..Self::cpu()
         }
     }
 
     /// Resolves `choice` against the adapters present on this machine.
     pub fn resolve(choice: DeviceChoice) -> Result<Self, String> {
-        if choice == DeviceChoice::Cpu {
-            return Ok(Self::cpu());
+        match choice {
+            DeviceChoice::Cpu => return Ok(Self::cpu()),
+            DeviceChoice::CpuBurn => return Ok(Self::cpu_burn()),
+            DeviceChoice::Auto | DeviceChoice::Gpu => {}
         }
         let adapters = gpu_adapters();
         let hardware = adapters
@@ -104,6 +126,7 @@ impl ComputeDevice {
                 adapter.name, adapter.backend, adapter.device_type
             ),
             is_gpu: true,
+            fast_cpu_conv: false,
         }
     }
 }

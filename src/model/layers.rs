@@ -13,6 +13,9 @@ use burn::tensor::module::{conv2d, max_pool2d};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 use model_import::ConvWeights;
+
+use super::fast_conv;
+use super::profile::{OpKind, timed, timed_if_some};
 use model_import::architecture::{
     AttentionSpec, BottleneckSpec, ConvSpec, CspBlockSpec, PsaBlockSpec,
 };
@@ -66,10 +69,54 @@ impl ConvBlock {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], self.groups);
-        let y = conv2d(x, self.weight.val(), Some(self.bias.val()), options);
-        if self.act { silu(y) } else { y }
+        self.forward_parts(vec![x])
     }
+
+    /// The block applied to the channel concatenation of `parts`; the fast CPU path reads
+    /// the parts in place instead of concatenating them first.
+    pub fn forward_parts(&self, parts: Vec<Tensor<4>>) -> Tensor<4> {
+        let kind = self.op_kind();
+        if let Some(y) = timed_if_some(kind, || fast_conv::forward(self, &parts)) {
+            return y;
+        }
+        let x = concat(parts);
+        let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], self.groups);
+        let y = timed(kind, || {
+            conv2d(x, self.weight.val(), Some(self.bias.val()), options)
+        });
+        if self.act {
+            timed(OpKind::Activation, || silu(y))
+        } else {
+            y
+        }
+    }
+
+    fn op_kind(&self) -> OpKind {
+        let [_, _, k, _] = self.weight.dims();
+        match (self.groups, k) {
+            (g, _) if g > 1 => OpKind::ConvDepthwise,
+            (_, 1) => OpKind::Conv1x1,
+            _ => OpKind::Conv3x3,
+        }
+    }
+}
+
+/// Channel concatenation (a no-op for one tensor).
+pub fn concat(mut parts: Vec<Tensor<4>>) -> Tensor<4> {
+    if parts.len() == 1 {
+        return parts.pop().expect("one part");
+    }
+    timed(OpKind::SplitConcat, || Tensor::cat(parts, 1))
+}
+
+/// Channel split into two halves (views on every backend).
+fn halves(x: Tensor<4>) -> Vec<Tensor<4>> {
+    timed(OpKind::SplitConcat, || x.chunk(2, 1))
+}
+
+/// Residual addition.
+fn add(a: Tensor<4>, b: Tensor<4>) -> Tensor<4> {
+    timed(OpKind::Add, || a + b)
 }
 
 /// Two convolutions with an optional residual connection.
@@ -91,7 +138,7 @@ impl Bottleneck {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let y = self.cv2.forward(self.cv1.forward(x.clone()));
-        if self.shortcut { x + y } else { y }
+        if self.shortcut { add(x, y) } else { y }
     }
 }
 
@@ -110,8 +157,7 @@ impl C3k {
             .blocks
             .iter()
             .fold(self.cv1.forward(x.clone()), |y, b| b.forward(y));
-        self.cv3
-            .forward(Tensor::cat(vec![a, self.cv2.forward(x)], 1))
+        self.cv3.forward_parts(vec![a, self.cv2.forward(x)])
     }
 }
 
@@ -163,12 +209,12 @@ pub struct Csp {
 
 impl Csp {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut parts = self.cv1.forward(x).chunk(2, 1);
+        let mut parts = halves(self.cv1.forward(x));
         for block in &self.blocks {
             let last = parts.last().expect("two halves").clone();
             parts.push(block.forward(last));
         }
-        self.cv2.forward(Tensor::cat(parts, 1))
+        self.cv2.forward_parts(parts)
     }
 }
 
@@ -188,9 +234,9 @@ impl Sppf {
         let mut parts = vec![self.cv1.forward(x)];
         for _ in 0..3 {
             let last = parts.last().expect("one part").clone();
-            parts.push(max_pool2d(last, options.clone()));
+            parts.push(timed(OpKind::MaxPool, || max_pool2d(last, options.clone())));
         }
-        self.cv2.forward(Tensor::cat(parts, 1))
+        self.cv2.forward_parts(parts)
     }
 }
 
@@ -227,10 +273,12 @@ impl Attention {
         let k = qkv.clone().narrow(2, kd, kd);
         let v = qkv.narrow(2, 2 * kd, hd);
         let scale = (kd as f32).powf(-0.5);
-        let attn = softmax(q.swap_dims(2, 3).matmul(k).mul_scalar(scale), 3);
         let v_map = v.clone().reshape([b, c, h, w]);
-        let y = v.matmul(attn.swap_dims(2, 3)).reshape([b, c, h, w]) + self.pe.forward(v_map);
-        self.proj.forward(y)
+        let attended = timed(OpKind::Attention, || {
+            let attn = softmax(q.swap_dims(2, 3).matmul(k).mul_scalar(scale), 3);
+            v.matmul(attn.swap_dims(2, 3)).reshape([b, c, h, w])
+        });
+        self.proj.forward(add(attended, self.pe.forward(v_map)))
     }
 }
 
@@ -252,8 +300,8 @@ impl PsaBlock {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = x.clone() + self.attn.forward(x);
-        x.clone() + self.ffn1.forward(self.ffn0.forward(x))
+        let x = add(x.clone(), self.attn.forward(x));
+        add(x.clone(), self.ffn1.forward(self.ffn0.forward(x)))
     }
 }
 
@@ -267,11 +315,11 @@ pub struct C2psa {
 
 impl C2psa {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut halves = self.cv1.forward(x).chunk(2, 1);
-        let b = halves.pop().expect("two halves");
+        let mut parts = halves(self.cv1.forward(x));
+        let b = parts.pop().expect("two halves");
         let b = self.blocks.iter().fold(b, |y, block| block.forward(y));
-        halves.push(b);
-        self.cv2.forward(Tensor::cat(halves, 1))
+        parts.push(b);
+        self.cv2.forward_parts(parts)
     }
 }
 

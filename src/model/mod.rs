@@ -2,9 +2,11 @@
 //! device, preprocessing and running it. This is the only module that touches Burn tensors.
 
 pub mod device;
+mod fast_conv;
 pub mod layers;
 pub mod network;
 pub mod preprocess;
+pub mod profile;
 
 use std::path::{Path, PathBuf};
 
@@ -220,6 +222,18 @@ impl YoloModel {
         (w as u32, h as u32)
     }
 
+    /// Runs the network at `size x size` instead of the export's input size (the network is
+    /// fully convolutional; `size` must be a positive multiple of the largest stride, 32).
+    pub fn set_input_size(&mut self, size: usize) -> Result<(), String> {
+        if size == 0 || !size.is_multiple_of(32) {
+            return Err(format!(
+                "input size {size} is not a positive multiple of 32"
+            ));
+        }
+        self.card.metadata.imgsz = [size, size];
+        Ok(())
+    }
+
     /// Class names by id.
     pub fn class_names(&self) -> &[String] {
         &self.card.metadata.names
@@ -232,7 +246,8 @@ impl YoloModel {
             TensorData::new(pixels, [batch, 3, h as usize, w as usize]),
             &self.device.device,
         );
-        let output = self.network.forward(input);
+        let output =
+            fast_conv::with_fast_path(self.device.fast_cpu_conv, || self.network.forward(input));
         let [batch, channels, anchors] = output.dims();
         let data = output
             .into_data()

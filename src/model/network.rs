@@ -12,6 +12,7 @@ use model_import::{Architecture, DetectSpec, LayerKind};
 use super::layers::{
     C2psa, ConvBlock, ConvChain, Csp, CspInner, PsaBlock, Sppf, WeightSource, decode_boxes,
 };
+use super::profile::{OpKind, timed};
 
 /// Nearest-neighbour upsampling by an integer factor.
 #[derive(Module, Debug)]
@@ -115,13 +116,15 @@ impl YoloNetwork {
                 Layer::Upsample(m) => {
                     let x = single(inputs);
                     let [_, _, h, w] = x.dims();
-                    interpolate(
-                        x,
-                        InterpolateOptions::new(InterpolateMode::Nearest)
-                            .with_output_size([h * m.scale, w * m.scale]),
-                    )
+                    timed(OpKind::Upsample, || {
+                        interpolate(
+                            x,
+                            InterpolateOptions::new(InterpolateMode::Nearest)
+                                .with_output_size([h * m.scale, w * m.scale]),
+                        )
+                    })
                 }
-                Layer::Concat(m) => Tensor::cat(inputs, m.dim),
+                Layer::Concat(m) => timed(OpKind::SplitConcat, || Tensor::cat(inputs, m.dim)),
             };
             if self.wiring.keep[i] {
                 saved[i] = Some(output.clone());
@@ -202,9 +205,11 @@ impl DetectHead {
             );
             scores.push(cls_branch.forward(x).reshape([b, self.num_classes, h * w]));
         }
-        let (anchors, strides) = grid.into_tensors(&device);
-        let boxes = decode_boxes(Tensor::cat(boxes, 2), anchors, strides, self.reg_max);
-        Tensor::cat(vec![boxes, sigmoid(Tensor::cat(scores, 2))], 1)
+        timed(OpKind::HeadDecode, || {
+            let (anchors, strides) = grid.into_tensors(&device);
+            let boxes = decode_boxes(Tensor::cat(boxes, 2), anchors, strides, self.reg_max);
+            Tensor::cat(vec![boxes, sigmoid(Tensor::cat(scores, 2))], 1)
+        })
     }
 }
 

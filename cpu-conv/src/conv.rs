@@ -1,0 +1,284 @@
+//! The fused convolution: tiles of output positions, each an im2col block times the weights.
+
+use rayon::prelude::*;
+
+use crate::activation::{Activation, apply_bias_activation};
+use crate::im2col::Window;
+
+/// One image's feature map, or a block of its channels: `[channels, height, width]`, dense.
+#[derive(Debug, Clone, Copy)]
+pub struct FeatureMap<'a> {
+    pub data: &'a [f32],
+    pub channels: usize,
+}
+
+/// A square-kernel convolution with one group, no dilation, and its bias and activation.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvParams<'a> {
+    /// `[c_out, c_in, kernel, kernel]`, row-major.
+    pub weight: &'a [f32],
+    /// `[c_out]`.
+    pub bias: &'a [f32],
+    pub c_out: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub activation: Activation,
+}
+
+/// Output `(height, width)` of a convolution over a `height x width` input.
+pub fn output_size(
+    height: usize,
+    width: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> (usize, usize) {
+    let out = |n: usize| (n + 2 * padding).saturating_sub(kernel) / stride + 1;
+    (out(height), out(width))
+}
+
+/// Bytes of im2col block a tile may use: small enough to stay in a core's L2 cache.
+const TILE_BLOCK_BYTES: usize = 512 * 1024;
+const MIN_TILE: usize = 32;
+const MAX_TILE: usize = 1024;
+
+/// Computes `activation(conv(inputs, weight) + bias)` for one image into `out`
+/// (`[c_out, out_h, out_w]`). `inputs` are the channel blocks of the input in order, all
+/// `height x width`; together they have the `c_in` channels that `params.weight` expects.
+///
+/// # Panics
+/// When a slice's length does not match the shapes given.
+pub fn conv2d(
+    inputs: &[FeatureMap],
+    height: usize,
+    width: usize,
+    params: &ConvParams,
+    out: &mut [f32],
+) {
+    let c_in: usize = inputs.iter().map(|p| p.channels).sum();
+    assert!(c_in > 0, "a convolution needs input channels");
+    let k = params.kernel;
+    let k_total = c_in * k * k;
+    let (out_h, out_w) = output_size(height, width, k, params.stride, params.padding);
+    let positions = out_h * out_w;
+    assert_eq!(params.weight.len(), params.c_out * k_total, "weight shape");
+    assert_eq!(params.bias.len(), params.c_out, "bias shape");
+    assert_eq!(out.len(), params.c_out * positions, "output shape");
+    for part in inputs {
+        assert_eq!(
+            part.data.len(),
+            part.channels * height * width,
+            "input shape"
+        );
+    }
+    let window = Window {
+        height,
+        width,
+        out_width: out_w,
+        kernel: k,
+        stride: params.stride,
+        padding: params.padding,
+    };
+    let direct = k == 1 && params.stride == 1 && params.padding == 0;
+    let tile = tile_width(positions, k_total);
+    let tiles = positions.div_ceil(tile);
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    (0..tiles)
+        .into_par_iter()
+        .for_each_init(Vec::new, |block, t| {
+            let start = t * tile;
+            let len = tile.min(positions - start);
+            // SAFETY: tile `t` writes columns `start..start + len` of each output row and no
+            // other tile touches them; `out` outlives the parallel loop.
+            let dst = unsafe { out_ptr.get().add(start) };
+            let mut k_offset = 0;
+            for (i, part) in inputs.iter().filter(|p| p.channels > 0).enumerate() {
+                let rows = part.channels * k * k;
+                // Computed as the transposed product, out^T[len x c_out] = X^T[len x rows] *
+                // W^T[rows x c_out]: with the long position axis as `m`, gemm's micro-kernels run
+                // full width even for the narrow layers (16 or 32 output channels).
+                let (x, x_col_stride) = if direct {
+                    (part.data[start..].as_ptr(), positions as isize)
+                } else {
+                    block.resize(rows * len, 0.0);
+                    window.fill(part.data, part.channels, start, len, block);
+                    (block.as_ptr(), len as isize)
+                };
+                // SAFETY: every pointer and stride above addresses memory inside its slice for
+                // a `len x c_out` output, `len x rows` input and `rows x c_out` weight block.
+                unsafe {
+                    gemm::gemm(
+                        len,
+                        params.c_out,
+                        rows,
+                        dst,
+                        positions as isize,
+                        1,
+                        i > 0,
+                        x,
+                        x_col_stride,
+                        1,
+                        params.weight.as_ptr().add(k_offset),
+                        k_total as isize,
+                        1,
+                        1.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                k_offset += rows;
+            }
+            for (co, &b) in params.bias.iter().enumerate() {
+                // SAFETY: as above; row `co` of this tile.
+                let row = unsafe { std::slice::from_raw_parts_mut(dst.add(co * positions), len) };
+                apply_bias_activation(row, b, params.activation);
+            }
+        });
+}
+
+/// Output positions per tile: enough tiles to keep every thread busy, each tile's im2col
+/// block within [`TILE_BLOCK_BYTES`].
+fn tile_width(positions: usize, k_total: usize) -> usize {
+    let per_thread = positions.div_ceil(4 * rayon::current_num_threads());
+    let cache_bound = TILE_BLOCK_BYTES / (4 * k_total.max(1));
+    per_thread
+        .min(cache_bound)
+        .clamp(MIN_TILE, MAX_TILE)
+        .next_multiple_of(8)
+}
+
+/// The output pointer, shared by tiles that write disjoint columns.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+// SAFETY: tiles write disjoint elements (see `conv2d`).
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Straightforward seven-loop convolution in f64.
+    fn reference(x: &[f32], c_in: usize, h: usize, w: usize, p: &ConvParams) -> Vec<f32> {
+        let k = p.kernel;
+        let (oh, ow) = output_size(h, w, k, p.stride, p.padding);
+        let mut out = vec![0.0; p.c_out * oh * ow];
+        for co in 0..p.c_out {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = p.bias[co] as f64;
+                    for ci in 0..c_in {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * p.stride + ky) as isize - p.padding as isize;
+                                let ix = (ox * p.stride + kx) as isize - p.padding as isize;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                    continue;
+                                }
+                                let xv = x[(ci * h + iy as usize) * w + ix as usize] as f64;
+                                let wv = p.weight[((co * c_in + ci) * k + ky) * k + kx] as f64;
+                                acc += xv * wv;
+                            }
+                        }
+                    }
+                    out[(co * oh + oy) * ow + ox] = match p.activation {
+                        Activation::Identity => acc as f32,
+                        Activation::Silu => (acc / (1.0 + (-acc).exp())) as f32,
+                    };
+                }
+            }
+        }
+        out
+    }
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Compares `conv2d` with the reference on a `[c_in, h, w]` input given as two channel
+    /// blocks split at `split`, for a `c_out`-channel `k x k` convolution with stride `s`
+    /// and padding `pad`.
+    fn check(shape: [usize; 5], window: [usize; 3], act: Activation) {
+        let [c_in, split, c_out, h, w] = shape;
+        let [k, s, pad] = window;
+        let x = values(c_in * h * w, 1);
+        let weight = values(c_out * c_in * k * k, 2);
+        let bias = values(c_out, 3);
+        let params = ConvParams {
+            weight: &weight,
+            bias: &bias,
+            c_out,
+            kernel: k,
+            stride: s,
+            padding: pad,
+            activation: act,
+        };
+        let (oh, ow) = output_size(h, w, k, s, pad);
+        let mut out = vec![f32::NAN; c_out * oh * ow];
+        let cut = split.min(c_in) * h * w;
+        let parts = [
+            FeatureMap {
+                data: &x[..cut],
+                channels: split.min(c_in),
+            },
+            FeatureMap {
+                data: &x[cut..],
+                channels: c_in - split.min(c_in),
+            },
+        ];
+        conv2d(&parts, h, w, &params, &mut out);
+        let want = reference(&x, c_in, h, w, &params);
+        for (i, (g, r)) in out.iter().zip(&want).enumerate() {
+            assert!(
+                (g - r).abs() <= 1e-4 * (1.0 + r.abs()),
+                "element {i}: {g} vs {r}"
+            );
+        }
+    }
+
+    #[test]
+    fn yolo_shapes_match_the_reference() {
+        // Stem (3 channels, stride 2), 3x3 stride 1, 1x1 over a two-part concatenation,
+        // and an SPPF-sized 1x1 on a small map with many channels.
+        check([3, 3, 16, 33, 47], [3, 2, 1], Activation::Silu);
+        check([16, 16, 16, 20, 24], [3, 1, 1], Activation::Silu);
+        check([24, 8, 32, 17, 13], [1, 1, 0], Activation::Silu);
+        check([64, 32, 40, 5, 7], [1, 1, 0], Activation::Identity);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn random_shapes_match_the_reference(
+            c_in in 1usize..12, split in 0usize..12, c_out in 1usize..20,
+            h in 1usize..19, w in 1usize..19, k in prop::sample::select(vec![1usize, 3, 5]),
+            s in 1usize..3, pad in 0usize..3, silu in any::<bool>(),
+        ) {
+            prop_assume!(h + 2 * pad >= k && w + 2 * pad >= k);
+            let act = if silu { Activation::Silu } else { Activation::Identity };
+            check([c_in, split, c_out, h, w], [k, s, pad], act);
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Fused 2-D convolution for CPU inference: `activation(conv(x, w) + b)` in one pass.
+//!
+//! Convolutions are lowered to matrix products over a packed, runtime-dispatched GEMM (the
+//! `gemm` crate: AVX2/FMA, AVX-512 or NEON micro-kernels chosen at run time). The output is
+//! split into column tiles that run in parallel on rayon; each tile builds its own small
+//! im2col block (skipped for 1x1 stride-1 convolutions, which multiply the input directly),
+//! multiplies it, then adds the bias and applies the activation while the tile is still in
+//! cache. Layout is NCHW, one image at a time, so feature maps move between layers without
+//! layout conversions; an input may be given as several channel blocks (the parts of a
+//! concatenation), which are read in place instead of being copied together first.
+
+mod activation;
+mod conv;
+mod im2col;
+
+pub use activation::{Activation, apply_bias_activation};
+pub use conv::{ConvParams, FeatureMap, conv2d, output_size};

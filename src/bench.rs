@@ -1,0 +1,431 @@
+//! `streamtrack bench`: where the time of the whole pipeline goes, per model and device.
+//!
+//! Every stage (decode, preprocess, network, NMS, tracker, speed, annotate, encode) is timed
+//! frame by frame after a warm-up; the network stage ends with the output read back to the
+//! host, so GPU work is finished before its timer stops. The same frames are then run
+//! through the real three-thread pipeline for the end-to-end rate.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::analysis::Analysis;
+use crate::annotate::{Annotation, Annotator};
+use crate::detect::Detector;
+use crate::model::profile::{self, OpKind};
+use crate::output::ResultWriters;
+use crate::pipeline::{self, Sinks};
+use crate::speed::{Calibration, SpeedConfig, SpeedEstimator};
+use crate::track::{Tracker, TrackerConfig};
+use crate::video::encoder::EncodeSettings;
+use crate::video::sink::Mp4Sink;
+use crate::video::{self, Frame, FrameSource, StreamInfo, VideoError};
+
+/// The stages timed, in pipeline order.
+pub const STAGES: [&str; 8] = [
+    "decode",
+    "preprocess",
+    "network",
+    "nms",
+    "track",
+    "speed",
+    "annotate",
+    "encode",
+];
+
+/// What to run the benchmark on.
+#[derive(Debug, Clone)]
+pub struct BenchSettings {
+    pub video: PathBuf,
+    /// Frames timed after the warm-up.
+    pub frames: usize,
+    /// Frames run before timing starts (autotune, caches, allocator).
+    pub warmup: usize,
+    pub tracker: TrackerConfig,
+    pub speed: SpeedConfig,
+    pub calibration: Option<Calibration>,
+    /// Also record a per-operation profile of the network (CPU devices only).
+    pub op_profile: bool,
+}
+
+/// Median and 99th percentile of one stage, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageStats {
+    pub stage: &'static str,
+    pub median_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Mean time per forward pass of one operation type.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpStats {
+    pub op: &'static str,
+    pub calls: usize,
+    pub ms: f64,
+}
+
+/// The result for one model on one device.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub device: String,
+    pub input: [usize; 2],
+    pub video: String,
+    pub video_fps: f64,
+    pub frames: usize,
+    pub stages: Vec<StageStats>,
+    /// Frames per second with the stages one after another (sum of stage medians).
+    pub sequential_fps: f64,
+    /// Frames per second through the real pipeline (decode, analysis and encode overlap).
+    pub pipeline_fps: f64,
+    /// `pipeline_fps / video_fps`: at least 1 keeps up with the video in real time.
+    pub realtime_factor: f64,
+    /// Peak resident memory of the process so far, in MiB (Linux).
+    pub peak_memory_mib: Option<f64>,
+    /// Per-operation network profile (CPU devices, when asked for).
+    pub ops: Vec<OpStats>,
+}
+
+impl BenchReport {
+    /// The stats of `stage`.
+    pub fn stage(&self, stage: &str) -> Option<&StageStats> {
+        self.stages.iter().find(|s| s.stage == stage)
+    }
+}
+
+/// Times every stage of `detector` on the settings' video, then the real pipeline.
+pub fn run(
+    mut detector: Detector,
+    names: Vec<String>,
+    settings: &BenchSettings,
+) -> anyhow::Result<BenchReport> {
+    let source = video::open_source(&settings.video, 25.0)?;
+    let info = source.info().clone();
+    let scratch = ScratchFile::new("stages")?;
+    let mut stages = StageRun::new(names.clone(), &info, settings, &scratch.path)?;
+    let mut samples = vec![Vec::new(); STAGES.len()];
+    let mut source = source;
+    for i in 0..settings.warmup + settings.frames {
+        let Some(times) = stages.frame(source.as_mut(), &mut detector)? else {
+            break;
+        };
+        if i >= settings.warmup {
+            samples.iter_mut().zip(times).for_each(|(s, t)| s.push(t));
+        }
+    }
+    stages.sink.finish()?;
+    let timed = samples[0].len();
+    anyhow::ensure!(
+        timed > 0,
+        "{}: fewer frames than the {} warm-up frames",
+        settings.video.display(),
+        settings.warmup
+    );
+    let ops = if settings.op_profile && !detector.model.device.is_gpu {
+        op_profile(&detector, stages.last_input.take().expect("a frame ran"))
+    } else {
+        Vec::new()
+    };
+    let stats: Vec<StageStats> = STAGES
+        .iter()
+        .zip(samples)
+        .map(|(stage, times)| stage_stats(stage, times))
+        .collect();
+    let sequential_ms: f64 = stats.iter().map(|s| s.median_ms).sum();
+    let model = detector.model.card.source.clone();
+    let device = detector.model.device.description.clone();
+    let (w, h) = detector.model.input_size();
+    let pipeline_fps = pipeline_fps(detector, names, settings, timed)?;
+    Ok(BenchReport {
+        model,
+        device,
+        input: [w as usize, h as usize],
+        video: settings.video.display().to_string(),
+        video_fps: info.fps,
+        frames: timed,
+        stages: stats,
+        sequential_fps: 1000.0 / sequential_ms,
+        pipeline_fps,
+        realtime_factor: pipeline_fps / info.fps,
+        peak_memory_mib: peak_memory_mib(),
+        ops,
+    })
+}
+
+/// The per-frame state of the stage-by-stage run.
+struct StageRun {
+    names: Vec<String>,
+    tracker: Tracker,
+    speeds: SpeedEstimator,
+    annotator: Annotator,
+    sink: Mp4Sink,
+    last_input: Option<Vec<f32>>,
+}
+
+impl StageRun {
+    fn new(
+        names: Vec<String>,
+        info: &StreamInfo,
+        settings: &BenchSettings,
+        scratch: &Path,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            names,
+            tracker: Tracker::new(settings.tracker.clone(), info.fps),
+            speeds: SpeedEstimator::new(
+                settings.calibration.clone(),
+                settings.speed.clone(),
+                (info.width, info.height),
+            ),
+            annotator: Annotator::new(),
+            sink: Mp4Sink::create(scratch, info.fps, EncodeSettings::default())?,
+            last_input: None,
+        })
+    }
+
+    /// Runs one frame through every stage; `None` at the end of the video.
+    fn frame(
+        &mut self,
+        source: &mut dyn FrameSource,
+        detector: &mut Detector,
+    ) -> anyhow::Result<Option<[Duration; 8]>> {
+        let mut t = [Duration::ZERO; 8];
+        let Some(frame) = lap(&mut t[0], || source.next_frame())? else {
+            return Ok(None);
+        };
+        let (input, letterboxes) = lap(&mut t[1], || detector.preprocess(&[&frame.image]));
+        self.last_input = Some(input.clone());
+        let output = lap(&mut t[2], || detector.model.infer(input, 1));
+        let detections = lap(&mut t[3], || detector.postprocess(&output, &letterboxes))
+            .pop()
+            .expect("one image");
+        let tracks = lap(&mut t[4], || self.tracker.update(&detections, frame.pts));
+        let speeds = lap(&mut t[5], || self.speeds.update(frame.pts, &tracks));
+        let canvas = lap(&mut t[6], || self.annotate(&frame, &tracks, &speeds));
+        lap(&mut t[7], || self.sink.write(&frame, &canvas))?;
+        Ok(Some(t))
+    }
+
+    fn annotate(
+        &mut self,
+        frame: &Frame,
+        tracks: &[crate::track::TrackedObject],
+        speeds: &[Option<f64>],
+    ) -> image::RgbImage {
+        let annotations: Vec<Annotation> = tracks
+            .iter()
+            .zip(speeds)
+            .map(|(t, s)| Annotation {
+                bbox: t.bbox,
+                class_id: t.class_id,
+                class_name: self.names.get(t.class_id).cloned().unwrap_or_default(),
+                score: t.score,
+                track_id: Some(t.track_id),
+                speed: s.map(|v| (v as f32, "km/h")),
+            })
+            .collect();
+        let mut canvas = frame.image.clone();
+        self.annotator.draw(&mut canvas, &annotations);
+        canvas
+    }
+}
+
+/// Runs `f`, adding its wall time to `slot`.
+fn lap<T>(slot: &mut Duration, f: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let out = f();
+    *slot += start.elapsed();
+    out
+}
+
+fn stage_stats(stage: &'static str, mut times: Vec<Duration>) -> StageStats {
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let at = |q: f64| ms(times[((times.len() - 1) as f64 * q).round() as usize]);
+    StageStats {
+        stage,
+        median_ms: at(0.5),
+        p99_ms: at(0.99),
+    }
+}
+
+/// Mean per-forward time of each operation type over three forward passes.
+fn op_profile(detector: &Detector, input: Vec<f32>) -> Vec<OpStats> {
+    const PASSES: usize = 3;
+    let ((), recorded) = profile::record(|| {
+        for _ in 0..PASSES {
+            detector.model.infer(input.clone(), 1);
+        }
+    });
+    let mut ops: Vec<(OpKind, usize, Duration)> = recorded
+        .ops
+        .into_iter()
+        .map(|(kind, (calls, time))| (kind, calls / PASSES, time / PASSES as u32))
+        .collect();
+    ops.sort_by_key(|(_, _, time)| std::cmp::Reverse(*time));
+    ops.into_iter()
+        .map(|(kind, calls, time)| OpStats {
+            op: kind.label(),
+            calls,
+            ms: time.as_secs_f64() * 1000.0,
+        })
+        .collect()
+}
+
+/// Frames per second of the real pipeline over the first `frames` frames of the video.
+fn pipeline_fps(
+    detector: Detector,
+    names: Vec<String>,
+    settings: &BenchSettings,
+    frames: usize,
+) -> anyhow::Result<f64> {
+    let source = FirstFrames {
+        inner: video::open_source(&settings.video, 25.0)?,
+        left: frames,
+    };
+    let info = source.info().clone();
+    let scratch = ScratchFile::new("pipeline")?;
+    let sinks = Sinks {
+        video: Some(Mp4Sink::create(
+            &scratch.path,
+            info.fps,
+            EncodeSettings::default(),
+        )?),
+        frames: None,
+    };
+    let tracker = Tracker::new(settings.tracker.clone(), info.fps);
+    let speeds = SpeedEstimator::new(
+        settings.calibration.clone(),
+        settings.speed.clone(),
+        (info.width, info.height),
+    );
+    let mut analysis = Analysis::new(
+        detector,
+        names,
+        tracker,
+        speeds,
+        settings.tracker.track_buffer,
+        ResultWriters::create(None, None, None)?,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let summary = pipeline::run(Box::new(source), &mut analysis, sinks, stop, false)?;
+    Ok(summary.fps())
+}
+
+/// A source cut after its first frames.
+struct FirstFrames {
+    inner: Box<dyn FrameSource>,
+    left: usize,
+}
+
+impl FrameSource for FirstFrames {
+    fn info(&self) -> &StreamInfo {
+        self.inner.info()
+    }
+
+    fn next_frame(&mut self) -> Result<Option<Frame>, VideoError> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        self.inner.next_frame()
+    }
+}
+
+/// A temporary output file, removed when dropped.
+struct ScratchFile {
+    path: PathBuf,
+}
+
+impl ScratchFile {
+    fn new(label: &str) -> std::io::Result<Self> {
+        let path = std::env::temp_dir().join(format!(
+            "streamtrack-bench-{}-{label}.mp4",
+            std::process::id()
+        ));
+        Ok(Self { path })
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Peak resident set size (`VmHWM`) of this process in MiB, where `/proc` has it.
+fn peak_memory_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Prints the reports as tables: one row per stage and one column per model and device.
+pub fn print_tables(reports: &[BenchReport]) {
+    for (i, r) in reports.iter().enumerate() {
+        println!(
+            "[{}] {} on {} (input {}x{}, {} frames of {})",
+            i + 1,
+            r.model,
+            r.device,
+            r.input[0],
+            r.input[1],
+            r.frames,
+            r.video
+        );
+    }
+    let header: String = (1..=reports.len())
+        .map(|i| format!("{:>18}", format!("[{i}] median/p99")))
+        .collect();
+    println!("\n{:<14}{header}", "stage (ms)");
+    for stage in STAGES {
+        let cells: String = reports
+            .iter()
+            .map(|r| {
+                let s = r.stage(stage).expect("every stage is timed");
+                format!("{:>18}", format!("{:.2} / {:.2}", s.median_ms, s.p99_ms))
+            })
+            .collect();
+        println!("{stage:<14}{cells}");
+    }
+    let row = |label: &str, value: &dyn Fn(&BenchReport) -> String| {
+        let cells: String = reports
+            .iter()
+            .map(|r| format!("{:>18}", value(r)))
+            .collect();
+        println!("{label:<14}{cells}");
+    };
+    row("sequential FPS", &|r| format!("{:.1}", r.sequential_fps));
+    row("pipeline FPS", &|r| format!("{:.1}", r.pipeline_fps));
+    row("real-time", &|r| format!("{:.2}x", r.realtime_factor));
+    row("peak MiB", &|r| {
+        r.peak_memory_mib.map_or("-".into(), |m| format!("{m:.0}"))
+    });
+    if let Some(base) = reports.first() {
+        let network = |r: &BenchReport| r.stage("network").map_or(f64::NAN, |s| s.median_ms);
+        row("network vs [1]", &|r| {
+            format!("{:.2}x faster", network(base) / network(r))
+        });
+    }
+    for (i, r) in reports
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| !r.ops.is_empty())
+    {
+        println!("\n[{}] network per operation (ms per forward pass):", i + 1);
+        let total: f64 = r.ops.iter().map(|o| o.ms).sum();
+        for op in &r.ops {
+            println!(
+                "  {:<28}{:>5} calls {:>9.2} ms {:>5.1}%",
+                op.op,
+                op.calls,
+                op.ms,
+                100.0 * op.ms / total
+            );
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The fast CPU convolution path: on the Flex backend, [`ConvBlock`]s run through the
+//! `cpu-conv` kernels (im2col + packed GEMM with bias and SiLU fused, parallel over output
+//! tiles) on the Flex tensors' own storage, without layout conversions, and read the parts
+//! of a channel concatenation in place. Other backends, and grouped convolutions, return
+//! `None` and take Burn's `conv2d`.
+//!
+//! [`ConvBlock`]: super::layers::ConvBlock
+
+use std::cell::Cell;
+
+use burn::backend::flex::FlexTensor;
+use burn::backend::{DispatchDevice, Flex};
+use burn::tensor::{DType, Tensor, TensorData};
+use cpu_conv::{Activation, ConvParams, FeatureMap};
+
+use super::layers::ConvBlock;
+
+thread_local! {
+    static ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Runs `f` with the fast path switched on or off for this thread (forward passes run on the
+/// calling thread).
+pub(crate) fn with_fast_path<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
+    let before = ENABLED.replace(enabled);
+    let out = f();
+    ENABLED.set(before);
+    out
+}
+
+/// Whether `tensor` lives on the Flex backend.
+fn is_flex(tensor: &Tensor<4>) -> bool {
+    matches!(tensor.device().as_dispatch(), DispatchDevice::Flex(_))
+}
+
+/// A Flex tensor whose images are each a dense `[C, H, W]` block, with those blocks' offsets.
+struct DenseImages {
+    tensor: FlexTensor,
+    offsets: Vec<usize>,
+}
+
+impl DenseImages {
+    fn new(tensor: Tensor<4>) -> Option<Self> {
+        let flex = tensor.try_into_primitive::<Flex>().ok()?;
+        if flex.dtype() != DType::F32 {
+            return None;
+        }
+        let flex = if per_image_dense(&flex) {
+            flex
+        } else {
+            flex.to_contiguous()
+        };
+        let layout = flex.layout();
+        let (start, batch_stride) = (layout.start_offset(), layout.strides()[0]);
+        let offsets = (0..layout.shape()[0])
+            .map(|b| (start as isize + b as isize * batch_stride) as usize)
+            .collect();
+        Some(Self {
+            tensor: flex,
+            offsets,
+        })
+    }
+
+    fn image(&self, b: usize, image_len: usize) -> &[f32] {
+        let start = self.offsets[b];
+        &self.tensor.storage::<f32>()[start..start + image_len]
+    }
+}
+
+/// The elements of a contiguous f32 tensor, in order.
+fn dense_f32(t: &FlexTensor) -> Option<&[f32]> {
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    let (start, end) = t.layout().contiguous_offsets()?;
+    Some(&t.storage::<f32>()[start..end])
+}
+
+fn per_image_dense(t: &FlexTensor) -> bool {
+    let layout = t.layout();
+    let shape = layout.shape();
+    let strides = layout.strides();
+    strides[3] == 1
+        && strides[2] == shape[3] as isize
+        && strides[1] == (shape[2] * shape[3]) as isize
+        && strides[0] >= 0
+}
+
+/// `block` applied to the channel concatenation of `parts`, on the fast path; `None` when the
+/// tensors are not on the Flex backend or the block is a grouped convolution.
+pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4>> {
+    if !ENABLED.get() || block.groups != 1 || !parts.iter().all(is_flex) {
+        return None;
+    }
+    let [batch, _, height, width] = parts[0].dims();
+    let images: Vec<(DenseImages, usize)> = parts
+        .iter()
+        .map(|p| Some((DenseImages::new(p.clone())?, p.dims()[1])))
+        .collect::<Option<_>>()?;
+    let weight = block.weight.val().try_into_primitive::<Flex>().ok()?;
+    let bias = block.bias.val().try_into_primitive::<Flex>().ok()?;
+    let (weight, bias) = (weight.to_contiguous(), bias.to_contiguous());
+    let [c_out, _, kernel, _] = block.weight.dims();
+    let params = ConvParams {
+        weight: dense_f32(&weight)?,
+        bias: dense_f32(&bias)?,
+        c_out,
+        kernel,
+        stride: block.stride,
+        padding: block.padding,
+        activation: if block.act {
+            Activation::Silu
+        } else {
+            Activation::Identity
+        },
+    };
+    let (out_h, out_w) = cpu_conv::output_size(height, width, kernel, block.stride, block.padding);
+    let out_len = c_out * out_h * out_w;
+    let mut out = vec![0.0f32; batch * out_len];
+    for (b, out_image) in out.chunks_exact_mut(out_len).enumerate() {
+        let inputs: Vec<FeatureMap> = images
+            .iter()
+            .map(|(img, channels)| FeatureMap {
+                data: img.image(b, channels * height * width),
+                channels: *channels,
+            })
+            .collect();
+        cpu_conv::conv2d(&inputs, height, width, &params, out_image);
+    }
+    let out = FlexTensor::from_data(TensorData::new(out, [batch, c_out, out_h, out_w]));
+    Some(Tensor::from_primitive::<Flex>(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::Param;
+    use burn::tensor::{Device, Distribution, Tensor};
+
+    use super::*;
+
+    fn random(shape: [usize; 4], device: &Device) -> Tensor<4> {
+        Tensor::random(shape, Distribution::Uniform(-1.0, 1.0), device)
+    }
+
+    fn block(c_in: usize, c_out: usize, kernel: usize, stride: usize, act: bool) -> ConvBlock {
+        let device = Device::flex();
+        ConvBlock {
+            weight: Param::from_tensor(random([c_out, c_in, kernel, kernel], &device)),
+            bias: Param::from_tensor(Tensor::random(
+                [c_out],
+                Distribution::Uniform(-1.0, 1.0),
+                &device,
+            )),
+            stride,
+            padding: kernel / 2,
+            groups: 1,
+            act,
+        }
+    }
+
+    /// Largest absolute difference between the fast path and Burn's `conv2d` (+ SiLU).
+    fn max_difference(block: &ConvBlock, parts: Vec<Tensor<4>>) -> f32 {
+        let fast = with_fast_path(true, || forward(block, &parts)).expect("fast path taken");
+        let stock = with_fast_path(false, || block.forward_parts(parts));
+        fast.sub(stock).abs().max().into_scalar()
+    }
+
+    #[test]
+    fn matches_burn_conv2d_on_yolo_shapes() {
+        let device = Device::flex();
+        // (c_in, c_out, kernel, stride, size, activation): stem, downsampling, bottleneck,
+        // 1x1 projection, detection-head output (no activation), odd sizes.
+        let cases = [
+            (3, 16, 3, 2, 64, true),
+            (16, 32, 3, 2, 33, true),
+            (16, 16, 3, 1, 40, true),
+            (48, 32, 1, 1, 20, true),
+            (64, 80, 1, 1, 10, false),
+            (7, 5, 3, 1, 9, true),
+        ];
+        for (c_in, c_out, k, s, size, act) in cases {
+            let conv = block(c_in, c_out, k, s, act);
+            let x = random([2, c_in, size, size], &device);
+            let diff = max_difference(&conv, vec![x]);
+            assert!(diff < 1e-4, "{c_in}->{c_out} {k}x{k}/{s} @{size}: {diff}");
+        }
+    }
+
+    #[test]
+    fn reads_concatenation_parts_and_channel_views_in_place() {
+        let device = Device::flex();
+        let conv = block(24, 16, 1, 1, true);
+        // The two halves of a split are strided views for a batch of 2.
+        let halves = random([2, 16, 12, 12], &device).chunk(2, 1);
+        let extra = random([2, 8, 12, 12], &device);
+        let parts = vec![halves[0].clone(), halves[1].clone(), extra];
+        assert!(max_difference(&conv, parts) < 1e-4);
+    }
+
+    #[test]
+    fn grouped_convolutions_and_disabled_path_fall_back() {
+        let device = Device::flex();
+        let mut depthwise = block(1, 8, 3, 1, true);
+        depthwise.groups = 8;
+        let x = random([1, 8, 6, 6], &device);
+        assert!(forward(&depthwise, std::slice::from_ref(&x)).is_none());
+        let conv = block(8, 4, 3, 1, true);
+        assert!(with_fast_path(false, || forward(&conv, &[x])).is_none());
+    }
+}

@@ -1,0 +1,84 @@
+//! Per-operation timing of the network's forward pass, for finding where CPU time goes.
+//!
+//! CPU backends run every operation eagerly, so wall time around an operation is its cost.
+//! On wgpu, operations are queued asynchronously and these timings mean nothing; the bench
+//! command only offers the profile on the CPU.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// The operation types the profile groups time by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum OpKind {
+    Conv3x3,
+    Conv1x1,
+    ConvDepthwise,
+    Activation,
+    SplitConcat,
+    Add,
+    MaxPool,
+    Upsample,
+    Attention,
+    /// DFL decoding, anchors and the final sigmoid.
+    HeadDecode,
+}
+
+impl OpKind {
+    /// A short label for tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Conv3x3 => "conv 3x3",
+            Self::Conv1x1 => "conv 1x1",
+            Self::ConvDepthwise => "conv depthwise",
+            Self::Activation => "SiLU",
+            Self::SplitConcat => "split/concat",
+            Self::Add => "residual add",
+            Self::MaxPool => "max-pool",
+            Self::Upsample => "upsample",
+            Self::Attention => "attention (matmul/softmax)",
+            Self::HeadDecode => "head decode (DFL, sigmoid)",
+        }
+    }
+}
+
+/// Accumulated calls and time per operation type.
+#[derive(Debug, Clone, Default)]
+pub struct OpProfile {
+    pub ops: BTreeMap<OpKind, (usize, Duration)>,
+}
+
+thread_local! {
+    static ACTIVE: RefCell<Option<OpProfile>> = const { RefCell::new(None) };
+}
+
+/// Runs `f`, charging its wall time to `kind` when a profile is being recorded on this thread.
+pub(crate) fn timed<T>(kind: OpKind, f: impl FnOnce() -> T) -> T {
+    timed_if_some(kind, || Some(f())).expect("always Some")
+}
+
+/// Like [`timed`], for an operation that may decline (`None`): only runs that happened count.
+pub(crate) fn timed_if_some<T>(kind: OpKind, f: impl FnOnce() -> Option<T>) -> Option<T> {
+    if !ACTIVE.with(|a| a.borrow().is_some()) {
+        return f();
+    }
+    let start = Instant::now();
+    let out = f()?;
+    let elapsed = start.elapsed();
+    ACTIVE.with(|a| {
+        if let Some(profile) = a.borrow_mut().as_mut() {
+            let entry = profile.ops.entry(kind).or_default();
+            entry.0 += 1;
+            entry.1 += elapsed;
+        }
+    });
+    Some(out)
+}
+
+/// Runs `f` with profiling on for this thread and returns what it recorded.
+pub fn record<T>(f: impl FnOnce() -> T) -> (T, OpProfile) {
+    ACTIVE.with(|a| *a.borrow_mut() = Some(OpProfile::default()));
+    let out = f();
+    let profile = ACTIVE.with(|a| a.borrow_mut().take()).unwrap_or_default();
+    (out, profile)
+}

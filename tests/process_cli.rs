@@ -1,0 +1,60 @@
+//! `streamtrack process` end to end on the real traffic video, with the flags that trade
+//! accuracy for speed: `--input-size` and `--frame-skip`.
+
+mod common;
+
+use std::process::Command;
+
+use common::data;
+use streamtrack::video::FrameSource;
+use streamtrack::video::mp4_source::Mp4Source;
+
+/// Every 10th frame analysed at 320: the video keeps every frame, the events hold exactly
+/// the analysed frames, and cars are still found and tracked.
+#[test]
+fn frame_skip_and_input_size_keep_every_frame_and_report_analysed_ones() {
+    let dir = std::env::temp_dir().join(format!("streamtrack-process-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (video, events) = (dir.join("out.mp4"), dir.join("events.jsonl"));
+    let out = Command::new(env!("CARGO_BIN_EXE_streamtrack"))
+        .args(["process", "--quiet", "--device", "cpu", "--frame-skip", "9"])
+        .args(["--input-size", "320", "-o"])
+        .arg(&video)
+        .arg("--events")
+        .arg(&events)
+        .arg(data("video/traffic-640x360.mp4"))
+        .output()
+        .expect("binary runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut written = Mp4Source::open(&video).unwrap();
+    let mut frames = 0;
+    while written.next_frame().unwrap().is_some() {
+        frames += 1;
+    }
+    assert_eq!(frames, 1190, "every input frame is written");
+
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let analysed: Vec<u64> = lines
+        .iter()
+        .filter_map(|l| l["frame"].as_u64().filter(|_| l.get("tracks").is_some()))
+        .collect();
+    assert_eq!(analysed, (0..1190).step_by(10).collect::<Vec<u64>>());
+    let car_ids: std::collections::HashSet<u64> = lines
+        .iter()
+        .filter_map(|l| l["tracks"].as_array())
+        .flatten()
+        .filter(|t| t["name"] == "car")
+        .map(|t| t["id"].as_u64().unwrap())
+        .collect();
+    assert!(car_ids.len() >= 5, "cars tracked at 320: {car_ids:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
