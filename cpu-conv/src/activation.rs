@@ -17,27 +17,46 @@ pub fn apply_bias_activation(row: &mut [f32], bias: f32, activation: Activation)
     }
 }
 
+/// `v = 1 / (1 + e^-v)` for every value, in place.
+pub fn sigmoid_in_place(values: &mut [f32]) {
+    map_in_place(values, |z| 1.0 / (1.0 + exp(-z)));
+}
+
+/// `v = e^v` for every value, in place.
+pub fn exp_in_place(values: &mut [f32]) {
+    map_in_place(values, exp);
+}
+
 fn bias_silu(row: &mut [f32], bias: f32) {
+    map_in_place(row, |v| {
+        let z = v + bias;
+        z / (1.0 + exp(-z))
+    });
+}
+
+/// Applies `f` to every value, compiled for AVX2 + FMA where the CPU has them so the loop
+/// vectorises, else for the baseline target.
+#[inline(always)]
+fn map_in_place(values: &mut [f32], f: impl Fn(f32) -> f32) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports the features the function is compiled for.
-        unsafe { bias_silu_avx2(row, bias) };
+        unsafe { map_avx2(values, f) };
         return;
     }
-    bias_silu_portable(row, bias);
+    map_portable(values, f);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn bias_silu_avx2(row: &mut [f32], bias: f32) {
-    bias_silu_portable(row, bias);
+unsafe fn map_avx2(values: &mut [f32], f: impl Fn(f32) -> f32) {
+    map_portable(values, f);
 }
 
 #[inline(always)]
-fn bias_silu_portable(row: &mut [f32], bias: f32) {
-    for v in row.iter_mut() {
-        let z = *v + bias;
-        *v = z / (1.0 + exp(-z));
+fn map_portable(values: &mut [f32], f: impl Fn(f32) -> f32) {
+    for v in values.iter_mut() {
+        *v = f(*v);
     }
 }
 
@@ -101,6 +120,18 @@ mod tests {
                 (got - want).abs() <= 1e-6 * want.abs().max(1e-6),
                 "{got} vs {want}"
             );
+        }
+    }
+
+    #[test]
+    fn sigmoid_and_exp_match_std() {
+        let xs: Vec<f32> = (-400..400).map(|i| i as f32 * 0.05).collect();
+        let (mut sig, mut ex) = (xs.clone(), xs.clone());
+        sigmoid_in_place(&mut sig);
+        exp_in_place(&mut ex);
+        for ((x, s), e) in xs.iter().zip(&sig).zip(&ex) {
+            assert!((s - 1.0 / (1.0 + (-x).exp())).abs() < 1e-6, "sigmoid({x})");
+            assert!((e - x.exp()).abs() <= 3e-7 * x.exp(), "exp({x})");
         }
     }
 

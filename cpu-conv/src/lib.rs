@@ -8,10 +8,16 @@
 //! cache. Layout is NCHW, one image at a time, so feature maps move between layers without
 //! layout conversions; an input may be given as several channel blocks (the parts of a
 //! concatenation), which are read in place instead of being copied together first.
+//!
+//! [`max_pool_same`] is the stride-1 max-pool of YOLO's SPPF block, separable;
+//! [`sigmoid_in_place`] and [`exp_in_place`] are the vectorised activations the detection
+//! head needs.
 
 mod activation;
 mod conv;
 mod im2col;
+mod pool;
 
-pub use activation::{Activation, apply_bias_activation};
+pub use activation::{Activation, apply_bias_activation, exp_in_place, sigmoid_in_place};
 pub use conv::{ConvParams, FeatureMap, conv2d, output_size};
+pub use pool::max_pool_same;

@@ -14,7 +14,7 @@ use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 use model_import::ConvWeights;
 
-use super::fast_conv;
+use super::fast_cpu;
 use super::profile::{OpKind, timed, timed_if_some};
 use model_import::architecture::{
     AttentionSpec, BottleneckSpec, ConvSpec, CspBlockSpec, PsaBlockSpec,
@@ -76,7 +76,7 @@ impl ConvBlock {
     /// the parts in place instead of concatenating them first.
     pub fn forward_parts(&self, parts: Vec<Tensor<4>>) -> Tensor<4> {
         let kind = self.op_kind();
-        if let Some(y) = timed_if_some(kind, || fast_conv::forward(self, &parts)) {
+        if let Some(y) = timed_if_some(kind, || fast_cpu::forward(self, &parts)) {
             return y;
         }
         let x = concat(parts);
@@ -234,7 +234,10 @@ impl Sppf {
         let mut parts = vec![self.cv1.forward(x)];
         for _ in 0..3 {
             let last = parts.last().expect("one part").clone();
-            parts.push(timed(OpKind::MaxPool, || max_pool2d(last, options.clone())));
+            parts.push(timed(OpKind::MaxPool, || {
+                fast_cpu::max_pool(&last, self.pool)
+                    .unwrap_or_else(|| max_pool2d(last, options.clone()))
+            }));
         }
         self.cv2.forward_parts(parts)
     }

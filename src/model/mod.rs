@@ -2,7 +2,7 @@
 //! device, preprocessing and running it. This is the only module that touches Burn tensors.
 
 pub mod device;
-mod fast_conv;
+mod fast_cpu;
 pub mod layers;
 pub mod network;
 pub mod preprocess;
@@ -247,7 +247,7 @@ impl YoloModel {
             &self.device.device,
         );
         let output =
-            fast_conv::with_fast_path(self.device.fast_cpu_conv, || self.network.forward(input));
+            fast_cpu::with_fast_path(self.device.fast_cpu_conv, || self.network.forward(input));
         let [batch, channels, anchors] = output.dims();
         let data = output
             .into_data()

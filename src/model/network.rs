@@ -9,6 +9,7 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 use model_import::{Architecture, DetectSpec, LayerKind};
 
+use super::fast_cpu;
 use super::layers::{
     C2psa, ConvBlock, ConvChain, Csp, CspInner, PsaBlock, Sppf, WeightSource, decode_boxes,
 };
@@ -206,9 +207,14 @@ impl DetectHead {
             scores.push(cls_branch.forward(x).reshape([b, self.num_classes, h * w]));
         }
         timed(OpKind::HeadDecode, || {
+            let (boxes, scores) = (Tensor::cat(boxes, 2), Tensor::cat(scores, 2));
+            let anchors = [&grid.xs[..], &grid.ys[..], &grid.strides[..]];
+            if let Some(out) = fast_cpu::decode_head(&boxes, &scores, anchors, self.reg_max) {
+                return out;
+            }
             let (anchors, strides) = grid.into_tensors(&device);
-            let boxes = decode_boxes(Tensor::cat(boxes, 2), anchors, strides, self.reg_max);
-            Tensor::cat(vec![boxes, sigmoid(Tensor::cat(scores, 2))], 1)
+            let boxes = decode_boxes(boxes, anchors, strides, self.reg_max);
+            Tensor::cat(vec![boxes, sigmoid(scores)], 1)
         })
     }
 }

@@ -1,8 +1,9 @@
-//! The fast CPU convolution path: on the Flex backend, [`ConvBlock`]s run through the
-//! `cpu-conv` kernels (im2col + packed GEMM with bias and SiLU fused, parallel over output
-//! tiles) on the Flex tensors' own storage, without layout conversions, and read the parts
-//! of a channel concatenation in place. Other backends, and grouped convolutions, return
-//! `None` and take Burn's `conv2d`.
+//! The fast CPU path: on the Flex backend, [`ConvBlock`]s run through the `cpu-conv` kernels
+//! (im2col + packed GEMM with bias and SiLU fused, parallel over output tiles) on the Flex
+//! tensors' own storage, without layout conversions, and read the parts of a channel
+//! concatenation in place; SPPF's max-pools and the detection head's DFL decoding and
+//! sigmoid run as plain vectorised loops. Each function returns `None` where it does not
+//! apply (other backends, grouped convolutions), and the caller takes Burn's operations.
 //!
 //! [`ConvBlock`]: super::layers::ConvBlock
 
@@ -86,6 +87,98 @@ fn per_image_dense(t: &FlexTensor) -> bool {
         && strides[0] >= 0
 }
 
+/// Stride-1 "same" max-pool of `x` with an odd `kernel` (YOLO's SPPF), on the fast path.
+pub(crate) fn max_pool(x: &Tensor<4>, kernel: usize) -> Option<Tensor<4>> {
+    if !ENABLED.get() || !is_flex(x) || kernel % 2 == 0 {
+        return None;
+    }
+    let shape = x.dims();
+    let flex = x.clone().try_into_primitive::<Flex>().ok()?.to_contiguous();
+    let input = dense_f32(&flex)?;
+    let mut out = vec![0.0f32; input.len()];
+    let [b, c, h, w] = shape;
+    cpu_conv::max_pool_same(input, b * c, h, w, kernel, &mut out);
+    Some(to_tensor(out, shape))
+}
+
+/// The detection head's output `[B, 4 + nc, N]` from the concatenated box logits
+/// `[B, 4 * reg_max, N]` and class logits `[B, nc, N]`: DFL expectation, distances to
+/// `cx, cy, w, h` around each anchor `(xs, ys)` scaled by its stride, and sigmoid scores.
+pub(crate) fn decode_head(
+    box_logits: &Tensor<3>,
+    class_logits: &Tensor<3>,
+    anchors: [&[f32]; 3],
+    reg_max: usize,
+) -> Option<Tensor<3>> {
+    if !ENABLED.get() || !matches!(box_logits.device().as_dispatch(), DispatchDevice::Flex(_)) {
+        return None;
+    }
+    let [batch, _, n] = box_logits.dims();
+    let classes = class_logits.dims()[1];
+    let boxes = box_logits
+        .clone()
+        .try_into_primitive::<Flex>()
+        .ok()?
+        .to_contiguous();
+    let scores = class_logits
+        .clone()
+        .try_into_primitive::<Flex>()
+        .ok()?
+        .to_contiguous();
+    let (boxes, scores) = (dense_f32(&boxes)?, dense_f32(&scores)?);
+    let rows = 4 + classes;
+    let mut out = vec![0.0f32; batch * rows * n];
+    for (b, image) in out.chunks_exact_mut(rows * n).enumerate() {
+        let (box_rows, score_rows) = image.split_at_mut(4 * n);
+        let logits = &boxes[b * 4 * reg_max * n..(b + 1) * 4 * reg_max * n];
+        let distances = dfl_distances(logits, reg_max, n);
+        let [xs, ys, strides] = anchors;
+        for i in 0..n {
+            let [left, top, right, bottom] = std::array::from_fn(|side| distances[side * n + i]);
+            let (x1, y1, x2, y2) = (xs[i] - left, ys[i] - top, xs[i] + right, ys[i] + bottom);
+            box_rows[i] = (x1 + x2) / 2.0 * strides[i];
+            box_rows[n + i] = (y1 + y2) / 2.0 * strides[i];
+            box_rows[2 * n + i] = (x2 - x1) * strides[i];
+            box_rows[3 * n + i] = (y2 - y1) * strides[i];
+        }
+        score_rows.copy_from_slice(&scores[b * classes * n..(b + 1) * classes * n]);
+        cpu_conv::sigmoid_in_place(score_rows);
+    }
+    let flex = FlexTensor::from_data(TensorData::new(out, [batch, rows, n]));
+    Some(Tensor::from_primitive::<Flex>(flex))
+}
+
+/// Per side (left, top, right, bottom) and anchor, the expected bin of the softmax over the
+/// side's `reg_max` logits: `[4, n]`.
+fn dfl_distances(logits: &[f32], reg_max: usize, n: usize) -> Vec<f32> {
+    let mut distances = vec![0.0f32; 4 * n];
+    let mut bins = vec![0.0f32; reg_max * n];
+    for (side, dist) in distances.chunks_exact_mut(n).enumerate() {
+        bins.copy_from_slice(&logits[side * reg_max * n..(side + 1) * reg_max * n]);
+        let mut max = vec![f32::NEG_INFINITY; n];
+        for row in bins.chunks_exact(n) {
+            max.iter_mut().zip(row).for_each(|(m, &v)| *m = m.max(v));
+        }
+        for row in bins.chunks_exact_mut(n) {
+            row.iter_mut().zip(&max).for_each(|(v, m)| *v -= m);
+        }
+        cpu_conv::exp_in_place(&mut bins);
+        let mut total = vec![0.0f32; n];
+        for (k, row) in bins.chunks_exact(n).enumerate() {
+            for ((t, d), &e) in total.iter_mut().zip(dist.iter_mut()).zip(row) {
+                *t += e;
+                *d += k as f32 * e;
+            }
+        }
+        dist.iter_mut().zip(&total).for_each(|(d, t)| *d /= t);
+    }
+    distances
+}
+
+fn to_tensor(data: Vec<f32>, shape: [usize; 4]) -> Tensor<4> {
+    Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(data, shape)))
+}
+
 /// `block` applied to the channel concatenation of `parts`, on the fast path; `None` when the
 /// tensors are not on the Flex backend or the block is a grouped convolution.
 pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4>> {
@@ -127,8 +220,7 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
             .collect();
         cpu_conv::conv2d(&inputs, height, width, &params, out_image);
     }
-    let out = FlexTensor::from_data(TensorData::new(out, [batch, c_out, out_h, out_w]));
-    Some(Tensor::from_primitive::<Flex>(out))
+    Some(to_tensor(out, [batch, c_out, out_h, out_w]))
 }
 
 #[cfg(test)]
@@ -195,6 +287,19 @@ mod tests {
         let extra = random([2, 8, 12, 12], &device);
         let parts = vec![halves[0].clone(), halves[1].clone(), extra];
         assert!(max_difference(&conv, parts) < 1e-4);
+    }
+
+    #[test]
+    fn max_pool_matches_burn() {
+        use burn::tensor::module::max_pool2d;
+        use burn::tensor::ops::MaxPoolOptions;
+        let x = random([2, 3, 11, 9], &Device::flex());
+        let options = MaxPoolOptions::new([5, 5])
+            .with_stride([1, 1])
+            .with_padding([2, 2]);
+        let stock = max_pool2d(x.clone(), options);
+        let fast = max_pool(&x, 5).expect("fast path taken");
+        assert_eq!(fast.sub(stock).abs().max().into_scalar::<f32>(), 0.0);
     }
 
     #[test]
