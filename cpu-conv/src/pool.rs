@@ -15,7 +15,7 @@ pub fn max_pool_same(
     kernel: usize,
     out: &mut [f32],
 ) {
-    assert!(kernel % 2 == 1, "odd kernels only");
+    assert!(!kernel.is_multiple_of(2), "odd kernels only");
     let plane = height * width;
     assert_eq!(input.len(), channels * plane, "input shape");
     assert_eq!(out.len(), channels * plane, "output shape");

@@ -89,7 +89,7 @@ fn per_image_dense(t: &FlexTensor) -> bool {
 
 /// Stride-1 "same" max-pool of `x` with an odd `kernel` (YOLO's SPPF), on the fast path.
 pub(crate) fn max_pool(x: &Tensor<4>, kernel: usize) -> Option<Tensor<4>> {
-    if !ENABLED.get() || !is_flex(x) || kernel % 2 == 0 {
+    if !ENABLED.get() || !is_flex(x) || kernel.is_multiple_of(2) {
         return None;
     }
     let shape = x.dims();
