@@ -42,7 +42,7 @@ fn tail_error_and_coverage_meet_the_targets() {
 }
 
 #[test]
-#[ignore = "not reached yet: every 3rd frame moves the MAE by 0.10 (highway) but 0.52 km/h (oblique); see issue 6"]
+#[ignore = "not reached yet: every 3rd frame moves the MAE by 0.14 (highway) but 0.64 km/h (oblique); see issue 6"]
 fn frame_skipping_changes_the_error_by_less_than_0_3_kmh() {
     for seq in SEQUENCES {
         let (all, skipped) = (report(seq, 1), report(seq, 3));

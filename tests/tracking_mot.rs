@@ -47,18 +47,8 @@ fn assert_beats_reference(s: &streamtrack::eval::mot::MotSummary) {
 }
 
 /// The reference keeps lost tracks 30 frames whatever the frame rate (2.1 s on the 14 fps
-/// MOT17-05); a 2 s buffer beats it on all four figures.
+/// MOT17-05); our default keeps them 2 s and beats it on all four figures.
 #[test]
-fn two_second_buffer_beats_the_reference_on_mot17() {
-    let config = TrackerConfig {
-        track_buffer: 2.0,
-        ..TrackerConfig::default()
-    };
-    assert_beats_reference(&combined(&config));
-}
-
-#[test]
-#[ignore = "not reached yet with the 1 s default buffer: MOTA 48.583 < 48.60 (HOTA, IDF1 and IDSW pass); see issue 5"]
 fn default_tracker_beats_the_reference_on_mot17() {
     assert_beats_reference(&combined(&TrackerConfig::default()));
 }

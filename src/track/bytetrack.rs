@@ -364,15 +364,19 @@ mod tests {
 
     #[test]
     fn lost_tracks_are_recovered_within_the_buffer_and_forgotten_after() {
+        let one_second = TrackerConfig {
+            track_buffer: 1.0,
+            ..TrackerConfig::default()
+        };
         let mut next_id = 1;
-        let mut tracker = ByteTracker::new(TrackerConfig::default(), 10.0);
+        let mut tracker = ByteTracker::new(one_second.clone(), 10.0);
         let mut frames: Vec<Vec<Detection>> = (0..5).map(|_| vec![det(50.0, 0.9)]).collect();
         frames.extend((0..8).map(|_| Vec::new()));
         frames.push(vec![det(50.0, 0.9)]);
         let out = run(&mut tracker, &frames, 10.0, &mut next_id);
         assert_eq!(out[13][0].track_id, 1, "re-identified after 0.9 s");
 
-        let mut tracker = ByteTracker::new(TrackerConfig::default(), 10.0);
+        let mut tracker = ByteTracker::new(one_second, 10.0);
         let mut frames: Vec<Vec<Detection>> = (0..5).map(|_| vec![det(50.0, 0.9)]).collect();
         frames.extend((0..15).map(|_| Vec::new()));
         frames.push(vec![det(50.0, 0.9)]);

@@ -41,7 +41,7 @@ impl Default for TrackerConfig {
             high_thresh: 0.25,
             low_thresh: 0.1,
             new_track_thresh: 0.25,
-            track_buffer: 1.0,
+            track_buffer: 2.0,
             match_thresh: 0.8,
             fuse_score: true,
             per_class: false,
