@@ -59,6 +59,30 @@ enum Command {
     Eval(EvalCommand),
     /// Time every pipeline stage and the whole pipeline on a video, per model and device.
     Bench(BenchArgs),
+    /// How closely a model (e.g. an INT8 export) agrees with a reference model on video frames.
+    Agree(AgreeArgs),
+}
+
+#[derive(Args)]
+struct AgreeArgs {
+    /// Videos whose frames are compared.
+    #[arg(required = true)]
+    videos: Vec<PathBuf>,
+    /// The model under test (e.g. an INT8 or pruned export).
+    #[arg(long, short)]
+    model: PathBuf,
+    /// The model whose detections count as ground truth (e.g. the float export).
+    #[arg(long)]
+    reference: PathBuf,
+    /// Frames compared per video, evenly spaced.
+    #[arg(long, default_value_t = 50)]
+    frames: usize,
+    /// Fail when mAP50 against the reference is below this.
+    #[arg(long, default_value_t = 0.5)]
+    min_map50: f64,
+    /// Where the networks run: auto, gpu, cpu or cpu-burn.
+    #[arg(long)]
+    device: Option<DeviceChoice>,
 }
 
 #[derive(Args)]
@@ -287,6 +311,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(EvalCommand::Mot(args)) => eval_mot(args, config),
         Command::Eval(EvalCommand::Speed(args)) => eval_speed(args, config),
         Command::Bench(args) => bench(args, config),
+        Command::Agree(args) => agree(args, config),
     }
 }
 
@@ -506,6 +531,60 @@ fn bench(args: BenchArgs, config: Config) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
         streamtrack::bench::print_tables(&reports);
+    }
+    Ok(())
+}
+
+fn agree(args: AgreeArgs, config: Config) -> anyhow::Result<()> {
+    let device =
+        ComputeDevice::resolve(args.device.unwrap_or(config.device)).map_err(anyhow::Error::msg)?;
+    let load = |path: &Path| -> anyhow::Result<Detector> {
+        let args = ModelArgs {
+            model: Some(path.to_path_buf()),
+            device: None,
+            conf: None,
+            iou: None,
+            max_det: None,
+            agnostic_nms: false,
+            classes: Vec::new(),
+            input_size: None,
+        };
+        Ok(build_detector_on(&args, &config, device.clone())?.0)
+    };
+    let (mut candidate, mut reference) = (load(&args.model)?, load(&args.reference)?);
+    if candidate.class_names() != reference.class_names() {
+        bail!(
+            "{} and {} have different class lists",
+            args.model.display(),
+            args.reference.display()
+        );
+    }
+    let agreement = streamtrack::eval::agreement::measure(
+        &mut candidate,
+        &mut reference,
+        &args.videos,
+        args.frames,
+    )?;
+    let m = agreement.metrics;
+    println!(
+        "{} vs {}: {} frames, {} reference objects: precision {:.3}, recall {:.3}, mAP50 {:.3}, mAP50-95 {:.3}",
+        args.model.display(),
+        args.reference.display(),
+        agreement.frames,
+        agreement.reference_objects,
+        m.precision,
+        m.recall,
+        m.map50,
+        m.map50_95
+    );
+    if m.map50 < args.min_map50 {
+        bail!(
+            "{}: mAP50 {:.3} against {} is below {} — the model does not agree with its reference",
+            args.model.display(),
+            m.map50,
+            args.reference.display(),
+            args.min_map50
+        );
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! `streamtrack process` end to end on the real traffic video, with the flags that trade
-//! accuracy for speed: `--input-size` and `--frame-skip`.
+//! Commands end to end on the real videos: `process` with the flags that trade accuracy for
+//! speed (`--input-size`, `--frame-skip`), and `agree` on the INT8 export.
 
 mod common;
 
@@ -57,4 +57,46 @@ fn frame_skip_and_input_size_keep_every_frame_and_report_analysed_ones() {
         .collect();
     assert!(car_ids.len() >= 5, "cars tracked at 320: {car_ids:?}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The INT8 export agrees with its float original on real frames of both videos, and a
+/// threshold it cannot meet fails loudly.
+#[test]
+fn int8_export_agrees_with_the_float_model_on_video_frames() {
+    let run = |min_map50: &str| {
+        Command::new(env!("CARGO_BIN_EXE_streamtrack"))
+            .args(["agree", "--quiet", "--device", "cpu", "--frames", "6"])
+            .arg("-m")
+            .arg(data("models/yolo11n-coco-320-int8.onnx"))
+            .arg("--reference")
+            .arg(data("models/yolo11n-coco-320.onnx"))
+            .args(["--min-map50", min_map50])
+            .arg(data("video/traffic-640x360.mp4"))
+            .arg(data("video/pedestrians-768x576.mp4"))
+            .output()
+            .expect("binary runs")
+    };
+    let out = run("0.5");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let map50: f64 = stdout
+        .split("mAP50 ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no mAP50 in {stdout}"));
+    assert!((0.5..=1.0).contains(&map50), "{stdout}");
+
+    let out = run("1.01");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("does not agree with its reference"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

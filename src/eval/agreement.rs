@@ -1,0 +1,56 @@
+//! How closely one detector agrees with another on real video frames: the candidate's
+//! detections scored as predictions against the reference's detections as labels (mAP50 and
+//! mAP50-95). Used to check quantised or pruned models against their float original, where
+//! a silent collapse would otherwise go unnoticed.
+
+use std::path::PathBuf;
+
+use super::detection::{DetectionEval, DetectionMetrics, Label};
+use crate::detect::Detector;
+use crate::video::{self, VideoError};
+
+/// Agreement over evenly spaced frames of each video.
+#[derive(Debug, Clone, Copy)]
+pub struct Agreement {
+    pub metrics: DetectionMetrics,
+    pub frames: usize,
+    /// Reference detections, the labels.
+    pub reference_objects: usize,
+}
+
+/// Runs both detectors on about `frames_per_video` evenly spaced frames of each video.
+pub fn measure(
+    candidate: &mut Detector,
+    reference: &mut Detector,
+    videos: &[PathBuf],
+    frames_per_video: usize,
+) -> Result<Agreement, VideoError> {
+    let mut eval = DetectionEval::new();
+    let (mut frames, mut reference_objects) = (0, 0);
+    for path in videos {
+        let mut source = video::open_source(path, 25.0)?;
+        let total = source.info().frame_count.unwrap_or(frames_per_video as u64);
+        let stride = (total / frames_per_video.max(1) as u64).max(1);
+        while let Some(frame) = source.next_frame()? {
+            if !frame.index.is_multiple_of(stride) {
+                continue;
+            }
+            let labels: Vec<Label> = reference
+                .detect(&frame.image)
+                .iter()
+                .map(|d| Label {
+                    bbox: d.bbox,
+                    class_id: d.class_id,
+                })
+                .collect();
+            eval.add_image(&candidate.detect(&frame.image), &labels);
+            frames += 1;
+            reference_objects += labels.len();
+        }
+    }
+    Ok(Agreement {
+        metrics: eval.metrics(),
+        frames,
+        reference_objects,
+    })
+}
