@@ -51,6 +51,20 @@ pub struct BenchSettings {
     pub op_profile: bool,
 }
 
+impl BenchSettings {
+    /// A fresh tracker and speed estimator for a stream described by `info`.
+    fn tracking_stages(&self, info: &StreamInfo) -> (Tracker, SpeedEstimator) {
+        (
+            Tracker::new(self.tracker.clone(), info.fps),
+            SpeedEstimator::new(
+                self.calibration.clone(),
+                self.speed.clone(),
+                (info.width, info.height),
+            ),
+        )
+    }
+}
+
 /// Median and 99th percentile of one stage, in milliseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct StageStats {
@@ -102,9 +116,9 @@ pub fn run(
     names: Vec<String>,
     settings: &BenchSettings,
 ) -> anyhow::Result<BenchReport> {
-    let source = video::open_source(&settings.video, 25.0)?;
+    let source = video::open_source(&settings.video, video::DEFAULT_RAW_FPS)?;
     let info = source.info().clone();
-    let scratch = ScratchFile::new("stages")?;
+    let scratch = ScratchFile::new("stages");
     let mut stages = StageRun::new(names.clone(), &info, settings, &scratch.path)?;
     let mut samples = vec![Vec::new(); STAGES.len()];
     let mut source = source;
@@ -125,7 +139,7 @@ pub fn run(
         settings.warmup
     );
     let ops = if settings.op_profile && !detector.model.device.is_gpu {
-        op_profile(&detector, stages.last_input.take().expect("a frame ran"))
+        op_profile(&detector, settings)?
     } else {
         Vec::new()
     };
@@ -162,7 +176,6 @@ struct StageRun {
     speeds: SpeedEstimator,
     annotator: Annotator,
     sink: Mp4Sink,
-    last_input: Option<Vec<f32>>,
 }
 
 impl StageRun {
@@ -172,17 +185,13 @@ impl StageRun {
         settings: &BenchSettings,
         scratch: &Path,
     ) -> anyhow::Result<Self> {
+        let (tracker, speeds) = settings.tracking_stages(info);
         Ok(Self {
             names,
-            tracker: Tracker::new(settings.tracker.clone(), info.fps),
-            speeds: SpeedEstimator::new(
-                settings.calibration.clone(),
-                settings.speed.clone(),
-                (info.width, info.height),
-            ),
+            tracker,
+            speeds,
             annotator: Annotator::new(),
             sink: Mp4Sink::create(scratch, info.fps, EncodeSettings::default())?,
-            last_input: None,
         })
     }
 
@@ -197,7 +206,6 @@ impl StageRun {
             return Ok(None);
         };
         let (input, letterboxes) = lap(&mut t[1], || detector.preprocess(&[&frame.image]));
-        self.last_input = Some(input.clone());
         let output = lap(&mut t[2], || detector.model.infer(input, 1));
         let detections = lap(&mut t[3], || detector.postprocess(&output, &letterboxes))
             .pop()
@@ -252,9 +260,14 @@ fn stage_stats(stage: &'static str, mut times: Vec<Duration>) -> StageStats {
     }
 }
 
-/// Mean per-forward time of each operation type over three forward passes.
-fn op_profile(detector: &Detector, input: Vec<f32>) -> Vec<OpStats> {
+/// Mean per-forward time of each operation type over three forward passes on the video's
+/// first frame.
+fn op_profile(detector: &Detector, settings: &BenchSettings) -> anyhow::Result<Vec<OpStats>> {
     const PASSES: usize = 3;
+    let frame = video::open_source(&settings.video, video::DEFAULT_RAW_FPS)?
+        .next_frame()?
+        .ok_or_else(|| anyhow::anyhow!("{}: no frames", settings.video.display()))?;
+    let (input, _) = detector.preprocess(&[&frame.image]);
     let ((), recorded) = profile::record(|| {
         for _ in 0..PASSES {
             detector.model.infer(input.clone(), 1);
@@ -266,13 +279,14 @@ fn op_profile(detector: &Detector, input: Vec<f32>) -> Vec<OpStats> {
         .map(|(kind, (calls, time))| (kind, calls / PASSES, time / PASSES as u32))
         .collect();
     ops.sort_by_key(|(_, _, time)| std::cmp::Reverse(*time));
-    ops.into_iter()
+    Ok(ops
+        .into_iter()
         .map(|(kind, calls, time)| OpStats {
             op: kind.label(),
             calls,
             ms: time.as_secs_f64() * 1000.0,
         })
-        .collect()
+        .collect())
 }
 
 /// Frames per second of the real pipeline over the first `frames` frames of the video.
@@ -283,11 +297,11 @@ fn pipeline_fps(
     frames: usize,
 ) -> anyhow::Result<f64> {
     let source = FirstFrames {
-        inner: video::open_source(&settings.video, 25.0)?,
+        inner: video::open_source(&settings.video, video::DEFAULT_RAW_FPS)?,
         left: frames,
     };
     let info = source.info().clone();
-    let scratch = ScratchFile::new("pipeline")?;
+    let scratch = ScratchFile::new("pipeline");
     let sinks = Sinks {
         video: Some(Mp4Sink::create(
             &scratch.path,
@@ -296,12 +310,7 @@ fn pipeline_fps(
         )?),
         frames: None,
     };
-    let tracker = Tracker::new(settings.tracker.clone(), info.fps);
-    let speeds = SpeedEstimator::new(
-        settings.calibration.clone(),
-        settings.speed.clone(),
-        (info.width, info.height),
-    );
+    let (tracker, speeds) = settings.tracking_stages(&info);
     let mut analysis = Analysis::new(
         detector,
         names,
@@ -341,12 +350,12 @@ struct ScratchFile {
 }
 
 impl ScratchFile {
-    fn new(label: &str) -> std::io::Result<Self> {
+    fn new(label: &str) -> Self {
         let path = std::env::temp_dir().join(format!(
             "streamtrack-bench-{}-{label}.mp4",
             std::process::id()
         ));
-        Ok(Self { path })
+        Self { path }
     }
 }
 

@@ -207,6 +207,22 @@ struct ModelArgs {
     input_size: Option<usize>,
 }
 
+impl ModelArgs {
+    /// `path` with every other flag at its default (the config file still applies).
+    fn for_model(path: &Path, input_size: Option<usize>) -> Self {
+        Self {
+            model: Some(path.to_path_buf()),
+            device: None,
+            conf: None,
+            iou: None,
+            max_det: None,
+            agnostic_nms: false,
+            classes: Vec::new(),
+            input_size,
+        }
+    }
+}
+
 #[derive(Args)]
 struct ProcessArgs {
     /// Input: MP4 file, raw H.264 (.h264, or - for stdin), image or folder of images.
@@ -218,7 +234,7 @@ struct ProcessArgs {
     #[arg(long)]
     save_frames: Option<PathBuf>,
     /// Frame rate assumed for raw H.264 input, which carries no timestamps.
-    #[arg(long, default_value_t = 25.0)]
+    #[arg(long, default_value_t = video::DEFAULT_RAW_FPS)]
     fps: f64,
     /// Output video bitrate in bits per second (default: from frame size and rate).
     #[arg(long)]
@@ -513,16 +529,7 @@ fn bench(args: BenchArgs, config: Config) -> anyhow::Result<()> {
     for model in &models {
         for device in &devices {
             eprintln!("benchmarking {} on {}", model.display(), device.description);
-            let model_args = ModelArgs {
-                model: Some(model.clone()),
-                device: None,
-                conf: None,
-                iou: None,
-                max_det: None,
-                agnostic_nms: false,
-                classes: Vec::new(),
-                input_size: args.input_size,
-            };
+            let model_args = ModelArgs::for_model(model, args.input_size);
             let (detector, names) = build_detector_on(&model_args, &config, device.clone())?;
             reports.push(streamtrack::bench::run(detector, names, &settings)?);
         }
@@ -539,16 +546,7 @@ fn agree(args: AgreeArgs, config: Config) -> anyhow::Result<()> {
     let device =
         ComputeDevice::resolve(args.device.unwrap_or(config.device)).map_err(anyhow::Error::msg)?;
     let load = |path: &Path| -> anyhow::Result<Detector> {
-        let args = ModelArgs {
-            model: Some(path.to_path_buf()),
-            device: None,
-            conf: None,
-            iou: None,
-            max_det: None,
-            agnostic_nms: false,
-            classes: Vec::new(),
-            input_size: None,
-        };
+        let args = ModelArgs::for_model(path, None);
         Ok(build_detector_on(&args, &config, device.clone())?.0)
     };
     let (mut candidate, mut reference) = (load(&args.model)?, load(&args.reference)?);
@@ -653,7 +651,7 @@ fn detect(args: DetectArgs, config: Config) -> anyhow::Result<()> {
             vec![input.clone()]
         };
         for file in files {
-            let mut source = video::open_source(&file, 25.0)?;
+            let mut source = video::open_source(&file, video::DEFAULT_RAW_FPS)?;
             let is_video = !images::is_image_path(&file);
             while let Some(frame) = source.next_frame()? {
                 let detections = detector.detect(&frame.image);

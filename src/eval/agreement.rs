@@ -28,7 +28,7 @@ pub fn measure(
     let mut eval = DetectionEval::new();
     let (mut frames, mut reference_objects) = (0, 0);
     for path in videos {
-        let mut source = video::open_source(path, 25.0)?;
+        let mut source = video::open_source(path, video::DEFAULT_RAW_FPS)?;
         let total = source.info().frame_count.unwrap_or(frames_per_video as u64);
         let stride = (total / frames_per_video.max(1) as u64).max(1);
         while let Some(frame) = source.next_frame()? {

@@ -78,6 +78,9 @@ pub trait FrameSource: Send {
     }
 }
 
+/// Frame rate assumed for raw H.264, which carries no timestamps, unless the user gives one.
+pub const DEFAULT_RAW_FPS: f64 = 25.0;
+
 /// Opens `path` as a frame source: `-` is raw H.264 on stdin; `.h264`/`.264` files are raw
 /// Annex-B; image files and folders of images are still images; anything else must be MP4.
 pub fn open_source(path: &Path, fallback_fps: f64) -> Result<Box<dyn FrameSource>, VideoError> {
