@@ -11,7 +11,8 @@ use crate::output::{Event, FrameRecord, ResultWriters, TrackRecord};
 use crate::pipeline::FrameStage;
 use crate::speed::{SpeedEstimator, SpeedUnit, TrackSummary};
 use crate::track::Tracker;
-use crate::video::Frame;
+use crate::video::{Frame, Outage};
+use crate::zones::{TrackPosition, ZoneCounter, ZoneCounts, ZonesConfig};
 
 /// Every stage after decoding, for one stream.
 pub struct Analysis {
@@ -30,6 +31,7 @@ pub struct Analysis {
     /// Every `stride`-th frame is analysed; the others show the last annotations.
     stride: u64,
     last_annotations: Vec<Annotation>,
+    zones: ZoneCounter,
 }
 
 impl Analysis {
@@ -55,7 +57,19 @@ impl Analysis {
             summaries: Vec::new(),
             stride: 1,
             last_annotations: Vec::new(),
+            zones: ZoneCounter::default(),
         }
+    }
+
+    /// Counts line crossings and area visits as configured.
+    pub fn with_zones(mut self, zones: ZonesConfig) -> Self {
+        self.zones = ZoneCounter::new(zones);
+        self
+    }
+
+    /// Line and area totals so far.
+    pub fn zone_counts(&self) -> ZoneCounts {
+        self.zones.counts().clone()
     }
 
     /// Analyses one frame in `skip + 1` only; the tracker and speed estimator see the
@@ -73,6 +87,7 @@ impl Analysis {
     fn record_ended(&mut self, ended: Vec<TrackSummary>) -> Vec<Event> {
         for s in &ended {
             self.speeding.remove(&s.track_id);
+            self.zones.forget(s.track_id);
         }
         self.summaries.extend(ended.iter().cloned());
         ended.into_iter().map(Event::TrackEnd).collect()
@@ -128,6 +143,18 @@ impl FrameStage for Analysis {
                 ..Annotation::from_detection(det, &self.names[t.class_id])
             });
         }
+        let positions: Vec<TrackPosition> = records
+            .iter()
+            .map(|r| TrackPosition {
+                id: r.id,
+                class: r.class,
+                bbox: r.bbox(),
+            })
+            .collect();
+        events.extend(
+            self.zones
+                .update(frame.index, frame.pts, &positions, &self.names),
+        );
         let ended = self.speeds.take_finished(frame.pts, self.track_idle);
         events.extend(self.record_ended(ended));
         self.annotator.draw(canvas, &annotations);
@@ -141,9 +168,22 @@ impl FrameStage for Analysis {
         Ok(())
     }
 
+    fn record_outage(&mut self, outage: &Outage) -> anyhow::Result<()> {
+        self.writers
+            .write_events(&[Event::Outage(outage.clone())])?;
+        Ok(())
+    }
+
+    fn active_tracks(&self) -> usize {
+        self.tracker.live_tracks()
+    }
+
     fn finish(&mut self) -> anyhow::Result<()> {
         let ended = self.speeds.finish_all();
-        let events = self.record_ended(ended);
+        let mut events = self.record_ended(ended);
+        if !self.zones.counts().is_empty() {
+            events.push(Event::ZoneCounts(self.zone_counts()));
+        }
         self.writers.write_events(&events)?;
         Ok(())
     }

@@ -6,8 +6,6 @@
 //! through the real three-thread pipeline for the end-to-end rate.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -319,8 +317,12 @@ fn pipeline_fps(
         settings.tracker.track_buffer,
         ResultWriters::create(None, None, None)?,
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let summary = pipeline::run(Box::new(source), &mut analysis, sinks, stop, false)?;
+    let summary = pipeline::run(
+        Box::new(source),
+        &mut analysis,
+        sinks,
+        &pipeline::RunOptions::default(),
+    )?;
     Ok(summary.fps())
 }
 

@@ -10,6 +10,7 @@ use crate::detect::DetectConfig;
 use crate::model::DeviceChoice;
 use crate::speed::SpeedConfig;
 use crate::track::TrackerConfig;
+use crate::zones::ZonesConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -25,6 +26,8 @@ pub struct Config {
     pub calibration: Option<PathBuf>,
     pub speed: SpeedConfig,
     pub output: OutputSection,
+    /// Counting lines and areas.
+    pub zones: ZonesConfig,
 }
 
 /// `[detect]`: thresholds and class selection.
@@ -94,7 +97,13 @@ impl Config {
             message,
         };
         let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-        toml::from_str(&text).map_err(|e| fail(format!("invalid configuration: {e}")))
+        let config: Self =
+            toml::from_str(&text).map_err(|e| fail(format!("invalid configuration: {e}")))?;
+        config
+            .zones
+            .validate()
+            .map_err(|e| fail(format!("[zones]: {e}")))?;
+        Ok(config)
     }
 }
 

@@ -4,21 +4,22 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
-use streamtrack::analysis::Analysis;
 use streamtrack::annotate::{Annotation, Annotator};
 use streamtrack::config::Config;
 use streamtrack::detect::{Detection, Detector};
+use streamtrack::job::{self, OutputArgs};
+use streamtrack::metrics::StreamMetrics;
 use streamtrack::model::{ComputeDevice, DeviceChoice, YoloModel};
 use streamtrack::motfile;
-use streamtrack::output::ResultWriters;
-use streamtrack::pipeline::{self, Sinks};
-use streamtrack::speed::{Calibration, SpeedEstimator, TrackSummary};
-use streamtrack::track::Tracker;
-use streamtrack::video::encoder::EncodeSettings;
-use streamtrack::video::sink::{Mp4Sink, PngFrameSink};
+use streamtrack::pipeline::{LiveOptions, Mode, RunOptions};
+use streamtrack::setup::{self, ModelArgs};
+use streamtrack::speed::{Calibration, TrackSummary};
+use streamtrack::video::live::{LiveSourceOptions, LiveSpec, open_live_source};
+use streamtrack::video::rtsp::RtspOptions;
 use streamtrack::video::{self, images};
 
 #[derive(Parser)]
@@ -46,6 +47,9 @@ struct Cli {
 enum Command {
     /// Detect objects in a video (or images) and write an annotated H.264 MP4.
     Process(ProcessArgs),
+    /// Analyse a live source (camera, RTSP, stdin, or a file in real time); the newest frame
+    /// wins when the analysis falls behind.
+    Live(LiveArgs),
     /// Detect objects in images, folders or videos; print a summary and write JSON.
     Detect(DetectArgs),
     /// Convert an Ultralytics ONNX export into a Burn record (.bpk) plus a model card (.json).
@@ -178,84 +182,67 @@ struct EvalSpeedArgs {
     frame_step: u32,
 }
 
-/// Model and detection flags shared by the commands that run the network.
-#[derive(Args, Clone)]
-struct ModelArgs {
-    /// Model: an Ultralytics YOLOv8/YOLO11 detection export (.onnx) or an imported .bpk.
-    #[arg(long, short)]
-    model: Option<PathBuf>,
-    /// Where the network runs: auto, gpu, cpu or cpu-burn (Burn's stock CPU kernels).
-    #[arg(long)]
-    device: Option<DeviceChoice>,
-    /// Confidence threshold (default 0.25).
-    #[arg(long)]
-    conf: Option<f32>,
-    /// NMS IoU threshold (default 0.7).
-    #[arg(long)]
-    iou: Option<f32>,
-    /// Maximum detections per frame (default 300).
-    #[arg(long)]
-    max_det: Option<usize>,
-    /// Suppress overlapping boxes across classes.
-    #[arg(long)]
-    agnostic_nms: bool,
-    /// Keep only these classes, by name or id, comma-separated (e.g. car,bus,7).
-    #[arg(long, value_delimiter = ',')]
-    classes: Vec<String>,
-    /// Network input size in pixels, a multiple of 32 (default: the model's export size).
-    #[arg(long)]
-    input_size: Option<usize>,
-}
-
-impl ModelArgs {
-    /// `path` with every other flag at its default (the config file still applies).
-    fn for_model(path: &Path, input_size: Option<usize>) -> Self {
-        Self {
-            model: Some(path.to_path_buf()),
-            device: None,
-            conf: None,
-            iou: None,
-            max_det: None,
-            agnostic_nms: false,
-            classes: Vec::new(),
-            input_size,
-        }
-    }
-}
-
 #[derive(Args)]
 struct ProcessArgs {
     /// Input: MP4 file, raw H.264 (.h264, or - for stdin), image or folder of images.
     input: PathBuf,
-    /// Output annotated video (.mp4).
-    #[arg(long, short)]
-    output: Option<PathBuf>,
-    /// Also write every annotated frame as PNG into this folder.
-    #[arg(long)]
-    save_frames: Option<PathBuf>,
     /// Frame rate assumed for raw H.264 input, which carries no timestamps.
     #[arg(long, default_value_t = video::DEFAULT_RAW_FPS)]
     fps: f64,
-    /// Output video bitrate in bits per second (default: from frame size and rate).
-    #[arg(long)]
-    bitrate: Option<u32>,
-    /// Per-frame tracks and events as JSON lines.
-    #[arg(long)]
-    events: Option<PathBuf>,
-    /// Per-frame tracks as CSV.
-    #[arg(long)]
-    csv: Option<PathBuf>,
-    /// Tracks in MOTChallenge format.
-    #[arg(long)]
-    mot: Option<PathBuf>,
-    /// Camera calibration (TOML) enabling speed estimation.
-    #[arg(long)]
-    calibration: Option<PathBuf>,
-    /// Analyse one frame in N+1 (the others are written with the last annotations).
-    #[arg(long, default_value_t = 0)]
-    frame_skip: u64,
+    #[command(flatten)]
+    outputs: OutputArgs,
     #[command(flatten)]
     model: ModelArgs,
+}
+
+#[derive(Args)]
+struct LiveArgs {
+    /// Source: a camera (`0` or `/dev/video0`), `rtsp://…` (credentials in the URL are
+    /// sent only if the camera asks), `-` for raw H.264 on stdin, or a video file.
+    #[arg(long, short)]
+    source: String,
+    /// Play a file at its own frame rate, like a camera (otherwise it is read as fast as
+    /// possible and the newest frame wins).
+    #[arg(long)]
+    realtime: bool,
+    /// Analyse at most this many frames per second; the others are skipped.
+    #[arg(long)]
+    target_fps: Option<f64>,
+    /// Drop frames that waited longer than this many milliseconds for the analysis.
+    #[arg(long)]
+    max_latency: Option<u64>,
+    /// Stop after this many seconds (default: until the source ends or Ctrl-C).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Frame rate assumed for raw H.264 on stdin.
+    #[arg(long, default_value_t = video::DEFAULT_RAW_FPS)]
+    fps: f64,
+    /// Camera resolution to ask for, e.g. 1280x720.
+    #[arg(long, value_parser = parse_size)]
+    camera_size: Option<(u32, u32)>,
+    /// RTSP: seconds without a frame before the stream counts as lost.
+    #[arg(long, default_value_t = 5.0)]
+    stall_timeout: f64,
+    /// RTSP: give up after this many failed reconnection attempts in a row (default: never).
+    #[arg(long)]
+    max_reconnects: Option<u32>,
+    #[command(flatten)]
+    outputs: OutputArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+/// Parses `WIDTHxHEIGHT`.
+fn parse_size(text: &str) -> Result<(u32, u32), String> {
+    let (w, h) = text
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("'{text}' is not WIDTHxHEIGHT"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|e| format!("'{text}': {e}"))
+    };
+    Ok((parse(w)?, parse(h)?))
 }
 
 #[derive(Args)]
@@ -320,6 +307,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Process(args) => process(args, config, cli.quiet),
+        Command::Live(args) => live(args, config, cli.quiet),
         Command::Detect(args) => detect(args, config),
         Command::Import(args) => import(args),
         Command::Track(args) => track(args, config),
@@ -329,58 +317,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench(args, config),
         Command::Agree(args) => agree(args, config),
     }
-}
-
-/// `--model`, then the config file, then `STREAMTRACK_MODEL`, then `models/default.onnx`,
-/// then the shared sample model.
-fn resolve_model_path(flag: Option<&Path>, config: &Config) -> anyhow::Result<PathBuf> {
-    let candidates = [
-        flag.map(Path::to_path_buf),
-        config.model.clone(),
-        std::env::var_os("STREAMTRACK_MODEL").map(PathBuf::from),
-    ];
-    if let Some(chosen) = candidates.into_iter().flatten().next() {
-        return Ok(chosen);
-    }
-    ["models/default.onnx", "../shared/data/models/yolov8n-coco-640.onnx"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .context("no model given: pass --model, set `model` in the config file or STREAMTRACK_MODEL, or place models/default.onnx")
-}
-
-/// Loads the model and resolves thresholds; returns the detector and display names.
-fn build_detector(args: &ModelArgs, config: &Config) -> anyhow::Result<(Detector, Vec<String>)> {
-    let device =
-        ComputeDevice::resolve(args.device.unwrap_or(config.device)).map_err(anyhow::Error::msg)?;
-    build_detector_on(args, config, device)
-}
-
-/// [`build_detector`] on a device already chosen.
-fn build_detector_on(
-    args: &ModelArgs,
-    config: &Config,
-    device: ComputeDevice,
-) -> anyhow::Result<(Detector, Vec<String>)> {
-    let path = resolve_model_path(args.model.as_deref(), config)?;
-    tracing::info!("device: {}", device.description);
-    let mut model = YoloModel::load(&path, device)?;
-    if let Some(size) = args.input_size {
-        model
-            .set_input_size(size)
-            .map_err(|e| anyhow::anyhow!("--input-size: {e}"))?;
-    }
-    let mut section = config.detect.clone();
-    section.conf = args.conf.unwrap_or(section.conf);
-    section.iou = args.iou.unwrap_or(section.iou);
-    section.max_det = args.max_det.unwrap_or(section.max_det);
-    section.agnostic_nms |= args.agnostic_nms;
-    if !args.classes.is_empty() {
-        section.classes = args.classes.clone();
-    }
-    let names = section.display_names(model.class_names())?;
-    let thresholds = section.resolve(model.class_names())?;
-    Ok((Detector::new(model, thresholds), names))
 }
 
 /// Ctrl-C / SIGTERM set the returned flag; a second signal exits at once.
@@ -397,21 +333,65 @@ fn interrupt_flag() -> Arc<AtomicBool> {
 }
 
 fn process(args: ProcessArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
-    if args.output.is_none()
-        && args.save_frames.is_none()
-        && args.events.is_none()
-        && args.csv.is_none()
-        && args.mot.is_none()
-    {
+    require_outputs(&args.outputs)?;
+    let source = video::open_source(&args.input, args.fps)?;
+    log_stream(&args.input.display().to_string(), source.info());
+    let options = RunOptions {
+        stop: interrupt_flag(),
+        show_progress: !quiet,
+        ..RunOptions::default()
+    };
+    let report = job::run_stream(source, &args.outputs, &args.model, &config, &options, None)?;
+    print_report(&report, &args.outputs);
+    Ok(())
+}
+
+fn live(args: LiveArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
+    require_outputs(&args.outputs)?;
+    if args.target_fps.is_some_and(|f| !(f > 0.0)) {
+        bail!("--target-fps must be positive");
+    }
+    let stop = interrupt_flag();
+    let source_options = LiveSourceOptions {
+        realtime: args.realtime,
+        raw_fps: args.fps,
+        camera_size: args.camera_size,
+        rtsp: RtspOptions {
+            stall_timeout: Duration::from_secs_f64(args.stall_timeout.max(0.1)),
+            max_reconnects: args.max_reconnects,
+            ..RtspOptions::default()
+        },
+    };
+    let spec = LiveSpec::parse(&args.source);
+    let source = open_live_source(&spec, &source_options, stop.clone())?;
+    log_stream(&args.source, source.info());
+    let options = RunOptions {
+        mode: Mode::Live(LiveOptions {
+            target_fps: args.target_fps,
+            max_latency: args.max_latency.map(Duration::from_millis),
+            duration: args.duration.map(Duration::from_secs_f64),
+        }),
+        stop,
+        show_progress: !quiet,
+        metrics: StreamMetrics::default(),
+    };
+    let report = job::run_stream(source, &args.outputs, &args.model, &config, &options, None)?;
+    print_report(&report, &args.outputs);
+    Ok(())
+}
+
+fn require_outputs(outputs: &OutputArgs) -> anyhow::Result<()> {
+    if !outputs.writes_anything() {
         bail!(
             "nothing to write: give --output FILE.mp4, --save-frames DIR, --events, --csv or --mot"
         );
     }
-    let source = video::open_source(&args.input, args.fps)?;
-    let info = source.info().clone();
+    Ok(())
+}
+
+fn log_stream(name: &str, info: &video::StreamInfo) {
     tracing::info!(
-        "{}: {}x{}, {:.2} fps{}",
-        args.input.display(),
+        "{name}: {}x{}, {:.2} fps{}",
         info.width,
         info.height,
         info.fps,
@@ -419,77 +399,32 @@ fn process(args: ProcessArgs, config: Config, quiet: bool) -> anyhow::Result<()>
             .map(|n| format!(", {n} frames"))
             .unwrap_or_default()
     );
-    let settings = EncodeSettings {
-        bitrate: args.bitrate.or(config.output.bitrate),
-        keyframe_interval_s: config.output.keyframe_interval,
-    };
-    let sinks = Sinks {
-        video: args
-            .output
-            .as_deref()
-            .map(|p| Mp4Sink::create(p, info.fps, settings))
-            .transpose()?,
-        frames: args
-            .save_frames
-            .as_deref()
-            .map(PngFrameSink::create)
-            .transpose()?,
-    };
-    let calibration = args
-        .calibration
-        .as_deref()
-        .or(config.calibration.as_deref())
-        .map(|path| -> anyhow::Result<Calibration> {
-            let calibration = Calibration::load(path)?;
-            calibration
-                .check_image_size(info.width, info.height)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            Ok(calibration)
-        })
-        .transpose()?;
-    let writers = ResultWriters::create(
-        args.events.as_deref(),
-        args.csv.as_deref(),
-        args.mot.as_deref(),
-    )?;
-    let (detector, names) = build_detector(&args.model, &config)?;
-    let tracker = Tracker::new(config.tracker.clone(), info.fps);
-    let speeds = SpeedEstimator::new(calibration, config.speed.clone(), (info.width, info.height));
-    let mut analysis = Analysis::new(
-        detector,
-        names.clone(),
-        tracker,
-        speeds,
-        config.tracker.track_buffer,
-        writers,
-    )
-    .with_frame_skip(args.frame_skip);
-    let summary = pipeline::run(source, &mut analysis, sinks, interrupt_flag(), !quiet)?;
-    eprintln!(
-        "{} frames in {:.1} s ({:.1} FPS){}{}",
-        summary.frames_decoded,
-        summary.elapsed.as_secs_f64(),
-        summary.fps(),
-        if summary.corrupt_frames > 0 {
-            format!(", {} corrupt frames skipped", summary.corrupt_frames)
-        } else {
-            String::new()
-        },
-        if summary.interrupted {
-            ", interrupted"
-        } else {
-            ""
-        }
-    );
-    if let Some(out) = &args.output {
+}
+
+/// The end-of-run summary on stderr: counts, latency, outputs, tracks and zone totals.
+fn print_report(report: &job::StreamReport, outputs: &OutputArgs) {
+    eprintln!("{}", report.summary.describe());
+    if let Some(out) = &outputs.output {
         eprintln!(
             "wrote {} ({} frames)",
             out.display(),
-            summary.frames_written
+            report.summary.frames_written
         );
     }
-    print_track_summary(&analysis.summaries, &names);
-    Ok(())
+    print_track_summary(&report.tracks, &report.names);
+    for (line, classes) in &report.zones.lines {
+        for (class, count) in classes {
+            eprintln!(
+                "line {line}: {class} in {} out {}",
+                count.inbound, count.outbound
+            );
+        }
+    }
+    for (area, classes) in &report.zones.areas {
+        for (class, count) in classes {
+            eprintln!("area {area}: {class} {count} entered");
+        }
+    }
 }
 
 fn bench(args: BenchArgs, config: Config) -> anyhow::Result<()> {
@@ -506,7 +441,7 @@ fn bench(args: BenchArgs, config: Config) -> anyhow::Result<()> {
         vec![ComputeDevice::resolve(choice).map_err(anyhow::Error::msg)?]
     };
     let models = if args.models.is_empty() {
-        vec![resolve_model_path(None, &config)?]
+        vec![setup::resolve_model_path(None, &config)?]
     } else {
         args.models.clone()
     };
@@ -530,7 +465,7 @@ fn bench(args: BenchArgs, config: Config) -> anyhow::Result<()> {
         for device in &devices {
             eprintln!("benchmarking {} on {}", model.display(), device.description);
             let model_args = ModelArgs::for_model(model, args.input_size);
-            let (detector, names) = build_detector_on(&model_args, &config, device.clone())?;
+            let (detector, names) = setup::build_detector_on(&model_args, &config, device.clone())?;
             reports.push(streamtrack::bench::run(detector, names, &settings)?);
         }
     }
@@ -547,7 +482,7 @@ fn agree(args: AgreeArgs, config: Config) -> anyhow::Result<()> {
         ComputeDevice::resolve(args.device.unwrap_or(config.device)).map_err(anyhow::Error::msg)?;
     let load = |path: &Path| -> anyhow::Result<Detector> {
         let args = ModelArgs::for_model(path, None);
-        Ok(build_detector_on(&args, &config, device.clone())?.0)
+        Ok(setup::build_detector_on(&args, &config, device.clone())?.0)
     };
     let (mut candidate, mut reference) = (load(&args.model)?, load(&args.reference)?);
     if candidate.class_names() != reference.class_names() {
@@ -632,7 +567,7 @@ fn detections_json(
 }
 
 fn detect(args: DetectArgs, config: Config) -> anyhow::Result<()> {
-    let (mut detector, names) = build_detector(&args.model, &config)?;
+    let (mut detector, names) = setup::build_detector(&args.model, &config)?;
     let imgsz = detector
         .model
         .input_size()
@@ -874,7 +809,7 @@ fn val(mut args: ValArgs, config: Config) -> anyhow::Result<()> {
     use streamtrack::eval::detection::{DetectionEval, Label};
     // Validation scores the whole precision-recall curve: keep low-confidence boxes.
     args.model.conf = Some(args.model.conf.unwrap_or(0.001));
-    let (mut detector, names) = build_detector(&args.model, &config)?;
+    let (mut detector, names) = setup::build_detector(&args.model, &config)?;
     let files = images::list_images(&args.data.join("images"))?;
     let mut eval = DetectionEval::new();
     for file in &files {

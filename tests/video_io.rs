@@ -4,8 +4,6 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use common::data;
 use image::RgbImage;
@@ -49,11 +47,10 @@ fn round_trip(input: &Path, expected_frames: u64, fps: f64) -> f64 {
         source,
         &mut PassThrough,
         sinks,
-        Arc::new(AtomicBool::new(false)),
-        false,
+        &pipeline::RunOptions::default(),
     )
     .unwrap();
-    assert_eq!(summary.frames_decoded, expected_frames);
+    assert_eq!(summary.frames_processed, expected_frames);
     assert_eq!(summary.frames_written, expected_frames);
 
     let mut original = open_source(input, 25.0).unwrap();

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::geometry::BBox;
 use crate::speed::TrackSummary;
+use crate::zones::{Direction, ZoneCounts};
 
 /// One tracked object in one frame.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -55,6 +56,35 @@ pub enum Event {
     },
     /// A track left the scene (or the stream ended); its summary.
     TrackEnd(TrackSummary),
+    /// A live source was lost and came back.
+    Outage(crate::video::Outage),
+    /// A track crossed a counting line.
+    LineCrossing {
+        frame: u64,
+        time: f64,
+        line: String,
+        id: u64,
+        class: usize,
+        direction: Direction,
+    },
+    /// A track entered a counting area.
+    ZoneEnter {
+        frame: u64,
+        time: f64,
+        zone: String,
+        id: u64,
+        class: usize,
+    },
+    /// A track left a counting area.
+    ZoneExit {
+        frame: u64,
+        time: f64,
+        zone: String,
+        id: u64,
+        class: usize,
+    },
+    /// Line and area totals at the end of a run.
+    ZoneCounts(ZoneCounts),
 }
 
 /// A failure writing results.
@@ -98,12 +128,16 @@ impl Output {
     }
 }
 
+/// Receives every JSON line as it is written (e.g. the HTTP server's event stream).
+pub type JsonTap = Box<dyn FnMut(&str) + Send>;
+
 /// The result files a run writes.
 #[derive(Default)]
 pub struct ResultWriters {
     jsonl: Option<Output>,
     csv: Option<Output>,
     mot: Option<Output>,
+    tap: Option<JsonTap>,
 }
 
 impl ResultWriters {
@@ -117,11 +151,37 @@ impl ResultWriters {
             jsonl: jsonl.map(Output::create).transpose()?,
             csv: csv.map(Output::create).transpose()?,
             mot: mot.map(Output::create).transpose()?,
+            tap: None,
         };
         if let Some(csv) = writers.csv.as_mut() {
             csv.line("frame,time,id,class,name,x1,y1,x2,y2,score,speed")?;
         }
         Ok(writers)
+    }
+
+    /// Also hands every JSON line (frame records and events) to `tap`.
+    pub fn with_tap(mut self, tap: JsonTap) -> Self {
+        self.tap = Some(tap);
+        self
+    }
+
+    /// Writes JSON lines to the JSON-lines file and the tap, then flushes.
+    fn json_lines(&mut self, lines: impl Iterator<Item = String>) -> Result<(), OutputError> {
+        if self.jsonl.is_none() && self.tap.is_none() {
+            return Ok(());
+        }
+        for line in lines {
+            if let Some(out) = self.jsonl.as_mut() {
+                out.line(&line)?;
+            }
+            if let Some(tap) = self.tap.as_mut() {
+                tap(&line);
+            }
+        }
+        match self.jsonl.as_mut() {
+            Some(out) => out.flush(),
+            None => Ok(()),
+        }
     }
 
     /// Writes one frame and its events, then flushes.
@@ -130,13 +190,11 @@ impl ResultWriters {
         record: &FrameRecord,
         events: &[Event],
     ) -> Result<(), OutputError> {
-        if let Some(out) = self.jsonl.as_mut() {
-            out.line(&serde_json::to_string(record).expect("records serialise"))?;
-            for e in events {
-                out.line(&serde_json::to_string(e).expect("events serialise"))?;
-            }
-            out.flush()?;
-        }
+        let frame_line = serde_json::to_string(record).expect("records serialise");
+        let event_lines = events
+            .iter()
+            .map(|e| serde_json::to_string(e).expect("events serialise"));
+        self.json_lines(std::iter::once(frame_line).chain(event_lines))?;
         if let Some(out) = self.csv.as_mut() {
             for t in &record.tracks {
                 out.line(&format!(
@@ -175,13 +233,11 @@ impl ResultWriters {
 
     /// Writes events that are not tied to a frame (track summaries at the end).
     pub fn write_events(&mut self, events: &[Event]) -> Result<(), OutputError> {
-        if let Some(out) = self.jsonl.as_mut() {
-            for e in events {
-                out.line(&serde_json::to_string(e).expect("events serialise"))?;
-            }
-            out.flush()?;
-        }
-        Ok(())
+        self.json_lines(
+            events
+                .iter()
+                .map(|e| serde_json::to_string(e).expect("events serialise")),
+        )
     }
 }
 

@@ -1,16 +1,20 @@
 //! Video in and out: sources of decoded RGB frames with presentation times, and sinks.
 //!
-//! Sources: MP4 (H.264, regular or fragmented), raw Annex-B H.264 files or stdin, and still
-//! images. Sinks: H.264 MP4 and PNG frame folders.
+//! Sources: MP4 (H.264, regular or fragmented), raw Annex-B H.264 files or stdin, still
+//! images, and live: RTSP cameras, V4L2 webcams and files played in real time. Sinks: H.264
+//! MP4 and PNG frame folders.
 
 pub mod annexb;
 pub mod decoder;
 pub mod encoder;
 pub mod images;
+pub mod live;
 pub mod mp4_source;
 pub mod mp4_writer;
 pub mod raw_source;
+pub mod rtsp;
 pub mod sink;
+pub mod webcam;
 
 use std::path::{Path, PathBuf};
 
@@ -76,6 +80,25 @@ pub trait FrameSource: Send {
     fn corrupt_frames(&self) -> u64 {
         0
     }
+    /// Outages of a live source that ended since the last call (the source reconnected).
+    fn take_outages(&mut self) -> Vec<Outage> {
+        Vec::new()
+    }
+}
+
+/// A time a live source delivered nothing: from losing it to its first frame back.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Outage {
+    /// Where the stream comes from (URL without credentials, device or file).
+    pub source: String,
+    /// Why the stream was lost.
+    pub reason: String,
+    /// Unix time, seconds, when the stream was lost.
+    pub lost_at: f64,
+    /// How long until frames flowed again, seconds.
+    pub duration: f64,
+    /// Connection attempts it took.
+    pub attempts: u32,
 }
 
 /// Frame rate assumed for raw H.264, which carries no timestamps, unless the user gives one.

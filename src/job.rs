@@ -1,0 +1,116 @@
+//! One stream from source to outputs: the work behind `process`, `live` and the HTTP
+//! server's jobs and streams. Opens the requested outputs, builds the analysis, runs the
+//! pipeline and returns what happened.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::config::Config;
+use crate::output::{JsonTap, ResultWriters};
+use crate::pipeline::{self, RunOptions, RunSummary, Sinks};
+use crate::setup::{self, ModelArgs};
+use crate::speed::TrackSummary;
+use crate::video::FrameSource;
+use crate::video::encoder::EncodeSettings;
+use crate::video::sink::{Mp4Sink, PngFrameSink};
+use crate::zones::ZoneCounts;
+
+/// What a run writes, and the per-stream analysis settings.
+#[derive(Args, Clone, Debug, Default)]
+pub struct OutputArgs {
+    /// Output annotated video (.mp4).
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// Also write every annotated frame as PNG into this folder.
+    #[arg(long)]
+    pub save_frames: Option<PathBuf>,
+    /// Output video bitrate in bits per second (default: from frame size and rate).
+    #[arg(long)]
+    pub bitrate: Option<u32>,
+    /// Per-frame tracks and events as JSON lines.
+    #[arg(long)]
+    pub events: Option<PathBuf>,
+    /// Per-frame tracks as CSV.
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Tracks in MOTChallenge format.
+    #[arg(long)]
+    pub mot: Option<PathBuf>,
+    /// Camera calibration (TOML) enabling speed estimation.
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
+    /// Analyse one frame in N+1 (the others are written with the last annotations).
+    #[arg(long, default_value_t = 0)]
+    pub frame_skip: u64,
+}
+
+impl OutputArgs {
+    /// Whether anything at all would be written.
+    pub fn writes_anything(&self) -> bool {
+        self.output.is_some()
+            || self.save_frames.is_some()
+            || self.events.is_some()
+            || self.csv.is_some()
+            || self.mot.is_some()
+    }
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct StreamReport {
+    pub summary: RunSummary,
+    /// Every track's summary, in the order tracks ended.
+    pub tracks: Vec<TrackSummary>,
+    /// Line and zone counts (empty without zones in the configuration).
+    pub zones: ZoneCounts,
+    /// Display names of the classes.
+    pub names: Vec<String>,
+}
+
+/// Runs `source` with the analysis `model` and `config` describe into `outputs`; `tap`, when
+/// given, receives every JSON line of results as it is produced.
+pub fn run_stream(
+    source: Box<dyn FrameSource>,
+    outputs: &OutputArgs,
+    model: &ModelArgs,
+    config: &Config,
+    options: &RunOptions,
+    tap: Option<JsonTap>,
+) -> anyhow::Result<StreamReport> {
+    let info = source.info().clone();
+    let settings = EncodeSettings {
+        bitrate: outputs.bitrate.or(config.output.bitrate),
+        keyframe_interval_s: config.output.keyframe_interval,
+    };
+    let sinks = Sinks {
+        video: outputs
+            .output
+            .as_deref()
+            .map(|p| Mp4Sink::create(p, info.fps, settings))
+            .transpose()?,
+        frames: outputs
+            .save_frames
+            .as_deref()
+            .map(PngFrameSink::create)
+            .transpose()?,
+    };
+    let calibration = setup::load_calibration(outputs.calibration.as_deref(), config, &info)?;
+    let mut writers = ResultWriters::create(
+        outputs.events.as_deref(),
+        outputs.csv.as_deref(),
+        outputs.mot.as_deref(),
+    )?;
+    if let Some(tap) = tap {
+        writers = writers.with_tap(tap);
+    }
+    let (analysis, names) = setup::build_analysis(model, config, &info, calibration, writers)?;
+    let mut analysis = analysis.with_frame_skip(outputs.frame_skip);
+    let summary = pipeline::run(source, &mut analysis, sinks, options)?;
+    Ok(StreamReport {
+        summary,
+        zones: analysis.zone_counts(),
+        tracks: analysis.summaries,
+        names,
+    })
+}

@@ -1,0 +1,161 @@
+//! Live sources named on the command line or in an API request: webcams, RTSP cameras,
+//! raw H.264 on stdin, and files played at their own rate to simulate a camera.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use super::rtsp::{RtspOptions, RtspSource};
+use super::webcam::WebcamSource;
+use super::{Frame, FrameSource, Outage, StreamInfo, VideoError, open_source};
+
+/// Where a live stream comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LiveSpec {
+    /// A V4L2 device (`0` means `/dev/video0`).
+    Camera(PathBuf),
+    /// An `rtsp://` URL.
+    Rtsp(String),
+    /// Raw H.264 (Annex B) on standard input.
+    Stdin,
+    /// A video file or raw H.264 file.
+    File(PathBuf),
+}
+
+impl LiveSpec {
+    /// `0`…`9…` and `/dev/video*` are cameras, `rtsp://…` is RTSP, `-` is stdin, anything
+    /// else is a file.
+    pub fn parse(text: &str) -> Self {
+        if text == "-" {
+            Self::Stdin
+        } else if text.starts_with("rtsp://") {
+            Self::Rtsp(text.to_string())
+        } else if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+            Self::Camera(PathBuf::from(format!("/dev/video{text}")))
+        } else if text.starts_with("/dev/video") {
+            Self::Camera(PathBuf::from(text))
+        } else {
+            Self::File(PathBuf::from(text))
+        }
+    }
+}
+
+/// How live sources are opened.
+#[derive(Debug, Clone, Default)]
+pub struct LiveSourceOptions {
+    /// Play files at their own frame rate, like a camera.
+    pub realtime: bool,
+    /// Frame rate of raw H.264, which carries no timestamps.
+    pub raw_fps: f64,
+    /// Requested camera resolution.
+    pub camera_size: Option<(u32, u32)>,
+    pub rtsp: RtspOptions,
+}
+
+/// Opens `spec`; `stop` interrupts waiting for a camera that is not there yet.
+pub fn open_live_source(
+    spec: &LiveSpec,
+    options: &LiveSourceOptions,
+    stop: Arc<AtomicBool>,
+) -> Result<Box<dyn FrameSource>, VideoError> {
+    Ok(match spec {
+        LiveSpec::Camera(path) => Box::new(WebcamSource::open(path, options.camera_size)?),
+        LiveSpec::Rtsp(url) => Box::new(RtspSource::open(url, options.rtsp.clone(), stop)?),
+        LiveSpec::Stdin => open_source(Path::new("-"), options.raw_fps)?,
+        LiveSpec::File(path) => {
+            let source = open_source(path, options.raw_fps)?;
+            if options.realtime {
+                Box::new(RealtimeSource::new(source))
+            } else {
+                source
+            }
+        }
+    })
+}
+
+/// Delivers each frame of the wrapped source no earlier than its presentation time after the
+/// first frame, like a camera would.
+pub struct RealtimeSource {
+    inner: Box<dyn FrameSource>,
+    /// Wall-clock instant and presentation time of the first frame.
+    origin: Option<(Instant, f64)>,
+}
+
+impl RealtimeSource {
+    pub fn new(inner: Box<dyn FrameSource>) -> Self {
+        Self {
+            inner,
+            origin: None,
+        }
+    }
+}
+
+impl FrameSource for RealtimeSource {
+    fn info(&self) -> &StreamInfo {
+        self.inner.info()
+    }
+
+    fn next_frame(&mut self) -> Result<Option<Frame>, VideoError> {
+        let Some(frame) = self.inner.next_frame()? else {
+            return Ok(None);
+        };
+        let (start, first_pts) = *self.origin.get_or_insert((Instant::now(), frame.pts));
+        let due = start + Duration::from_secs_f64((frame.pts - first_pts).max(0.0));
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        Ok(Some(frame))
+    }
+
+    fn corrupt_frames(&self) -> u64 {
+        self.inner.corrupt_frames()
+    }
+
+    fn take_outages(&mut self) -> Vec<Outage> {
+        self.inner.take_outages()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_specs_are_recognised() {
+        assert_eq!(LiveSpec::parse("0"), LiveSpec::Camera("/dev/video0".into()));
+        assert_eq!(
+            LiveSpec::parse("/dev/video2"),
+            LiveSpec::Camera("/dev/video2".into())
+        );
+        assert_eq!(
+            LiveSpec::parse("rtsp://cam/1"),
+            LiveSpec::Rtsp("rtsp://cam/1".into())
+        );
+        assert_eq!(LiveSpec::parse("-"), LiveSpec::Stdin);
+        assert_eq!(LiveSpec::parse("a.mp4"), LiveSpec::File("a.mp4".into()));
+    }
+
+    #[test]
+    fn a_file_played_in_real_time_takes_its_duration() {
+        let path = Path::new("../shared/data/video/traffic-640x360.mp4");
+        let options = LiveSourceOptions {
+            realtime: true,
+            ..LiveSourceOptions::default()
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut source = open_live_source(&LiveSpec::File(path.into()), &options, stop).unwrap();
+        let started = Instant::now();
+        let mut last = None;
+        for _ in 0..8 {
+            last = source.next_frame().unwrap();
+        }
+        let pts = last.unwrap().pts;
+        let elapsed = started.elapsed().as_secs_f64();
+        assert!(pts > 0.2, "pts {pts}");
+        assert!(
+            elapsed >= pts - 0.01,
+            "{elapsed:.3} s wall for {pts:.3} s of video"
+        );
+    }
+}
