@@ -20,7 +20,7 @@ use crate::speed::{Calibration, SpeedConfig, SpeedEstimator};
 use crate::track::{Tracker, TrackerConfig};
 use crate::video::encoder::EncodeSettings;
 use crate::video::sink::Mp4Sink;
-use crate::video::{self, Frame, FrameSource, StreamInfo, VideoError};
+use crate::video::{self, FirstFrames, Frame, FrameSource, StreamInfo};
 
 /// The stages timed, in pipeline order.
 pub const STAGES: [&str; 8] = [
@@ -294,10 +294,10 @@ fn pipeline_fps(
     settings: &BenchSettings,
     frames: usize,
 ) -> anyhow::Result<f64> {
-    let source = FirstFrames {
-        inner: video::open_source(&settings.video, video::DEFAULT_RAW_FPS)?,
-        left: frames,
-    };
+    let source = FirstFrames::new(
+        video::open_source(&settings.video, video::DEFAULT_RAW_FPS)?,
+        frames as u64,
+    );
     let info = source.info().clone();
     let scratch = ScratchFile::new("pipeline");
     let sinks = Sinks {
@@ -324,26 +324,6 @@ fn pipeline_fps(
         &pipeline::RunOptions::default(),
     )?;
     Ok(summary.fps())
-}
-
-/// A source cut after its first frames.
-struct FirstFrames {
-    inner: Box<dyn FrameSource>,
-    left: usize,
-}
-
-impl FrameSource for FirstFrames {
-    fn info(&self) -> &StreamInfo {
-        self.inner.info()
-    }
-
-    fn next_frame(&mut self) -> Result<Option<Frame>, VideoError> {
-        if self.left == 0 {
-            return Ok(None);
-        }
-        self.left -= 1;
-        self.inner.next_frame()
-    }
 }
 
 /// A temporary output file, removed when dropped.

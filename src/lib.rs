@@ -14,6 +14,7 @@ pub mod model;
 pub mod motfile;
 pub mod output;
 pub mod pipeline;
+pub mod server;
 pub mod setup;
 pub mod speed;
 pub mod track;

@@ -50,6 +50,9 @@ enum Command {
     /// Analyse a live source (camera, RTSP, stdin, or a file in real time); the newest frame
     /// wins when the analysis falls behind.
     Live(LiveArgs),
+    /// HTTP API: jobs on files under a media root, live streams with server-sent events,
+    /// Prometheus metrics.
+    Serve(ServeArgs),
     /// Detect objects in images, folders or videos; print a summary and write JSON.
     Detect(DetectArgs),
     /// Convert an Ultralytics ONNX export into a Burn record (.bpk) plus a model card (.json).
@@ -205,6 +208,9 @@ struct LiveArgs {
     /// possible and the newest frame wins).
     #[arg(long)]
     realtime: bool,
+    /// Play a file over and over (with --realtime: a camera that never ends).
+    #[arg(long = "loop")]
+    looped: bool,
     /// Analyse at most this many frames per second; the others are skipped.
     #[arg(long)]
     target_fps: Option<f64>,
@@ -228,6 +234,24 @@ struct LiveArgs {
     max_reconnects: Option<u32>,
     #[command(flatten)]
     outputs: OutputArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on (loopback only by default; use 0.0.0.0:PORT to expose it).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    bind: std::net::SocketAddr,
+    /// Require `Authorization: Bearer TOKEN` on every request (or set STREAMTRACK_TOKEN).
+    #[arg(long, env = "STREAMTRACK_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Jobs and file streams may only read files under this folder.
+    #[arg(long, default_value = ".")]
+    media_root: PathBuf,
+    /// Jobs and recorded streams write their results into a folder per id here.
+    #[arg(long, default_value = "streamtrack-results")]
+    results_dir: PathBuf,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -308,6 +332,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Process(args) => process(args, config, cli.quiet),
         Command::Live(args) => live(args, config, cli.quiet),
+        Command::Serve(args) => serve(args, config),
         Command::Detect(args) => detect(args, config),
         Command::Import(args) => import(args),
         Command::Track(args) => track(args, config),
@@ -348,12 +373,13 @@ fn process(args: ProcessArgs, config: Config, quiet: bool) -> anyhow::Result<()>
 
 fn live(args: LiveArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
     require_outputs(&args.outputs)?;
-    if args.target_fps.is_some_and(|f| !(f > 0.0)) {
+    if args.target_fps.is_some_and(|f| f.is_nan() || f <= 0.0) {
         bail!("--target-fps must be positive");
     }
     let stop = interrupt_flag();
     let source_options = LiveSourceOptions {
         realtime: args.realtime,
+        looped: args.looped,
         raw_fps: args.fps,
         camera_size: args.camera_size,
         rtsp: RtspOptions {
@@ -378,6 +404,19 @@ fn live(args: LiveArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
     let report = job::run_stream(source, &args.outputs, &args.model, &config, &options, None)?;
     print_report(&report, &args.outputs);
     Ok(())
+}
+
+fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
+    // Fail now, not at the first request, if the model cannot be found.
+    setup::resolve_model_path(args.model.model.as_deref(), &config)?;
+    streamtrack::server::serve(streamtrack::server::ServerConfig {
+        bind: args.bind,
+        token: args.token.filter(|t| !t.is_empty()),
+        media_root: args.media_root,
+        results_dir: args.results_dir,
+        model: args.model,
+        config,
+    })
 }
 
 fn require_outputs(outputs: &OutputArgs) -> anyhow::Result<()> {

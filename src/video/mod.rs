@@ -128,3 +128,40 @@ pub fn open_source(path: &Path, fallback_fps: f64) -> Result<Box<dyn FrameSource
     }
     Ok(Box::new(mp4_source::Mp4Source::open(path)?))
 }
+
+/// The first frames of a source only (a preview, a benchmark's sample).
+pub struct FirstFrames {
+    inner: Box<dyn FrameSource>,
+    left: u64,
+    info: StreamInfo,
+}
+
+impl FirstFrames {
+    pub fn new(inner: Box<dyn FrameSource>, frames: u64) -> Self {
+        let mut info = inner.info().clone();
+        info.frame_count = Some(info.frame_count.map_or(frames, |n| n.min(frames)));
+        Self {
+            inner,
+            left: frames,
+            info,
+        }
+    }
+}
+
+impl FrameSource for FirstFrames {
+    fn info(&self) -> &StreamInfo {
+        &self.info
+    }
+
+    fn next_frame(&mut self) -> Result<Option<Frame>, VideoError> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        self.inner.next_frame()
+    }
+
+    fn corrupt_frames(&self) -> u64 {
+        self.inner.corrupt_frames()
+    }
+}

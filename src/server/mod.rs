@@ -1,0 +1,232 @@
+//! `streamtrack serve`: an HTTP API (axum on tokio) for batch jobs on files under a media
+//! root, live streams with server-sent events, Prometheus metrics and a health check. The
+//! analysis itself runs on plain threads (one per job or stream), exactly as the command line
+//! runs it; the async side only routes requests and streams events.
+
+mod auth;
+mod error;
+mod jobs;
+mod streams;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+
+use crate::config::Config;
+use crate::metrics::StreamMetrics;
+use crate::setup::ModelArgs;
+pub use error::ApiError;
+
+/// The OpenAPI document of this API (checked in as `docs/openapi.json`).
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+/// Every route as (method, path), as the OpenAPI document lists them.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+    ("post", "/v1/jobs"),
+    ("get", "/v1/jobs/{id}"),
+    ("delete", "/v1/jobs/{id}"),
+    ("post", "/v1/streams"),
+    ("get", "/v1/streams/{id}"),
+    ("delete", "/v1/streams/{id}"),
+    ("get", "/v1/streams/{id}/events"),
+];
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// How the server was started.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub bind: SocketAddr,
+    /// Bearer token every request must carry, if set.
+    pub token: Option<String>,
+    /// Jobs and file streams may only read files under this folder.
+    pub media_root: PathBuf,
+    /// Each job writes its results into a folder here named after its id.
+    pub results_dir: PathBuf,
+    /// Model and detection settings (requests may override a few).
+    pub model: ModelArgs,
+    pub config: Config,
+}
+
+/// Shared by every request.
+pub struct AppState {
+    pub config: ServerConfig,
+    /// The canonical media root.
+    media_root: PathBuf,
+    jobs: Mutex<HashMap<String, Arc<jobs::Job>>>,
+    streams: Mutex<HashMap<String, Arc<streams::LiveStream>>>,
+    registry: Mutex<Registry>,
+    /// Jobs run one after another (they would only slow each other down).
+    job_slot: Arc<Mutex<()>>,
+    next_id: AtomicU64,
+}
+
+impl AppState {
+    /// Checks the media root exists and prepares the results folder.
+    pub fn new(config: ServerConfig) -> anyhow::Result<Arc<Self>> {
+        let media_root = config.media_root.canonicalize().map_err(|e| {
+            anyhow::anyhow!("{}: media root unusable: {e}", config.media_root.display())
+        })?;
+        std::fs::create_dir_all(&config.results_dir)
+            .map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", config.results_dir.display()))?;
+        Ok(Arc::new(Self {
+            config,
+            media_root,
+            jobs: Mutex::new(HashMap::new()),
+            streams: Mutex::new(HashMap::new()),
+            registry: Mutex::new(Registry::with_prefix("streamtrack")),
+            job_slot: Arc::new(Mutex::new(())),
+            next_id: AtomicU64::new(1),
+        }))
+    }
+
+    /// A fresh id such as `job-3` or `stream-4`.
+    fn new_id(&self, kind: &str) -> String {
+        format!("{kind}-{}", self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Metrics for a new job or stream, registered under its id.
+    fn new_metrics(&self, kind: &'static str, id: &str) -> StreamMetrics {
+        let metrics = StreamMetrics::default();
+        let mut registry = self.registry.lock().expect("registry lock");
+        metrics.register(registry.sub_registry_with_label((kind.into(), id.to_string().into())));
+        metrics
+    }
+
+    /// Resolves a client-given path against the media root, refusing anything outside it.
+    fn media_path(&self, requested: &str) -> Result<PathBuf, ApiError> {
+        let relative = Path::new(requested);
+        if requested.is_empty()
+            || relative.is_absolute()
+            || relative
+                .components()
+                .any(|c| matches!(c, Component::ParentDir))
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("'{requested}' is not a path inside the media root"),
+            ));
+        }
+        let path = self.media_root.join(relative);
+        let canonical = path.canonicalize().map_err(|_| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no file '{requested}' in the media root"),
+            )
+        })?;
+        // A symbolic link may still point outside.
+        if !canonical.starts_with(&self.media_root) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("'{requested}' leads outside the media root"),
+            ));
+        }
+        Ok(canonical)
+    }
+
+    /// Stops every stream and waits for them (outputs are finalised).
+    pub fn stop_all(&self) {
+        let streams: Vec<_> = self
+            .streams
+            .lock()
+            .expect("streams lock")
+            .values()
+            .cloned()
+            .collect();
+        for stream in streams {
+            stream.stop_and_wait();
+        }
+    }
+}
+
+/// The API's routes on `state`.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .merge(jobs::routes())
+        .merge(streams::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let text = crate::metrics::render(&state.registry.lock().expect("registry lock"));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+/// Runs the server until Ctrl-C or SIGTERM, then stops every stream cleanly.
+pub fn serve(config: ServerConfig) -> anyhow::Result<()> {
+    let state = AppState::new(config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(state.config.bind)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", state.config.bind))?;
+        tracing::info!(
+            "listening on http://{}{}",
+            state.config.bind,
+            if state.config.token.is_some() {
+                " (bearer token required)"
+            } else {
+                ""
+            }
+        );
+        axum::serve(listener, router(state.clone()))
+            .with_graceful_shutdown(shutdown_signal())
+            .await?;
+        anyhow::Ok(())
+    })?;
+    tracing::info!("shutting down: stopping streams");
+    state.stop_all();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = interrupt => {},
+        () = terminate => {},
+    }
+}

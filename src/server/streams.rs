@@ -1,0 +1,341 @@
+//! Live streams: `POST /v1/streams` starts analysing a camera, an RTSP URL or a file under
+//! the media root (played in real time); `GET /v1/streams/{id}` reports counters;
+//! `GET /v1/streams/{id}/events` follows the results as server-sent events (one JSON line per
+//! message, the same lines as `--events`); `DELETE /v1/streams/{id}` stops it and returns
+//! the final counts.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use super::AppState;
+use super::error::ApiError;
+use super::jobs::DetectionOverrides;
+use crate::job::{OutputArgs, run_stream};
+use crate::metrics::StreamMetrics;
+use crate::pipeline::{LiveOptions, Mode, RunOptions};
+use crate::video::live::{LiveSourceOptions, LiveSpec, open_live_source};
+
+/// Result lines kept for slow event subscribers before they miss some.
+const EVENT_BACKLOG: usize = 256;
+
+/// The body of `POST /v1/streams`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamRequest {
+    /// `rtsp://…`, a camera (`0`, `/dev/video0`) or a file under the media root.
+    pub source: String,
+    /// Analyse at most this many frames per second.
+    pub target_fps: Option<f64>,
+    /// Drop frames older than this.
+    pub max_latency_ms: Option<u64>,
+    /// Keep the results as JSON lines in the results folder.
+    #[serde(default)]
+    pub record: bool,
+    /// Also record an annotated MP4.
+    #[serde(default)]
+    pub video: bool,
+    #[serde(default)]
+    pub detect: DetectionOverrides,
+}
+
+/// Where a stream is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamStatus {
+    Connecting,
+    Running,
+    Stopped,
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+struct StreamState {
+    status: StreamStatus,
+    error: Option<String>,
+    outages: u64,
+}
+
+/// One live stream.
+pub struct LiveStream {
+    id: String,
+    source: String,
+    state: Mutex<StreamState>,
+    /// The run's stop flag (the pipeline also sets it when it ends).
+    stop: Arc<AtomicBool>,
+    /// Set when a client or the server's shutdown stopped the stream.
+    stopped_on_request: AtomicBool,
+    metrics: StreamMetrics,
+    /// Present while the stream runs; dropping it ends every subscriber's event stream.
+    events: Mutex<Option<broadcast::Sender<String>>>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+    record: Option<std::path::PathBuf>,
+}
+
+/// `GET /v1/streams/{id}`'s answer.
+#[derive(Debug, Serialize)]
+pub struct StreamView {
+    pub id: String,
+    pub source: String,
+    pub status: StreamStatus,
+    pub frames_in: u64,
+    pub frames_processed: u64,
+    pub frames_dropped: u64,
+    pub frames_skipped: u64,
+    pub fps: f64,
+    pub active_tracks: i64,
+    pub reconnects: u64,
+    pub outages: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events_file: Option<std::path::PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl LiveStream {
+    fn view(&self) -> StreamView {
+        let state = self.state.lock().expect("stream lock").clone();
+        let m = &self.metrics;
+        StreamView {
+            id: self.id.clone(),
+            source: self.source.clone(),
+            status: state.status,
+            frames_in: m.frames_in.get(),
+            frames_processed: m.frames_processed.get(),
+            frames_dropped: m.frames_dropped.get(),
+            frames_skipped: m.frames_skipped.get(),
+            fps: m.fps.get(),
+            active_tracks: m.active_tracks.get(),
+            reconnects: m.reconnects.get(),
+            outages: state.outages,
+            events_file: self.record.clone(),
+            error: state.error,
+        }
+    }
+
+    fn set(&self, update: impl FnOnce(&mut StreamState)) {
+        update(&mut self.state.lock().expect("stream lock"));
+    }
+
+    /// Stops the stream and waits until its outputs are finalised.
+    pub fn stop_and_wait(&self) {
+        self.stopped_on_request.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
+        let worker = self.worker.lock().expect("worker lock").take();
+        if let Some(worker) = worker {
+            let _ = worker.join();
+        }
+    }
+}
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/streams", post(create))
+        .route("/v1/streams/{id}", get(show).delete(remove))
+        .route("/v1/streams/{id}/events", get(events))
+}
+
+async fn create(
+    State(state): State<Arc<AppState>>,
+    body: Result<Json<StreamRequest>, JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Json(request) = body?;
+    request.detect.validate()?;
+    if request.target_fps.is_some_and(|f| f.is_nan() || f <= 0.0) {
+        return Err(ApiError::bad_request("target_fps must be positive"));
+    }
+    let spec = match LiveSpec::parse(&request.source) {
+        LiveSpec::Stdin => {
+            return Err(ApiError::bad_request("the server has no stdin to read"));
+        }
+        LiveSpec::File(_) => LiveSpec::File(state.media_path(&request.source)?),
+        other => other,
+    };
+    let id = state.new_id("stream");
+    let dir = state.config.results_dir.join(&id);
+    if request.record || request.video {
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot create results: {e}"),
+            )
+        })?;
+    }
+    let (sender, _) = broadcast::channel(EVENT_BACKLOG);
+    let stream = Arc::new(LiveStream {
+        id: id.clone(),
+        source: redact(&request.source),
+        state: Mutex::new(StreamState {
+            status: StreamStatus::Connecting,
+            error: None,
+            outages: 0,
+        }),
+        stop: Arc::new(AtomicBool::new(false)),
+        stopped_on_request: AtomicBool::new(false),
+        metrics: state.new_metrics("stream", &id),
+        events: Mutex::new(Some(sender)),
+        worker: Mutex::new(None),
+        record: request.record.then(|| dir.join("events.jsonl")),
+    });
+    let outputs = OutputArgs {
+        events: stream.record.clone(),
+        output: request.video.then(|| dir.join("annotated.mp4")),
+        frame_skip: request.detect.frame_skip.unwrap_or(0),
+        ..OutputArgs::default()
+    };
+    let worker = {
+        let (state, stream) = (state.clone(), stream.clone());
+        std::thread::Builder::new()
+            .name(id.clone())
+            .spawn(move || run_live(&state, &stream, &spec, &request, &outputs))
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    };
+    *stream.worker.lock().expect("worker lock") = Some(worker);
+    state
+        .streams
+        .lock()
+        .expect("streams lock")
+        .insert(id.clone(), stream.clone());
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/v1/streams/{id}"))],
+        Json(stream.view()),
+    ))
+}
+
+async fn show(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<StreamView>, ApiError> {
+    Ok(Json(find(&state, &id)?.view()))
+}
+
+async fn remove(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<StreamView>, ApiError> {
+    let stream = find(&state, &id)?;
+    let stopping = stream.clone();
+    tokio::task::spawn_blocking(move || stopping.stop_and_wait())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    state.streams.lock().expect("streams lock").remove(&id);
+    Ok(Json(stream.view()))
+}
+
+async fn events(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let stream = find(&state, &id)?;
+    let receiver = stream
+        .events
+        .lock()
+        .expect("events lock")
+        .as_ref()
+        .map(broadcast::Sender::subscribe)
+        .ok_or_else(|| ApiError::new(StatusCode::GONE, format!("stream '{id}' has ended")))?;
+    let events = futures::stream::unfold(receiver, |mut receiver| async move {
+        loop {
+            match receiver.recv().await {
+                Ok(line) => return Some((Ok(Event::default().data(line)), receiver)),
+                // A slow client misses lines rather than holding the stream back.
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+fn find(state: &AppState, id: &str) -> Result<Arc<LiveStream>, ApiError> {
+    state
+        .streams
+        .lock()
+        .expect("streams lock")
+        .get(id)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("stream", id))
+}
+
+/// The URL without credentials (shown in answers and logs).
+fn redact(source: &str) -> String {
+    match url::Url::parse(source) {
+        Ok(mut url) if !url.username().is_empty() => {
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        _ => source.to_string(),
+    }
+}
+
+/// The worker: connects, then analyses until stopped or the source ends.
+fn run_live(
+    state: &AppState,
+    stream: &LiveStream,
+    spec: &LiveSpec,
+    request: &StreamRequest,
+    outputs: &OutputArgs,
+) {
+    let source_options = LiveSourceOptions {
+        realtime: true,
+        raw_fps: crate::video::DEFAULT_RAW_FPS,
+        ..LiveSourceOptions::default()
+    };
+    let sender = stream.events.lock().expect("events lock").clone();
+    let outcome = (|| -> anyhow::Result<u64> {
+        let source = open_live_source(spec, &source_options, stream.stop.clone())?;
+        stream.set(|s| s.status = StreamStatus::Running);
+        tracing::info!("{}: running {}", stream.id, stream.source);
+        let options = RunOptions {
+            mode: Mode::Live(LiveOptions {
+                target_fps: request.target_fps,
+                max_latency: request.max_latency_ms.map(Duration::from_millis),
+                duration: None,
+            }),
+            stop: stream.stop.clone(),
+            show_progress: false,
+            metrics: stream.metrics.clone(),
+        };
+        let tap = sender.map(|sender| -> crate::output::JsonTap {
+            Box::new(move |line: &str| {
+                // No subscriber is fine.
+                let _ = sender.send(line.to_string());
+            })
+        });
+        let model = request.detect.apply(&state.config.model);
+        let report = run_stream(source, outputs, &model, &state.config.config, &options, tap)?;
+        Ok(report.summary.outages)
+    })();
+    // Ends every subscriber's event stream.
+    stream.events.lock().expect("events lock").take();
+    let stopped = stream.stopped_on_request.load(Ordering::Relaxed);
+    match outcome {
+        Ok(outages) => stream.set(|s| {
+            s.status = StreamStatus::Stopped;
+            s.outages = outages;
+        }),
+        Err(_) if stopped => stream.set(|s| s.status = StreamStatus::Stopped),
+        Err(e) => {
+            tracing::warn!("{}: failed: {e:#}", stream.id);
+            stream.set(|s| {
+                s.status = StreamStatus::Failed;
+                s.error = Some(format!("{e:#}"));
+            });
+        }
+    }
+}
