@@ -1,12 +1,12 @@
-//! The per-frame analysis behind `process`: detect, track, estimate speeds, report events,
-//! write results and draw annotations.
+//! The per-frame analysis after the network: track, estimate speeds, count zones, report
+//! events, write results and draw annotations.
 
 use std::collections::HashSet;
 
 use image::RgbImage;
 
 use crate::annotate::{Annotation, Annotator};
-use crate::detect::Detector;
+use crate::detect::Detection;
 use crate::output::{Event, FrameRecord, ResultWriters, TrackRecord};
 use crate::pipeline::FrameStage;
 use crate::speed::{SpeedEstimator, SpeedUnit, TrackSummary};
@@ -14,9 +14,8 @@ use crate::track::Tracker;
 use crate::video::{Frame, Outage};
 use crate::zones::{TrackPosition, ZoneCounter, ZoneCounts, ZonesConfig};
 
-/// Every stage after decoding, for one stream.
+/// Every stage after the network, for one stream.
 pub struct Analysis {
-    detector: Detector,
     names: Vec<String>,
     tracker: Tracker,
     speeds: SpeedEstimator,
@@ -28,8 +27,7 @@ pub struct Analysis {
     speeding: HashSet<u64>,
     /// Summaries of every track that ended, in order.
     pub summaries: Vec<TrackSummary>,
-    /// Every `stride`-th frame is analysed; the others show the last annotations.
-    stride: u64,
+    /// Drawn on frames that were not analysed (frame skipping).
     last_annotations: Vec<Annotation>,
     zones: ZoneCounter,
 }
@@ -38,7 +36,6 @@ impl Analysis {
     /// `names` are the display names (after any renaming); `track_idle` is the tracker's
     /// buffer in seconds.
     pub fn new(
-        detector: Detector,
         names: Vec<String>,
         tracker: Tracker,
         speeds: SpeedEstimator,
@@ -46,7 +43,6 @@ impl Analysis {
         writers: ResultWriters,
     ) -> Self {
         Self {
-            detector,
             names,
             tracker,
             speeds,
@@ -55,7 +51,6 @@ impl Analysis {
             writers,
             speeding: HashSet::new(),
             summaries: Vec::new(),
-            stride: 1,
             last_annotations: Vec::new(),
             zones: ZoneCounter::default(),
         }
@@ -70,14 +65,6 @@ impl Analysis {
     /// Line and area totals so far.
     pub fn zone_counts(&self) -> ZoneCounts {
         self.zones.counts().clone()
-    }
-
-    /// Analyses one frame in `skip + 1` only; the tracker and speed estimator see the
-    /// analysed frames with their real timestamps, and the frames in between are drawn with
-    /// the last results and reported nowhere.
-    pub fn with_frame_skip(mut self, skip: u64) -> Self {
-        self.stride = skip + 1;
-        self
     }
 
     fn unit(&self) -> SpeedUnit {
@@ -95,16 +82,21 @@ impl Analysis {
 }
 
 impl FrameStage for Analysis {
-    fn process(&mut self, frame: &Frame, canvas: &mut RgbImage) -> anyhow::Result<()> {
-        if !frame.index.is_multiple_of(self.stride) {
+    fn process(
+        &mut self,
+        frame: &Frame,
+        detections: Option<&[Detection]>,
+        canvas: &mut RgbImage,
+    ) -> anyhow::Result<()> {
+        let Some(detections) = detections else {
+            // Not analysed (frame skipping): the tracker and speeds do not see it.
             self.annotator.draw(canvas, &self.last_annotations);
             return Ok(());
-        }
-        let detections = self.detector.detect(&frame.image);
-        let tracks = self.tracker.update(&detections, frame.pts);
+        };
+        let tracks = self.tracker.update(detections, frame.pts);
         let measured: Vec<_> = tracks
             .iter()
-            .map(|t| t.with_detection_box(&detections))
+            .map(|t| t.with_detection_box(detections))
             .collect();
         let speeds = self.speeds.update(frame.pts, &measured);
         let unit = self.unit();

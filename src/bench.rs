@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::analysis::Analysis;
 use crate::annotate::{Annotation, Annotator};
 use crate::detect::Detector;
+use crate::detect::stage::FrameDetector;
 use crate::model::profile::{self, OpKind};
 use crate::output::ResultWriters;
 use crate::pipeline::{self, Sinks};
@@ -309,8 +310,8 @@ fn pipeline_fps(
         frames: None,
     };
     let (tracker, speeds) = settings.tracking_stages(&info);
+    let mut detector = FrameDetector::new(detector);
     let mut analysis = Analysis::new(
-        detector,
         names,
         tracker,
         speeds,
@@ -319,6 +320,7 @@ fn pipeline_fps(
     );
     let summary = pipeline::run(
         Box::new(source),
+        &mut detector,
         &mut analysis,
         sinks,
         &pipeline::RunOptions::default(),

@@ -104,9 +104,19 @@ pub fn run_stream(
     if let Some(tap) = tap {
         writers = writers.with_tap(tap);
     }
-    let (analysis, names) = setup::build_analysis(model, config, &info, calibration, writers)?;
-    let mut analysis = analysis.with_frame_skip(outputs.frame_skip);
-    let summary = pipeline::run(source, &mut analysis, sinks, options)?;
+    let setup::StreamAnalysis {
+        mut detector,
+        mut analysis,
+        names,
+    } = setup::build_analysis(
+        model,
+        config,
+        &info,
+        calibration,
+        writers,
+        outputs.frame_skip,
+    )?;
+    let summary = pipeline::run(source, &mut detector, &mut analysis, sinks, options)?;
     Ok(StreamReport {
         summary,
         zones: analysis.zone_counts(),

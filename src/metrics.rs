@@ -30,7 +30,9 @@ pub struct StreamMetrics {
     pub fps: Gauge<f64, AtomicU64>,
     /// Time the source took to deliver a decoded frame.
     pub decode_seconds: Histogram,
-    /// Time of detection, tracking, speed and reporting for one frame.
+    /// Network time per frame (a batch's time shared among its frames).
+    pub infer_seconds: Histogram,
+    /// Time of tracking, speeds, zones, reporting and drawing for one frame.
     pub analyse_seconds: Histogram,
     /// Time to encode and write one annotated frame.
     pub encode_seconds: Histogram,
@@ -51,6 +53,7 @@ impl Default for StreamMetrics {
             active_tracks: Gauge::default(),
             fps: Gauge::default(),
             decode_seconds: buckets(),
+            infer_seconds: buckets(),
             analyse_seconds: buckets(),
             encode_seconds: buckets(),
             latency_seconds: buckets(),
@@ -99,9 +102,10 @@ impl StreamMetrics {
                 "Time to deliver one decoded frame",
                 &self.decode_seconds,
             ),
+            ("infer", "Network time per frame", &self.infer_seconds),
             (
                 "analyse",
-                "Time to detect, track and report one frame",
+                "Time to track, report and draw one frame",
                 &self.analyse_seconds,
             ),
             (

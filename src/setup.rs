@@ -10,6 +10,7 @@ use clap::Args;
 use crate::analysis::Analysis;
 use crate::config::Config;
 use crate::detect::Detector;
+use crate::detect::stage::FrameDetector;
 use crate::model::{ComputeDevice, DeviceChoice, YoloModel};
 use crate::output::ResultWriters;
 use crate::speed::{Calibration, SpeedEstimator};
@@ -43,6 +44,9 @@ pub struct ModelArgs {
     /// Network input size in pixels, a multiple of 32 (default: the model's export size).
     #[arg(long)]
     pub input_size: Option<usize>,
+    /// Frames per network call when several are waiting (default: 4 on a GPU, 1 on the CPU).
+    #[arg(long)]
+    pub batch: Option<usize>,
 }
 
 impl ModelArgs {
@@ -128,20 +132,28 @@ pub fn load_calibration(
         .transpose()
 }
 
-/// Everything after decoding for one stream: detector, tracker, speeds (when calibrated),
-/// zone counting and the result writers. Returns the analysis and the display names.
+/// The two halves of one stream's analysis: the network stage and everything after it.
+pub struct StreamAnalysis {
+    pub detector: FrameDetector,
+    pub analysis: Analysis,
+    /// Display names of the classes.
+    pub names: Vec<String>,
+}
+
+/// Detector, tracker, speeds (when calibrated), zone counting and the result writers for
+/// one stream; one frame in `frame_skip + 1` is analysed.
 pub fn build_analysis(
     model: &ModelArgs,
     config: &Config,
     info: &StreamInfo,
     calibration: Option<Calibration>,
     writers: ResultWriters,
-) -> anyhow::Result<(Analysis, Vec<String>)> {
+    frame_skip: u64,
+) -> anyhow::Result<StreamAnalysis> {
     let (detector, names) = build_detector(model, config)?;
     let tracker = Tracker::new(config.tracker.clone(), info.fps);
     let speeds = SpeedEstimator::new(calibration, config.speed.clone(), (info.width, info.height));
     let analysis = Analysis::new(
-        detector,
         names.clone(),
         tracker,
         speeds,
@@ -149,5 +161,13 @@ pub fn build_analysis(
         writers,
     )
     .with_zones(config.zones.clone());
-    Ok((analysis, names))
+    let mut detector = FrameDetector::new(detector).with_frame_skip(frame_skip);
+    if let Some(batch) = model.batch {
+        detector = detector.with_max_batch(batch);
+    }
+    Ok(StreamAnalysis {
+        detector,
+        analysis,
+        names,
+    })
 }

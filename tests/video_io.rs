@@ -7,7 +7,8 @@ use std::path::Path;
 
 use common::data;
 use image::RgbImage;
-use streamtrack::pipeline::{self, FrameStage, Sinks};
+use streamtrack::detect::Detection;
+use streamtrack::pipeline::{self, DetectStage, FrameStage, Sinks};
 use streamtrack::video::encoder::EncodeSettings;
 use streamtrack::video::sink::Mp4Sink;
 use streamtrack::video::{Frame, open_source};
@@ -16,8 +17,19 @@ use streamtrack::video::{Frame, open_source};
 struct PassThrough;
 
 impl FrameStage for PassThrough {
-    fn process(&mut self, _frame: &Frame, _canvas: &mut RgbImage) -> anyhow::Result<()> {
+    fn process(
+        &mut self,
+        _frame: &Frame,
+        _detections: Option<&[Detection]>,
+        _canvas: &mut RgbImage,
+    ) -> anyhow::Result<()> {
         Ok(())
+    }
+}
+
+impl DetectStage for PassThrough {
+    fn detect(&mut self, frames: &[&Frame]) -> Vec<Option<Vec<Detection>>> {
+        vec![None; frames.len()]
     }
 }
 
@@ -45,6 +57,7 @@ fn round_trip(input: &Path, expected_frames: u64, fps: f64) -> f64 {
     };
     let summary = pipeline::run(
         source,
+        &mut PassThrough,
         &mut PassThrough,
         sinks,
         &pipeline::RunOptions::default(),

@@ -3,6 +3,7 @@
 pub mod decode;
 pub mod detector;
 pub mod nms;
+pub mod stage;
 
 use serde::{Deserialize, Serialize};
 

@@ -1,5 +1,6 @@
-//! Runs a source through the analysis stages into the sinks, on three threads: capture
-//! (reading and decoding) → analyse (detect, track, annotate) → encode.
+//! Runs a source through the analysis stages into the sinks, on four threads: capture
+//! (reading and decoding) → inference (the network, batching frames that wait) → analysis
+//! (tracking, speeds, results, drawing) → encode.
 //!
 //! - **File mode**: bounded queues; a full queue blocks its producer (back-pressure: no frame
 //!   of a file is lost).
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::detect::Detection;
 use crate::metrics::StreamMetrics;
 use crate::video::sink::{Mp4Sink, PngFrameSink};
 use crate::video::{Frame, FrameSource, Outage, VideoError};
@@ -33,10 +35,26 @@ use pacing::RateLimiter;
 /// Frames buffered between two stages.
 const QUEUE_DEPTH: usize = 4;
 
-/// The work done on each frame between decoding and encoding.
+/// The network, on its own thread.
+pub trait DetectStage: Send {
+    /// Detections for each frame (`None` for a frame it leaves out, e.g. with frame skipping).
+    fn detect(&mut self, frames: &[&Frame]) -> Vec<Option<Vec<Detection>>>;
+    /// How many waiting frames are worth one network call.
+    fn max_batch(&self) -> usize {
+        1
+    }
+}
+
+/// The work done on each frame after the network: tracking, reporting, drawing.
 pub trait FrameStage: Send {
-    /// Analyses `frame` and draws the results into `canvas` (a copy of the frame).
-    fn process(&mut self, frame: &Frame, canvas: &mut RgbImage) -> anyhow::Result<()>;
+    /// Analyses `frame` given the network's `detections` (`None`: the frame was not
+    /// analysed) and draws the results into `canvas` (a copy of the frame).
+    fn process(
+        &mut self,
+        frame: &Frame,
+        detections: Option<&[Detection]>,
+        canvas: &mut RgbImage,
+    ) -> anyhow::Result<()>;
     /// Reports a live source's outage once it is over.
     fn record_outage(&mut self, _outage: &Outage) -> anyhow::Result<()> {
         Ok(())
@@ -168,10 +186,20 @@ enum Intake {
 }
 
 impl Intake {
+    /// Waits for the next frame; `None` at the end.
     fn next(&self) -> Option<Result<Captured, VideoError>> {
         match self {
             Self::Queue(rx) => rx.recv().ok(),
             Self::Latest(slot) => slot.take(),
+        }
+    }
+
+    /// A frame already waiting in the queue (live mode never batches: there is only ever
+    /// the newest frame).
+    fn try_next(&self) -> Option<Result<Captured, VideoError>> {
+        match self {
+            Self::Queue(rx) => rx.try_recv().ok(),
+            Self::Latest(_) => None,
         }
     }
 }
@@ -185,10 +213,11 @@ struct CaptureCounts {
     corrupt: u64,
 }
 
-/// Runs `source` through `stage` into `sinks` until the end of the stream, the live duration
-/// or `options.stop`.
+/// Runs `source` through `detector` and `stage` into `sinks` until the end of the stream,
+/// the live duration or `options.stop`.
 pub fn run(
     mut source: Box<dyn FrameSource>,
+    detector: &mut dyn DetectStage,
     stage: &mut dyn FrameStage,
     mut sinks: Sinks,
     options: &RunOptions,
@@ -211,86 +240,94 @@ pub fn run(
         }
     };
     let (outage_tx, outage_rx) = channel();
+    let (detected_tx, detected_rx) = sync_channel::<Detected>(QUEUE_DEPTH);
     let (out_tx, out_rx) = sync_channel::<(Frame, RgbImage)>(QUEUE_DEPTH);
-    let capture = {
-        let (stop, metrics, live) = (options.stop.clone(), metrics.clone(), live.clone());
-        std::thread::Builder::new()
-            .name("capture".into())
-            .spawn(move || {
-                let link = CaptureLink {
-                    outlet,
-                    outages: outage_tx,
-                };
-                capture_loop(source.as_mut(), link, &stop, &live, &metrics)
-            })?
-    };
-    let encoder = {
-        let metrics = metrics.clone();
-        std::thread::Builder::new()
-            .name("encode".into())
-            .spawn(move || encode_loop(out_rx, &mut sinks, &metrics))?
-    };
-
     let mut summary = RunSummary::default();
     let mut latencies = LatencyRecorder::default();
-    let mut late = 0;
-    let mut last_done: Option<Instant> = None;
     let mut failure: Option<anyhow::Error> = None;
-    while let Some(item) = intake.next() {
-        if let Err(e) = report_outages(&outage_rx, stage, &mut summary) {
-            failure = Some(e);
-            break;
-        }
-        let captured = match item {
-            Ok(captured) => captured,
-            Err(e) => {
-                failure = Some(e.into());
+    let (counts, late, encoded) = std::thread::scope(|scope| -> anyhow::Result<_> {
+        let capture = {
+            let (stop, metrics, live) = (&options.stop, metrics.clone(), live.clone());
+            std::thread::Builder::new()
+                .name("capture".into())
+                .spawn_scoped(scope, move || {
+                    let link = CaptureLink {
+                        outlet,
+                        outages: outage_tx,
+                    };
+                    capture_loop(source.as_mut(), link, stop, &live, &metrics)
+                })?
+        };
+        let inference = {
+            let metrics = metrics.clone();
+            let max_latency = live.max_latency;
+            std::thread::Builder::new()
+                .name("inference".into())
+                .spawn_scoped(scope, move || {
+                    inference_loop(&intake, detector, &detected_tx, max_latency, &metrics)
+                })?
+        };
+        let encoder = {
+            let (metrics, sinks) = (metrics.clone(), &mut sinks);
+            std::thread::Builder::new()
+                .name("encode".into())
+                .spawn_scoped(scope, move || encode_loop(out_rx, sinks, &metrics))?
+        };
+
+        let mut last_done: Option<Instant> = None;
+        for detected in detected_rx.iter() {
+            if let Err(e) = report_outages(&outage_rx, stage, &mut summary) {
+                failure = Some(e);
                 break;
             }
-        };
-        if live
-            .max_latency
-            .is_some_and(|max| captured.at.elapsed() > max)
-        {
-            late += 1;
-            metrics.frames_dropped.inc();
-            continue;
+            let DetectedFrame {
+                captured,
+                detections,
+            } = match detected {
+                Ok(detected) => detected,
+                Err(e) => {
+                    failure = Some(e.into());
+                    break;
+                }
+            };
+            let mut canvas = captured.frame.image.clone();
+            let analysis_start = Instant::now();
+            if let Err(e) = stage.process(&captured.frame, detections.as_deref(), &mut canvas) {
+                failure = Some(e);
+                break;
+            }
+            let done = Instant::now();
+            metrics
+                .analyse_seconds
+                .observe((done - analysis_start).as_secs_f64());
+            metrics
+                .latency_seconds
+                .observe((done - captured.at).as_secs_f64());
+            latencies.record(done - captured.at);
+            metrics.frames_processed.inc();
+            metrics.active_tracks.set(stage.active_tracks() as i64);
+            if let Some(previous) = last_done {
+                metrics.observe_interval(done - previous);
+            }
+            last_done = Some(done);
+            summary.frames_processed += 1;
+            progress.inc(1);
+            if out_tx.send((captured.frame, canvas)).is_err() {
+                break; // The encoder stopped; its error is reported below.
+            }
         }
-        let mut canvas = captured.frame.image.clone();
-        let analysis_start = Instant::now();
-        if let Err(e) = stage.process(&captured.frame, &mut canvas) {
-            failure = Some(e);
-            break;
-        }
-        let done = Instant::now();
-        metrics
-            .analyse_seconds
-            .observe((done - analysis_start).as_secs_f64());
-        metrics
-            .latency_seconds
-            .observe((done - captured.at).as_secs_f64());
-        latencies.record(done - captured.at);
-        metrics.frames_processed.inc();
-        metrics.active_tracks.set(stage.active_tracks() as i64);
-        if let Some(previous) = last_done {
-            metrics.observe_interval(done - previous);
-        }
-        last_done = Some(done);
-        summary.frames_processed += 1;
-        progress.inc(1);
-        if out_tx.send((captured.frame, canvas)).is_err() {
-            break; // The encoder stopped; its error is reported below.
-        }
-    }
-    summary.interrupted = options.stop.load(Ordering::Relaxed);
-    // Whatever ended the loop, capture must stop too (a live source would run on).
-    options.stop.store(true, Ordering::Relaxed);
-    drop(intake);
-    drop(out_tx);
-    let counts = capture.join().expect("capture thread does not panic");
+        summary.interrupted = options.stop.load(Ordering::Relaxed);
+        // Whatever ended the loop, capture must stop too (a live source would run on).
+        options.stop.store(true, Ordering::Relaxed);
+        drop(detected_rx);
+        drop(out_tx);
+        let late = inference.join().expect("inference thread does not panic");
+        let counts = capture.join().expect("capture thread does not panic");
+        let encoded = encoder.join().expect("encode thread does not panic");
+        Ok((counts, late, encoded))
+    })?;
     let outages_result = report_outages(&outage_rx, stage, &mut summary);
     let stage_result = stage.finish();
-    let encoded = encoder.join().expect("encode thread does not panic");
     progress.finish_and_clear();
     summary.elapsed = started.elapsed();
     summary.frames_read = counts.read;
@@ -305,6 +342,71 @@ pub fn run(
     outages_result?;
     stage_result?;
     Ok(summary)
+}
+
+/// A frame and what the network found in it (`None`: not analysed), or a source error.
+type Detected = Result<DetectedFrame, VideoError>;
+
+/// A frame past the network.
+struct DetectedFrame {
+    captured: Captured,
+    detections: Option<Vec<Detection>>,
+}
+
+/// Runs the network over the frames as they come, batching frames that are already waiting
+/// (file mode). Drops frames older than `max_latency`; returns how many.
+fn inference_loop(
+    intake: &Intake,
+    detector: &mut dyn DetectStage,
+    out: &SyncSender<Detected>,
+    max_latency: Option<Duration>,
+    metrics: &StreamMetrics,
+) -> u64 {
+    let mut late = 0;
+    let mut pending_error = None;
+    'frames: while let Some(item) = intake.next() {
+        let mut batch = Vec::with_capacity(detector.max_batch());
+        let mut next = Some(item);
+        while let Some(item) = next.take() {
+            match item {
+                Ok(captured) if max_latency.is_some_and(|max| captured.at.elapsed() > max) => {
+                    late += 1;
+                    metrics.frames_dropped.inc();
+                }
+                Ok(captured) => batch.push(captured),
+                Err(e) => {
+                    pending_error = Some(e);
+                    break;
+                }
+            }
+            if batch.len() < detector.max_batch() {
+                next = intake.try_next();
+            }
+        }
+        if !batch.is_empty() {
+            let inference_start = Instant::now();
+            let frames: Vec<&Frame> = batch.iter().map(|c| &c.frame).collect();
+            let found = detector.detect(&frames);
+            let per_frame = inference_start.elapsed().as_secs_f64() / batch.len() as f64;
+            for (captured, detections) in batch.into_iter().zip(found) {
+                metrics.infer_seconds.observe(per_frame);
+                if out
+                    .send(Ok(DetectedFrame {
+                        captured,
+                        detections,
+                    }))
+                    .is_err()
+                {
+                    break 'frames;
+                }
+            }
+        }
+        if let Some(e) = pending_error.take() {
+            let _ = out.send(Err(e));
+            break;
+        }
+    }
+    late
 }
 
 /// Hands outages the capture thread saw to the stage.
