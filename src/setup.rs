@@ -44,7 +44,7 @@ pub struct ModelArgs {
     /// Network input size in pixels, a multiple of 32 (default: the model's export size).
     #[arg(long)]
     pub input_size: Option<usize>,
-    /// Frames per network call when several are waiting (default: 4 on a GPU, 1 on the CPU).
+    /// Frames per network call when several are waiting (file input; default 1).
     #[arg(long)]
     pub batch: Option<usize>,
 }

@@ -91,6 +91,8 @@ pub struct LoopingSource {
     /// Index and end time of the last frame delivered.
     next_index: u64,
     end_time: f64,
+    /// Presentation time of the file's first frame (files need not start at 0).
+    first_pts: Option<f64>,
 }
 
 impl LoopingSource {
@@ -103,6 +105,7 @@ impl LoopingSource {
             time_offset: 0.0,
             next_index: 0,
             end_time: 0.0,
+            first_pts: None,
         })
     }
 }
@@ -116,6 +119,7 @@ impl FrameSource for LoopingSource {
         let mut restarted = false;
         loop {
             if let Some(mut frame) = self.inner.next_frame()? {
+                self.first_pts.get_or_insert(frame.pts);
                 frame.index += self.index_offset;
                 frame.pts += self.time_offset;
                 self.next_index = frame.index + 1;
@@ -135,9 +139,8 @@ impl FrameSource for LoopingSource {
                 ));
             }
             self.index_offset = self.next_index;
-            // The next pass starts where this one ended (its first frame may start later
-            // than 0, which then repeats as a gap, as in the file).
-            self.time_offset = self.end_time;
+            // The next pass's first frame follows this pass's last one without a gap.
+            self.time_offset = self.end_time - self.first_pts.unwrap_or(0.0);
         }
     }
 
@@ -228,8 +231,13 @@ mod tests {
                 pair[1].pts
             );
         }
-        // The second pass restarts the file from its first frame.
+        // The second pass restarts the file from its first frame, one frame after the last.
         assert_eq!(frames[3].image, frames[0].image);
+        let step = frames[1].pts - frames[0].pts;
+        assert!(
+            (frames[3].pts - frames[2].pts - step).abs() < 1e-6,
+            "no gap at the restart"
+        );
     }
 
     #[test]
