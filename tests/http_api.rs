@@ -279,13 +279,19 @@ async fn a_stream_starts_sends_events_and_stops() {
         "{record}"
     );
 
-    let (status, running) = server.call("GET", &format!("/v1/streams/{id}"), None).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(running["status"], "running");
-    assert!(
-        running["frames_processed"].as_u64().unwrap() >= 5,
-        "{running}"
-    );
+    // The counters follow the event stream (a frame is counted once its results are out).
+    let running = loop {
+        let (status, running) = server.call("GET", &format!("/v1/streams/{id}"), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(running["status"], "running", "{running}");
+        if running["frames_processed"].as_u64().unwrap() >= 5 {
+            break running;
+        }
+        assert!(Instant::now() < deadline, "counters stuck: {running}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(running["frames_in"].as_u64().unwrap() >= 5, "{running}");
+    assert!(running["fps"].as_f64().unwrap() > 0.0, "{running}");
 
     let (status, stopped) = server
         .call("DELETE", &format!("/v1/streams/{id}"), None)
