@@ -108,8 +108,9 @@ fn live_rtsp_survives_a_server_restart() {
         "frames after the restart",
         |e| e.iter().any(|l| l["event"] == "outage") && frame_count(e) >= before + 15,
     );
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -INT {}", child.id()))
         .status()
         .unwrap();
     assert!(status.success());
