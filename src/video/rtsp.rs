@@ -284,6 +284,7 @@ fn connection_thread(
     };
     let mut backoff = Backoff::new(&options);
     let mut failures = 0u32;
+    let mut ever_played = false;
     loop {
         let reason = runtime.block_on(play(&url, creds.clone(), &options, &tx, &stop));
         if stop.load(Ordering::Relaxed) {
@@ -294,6 +295,7 @@ fn connection_thread(
         if delivered {
             backoff = Backoff::new(&options);
             failures = 0;
+            ever_played = true;
         }
         failures += 1;
         if options.max_reconnects.is_some_and(|max| failures > max) {
@@ -304,8 +306,13 @@ fn connection_thread(
             return;
         }
         let wait = backoff.next_wait();
+        let what = if ever_played {
+            "stream lost"
+        } else {
+            "cannot connect"
+        };
         tracing::warn!(
-            "{label}: stream lost ({reason}); reconnecting in {:.1} s",
+            "{label}: {what} ({reason}); reconnecting in {:.1} s",
             wait.as_secs_f64()
         );
         if tx.send(Message::Lost(reason)).is_err() {
