@@ -101,7 +101,8 @@ pub enum Mode {
 #[derive(Clone, Default)]
 pub struct RunOptions {
     pub mode: Mode,
-    /// Set (e.g. by Ctrl-C) to stop reading and finish.
+    /// Set (e.g. by Ctrl-C) to stop reading and finish. The run also sets it when it ends,
+    /// however it ends, so a live source's reconnection loop stops with it.
     pub stop: Arc<AtomicBool>,
     pub show_progress: bool,
     /// Updated as the run goes (shared with `GET /metrics` under `serve`).
