@@ -83,6 +83,21 @@ impl BBox {
     }
 }
 
+/// Whether `(x, y)` lies inside `polygon` (even-odd rule; vertices in order, either winding).
+pub fn point_in_polygon<T: Copy + Into<f64>>(polygon: &[[T; 2]], x: f64, y: f64) -> bool {
+    let mut inside = false;
+    let mut j = polygon.len().wrapping_sub(1);
+    for (i, vertex) in polygon.iter().enumerate() {
+        let (xi, yi) = (vertex[0].into(), vertex[1].into());
+        let (xj, yj) = (polygon[j][0].into(), polygon[j][1].into());
+        if (yi > y) != (yj > y) && x < (xj - xi) * (y - yi) / (yj - yi) + xi {
+            inside = !inside;
+        }
+        j = i;
+    }
+    inside
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::geometry::BBox;
+use crate::geometry::{BBox, point_in_polygon};
 use crate::output::Event;
 
 /// Pixels either side of a counting line that belong to neither side.
@@ -194,7 +194,8 @@ impl ZoneCounter {
                 });
             }
             for (index, area) in self.config.areas.iter().enumerate() {
-                let inside_now = point_in_polygon(&area.polygon, point);
+                let inside_now =
+                    point_in_polygon(&area.polygon, f64::from(point[0]), f64::from(point[1]));
                 let was_inside = self.inside[index].contains(&track.id);
                 let zone = area.name.clone();
                 let (id, class) = (track.id, track.class);
@@ -263,22 +264,6 @@ fn crosses_segment(line: &LineConfig, a: [f32; 2], b: [f32; 2]) -> bool {
     let (o1, o2) = (orient(a, b, c), orient(a, b, d));
     let (o3, o4) = (orient(c, d, a), orient(c, d, b));
     o1 * o2 <= 0.0 && o3 * o4 <= 0.0
-}
-
-/// Even-odd rule.
-fn point_in_polygon(polygon: &[[f32; 2]], p: [f32; 2]) -> bool {
-    let mut inside = false;
-    let mut j = polygon.len() - 1;
-    for i in 0..polygon.len() {
-        let (a, b) = (polygon[i], polygon[j]);
-        if (a[1] > p[1]) != (b[1] > p[1])
-            && p[0] < (b[0] - a[0]) * (p[1] - a[1]) / (b[1] - a[1]) + a[0]
-        {
-            inside = !inside;
-        }
-        j = i;
-    }
-    inside
 }
 
 #[cfg(test)]
