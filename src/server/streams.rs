@@ -28,6 +28,7 @@ use crate::job::{OutputArgs, run_stream};
 use crate::metrics::StreamMetrics;
 use crate::pipeline::{LiveOptions, Mode, RunOptions};
 use crate::video::live::{LiveSourceOptions, LiveSpec, open_live_source};
+use crate::video::rtsp::without_credentials;
 
 /// Result lines kept for slow event subscribers before they miss some.
 const EVENT_BACKLOG: usize = 256;
@@ -177,7 +178,7 @@ async fn create(
     let (sender, _) = broadcast::channel(EVENT_BACKLOG);
     let stream = Arc::new(LiveStream {
         id: id.clone(),
-        source: redact(&request.source),
+        source: without_credentials(&request.source),
         state: Mutex::new(StreamState {
             status: StreamStatus::Connecting,
             error: None,
@@ -269,18 +270,6 @@ fn find(state: &AppState, id: &str) -> Result<Arc<LiveStream>, ApiError> {
         .get(id)
         .cloned()
         .ok_or_else(|| ApiError::not_found("stream", id))
-}
-
-/// The URL without credentials (shown in answers and logs).
-fn redact(source: &str) -> String {
-    match url::Url::parse(source) {
-        Ok(mut url) if !url.username().is_empty() => {
-            let _ = url.set_username("");
-            let _ = url.set_password(None);
-            url.to_string()
-        }
-        _ => source.to_string(),
-    }
 }
 
 /// The worker: connects, then analyses until stopped or the source ends.

@@ -62,6 +62,15 @@ enum Message {
 /// (a slow consumer loses frames rather than memory).
 const MESSAGE_BUFFER: usize = 64;
 
+/// An outage in progress.
+struct PendingOutage {
+    lost_at: SystemTime,
+    lost: Instant,
+    reason: String,
+    /// Connection attempts so far.
+    attempts: u32,
+}
+
 /// A live H.264 RTSP stream.
 pub struct RtspSource {
     /// The URL without credentials, for messages.
@@ -75,8 +84,7 @@ pub struct RtspSource {
     /// Maps the current session's RTP time to stream time (set by its first frame).
     session_offset: Option<f64>,
     last_pts: f64,
-    /// The outage in progress: when, why, and connection attempts so far.
-    outage: Option<(SystemTime, Instant, String, u32)>,
+    outage: Option<PendingOutage>,
     finished_outages: Vec<Outage>,
     corrupt: u64,
     stop: Arc<AtomicBool>,
@@ -164,7 +172,13 @@ impl RtspSource {
     }
 
     fn end_outage(&mut self) {
-        if let Some((lost_at, lost, reason, attempts)) = self.outage.take() {
+        if let Some(PendingOutage {
+            lost_at,
+            lost,
+            reason,
+            attempts,
+        }) = self.outage.take()
+        {
             let duration = lost.elapsed().as_secs_f64();
             tracing::info!(
                 "{}: stream back after {duration:.1} s ({attempts} connection attempts)",
@@ -208,16 +222,21 @@ impl FrameSource for RtspSource {
                     self.decoder = new_decoder(&self.label)?;
                     self.session_offset = None;
                     if let Some(outage) = self.outage.as_mut() {
-                        outage.3 += 1;
+                        outage.attempts += 1;
                     }
                 }
-                Message::Lost(reason) => {
-                    if let Some(outage) = self.outage.as_mut() {
-                        outage.3 += 1;
-                    } else {
-                        self.outage = Some((SystemTime::now(), Instant::now(), reason, 1));
+                Message::Lost(reason) => match self.outage.as_mut() {
+                    // A failed reconnection attempt.
+                    Some(outage) => outage.attempts += 1,
+                    None => {
+                        self.outage = Some(PendingOutage {
+                            lost_at: SystemTime::now(),
+                            lost: Instant::now(),
+                            reason,
+                            attempts: 0,
+                        });
                     }
-                }
+                },
                 Message::Failed(reason) => {
                     if self.stop.load(Ordering::Relaxed) {
                         return Ok(None);
@@ -255,10 +274,26 @@ fn parse_url(text: &str) -> Result<(Url, Option<Credentials>), VideoError> {
         username: url.username().to_string(),
         password: url.password().unwrap_or_default().to_string(),
     });
-    // Cannot fail for an rtsp:// URL with a host.
+    strip_credentials(&mut url);
+    Ok((url, creds))
+}
+
+fn strip_credentials(url: &mut Url) {
+    // Cannot fail for a URL with a host, and a URL without one has no credentials.
     let _ = url.set_username("");
     let _ = url.set_password(None);
-    Ok((url, creds))
+}
+
+/// `source` without the user name and password of a URL, for messages and API answers;
+/// anything that is not such a URL is returned as it is.
+pub fn without_credentials(source: &str) -> String {
+    match Url::parse(source) {
+        Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
+            strip_credentials(&mut url);
+            url.to_string()
+        }
+        _ => source.to_string(),
+    }
 }
 
 /// Connects, plays and forwards access units; on any failure waits and reconnects.
@@ -456,6 +491,11 @@ mod tests {
             ("admin", "secret")
         );
         assert!(parse_url("rtsp://cam/live").unwrap().1.is_none());
+        assert_eq!(
+            without_credentials("rtsp://admin:secret@cam/live"),
+            "rtsp://cam/live"
+        );
+        assert_eq!(without_credentials("clip.mp4"), "clip.mp4");
         let err = parse_url("http://cam/live").unwrap_err().to_string();
         assert!(err.contains("only rtsp://"), "{err}");
     }
