@@ -3,7 +3,6 @@
 //! `DELETE /v1/jobs/{id}` cancels (the outputs keep what was processed).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::rejection::JsonRejection;
@@ -16,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::ApiError;
+use super::worker::Worker;
 use crate::job::{OutputArgs, run_stream};
 use crate::metrics::StreamMetrics;
 use crate::pipeline::RunOptions;
@@ -125,10 +125,7 @@ pub struct Job {
     results: JobResults,
     state: Mutex<JobState>,
     metrics: StreamMetrics,
-    /// The run's stop flag (the pipeline also sets it when it ends).
-    stop: Arc<AtomicBool>,
-    /// Set by `DELETE`.
-    cancelled: AtomicBool,
+    worker: Worker,
 }
 
 /// Progress of a job.
@@ -153,6 +150,16 @@ pub struct JobView {
 }
 
 impl Job {
+    /// Cancels the job without waiting (a queued job will not start).
+    pub fn cancel(&self) {
+        self.worker.request_stop();
+    }
+
+    /// Cancels the job and waits until its outputs are finalised.
+    pub fn cancel_and_wait(&self) {
+        self.worker.stop_and_wait();
+    }
+
     fn view(&self) -> JobView {
         let state = self.state.lock().expect("job lock").clone();
         JobView {
@@ -215,19 +222,18 @@ async fn create(
             error: None,
         }),
         metrics: state.new_metrics("job", &id),
-        stop: Arc::new(AtomicBool::new(false)),
-        cancelled: AtomicBool::new(false),
+        worker: Worker::default(),
     });
     state
         .jobs
         .lock()
         .expect("jobs lock")
         .insert(id.clone(), job.clone());
-    let worker_state = state.clone();
-    let worker_job = job.clone();
-    std::thread::Builder::new()
-        .name(id.clone())
-        .spawn(move || run_job(&worker_state, &worker_job, input, &request))
+    let (worker_state, worker_job) = (state.clone(), job.clone());
+    job.worker
+        .start(&id, move || {
+            run_job(&worker_state, &worker_job, input, &request)
+        })
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let location = format!("/v1/jobs/{id}");
     Ok((
@@ -250,8 +256,7 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     let job = find(&state, &id)?;
-    job.cancelled.store(true, Ordering::Relaxed);
-    job.stop.store(true, Ordering::Relaxed);
+    job.cancel();
     job.set(|s| {
         if s.status == JobStatus::Queued {
             s.status = JobStatus::Cancelled;
@@ -273,7 +278,7 @@ fn find(state: &AppState, id: &str) -> Result<Arc<Job>, ApiError> {
 /// The worker: waits its turn, then processes the file into the results folder.
 fn run_job(state: &AppState, job: &Job, input: PathBuf, request: &JobRequest) {
     let _turn = state.job_slot.lock().unwrap_or_else(|e| e.into_inner());
-    if job.cancelled.load(Ordering::Relaxed) {
+    if job.worker.stop_requested() {
         job.set(|s| s.status = JobStatus::Cancelled);
         return;
     }
@@ -295,7 +300,7 @@ fn run_job(state: &AppState, job: &Job, input: PathBuf, request: &JobRequest) {
         };
         let model = request.detect.apply(&state.config.model);
         let options = RunOptions {
-            stop: job.stop.clone(),
+            stop: job.worker.stop_flag(),
             metrics: job.metrics.clone(),
             ..RunOptions::default()
         };
@@ -316,7 +321,7 @@ fn run_job(state: &AppState, job: &Job, input: PathBuf, request: &JobRequest) {
     match outcome {
         Ok(summary) => {
             tracing::info!("{}: done, {} frames", job.id, summary.frames);
-            let cancelled = job.cancelled.load(Ordering::Relaxed);
+            let cancelled = job.worker.stop_requested();
             job.set(|s| {
                 s.status = if cancelled {
                     JobStatus::Cancelled

@@ -7,6 +7,7 @@ mod auth;
 mod error;
 mod jobs;
 mod streams;
+mod worker;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -137,7 +138,7 @@ impl AppState {
         Ok(canonical)
     }
 
-    /// Stops every stream and waits for them (outputs are finalised).
+    /// Stops every stream and cancels every job, and waits for them (outputs are finalised).
     pub fn stop_all(&self) {
         let streams: Vec<_> = self
             .streams
@@ -148,6 +149,20 @@ impl AppState {
             .collect();
         for stream in streams {
             stream.stop_and_wait();
+        }
+        let jobs: Vec<_> = self
+            .jobs
+            .lock()
+            .expect("jobs lock")
+            .values()
+            .cloned()
+            .collect();
+        // Every job first, so no queued job waits for a running one that was not told.
+        for job in &jobs {
+            job.cancel();
+        }
+        for job in jobs {
+            job.cancel_and_wait();
         }
     }
 }
@@ -208,7 +223,7 @@ pub fn serve(config: ServerConfig) -> anyhow::Result<()> {
             .await?;
         anyhow::Ok(())
     })?;
-    tracing::info!("shutting down: stopping streams");
+    tracing::info!("shutting down: stopping streams and jobs");
     state.stop_all();
     Ok(())
 }

@@ -5,9 +5,7 @@
 //! the final counts.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
@@ -24,6 +22,7 @@ use tokio::sync::broadcast;
 use super::AppState;
 use super::error::ApiError;
 use super::jobs::DetectionOverrides;
+use super::worker::Worker;
 use crate::job::{OutputArgs, run_stream};
 use crate::metrics::StreamMetrics;
 use crate::pipeline::{LiveOptions, Mode, RunOptions};
@@ -75,14 +74,10 @@ pub struct LiveStream {
     id: String,
     source: String,
     state: Mutex<StreamState>,
-    /// The run's stop flag (the pipeline also sets it when it ends).
-    stop: Arc<AtomicBool>,
-    /// Set when a client or the server's shutdown stopped the stream.
-    stopped_on_request: AtomicBool,
     metrics: StreamMetrics,
     /// Present while the stream runs; dropping it ends every subscriber's event stream.
     events: Mutex<Option<broadcast::Sender<String>>>,
-    worker: Mutex<Option<JoinHandle<()>>>,
+    worker: Worker,
     record: Option<std::path::PathBuf>,
 }
 
@@ -133,12 +128,7 @@ impl LiveStream {
 
     /// Stops the stream and waits until its outputs are finalised.
     pub fn stop_and_wait(&self) {
-        self.stopped_on_request.store(true, Ordering::Relaxed);
-        self.stop.store(true, Ordering::Relaxed);
-        let worker = self.worker.lock().expect("worker lock").take();
-        if let Some(worker) = worker {
-            let _ = worker.join();
-        }
+        self.worker.stop_and_wait();
     }
 }
 
@@ -184,11 +174,9 @@ async fn create(
             error: None,
             outages: 0,
         }),
-        stop: Arc::new(AtomicBool::new(false)),
-        stopped_on_request: AtomicBool::new(false),
         metrics: state.new_metrics("stream", &id),
         events: Mutex::new(Some(sender)),
-        worker: Mutex::new(None),
+        worker: Worker::default(),
         record: request.record.then(|| dir.join("events.jsonl")),
     });
     let outputs = OutputArgs {
@@ -197,14 +185,13 @@ async fn create(
         frame_skip: request.detect.frame_skip.unwrap_or(0),
         ..OutputArgs::default()
     };
-    let worker = {
-        let (state, stream) = (state.clone(), stream.clone());
-        std::thread::Builder::new()
-            .name(id.clone())
-            .spawn(move || run_live(&state, &stream, &spec, &request, &outputs))
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    };
-    *stream.worker.lock().expect("worker lock") = Some(worker);
+    let (worker_state, worker_stream) = (state.clone(), stream.clone());
+    stream
+        .worker
+        .start(&id, move || {
+            run_live(&worker_state, &worker_stream, &spec, &request, &outputs)
+        })
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     state
         .streams
         .lock()
@@ -287,7 +274,7 @@ fn run_live(
     };
     let sender = stream.events.lock().expect("events lock").clone();
     let outcome = (|| -> anyhow::Result<u64> {
-        let source = open_live_source(spec, &source_options, stream.stop.clone())?;
+        let source = open_live_source(spec, &source_options, stream.worker.stop_flag())?;
         stream.set(|s| s.status = StreamStatus::Running);
         tracing::info!("{}: running {}", stream.id, stream.source);
         let options = RunOptions {
@@ -296,7 +283,7 @@ fn run_live(
                 max_latency: request.max_latency_ms.map(Duration::from_millis),
                 duration: None,
             }),
-            stop: stream.stop.clone(),
+            stop: stream.worker.stop_flag(),
             show_progress: false,
             metrics: stream.metrics.clone(),
         };
@@ -312,7 +299,7 @@ fn run_live(
     })();
     // Ends every subscriber's event stream.
     stream.events.lock().expect("events lock").take();
-    let stopped = stream.stopped_on_request.load(Ordering::Relaxed);
+    let stopped = stream.worker.stop_requested();
     match outcome {
         Ok(outages) => stream.set(|s| {
             s.status = StreamStatus::Stopped;
