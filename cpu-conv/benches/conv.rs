@@ -1,23 +1,34 @@
-//! The fused convolution on YOLOv8n layer shapes at 640 input, one image.
+//! The fused convolutions on YOLOv8n layer shapes at 640 input, one image: the im2col path
+//! on every shape, and Winograd F(2x2, 3x3) beside it on the 3x3 stride-1 ones.
 //!
 //! Run with `cargo bench -p cpu-conv`.
 
-use cpu_conv::{Activation, ConvParams, FeatureMap, conv2d, output_size};
+use cpu_conv::{
+    Activation, ConvParams, FeatureMap, WinogradWeights, conv2d, conv3x3_winograd, output_size,
+};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 /// `(name, c_in, c_out, size, kernel, stride)` of representative YOLOv8n layers.
-const LAYERS: [(&str, usize, usize, usize, usize, usize); 5] = [
+const LAYERS: [(&str, usize, usize, usize, usize, usize); 9] = [
     ("stem 3->16 3x3/2 @640", 3, 16, 640, 3, 2),
     ("down 16->32 3x3/2 @320", 16, 32, 320, 3, 2),
     ("c2f 16->16 3x3 @160", 16, 16, 160, 3, 1),
+    ("c2f 32->32 3x3 @80", 32, 32, 80, 3, 1),
+    ("head 64->80 3x3 @80", 64, 80, 80, 3, 1),
+    ("head 80->80 3x3 @80", 80, 80, 80, 3, 1),
+    ("c2f 128->128 3x3 @20", 128, 128, 20, 3, 1),
     ("c2f cv2 48->32 1x1 @160", 48, 32, 160, 1, 1),
     ("sppf cv2 512->256 1x1 @20", 512, 256, 20, 1, 1),
 ];
 
 fn layers(c: &mut Criterion) {
     for (name, c_in, c_out, size, k, s) in LAYERS {
-        let x = vec![0.25f32; c_in * size * size];
-        let weight = vec![0.01f32; c_out * c_in * k * k];
+        let x: Vec<f32> = (0..c_in * size * size)
+            .map(|i| (i % 17) as f32 * 0.03)
+            .collect();
+        let weight: Vec<f32> = (0..c_out * c_in * k * k)
+            .map(|i| (i % 7) as f32 * 0.01 - 0.03)
+            .collect();
         let bias = vec![0.1f32; c_out];
         let params = ConvParams {
             weight: &weight,
@@ -37,8 +48,33 @@ fn layers(c: &mut Criterion) {
         c.bench_function(name, |b| {
             b.iter(|| conv2d(&input, size, size, &params, &mut out))
         });
+        if k == 3 && s == 1 {
+            let transformed = WinogradWeights::new(&weight, c_out, c_in);
+            c.bench_function(&format!("{name} winograd"), |b| {
+                b.iter(|| {
+                    conv3x3_winograd(
+                        &input,
+                        size,
+                        size,
+                        &transformed,
+                        &bias,
+                        Activation::Silu,
+                        &mut out,
+                    )
+                })
+            });
+        }
     }
 }
 
-criterion_group!(benches, layers);
+fn activation(c: &mut Criterion) {
+    let mut row: Vec<f32> = (0..80 * 80 * 80)
+        .map(|i| (i % 23) as f32 * 0.2 - 2.0)
+        .collect();
+    c.bench_function("bias + SiLU over 512k values", |b| {
+        b.iter(|| cpu_conv::apply_bias_activation(&mut row, 0.0, Activation::Silu))
+    });
+}
+
+criterion_group!(benches, layers, activation);
 criterion_main!(benches);

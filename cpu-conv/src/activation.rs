@@ -39,7 +39,7 @@ fn bias_silu(row: &mut [f32], bias: f32) {
 #[inline(always)]
 fn map_in_place(values: &mut [f32], f: impl Fn(f32) -> f32) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if crate::simd::avx2_fma() {
         // SAFETY: the CPU supports the features the function is compiled for.
         unsafe { map_avx2(values, f) };
         return;

@@ -4,6 +4,7 @@ use rayon::prelude::*;
 
 use crate::activation::{Activation, apply_bias_activation};
 use crate::im2col::Window;
+use crate::product::{Strided, multiply};
 
 /// One image's feature map, or a block of its channels: `[channels, height, width]`, dense.
 #[derive(Debug, Clone, Copy)]
@@ -108,26 +109,24 @@ pub fn conv2d(
                 // SAFETY: every pointer and stride above addresses memory inside its slice for
                 // a `len x c_out` output, `len x rows` input and `rows x c_out` weight block.
                 unsafe {
-                    gemm::gemm(
-                        len,
-                        params.c_out,
-                        rows,
-                        dst,
-                        positions as isize,
-                        1,
+                    multiply(
+                        [len, params.c_out, rows],
+                        Strided {
+                            ptr: dst,
+                            row_stride: 1,
+                            col_stride: positions as isize,
+                        },
                         i > 0,
-                        x,
-                        x_col_stride,
-                        1,
-                        params.weight.as_ptr().add(k_offset),
-                        k_total as isize,
-                        1,
-                        1.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
+                        Strided {
+                            ptr: x,
+                            row_stride: 1,
+                            col_stride: x_col_stride,
+                        },
+                        Strided {
+                            ptr: params.weight.as_ptr().add(k_offset),
+                            row_stride: 1,
+                            col_stride: k_total as isize,
+                        },
                     );
                 }
                 k_offset += rows;
@@ -153,14 +152,14 @@ fn tile_width(positions: usize, k_total: usize) -> usize {
 
 /// The output pointer, shared by tiles that write disjoint columns.
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
+pub(crate) struct SharedOut(pub *mut f32);
 
 // SAFETY: tiles write disjoint elements (see `conv2d`).
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }

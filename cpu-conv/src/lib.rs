@@ -17,7 +17,11 @@ mod activation;
 mod conv;
 mod im2col;
 mod pool;
+mod product;
+mod simd;
+mod winograd;
 
 pub use activation::{Activation, apply_bias_activation, exp_in_place, sigmoid_in_place};
 pub use conv::{ConvParams, FeatureMap, conv2d, output_size};
 pub use pool::max_pool_same;
+pub use winograd::{WinogradWeights, conv3x3_winograd};

@@ -1,5 +1,6 @@
 //! The fast CPU path: on the Flex backend, [`ConvBlock`]s run through the `cpu-conv` kernels
-//! (im2col + packed GEMM with bias and SiLU fused, parallel over output tiles) on the Flex
+//! (Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions, im2col + packed GEMM for the rest,
+//! with bias and SiLU fused, parallel over output tiles) on the Flex
 //! tensors' own storage, without layout conversions, and read the parts of a channel
 //! concatenation in place; SPPF's max-pools and the detection head's DFL decoding and
 //! sigmoid run as plain vectorised loops. Each function returns `None` where it does not
@@ -8,11 +9,13 @@
 //! [`ConvBlock`]: super::layers::ConvBlock
 
 use std::cell::Cell;
+use std::sync::{Arc, Mutex};
 
 use burn::backend::flex::FlexTensor;
 use burn::backend::{DispatchDevice, Flex};
+use burn::module::ParamId;
 use burn::tensor::{DType, Tensor, TensorData};
-use cpu_conv::{Activation, ConvParams, FeatureMap};
+use cpu_conv::{Activation, ConvParams, FeatureMap, WinogradWeights};
 
 use super::layers::ConvBlock;
 
@@ -179,6 +182,36 @@ fn to_tensor(data: Vec<f32>, shape: [usize; 4]) -> Tensor<4> {
     Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(data, shape)))
 }
 
+/// A convolution's weights rearranged for the fast path (Winograd-transformed for 3x3
+/// stride-1 convolutions), made on the first forward and kept with the block. Keyed by the
+/// weight parameter's id, so a block whose weights are replaced remakes it.
+#[derive(Clone, Debug, Default)]
+pub struct PreparedWeights(Arc<Mutex<Option<Prepared>>>);
+
+/// Transformed weights and the parameter they were made from.
+type Prepared = (ParamId, Arc<WinogradWeights>);
+
+impl PreparedWeights {
+    fn winograd(
+        &self,
+        id: ParamId,
+        make: impl FnOnce() -> WinogradWeights,
+    ) -> Arc<WinogradWeights> {
+        let mut slot = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match slot.as_ref() {
+            Some((made_for, weights)) if *made_for == id => weights.clone(),
+            _ => {
+                let weights = Arc::new(make());
+                *slot = Some((id, weights.clone()));
+                weights
+            }
+        }
+    }
+}
+
 /// `block` applied to the channel concatenation of `parts`, on the fast path; `None` when the
 /// tensors are not on the Flex backend or the block is a grouped convolution.
 pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4>> {
@@ -193,7 +226,7 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
     let weight = block.weight.val().try_into_primitive::<Flex>().ok()?;
     let bias = block.bias.val().try_into_primitive::<Flex>().ok()?;
     let (weight, bias) = (weight.to_contiguous(), bias.to_contiguous());
-    let [c_out, _, kernel, _] = block.weight.dims();
+    let [c_out, c_in, kernel, _] = block.weight.dims();
     let params = ConvParams {
         weight: dense_f32(&weight)?,
         bias: dense_f32(&bias)?,
@@ -207,6 +240,11 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
             Activation::Identity
         },
     };
+    let winograd = (kernel == 3 && block.stride == 1 && block.padding == 1).then(|| {
+        block.prepared.winograd(block.weight.id, || {
+            WinogradWeights::new(params.weight, c_out, c_in)
+        })
+    });
     let (out_h, out_w) = cpu_conv::output_size(height, width, kernel, block.stride, block.padding);
     let out_len = c_out * out_h * out_w;
     let mut out = vec![0.0f32; batch * out_len];
@@ -218,7 +256,18 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
                 channels: *channels,
             })
             .collect();
-        cpu_conv::conv2d(&inputs, height, width, &params, out_image);
+        match &winograd {
+            Some(transformed) => cpu_conv::conv3x3_winograd(
+                &inputs,
+                height,
+                width,
+                transformed,
+                params.bias,
+                params.activation,
+                out_image,
+            ),
+            None => cpu_conv::conv2d(&inputs, height, width, &params, out_image),
+        }
     }
     Some(to_tensor(out, [batch, c_out, out_h, out_w]))
 }
@@ -247,6 +296,7 @@ mod tests {
             padding: kernel / 2,
             groups: 1,
             act,
+            prepared: Default::default(),
         }
     }
 

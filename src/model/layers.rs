@@ -37,6 +37,9 @@ pub struct ConvBlock {
     pub padding: usize,
     pub groups: usize,
     pub act: bool,
+    /// The weights rearranged for the fast CPU path, made on first use.
+    #[module(skip)]
+    pub prepared: fast_cpu::PreparedWeights,
 }
 
 impl ConvBlock {
@@ -65,6 +68,7 @@ impl ConvBlock {
             padding: spec.padding,
             groups: spec.groups,
             act: spec.act,
+            prepared: Default::default(),
         }
     }
 
