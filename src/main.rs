@@ -68,6 +68,64 @@ enum Command {
     Bench(BenchArgs),
     /// How closely a model (e.g. an INT8 export) agrees with a reference model on video frames.
     Agree(AgreeArgs),
+    /// Write a copy of a model with INT8 convolution weights (Burn quantised tensors,
+    /// symmetric, one scale per block of at most 64 weights), checked against the original.
+    Quantize(QuantizeArgs),
+    /// Write a copy of an ONNX model with a share of its channels pruned by L1 norm
+    /// (structured, no retraining), checked against the original.
+    Prune(PruneArgs),
+}
+
+#[derive(Args)]
+struct QuantizeArgs {
+    /// The float model (.onnx or .bpk).
+    #[arg(long, short)]
+    model: PathBuf,
+    /// Output record (.bpk); the model card is written beside it as .json.
+    #[arg(long, short)]
+    output: PathBuf,
+    #[command(flatten)]
+    check: CheckArgs,
+}
+
+#[derive(Args)]
+struct PruneArgs {
+    /// The float model: an Ultralytics ONNX export.
+    #[arg(long, short)]
+    model: PathBuf,
+    /// Share of the channels of every prunable block to remove, in [0, 1).
+    #[arg(long)]
+    ratio: f32,
+    /// Output record (.bpk); the model card is written beside it as .json.
+    #[arg(long, short)]
+    output: PathBuf,
+    #[command(flatten)]
+    check: CheckArgs,
+}
+
+/// The agreement check a compressed model must pass before it is written.
+#[derive(Args)]
+struct CheckArgs {
+    /// Videos to compare the new model with the original on (repeat the flag); without it
+    /// the model is written unchecked.
+    #[arg(long = "check")]
+    videos: Vec<PathBuf>,
+    /// Frames compared per video, evenly spaced.
+    #[arg(long, default_value_t = 30)]
+    frames: usize,
+    /// Refuse to write the model when its mAP50 against the original is below this.
+    #[arg(long, default_value_t = 0.5)]
+    min_map50: f64,
+}
+
+impl CheckArgs {
+    fn check(self) -> streamtrack::compress::AgreementCheck {
+        streamtrack::compress::AgreementCheck {
+            videos: self.videos,
+            frames: self.frames,
+            min_map50: self.min_map50,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -342,6 +400,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(EvalCommand::Speed(args)) => eval_speed(args, config),
         Command::Bench(args) => bench(args, config),
         Command::Agree(args) => agree(args, config),
+        Command::Quantize(args) => quantize(args, config),
+        Command::Prune(args) => prune(args, config),
     }
 }
 
@@ -560,6 +620,61 @@ fn agree(args: AgreeArgs, config: Config) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+fn quantize(args: QuantizeArgs, config: Config) -> anyhow::Result<()> {
+    let original = YoloModel::load(&args.model, ComputeDevice::cpu())?;
+    let quantized = original.quantized();
+    let written = streamtrack::compress::check_and_save(
+        original,
+        quantized,
+        &args.check.check(),
+        &config,
+        &args.output,
+    )?;
+    report_written(&args.model, &args.output, &written);
+    Ok(())
+}
+
+fn prune(args: PruneArgs, config: Config) -> anyhow::Result<()> {
+    let original = YoloModel::load(&args.model, ComputeDevice::cpu())?;
+    let (pruned, summary) =
+        streamtrack::compress::pruned(&args.model, args.ratio, ComputeDevice::cpu())?;
+    println!(
+        "pruned {} of {} channels in {} blocks ({:.1}%)",
+        summary.channels_before - summary.channels_after,
+        summary.channels_before,
+        summary.spaces,
+        100.0 * (summary.channels_before - summary.channels_after) as f64
+            / summary.channels_before.max(1) as f64
+    );
+    let written = streamtrack::compress::check_and_save(
+        original,
+        pruned,
+        &args.check.check(),
+        &config,
+        &args.output,
+    )?;
+    report_written(&args.model, &args.output, &written);
+    Ok(())
+}
+
+/// One line on a written model: size against the source file, and its agreement.
+fn report_written(source: &Path, output: &Path, written: &streamtrack::compress::Written) {
+    let source_bytes = std::fs::metadata(source).map(|m| m.len()).unwrap_or(0);
+    let agreement = written.agreement.map_or(String::from("unchecked"), |a| {
+        format!(
+            "mAP50 {:.3}, mAP50-95 {:.3} against the original on {} frames ({} objects)",
+            a.metrics.map50, a.metrics.map50_95, a.frames, a.reference_objects
+        )
+    });
+    println!(
+        "{} -> {} ({:.2} MB, source {:.2} MB): {agreement}",
+        source.display(),
+        output.display(),
+        written.bytes as f64 / 1e6,
+        source_bytes as f64 / 1e6
+    );
 }
 
 /// Per-class track counts and speeds at the end of a run.

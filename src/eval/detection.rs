@@ -94,6 +94,12 @@ impl DetectionEval {
             let n_labels = self.label_classes.iter().filter(|&&c| c == class).count() as f64;
             let mut preds: Vec<&(f32, usize, [bool; IOU_THRESHOLDS])> =
                 self.predictions.iter().filter(|p| p.1 == class).collect();
+            if preds.is_empty() {
+                // As Ultralytics: a class never predicted scores zero everywhere.
+                r_curves.push(vec![0.0; grid.len()]);
+                p_curves.push(vec![0.0; grid.len()]);
+                continue;
+            }
             preds.sort_by(|a, b| b.0.total_cmp(&a.0));
             // Confidences negated so that they increase, as interpolation needs.
             let neg_conf: Vec<f64> = preds.iter().map(|p| -(p.0 as f64)).collect();
@@ -283,5 +289,25 @@ mod tests {
             (e.metrics().map50 - 0.995).abs() < 1e-9,
             "a low-ranked false positive costs nothing"
         );
+    }
+
+    #[test]
+    fn a_class_never_predicted_scores_zero() {
+        // No predictions at all: zero, not the 0.5 that interpolating an empty curve gives.
+        let mut e = DetectionEval::new();
+        e.add_image(&[], &[label(0.0), label(50.0)]);
+        let m = e.metrics();
+        assert_eq!(
+            (m.map50, m.map50_95, m.precision, m.recall),
+            (0.0, 0.0, 0.0, 0.0)
+        );
+        // One of two classes found perfectly: half the perfect score.
+        let mut e = DetectionEval::new();
+        let other = Label {
+            class_id: 1,
+            ..label(50.0)
+        };
+        e.add_image(&[det(0.0, 0.9)], &[label(0.0), other]);
+        assert!((e.metrics().map50 - 0.995 / 2.0).abs() < 1e-9);
     }
 }

@@ -118,6 +118,17 @@ fn halves(x: Tensor<4>) -> Vec<Tensor<4>> {
     timed(OpKind::SplitConcat, || x.chunk(2, 1))
 }
 
+/// Channel split into the leading channels and the last `tail` (views on every backend).
+fn split_tail(x: Tensor<4>, tail: usize) -> Vec<Tensor<4>> {
+    let channels = x.dims()[1];
+    timed(OpKind::SplitConcat, || {
+        vec![
+            x.clone().narrow(1, 0, channels - tail),
+            x.narrow(1, channels - tail, tail),
+        ]
+    })
+}
+
 /// Residual addition.
 fn add(a: Tensor<4>, b: Tensor<4>) -> Tensor<4> {
     timed(OpKind::Add, || a + b)
@@ -201,6 +212,14 @@ impl CspInner {
             Self::C3k(c) => c.forward(x),
         }
     }
+
+    /// Channels the block reads.
+    fn input_channels(&self) -> usize {
+        match self {
+            Self::Bottleneck(b) => b.cv1.weight.dims()[1],
+            Self::C3k(c) => c.cv1.weight.dims()[1],
+        }
+    }
 }
 
 /// C2f (YOLOv8) and C3k2 (YOLO11): split, chain inner blocks, concatenate every stage.
@@ -213,7 +232,12 @@ pub struct Csp {
 
 impl Csp {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut parts = halves(self.cv1.forward(x));
+        let y = self.cv1.forward(x);
+        // The chain's share of cv1's channels: half, unless the layer was pruned unevenly.
+        let mut parts = match self.blocks.first() {
+            Some(first) => split_tail(y, first.input_channels()),
+            None => halves(y),
+        };
         for block in &self.blocks {
             let last = parts.last().expect("two halves").clone();
             parts.push(block.forward(last));
