@@ -101,7 +101,9 @@ impl YoloModel {
         cache_dir: Option<&Path>,
     ) -> Result<Self, ModelError> {
         if path.extension().is_some_and(|e| e == "bpk") {
-            return Self::load_record(path, device);
+            let mut model = Self::load_record(path, device)?;
+            model.card.source = path.display().to_string();
+            return Ok(model);
         }
         let bytes = std::fs::read(path).map_err(|e| model_import::FileImportError {
             path: path.to_path_buf(),

@@ -525,6 +525,72 @@ mod tests {
     }
 
     #[test]
+    fn a_zero_channel_of_a_split_and_its_residual_chain_is_removed_exactly() {
+        // In two C2f layers (one with residual bottlenecks, one without), one channel of the
+        // straight half, of each chain space and of each bottleneck's hidden width is made
+        // identically zero; removing exactly those through the layer's split, chain and
+        // concatenation must leave the output as it was.
+        let mut imported = import();
+        let csp_layers: Vec<usize> = imported
+            .architecture
+            .layers
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| matches!(l.kind, LayerKind::Csp { .. }))
+            .map(|(i, _)| i)
+            .collect();
+        // Layers 2 and 4 (residual, 16 and 32 channels per space), 15 (not residual, 32).
+        let chosen = [csp_layers[0], csp_layers[1], csp_layers[5]];
+        let mut zeroed = Vec::new();
+        for &layer in &chosen {
+            let LayerKind::Csp { cv1, blocks, .. } = &imported.architecture.layers[layer].kind
+            else {
+                unreachable!()
+            };
+            let half = cv1.c_out / 2;
+            zeroed.push((cv1.path.clone(), 1));
+            zeroed.push((cv1.path.clone(), half + 2));
+            for block in blocks {
+                let CspBlockSpec::Bottleneck(b) = block else {
+                    panic!("YOLOv8 C2f blocks are bottlenecks")
+                };
+                zeroed.push((b.cv1.path.clone(), 3));
+                // A residual block writes the chain's channel 2; otherwise it starts a new
+                // space, whose channel 2 is zeroed as well.
+                zeroed.push((b.cv2.path.clone(), 2));
+            }
+        }
+        for (conv, row) in &zeroed {
+            make_constant(&mut imported, conv, *row, 0.0);
+        }
+        let input = input();
+        let before = outputs(&imported, &input);
+        let mut pruned = imported.clone();
+        // 4% of 16 or 32 channels rounds to one: the zeroed channel, the weakest.
+        let mut pruner = pruner(&mut pruned.weights, 0.04);
+        for &layer in &chosen {
+            let LayerKind::Csp { cv1, cv2, blocks } = &mut pruned.architecture.layers[layer].kind
+            else {
+                unreachable!()
+            };
+            pruner.csp(cv1, cv2, blocks);
+        }
+        let summary = pruner.summary;
+        assert_eq!(
+            summary.channels_before - summary.channels_after,
+            summary.spaces
+        );
+        assert_eq!(summary.spaces, 11, "{summary:?}");
+        let after = outputs(&pruned, &input);
+        let worst = before
+            .iter()
+            .zip(&after)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst < 2e-3, "largest output change {worst}");
+    }
+
+    #[test]
     fn a_pruned_network_is_consistent_and_smaller() {
         let mut pruned = import();
         let params = |i: &ImportedModel| i.weights.values().map(|w| w.weight.len()).sum::<usize>();
