@@ -1,13 +1,15 @@
 //! Fused 2-D convolution for CPU inference: `activation(conv(x, w) + b)` in one pass.
 //!
 //! Convolutions are lowered to matrix products over a packed, runtime-dispatched GEMM (the
-//! `gemm` crate: AVX2/FMA, AVX-512 or NEON micro-kernels chosen at run time). The output is
-//! split into column tiles that run in parallel on rayon; each tile builds its own small
-//! im2col block (skipped for 1x1 stride-1 convolutions, which multiply the input directly),
-//! multiplies it, then adds the bias and applies the activation while the tile is still in
-//! cache. Layout is NCHW, one image at a time, so feature maps move between layers without
-//! layout conversions; an input may be given as several channel blocks (the parts of a
-//! concatenation), which are read in place instead of being copied together first.
+//! `gemm` crate: AVX2/FMA, AVX-512 or NEON micro-kernels chosen at run time). [`conv2d`]
+//! splits the output into column tiles that run in parallel on rayon; each tile builds its
+//! own small im2col block (skipped for 1x1 stride-1 convolutions, which multiply the input
+//! directly), multiplies it, then adds the bias and applies the activation while the tile is
+//! still in cache. [`conv3x3_winograd`] computes 3x3 stride-1 convolutions as Winograd
+//! F(2x2, 3x3) (2.25x fewer multiplications) from weights transformed once
+//! ([`WinogradWeights`]). Layout is NCHW, one image at a time, so feature maps move between
+//! layers without layout conversions; an input may be given as several channel blocks (the
+//! parts of a concatenation), which are read in place instead of being copied together first.
 //!
 //! [`max_pool_same`] is the stride-1 max-pool of YOLO's SPPF block, separable;
 //! [`sigmoid_in_place`] and [`exp_in_place`] are the vectorised activations the detection
