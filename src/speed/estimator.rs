@@ -4,6 +4,10 @@
 //! with its frame's timestamp. The speed is the derivative at the newest sample of a
 //! least-squares polynomial fitted over a sliding time window, after rejecting outliers.
 //! Boxes touching the image border are skipped (a clipped box moves its bottom centre).
+//! A track's history restarts where its motion breaks: an impossible jump, a return after a
+//! gap far from where its velocity points, or recent samples that all leave the motion of
+//! the older ones (the tracker has handed the id to another object, typically a
+//! false-positive track taking over a passing vehicle).
 
 // Small dense matrices read best with explicit indices.
 #![allow(clippy::needless_range_loop)]
@@ -79,9 +83,41 @@ struct History {
     last_seen: f64,
     distance: f64,
     last_point: Option<(f64, f64)>,
+    /// Ground velocity (m/s) of the last fit.
+    velocity: Option<(f64, f64)>,
     speed_sum: f64,
     speed_count: u64,
     speed_max: f64,
+}
+
+/// Samples closer together than this many typical frame intervals are consecutive; a larger
+/// gap means the track was lost and found again.
+const GAP_INTERVALS: f64 = 2.5;
+
+/// After a gap, how far (metres, plus a share of the distance covered in the gap) the track
+/// may be from where its last velocity puts it before it counts as another object.
+const RESUME_TOLERANCE_M: f64 = 2.0;
+const RESUME_TOLERANCE_SHARE: f64 = 0.25;
+
+impl History {
+    /// True when the track comes back after a gap away from where its motion predicts:
+    /// the tracker has most likely given its id to another vehicle.
+    fn resumes_elsewhere(&self, timestamp: f64, (x, y): (f64, f64)) -> bool {
+        let (Some((vx, vy)), Some((px, py))) = (self.velocity, self.last_point) else {
+            return false;
+        };
+        let mut times = self.samples.iter().rev().map(|s| s.0);
+        let (Some(last), Some(before)) = (times.next(), times.next()) else {
+            return false;
+        };
+        let dt = timestamp - last;
+        if dt <= GAP_INTERVALS * (last - before) {
+            return false;
+        }
+        let (ex, ey) = (px + vx * dt, py + vy * dt);
+        let travelled = vx.hypot(vy) * dt;
+        (x - ex).hypot(y - ey) > RESUME_TOLERANCE_M + RESUME_TOLERANCE_SHARE * travelled
+    }
 }
 
 /// Speeds for every track of a stream, and what each track did. Without a calibration it
@@ -125,6 +161,7 @@ impl SpeedEstimator {
                     last_seen: timestamp,
                     distance: 0.0,
                     last_point: None,
+                    velocity: None,
                     speed_sum: 0.0,
                     speed_count: 0,
                     speed_max: 0.0,
@@ -143,14 +180,20 @@ impl SpeedEstimator {
                 {
                     let step = (x - px).hypot(y - py);
                     let dt = (timestamp - pt).max(1e-6);
-                    if step / dt * 3.6 > self.config.max_plausible_kmh {
+                    if step / dt * 3.6 > self.config.max_plausible_kmh
+                        || history.resumes_elsewhere(timestamp, (x, y))
+                    {
                         history.samples.clear();
+                        history.velocity = None;
                     } else {
                         history.distance += step;
                     }
                 }
                 history.last_point = Some((x, y));
                 history.samples.push_back((timestamp, x, y));
+                if let Some(start) = change_point(&history.samples) {
+                    history.samples.drain(..start);
+                }
                 while history
                     .samples
                     .front()
@@ -158,8 +201,11 @@ impl SpeedEstimator {
                 {
                     history.samples.pop_front();
                 }
-                let mps = fit_speed(&history.samples, self.config.min_span, self.config.motion)?;
-                let speed = calibration.unit.from_mps(mps);
+                let velocity =
+                    fit_velocity(&history.samples, self.config.min_span, self.config.motion);
+                history.velocity = velocity;
+                let (vx, vy) = velocity?;
+                let speed = calibration.unit.from_mps(vx.hypot(vy));
                 history.speed_sum += speed;
                 history.speed_count += 1;
                 history.speed_max = history.speed_max.max(speed);
@@ -204,13 +250,13 @@ impl SpeedEstimator {
     }
 }
 
-/// Speed (m/s) at the newest sample from a least-squares fit of positions over time,
+/// Velocity (m/s) at the newest sample from a least-squares fit of positions over time,
 /// refitted once without samples that lie far off the first fit.
-pub fn fit_speed(
+pub fn fit_velocity(
     samples: &VecDeque<(f64, f64, f64)>,
     min_span: f64,
     motion: MotionModel,
-) -> Option<f64> {
+) -> Option<(f64, f64)> {
     let newest = samples.back()?.0;
     let span = newest - samples.front()?.0;
     if samples.len() < 4 || span < min_span {
@@ -234,8 +280,54 @@ pub fn fit_speed(
             }
         }
     };
-    Some(vx.hypot(vy))
+    Some((vx, vy))
 }
+
+/// The newest samples that count as "recent" for [`change_point`]: this many seconds, and at
+/// least [`RECENT_MIN_SAMPLES`].
+const RECENT_SECONDS: f64 = 0.2;
+const RECENT_MIN_SAMPLES: usize = 3;
+
+/// Where a track's motion changed abruptly, most likely because its id passed to another
+/// object (a false-positive track taking over a passing vehicle, a swap between neighbours):
+/// when every recent sample lies far off the motion fitted to the older ones, the index of
+/// the first recent sample, from which the history should restart.
+fn change_point(samples: &VecDeque<(f64, f64, f64)>) -> Option<usize> {
+    let newest = samples.back()?.0;
+    let recent = samples
+        .iter()
+        .rev()
+        .take_while(|s| s.0 >= newest - RECENT_SECONDS)
+        .count()
+        .max(RECENT_MIN_SAMPLES);
+    let older = samples.len().checked_sub(recent)?;
+    if older < 2 * RECENT_MIN_SAMPLES {
+        return None;
+    }
+    let points: Vec<(f64, f64, f64)> = samples
+        .iter()
+        .map(|&(t, x, y)| (t - newest, x, y))
+        .collect();
+    let (before, after) = points.split_at(older);
+    let inliers = reject_outliers(before)?;
+    let degree = if inliers.len() > 8 { 2 } else { 1 };
+    let fit = poly_fit(&inliers, degree)?;
+    let mut sorted = fit.residuals.clone();
+    sorted.sort_by(f64::total_cmp);
+    let tolerance = CHANGE_RESIDUALS * sorted[sorted.len() / 2] + CHANGE_MARGIN_M;
+    after
+        .iter()
+        .all(|&(t, x, y)| {
+            let (ex, ey) = fit.position(t);
+            (x - ex).hypot(y - ey) > tolerance
+        })
+        .then_some(older)
+}
+
+/// A recent sample is off the older motion beyond this many median residuals plus
+/// [`CHANGE_MARGIN_M`].
+const CHANGE_RESIDUALS: f64 = 4.0;
+const CHANGE_MARGIN_M: f64 = 1.0;
 
 /// Squared t-statistic of the fitted acceleration above which `Auto` trusts it.
 const ACCELERATION_SIGNIFICANCE: f64 = 9.0;
@@ -261,12 +353,22 @@ fn reject_outliers(points: &[(f64, f64, f64)]) -> Option<Vec<(f64, f64, f64)>> {
 
 /// A polynomial fit of both coordinates.
 struct Fit {
+    /// Polynomial coefficients of `x(t)` and `y(t)` (constant, t, t^2).
+    coefficients: ([f64; 3], [f64; 3]),
     /// Derivatives at `t = 0`.
     velocity: (f64, f64),
     /// Distance of each sample from the fitted curve.
     residuals: Vec<f64>,
     /// Squared t-statistic of the second-order terms (0 for lines).
     acceleration_significance: f64,
+}
+
+impl Fit {
+    /// The fitted position at time `t`.
+    fn position(&self, t: f64) -> (f64, f64) {
+        let eval = |c: &[f64; 3]| c[0] + c[1] * t + c[2] * t * t;
+        (eval(&self.coefficients.0), eval(&self.coefficients.1))
+    }
 }
 
 /// Fits `x(t)` and `y(t)` with polynomials of `degree` (1 or 2) around `t = 0`.
@@ -303,6 +405,7 @@ fn poly_fit(points: &[(f64, f64, f64)], degree: usize) -> Option<Fit> {
         0.0
     };
     Some(Fit {
+        coefficients: (cx, cy),
         velocity: (cx[1], cy[1]),
         residuals,
         acceleration_significance,
@@ -340,6 +443,14 @@ fn solve(a: &[[f64; 3]; 3], b: &[f64; 3], k: usize) -> Option<[f64; 3]> {
 mod tests {
     use super::*;
 
+    fn speed(
+        samples: &VecDeque<(f64, f64, f64)>,
+        min_span: f64,
+        motion: MotionModel,
+    ) -> Option<f64> {
+        fit_velocity(samples, min_span, motion).map(|(vx, vy)| vx.hypot(vy))
+    }
+
     #[test]
     fn constant_speed_is_recovered_despite_an_outlier() {
         let mut samples: VecDeque<(f64, f64, f64)> = (0..25)
@@ -348,10 +459,10 @@ mod tests {
                 (t, 3.0 * t, 4.0 * t)
             })
             .collect();
-        assert!((fit_speed(&samples, 0.5, MotionModel::Linear).unwrap() - 5.0).abs() < 1e-9);
-        assert!((fit_speed(&samples, 0.5, MotionModel::Auto).unwrap() - 5.0).abs() < 1e-6);
+        assert!((speed(&samples, 0.5, MotionModel::Linear).unwrap() - 5.0).abs() < 1e-9);
+        assert!((speed(&samples, 0.5, MotionModel::Auto).unwrap() - 5.0).abs() < 1e-6);
         samples[12].1 += 3.0;
-        assert!((fit_speed(&samples, 0.5, MotionModel::Linear).unwrap() - 5.0).abs() < 1e-6);
+        assert!((speed(&samples, 0.5, MotionModel::Linear).unwrap() - 5.0).abs() < 1e-6);
     }
 
     #[test]
@@ -363,14 +474,74 @@ mod tests {
                 (t, 10.0 * t + t * t, 0.0)
             })
             .collect();
-        assert!((fit_speed(&samples, 0.5, MotionModel::Auto).unwrap() - 12.0).abs() < 1e-6);
-        assert!((fit_speed(&samples, 0.5, MotionModel::Linear).unwrap() - 11.0).abs() < 1e-6);
+        assert!((speed(&samples, 0.5, MotionModel::Auto).unwrap() - 12.0).abs() < 1e-6);
+        assert!((speed(&samples, 0.5, MotionModel::Linear).unwrap() - 11.0).abs() < 1e-6);
+    }
+
+    /// 2 s at 25 fps of an object at 1.5 m/s (a false-positive track creeping), then its id
+    /// on a vehicle passing at 25 m/s.
+    fn takeover(after: usize) -> VecDeque<(f64, f64, f64)> {
+        (0..50 + after)
+            .map(|i| {
+                let t = i as f64 / 25.0;
+                let y = if i < 50 {
+                    60.0 - 1.5 * t
+                } else {
+                    57.0 - 25.0 * (t - 2.0)
+                };
+                (t, 1.8 + 0.05 * (i % 3) as f64, y)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_track_taken_over_by_another_object_restarts_at_the_change() {
+        // The first samples of the new motion alone are not enough (noise or an outlier)...
+        assert_eq!(change_point(&takeover(2)), None);
+        // ... but once every recent sample (0.2 s) is off the old motion, history restarts
+        // there: within a few samples of the switch (the first ones are still close).
+        let samples = takeover(10);
+        let start = change_point(&samples).expect("a change is found");
+        assert!((50..=54).contains(&start), "{start}");
+        // A steady track never restarts.
+        let steady: VecDeque<(f64, f64, f64)> = (0..75)
+            .map(|i| {
+                let t = i as f64 / 25.0;
+                (t, 0.1 * (i % 2) as f64, 30.0 * t + 1.5 * t * t)
+            })
+            .collect();
+        assert_eq!(change_point(&steady), None);
+    }
+
+    #[test]
+    fn a_track_found_again_far_from_its_prediction_counts_as_another_object() {
+        let mut history = History {
+            samples: (0..10)
+                .map(|i| (i as f64 * 0.04, 0.0, i as f64 * 0.8))
+                .collect(),
+            class_id: 2,
+            first_seen: 0.0,
+            last_seen: 0.36,
+            distance: 0.0,
+            last_point: Some((0.0, 7.2)),
+            velocity: Some((0.0, 20.0)),
+            speed_sum: 0.0,
+            speed_count: 0,
+            speed_max: 0.0,
+        };
+        // Next frame, anywhere plausible: no gap, no judgement.
+        assert!(!history.resumes_elsewhere(0.40, (0.0, 9.0)));
+        // One second later where its speed puts it, or 20 m short of it.
+        assert!(!history.resumes_elsewhere(1.36, (0.5, 27.0)));
+        assert!(history.resumes_elsewhere(1.36, (0.0, 7.0)));
+        history.velocity = None;
+        assert!(!history.resumes_elsewhere(1.36, (0.0, 7.0)));
     }
 
     #[test]
     fn too_little_history_gives_no_speed() {
         let samples: VecDeque<(f64, f64, f64)> =
             (0..5).map(|i| (i as f64 / 25.0, i as f64, 0.0)).collect();
-        assert!(fit_speed(&samples, 0.5, MotionModel::Auto).is_none());
+        assert!(speed(&samples, 0.5, MotionModel::Auto).is_none());
     }
 }
