@@ -183,17 +183,11 @@ fn chain_spaces(cv1: &ConvSpec, half: usize, blocks: &[CspBlockSpec]) -> Vec<Cha
     spaces
 }
 
-trait LastConv {
-    /// The convolution that writes the block's output.
-    fn last_conv(&mut self) -> &mut ConvSpec;
-}
-
-impl LastConv for CspBlockSpec {
-    fn last_conv(&mut self) -> &mut ConvSpec {
-        match self {
-            CspBlockSpec::Bottleneck(b) => &mut b.cv2,
-            CspBlockSpec::C3k { cv3, .. } => cv3,
-        }
+/// The convolution that writes a C2f / C3k2 inner block's output.
+fn last_conv(block: &mut CspBlockSpec) -> &mut ConvSpec {
+    match block {
+        CspBlockSpec::Bottleneck(b) => &mut b.cv2,
+        CspBlockSpec::C3k { cv3, .. } => cv3,
     }
 }
 
@@ -244,7 +238,8 @@ impl Pruner<'_> {
         };
         let straight = self.select(&straight, &self.stage_values(&straight)[0]);
         let chain = chain_spaces(cv1, half, blocks);
-        // Selections first, from the unpruned weights; then every writer and reader.
+        // Space by space: the selection from the writers' weights as they are (no space
+        // shares a writer with another), then every writer and reader.
         let mut parts: Vec<Option<Selection>> = vec![None; blocks.len() + 2];
         parts[0] = Some(straight.clone());
         for space in &chain {
@@ -261,10 +256,10 @@ impl Pruner<'_> {
                         .collect();
                     self.keep_output_rows(cv1, &rows);
                 }
-                Some(i) => self.apply_outputs(blocks[i].last_conv(), &selection),
+                Some(i) => self.apply_outputs(last_conv(&mut blocks[i]), &selection),
             }
             for &i in &space.shortcut_blocks {
-                self.apply_outputs(blocks[i].last_conv(), &selection);
+                self.apply_outputs(last_conv(&mut blocks[i]), &selection);
             }
             for &(i, stage) in &space.readers {
                 let input = at(stage);
