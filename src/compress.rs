@@ -29,13 +29,14 @@ pub struct Written {
     pub bytes: u64,
 }
 
-/// The model at `path` pruned by `ratio` (structured, by L1 norm) on `device`, with a
-/// summary of the channels removed. Reads the ONNX export, which names every weight.
+/// The model at `path` and a copy pruned by `ratio` (structured, by L1 norm), both on
+/// `device`, with a summary of the channels removed. Reads the ONNX export, which names every
+/// weight, once for both.
 pub fn pruned(
     path: &Path,
     ratio: f32,
     device: ComputeDevice,
-) -> anyhow::Result<(YoloModel, prune::PruneSummary)> {
+) -> anyhow::Result<(YoloModel, YoloModel, prune::PruneSummary)> {
     if path.extension().is_none_or(|e| e != "onnx") {
         bail!(
             "{}: pruning reads an Ultralytics ONNX export (its weights are named by module); \
@@ -43,10 +44,15 @@ pub fn pruned(
             path.display()
         );
     }
-    let mut imported = model_import::import_file(path)?;
-    let summary = prune::prune(&mut imported.architecture, &mut imported.weights, ratio)
+    let imported = model_import::import_file(path)?;
+    let mut pruned = imported.clone();
+    let summary = prune::prune(&mut pruned.architecture, &mut pruned.weights, ratio)
         .with_context(|| format!("{}: cannot prune", path.display()))?;
-    Ok((YoloModel::from_imported(imported, path, device), summary))
+    Ok((
+        YoloModel::from_imported(imported, path, device.clone()),
+        YoloModel::from_imported(pruned, path, device),
+        summary,
+    ))
 }
 
 /// Checks `candidate` against `original` (when `check` names videos) and writes it to

@@ -625,37 +625,48 @@ fn agree(args: AgreeArgs, config: Config) -> anyhow::Result<()> {
 fn quantize(args: QuantizeArgs, config: Config) -> anyhow::Result<()> {
     let original = YoloModel::load(&args.model, ComputeDevice::cpu())?;
     let quantized = original.quantized();
-    let written = streamtrack::compress::check_and_save(
+    save_compressed(
         original,
         quantized,
-        &args.check.check(),
-        &config,
+        &args.model,
         &args.output,
-    )?;
-    report_written(&args.model, &args.output, &written);
-    Ok(())
+        args.check,
+        &config,
+    )
 }
 
 fn prune(args: PruneArgs, config: Config) -> anyhow::Result<()> {
-    let original = YoloModel::load(&args.model, ComputeDevice::cpu())?;
-    let (pruned, summary) =
+    let (original, pruned, summary) =
         streamtrack::compress::pruned(&args.model, args.ratio, ComputeDevice::cpu())?;
+    let removed = summary.channels_before - summary.channels_after;
     println!(
-        "pruned {} of {} channels in {} blocks ({:.1}%)",
-        summary.channels_before - summary.channels_after,
+        "pruned {removed} of {} channels in {} blocks ({:.1}%)",
         summary.channels_before,
         summary.spaces,
-        100.0 * (summary.channels_before - summary.channels_after) as f64
-            / summary.channels_before.max(1) as f64
+        100.0 * removed as f64 / summary.channels_before.max(1) as f64
     );
-    let written = streamtrack::compress::check_and_save(
+    save_compressed(
         original,
         pruned,
-        &args.check.check(),
-        &config,
+        &args.model,
         &args.output,
-    )?;
-    report_written(&args.model, &args.output, &written);
+        args.check,
+        &config,
+    )
+}
+
+/// Checks `candidate` against `original`, writes it to `output` and reports it.
+fn save_compressed(
+    original: YoloModel,
+    candidate: YoloModel,
+    source: &Path,
+    output: &Path,
+    check: CheckArgs,
+    config: &Config,
+) -> anyhow::Result<()> {
+    let written =
+        streamtrack::compress::check_and_save(original, candidate, &check.check(), config, output)?;
+    report_written(source, output, &written);
     Ok(())
 }
 

@@ -426,6 +426,15 @@ mod tests {
         model.infer(input.to_vec(), 1).data
     }
 
+    /// Largest absolute difference between two outputs.
+    fn largest_change(before: &[f32], after: &[f32]) -> f32 {
+        before
+            .iter()
+            .zip(after)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+    }
+
     /// An input at the network's size with some structure (a smooth gradient and stripes).
     fn input() -> Vec<f32> {
         (0..3 * 640 * 640)
@@ -510,12 +519,7 @@ mod tests {
             pruner.summary.channels_before - pruner.summary.channels_after,
             2
         );
-        let after = outputs(&pruned, &input);
-        let worst = before
-            .iter()
-            .zip(&after)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let worst = largest_change(&before, &outputs(&pruned, &input));
         assert!(worst < 2e-3, "largest output change {worst}");
     }
 
@@ -576,12 +580,7 @@ mod tests {
             summary.spaces
         );
         assert_eq!(summary.spaces, 11, "{summary:?}");
-        let after = outputs(&pruned, &input);
-        let worst = before
-            .iter()
-            .zip(&after)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let worst = largest_change(&before, &outputs(&pruned, &input));
         assert!(worst < 2e-3, "largest output change {worst}");
     }
 
