@@ -312,9 +312,7 @@ fn change_point(samples: &VecDeque<(f64, f64, f64)>) -> Option<usize> {
     let inliers = reject_outliers(before)?;
     let degree = if inliers.len() > 8 { 2 } else { 1 };
     let fit = poly_fit(&inliers, degree)?;
-    let mut sorted = fit.residuals.clone();
-    sorted.sort_by(f64::total_cmp);
-    let tolerance = CHANGE_RESIDUALS * sorted[sorted.len() / 2] + CHANGE_MARGIN_M;
+    let tolerance = CHANGE_RESIDUALS * fit.median_residual() + CHANGE_MARGIN_M;
     after
         .iter()
         .all(|&(t, x, y)| {
@@ -335,9 +333,7 @@ const ACCELERATION_SIGNIFICANCE: f64 = 9.0;
 /// Drops samples far off a straight-line fit (more than 3 median residuals plus 0.2 m).
 fn reject_outliers(points: &[(f64, f64, f64)]) -> Option<Vec<(f64, f64, f64)>> {
     let line = poly_fit(points, 1)?;
-    let mut sorted = line.residuals.clone();
-    sorted.sort_by(f64::total_cmp);
-    let cutoff = 3.0 * sorted[sorted.len() / 2] + 0.2;
+    let cutoff = 3.0 * line.median_residual() + 0.2;
     let inliers: Vec<(f64, f64, f64)> = points
         .iter()
         .zip(&line.residuals)
@@ -364,6 +360,13 @@ struct Fit {
 }
 
 impl Fit {
+    /// The median distance of the samples from the curve (upper median).
+    fn median_residual(&self) -> f64 {
+        let mut sorted = self.residuals.clone();
+        sorted.sort_by(f64::total_cmp);
+        sorted[sorted.len() / 2]
+    }
+
     /// The fitted position at time `t`.
     fn position(&self, t: f64) -> (f64, f64) {
         let eval = |c: &[f64; 3]| c[0] + c[1] * t + c[2] * t * t;
