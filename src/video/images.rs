@@ -1,7 +1,12 @@
 //! Still images (JPEG/PNG), one file or a folder of them, as a frame source.
 
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, RgbImage};
+
+use super::jpeg::{self, JpegError};
 use super::{Frame, FrameSource, StreamInfo, VideoError};
 
 /// File extensions read as still images.
@@ -32,16 +37,45 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>, VideoError> {
     Ok(files)
 }
 
-/// Decodes one image file to RGB.
-pub fn read_image(path: &Path) -> Result<image::RgbImage, VideoError> {
-    let reader = image::ImageReader::open(path)
-        .map_err(|e| VideoError::input(path, format!("cannot open: {e}")))?
+/// Decodes one image file to RGB (see [`decode_image`]).
+pub fn read_image(path: &Path) -> Result<RgbImage, VideoError> {
+    let data =
+        std::fs::read(path).map_err(|e| VideoError::input(path, format!("cannot open: {e}")))?;
+    decode_image(&data).map_err(|message| VideoError::input(path, message))
+}
+
+/// Decodes an image file's bytes to RGB the way OpenCV's `imread` does: JPEGs through the
+/// libjpeg-exact decoder ([`jpeg`]), other formats and the JPEG kinds it leaves out through
+/// the `image` crate, then the EXIF orientation applied.
+pub fn decode_image(data: &[u8]) -> Result<RgbImage, String> {
+    if data.starts_with(&[0xFF, 0xD8]) {
+        match jpeg::decode(data) {
+            Ok(decoded) => {
+                let orientation = decoded
+                    .exif
+                    .as_deref()
+                    .and_then(Orientation::from_exif_chunk)
+                    .unwrap_or(Orientation::NoTransforms);
+                let mut image = DynamicImage::ImageRgb8(decoded.image);
+                image.apply_orientation(orientation);
+                return Ok(image.into_rgb8());
+            }
+            Err(JpegError::Corrupt(message)) => {
+                return Err(format!("not a decodable JPEG: {message}"));
+            }
+            Err(JpegError::Unsupported(_)) => {}
+        }
+    }
+    let not_decodable = |e: image::ImageError| format!("not a decodable image: {e}");
+    let mut decoder = image::ImageReader::new(Cursor::new(data))
         .with_guessed_format()
-        .map_err(|e| VideoError::input(path, format!("cannot read: {e}")))?;
-    reader
-        .decode()
-        .map(|img| img.to_rgb8())
-        .map_err(|e| VideoError::input(path, format!("not a decodable image: {e}")))
+        .map_err(|e| format!("cannot read: {e}"))?
+        .into_decoder()
+        .map_err(not_decodable)?;
+    let orientation = decoder.orientation().map_err(not_decodable)?;
+    let mut image = DynamicImage::from_decoder(decoder).map_err(not_decodable)?;
+    image.apply_orientation(orientation);
+    Ok(image.into_rgb8())
 }
 
 /// Images as frames, one per second of presentation time.

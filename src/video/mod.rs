@@ -8,6 +8,7 @@ pub mod annexb;
 pub mod decoder;
 pub mod encoder;
 pub mod images;
+pub mod jpeg;
 pub mod live;
 pub mod mp4_source;
 pub mod mp4_writer;

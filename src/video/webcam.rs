@@ -10,6 +10,7 @@ use linuxvideo::format::{PixFormat, PixelFormat};
 use linuxvideo::stream::ReadStream;
 use linuxvideo::{BufType, Device};
 
+use super::images::decode_image;
 use super::{Frame, FrameSource, StreamInfo, VideoError};
 
 /// Frame rate assumed when the driver does not report one.
@@ -121,8 +122,7 @@ impl FrameSource for WebcamSource {
 /// Converts one captured buffer; `None` for a damaged one.
 fn to_rgb(data: &[u8], width: u32, height: u32, format: PixelFormat) -> Option<RgbImage> {
     if format == PixelFormat::MJPG {
-        let image = image::load_from_memory_with_format(data, image::ImageFormat::Jpeg).ok()?;
-        return Some(image.into_rgb8());
+        return decode_image(data).ok();
     }
     yuyv_to_rgb(data, width, height)
 }
