@@ -205,7 +205,7 @@ impl StageRun {
             return Ok(None);
         };
         let (input, letterboxes) = lap(&mut t[1], || detector.preprocess(&[&frame.image]));
-        let output = lap(&mut t[2], || detector.model.infer(input, 1));
+        let output = lap(&mut t[2], || detector.infer(input, 1));
         let detections = lap(&mut t[3], || detector.postprocess(&output, &letterboxes))
             .pop()
             .expect("one image");

@@ -7,14 +7,13 @@
 
 mod common;
 
+use burn::tensor::{Device, Tensor, TensorData};
 use common::{data, read_npy_f32};
-use streamtrack::detect::decode::to_original;
-use streamtrack::detect::{
-    DetectConfig, Detection, Detector, decode_candidates, non_max_suppression,
-};
+use streamtrack::detect::{DetectConfig, Detection, Detector, decode_candidates, decode_survivors};
 use streamtrack::geometry::BBox;
 use streamtrack::model::preprocess::Letterbox;
-use streamtrack::model::{ComputeDevice, YoloModel};
+use streamtrack::model::survivors::read_survivors;
+use streamtrack::model::{ComputeDevice, DeviceChoice, YoloModel};
 use streamtrack::video::images::read_image;
 
 const IMAGES: [&str; 5] = ["bus", "dog", "horses", "person", "zidane"];
@@ -78,24 +77,21 @@ fn compare(ours: &[Detection], expected: &[Detection], what: &str) -> (f32, f32)
     (worst_iou, worst_conf)
 }
 
-/// Checks every image; returns the worst IoU and confidence difference seen.
-fn check_model(mut detector: Detector, model: &str) -> (f32, f32) {
-    let (mut worst_iou, mut worst_conf) = (1.0f32, 0.0f32);
+/// Checks the reference input tensor and `images`; returns the worst IoU and confidence
+/// difference seen.
+fn check_model(mut detector: Detector, model: &str, images: &[&str]) -> (f32, f32) {
     // The reference's exact input tensor: the full criterion.
     let (_, input) = read_npy_f32(&data(&format!("reference/{model}/bus.input.npy")));
-    let output = detector.model.infer(input, 1);
+    let output = detector.infer(input, 1);
     let frame = read_image(&data("images/bus.jpg")).unwrap();
     let letterbox = Letterbox::new(frame.dimensions(), detector.model.input_size());
-    let candidates = decode_candidates(output.image(0), output.anchors, &detector.config);
-    let config = &detector.config;
-    let kept = non_max_suppression(candidates, config.iou, config.max_det, config.agnostic_nms);
-    let ours = to_original(&kept, &letterbox);
-    compare(
+    let ours = detector.postprocess(&output, &[letterbox]).remove(0);
+    let (mut worst_iou, mut worst_conf) = compare(
         &ours,
         &reference(model, "bus"),
         &format!("{model}/bus.input.npy"),
     );
-    for image in IMAGES {
+    for image in images {
         let frame = read_image(&data(&format!("images/{image}.jpg"))).unwrap();
         let ours = detector.detect(&frame);
         let (iou, conf) = compare(&ours, &reference(model, image), &format!("{model}/{image}"));
@@ -112,6 +108,7 @@ fn yolov8n_640_matches_the_reference() {
     let (iou, conf) = check_model(
         Detector::new(model, DetectConfig::default()),
         "yolov8n-coco-640",
+        &IMAGES,
     );
     eprintln!("yolov8n-640: worst IoU {iou:.4}, worst conf diff {conf:.5}");
 }
@@ -130,9 +127,58 @@ fn yolo11n_320_from_an_imported_record_matches_the_reference() {
     let (iou, conf) = check_model(
         Detector::new(model, DetectConfig::default()),
         "yolo11n-coco-320",
+        &IMAGES,
     );
     eprintln!("yolo11n-320 (record): worst IoU {iou:.4}, worst conf diff {conf:.5}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The wgpu path, where the confidence filter runs on the device and only survivors are read
+/// back, on whatever adapter exists (CI installs Mesa's lavapipe, a software Vulkan driver:
+/// two frames keep it short).
+#[test]
+fn wgpu_with_device_filtering_matches_the_reference_where_an_adapter_exists() {
+    let device = match ComputeDevice::resolve(DeviceChoice::Gpu) {
+        Ok(device) => device,
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            return;
+        }
+    };
+    eprintln!("device: {}", device.description);
+    let model = YoloModel::load(&data("models/yolo11n-coco-320.onnx"), device).unwrap();
+    assert!(model.filters_on_device());
+    let (iou, conf) = check_model(
+        Detector::new(model, DetectConfig::default()),
+        "yolo11n-coco-320",
+        &["bus"],
+    );
+    eprintln!("yolo11n-320 on wgpu: worst IoU {iou:.4}, worst conf diff {conf:.5}");
+}
+
+/// Filtering on the device keeps exactly the candidates the host decoder finds: a real
+/// 80-class head output, with the default thresholds and with a per-class threshold plus a
+/// class filter, through a first read that is too small.
+#[test]
+fn device_filtering_keeps_the_host_decoders_candidates() {
+    let (shape, output) = read_npy_f32(&data("reference/yolov8n-coco-640/bus.output.npy"));
+    let strict_people = DetectConfig {
+        class_conf: vec![(0, 0.6)],
+        classes: vec![0, 5],
+        ..Default::default()
+    };
+    for config in [DetectConfig::default(), strict_people] {
+        let host = decode_candidates(&output, shape[2], &config);
+        let tensor = Tensor::<3>::from_data(
+            TensorData::new(output.clone(), [shape[0], shape[1], shape[2]]),
+            &Device::flex(),
+        );
+        let survivors = read_survivors(tensor, config.min_threshold(), 8);
+        let (block, count) = survivors.image(0);
+        let filtered = decode_survivors(block, survivors.capacity(), count, &config);
+        assert!(host.len() > 8, "{} candidates", host.len());
+        assert_eq!(filtered, host);
+    }
 }
 
 #[test]

@@ -41,17 +41,38 @@ pub fn decode_candidates(output: &[f32], anchors: usize, config: &DetectConfig) 
     (0..anchors)
         .filter(|&a| best_score[a] > floor)
         .filter_map(|a| {
-            let class_id = best_class[a] as usize;
-            let score = best_score[a];
-            (score > config.threshold(class_id) && config.keeps_class(class_id)).then(|| {
-                Candidate {
-                    bbox: BBox::from_cxcywh(cx[a], cy[a], w[a], h[a]),
-                    score,
-                    class_id,
-                }
-            })
+            let bbox = BBox::from_cxcywh(cx[a], cy[a], w[a], h[a]);
+            accept(bbox, best_score[a], best_class[a] as usize, config)
         })
         .collect()
+}
+
+/// [`decode_candidates`] for anchors already reduced on the device
+/// ([`crate::model::Survivors`]): `block` is `[6, capacity]` (`cx, cy, w, h`, best score,
+/// best class) with `count` leading survivors of the confidence floor.
+pub fn decode_survivors(
+    block: &[f32],
+    capacity: usize,
+    count: usize,
+    config: &DetectConfig,
+) -> Vec<Candidate> {
+    let row = |r: usize| &block[r * capacity..r * capacity + count];
+    let (cx, cy, w, h, score, class) = (row(0), row(1), row(2), row(3), row(4), row(5));
+    (0..count)
+        .filter_map(|k| {
+            let bbox = BBox::from_cxcywh(cx[k], cy[k], w[k], h[k]);
+            accept(bbox, score[k], class[k] as usize, config)
+        })
+        .collect()
+}
+
+/// The candidate for an anchor's best class, if its threshold and the class filter pass it.
+fn accept(bbox: BBox, score: f32, class_id: usize, config: &DetectConfig) -> Option<Candidate> {
+    (score > config.threshold(class_id) && config.keeps_class(class_id)).then_some(Candidate {
+        bbox,
+        score,
+        class_id,
+    })
 }
 
 /// Maps kept candidates from network-input pixels to original-image pixels, clipped.

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::geometry::BBox;
 
-pub use decode::{Candidate, decode_candidates};
-pub use detector::Detector;
+pub use decode::{Candidate, decode_candidates, decode_survivors};
+pub use detector::{Detector, HeadOutput};
 pub use nms::non_max_suppression;
 
 /// One detected object in original-image pixels.

@@ -9,6 +9,7 @@ pub mod preprocess;
 pub mod profile;
 pub mod prune;
 mod quantize;
+pub mod survivors;
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +21,7 @@ use serde::{Deserialize, Serialize};
 pub use device::{ComputeDevice, DeviceChoice};
 use layers::WeightSource;
 use network::YoloNetwork;
+pub use survivors::Survivors;
 
 /// Why a model could not be loaded or saved.
 #[derive(Debug, thiserror::Error)]
@@ -273,13 +275,7 @@ impl YoloModel {
 
     /// Runs the network on `batch` letterboxed images (`batch * 3 * h * w` planar floats).
     pub fn infer(&self, pixels: Vec<f32>, batch: usize) -> RawOutput {
-        let (w, h) = self.input_size();
-        let input = Tensor::<4>::from_data(
-            TensorData::new(pixels, [batch, 3, h as usize, w as usize]),
-            &self.device.device,
-        );
-        let output =
-            fast_cpu::with_fast_path(self.device.fast_cpu_conv, || self.network.forward(input));
+        let output = self.forward(pixels, batch);
         let [batch, channels, anchors] = output.dims();
         let data = output
             .into_data()
@@ -291,5 +287,32 @@ impl YoloModel {
             channels,
             anchors,
         }
+    }
+
+    /// Runs the network and reads back only the anchors whose best class score is above
+    /// `floor` (see [`survivors`]), trying `capacity` columns per image first.
+    pub fn infer_survivors(
+        &self,
+        pixels: Vec<f32>,
+        batch: usize,
+        floor: f32,
+        capacity: usize,
+    ) -> Survivors {
+        survivors::read_survivors(self.forward(pixels, batch), floor, capacity)
+    }
+
+    /// True when reading back [`Survivors`] beats reading the whole head output: the output
+    /// lives on a GPU and has more rows than the survivors' six.
+    pub fn filters_on_device(&self) -> bool {
+        self.device.is_gpu && 4 + self.class_names().len() > survivors::ROWS
+    }
+
+    fn forward(&self, pixels: Vec<f32>, batch: usize) -> Tensor<3> {
+        let (w, h) = self.input_size();
+        let input = Tensor::<4>::from_data(
+            TensorData::new(pixels, [batch, 3, h as usize, w as usize]),
+            &self.device.device,
+        );
+        fast_cpu::with_fast_path(self.device.fast_cpu_conv, || self.network.forward(input))
     }
 }
