@@ -4,6 +4,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use burn::cubecl::config::cache::CacheConfig;
+use burn::cubecl::config::{CubeClRuntimeConfig, RuntimeConfig};
 use burn::tensor::{Device, DeviceKind};
 
 /// What the user asked for with `--device`.
@@ -115,6 +117,7 @@ impl ComputeDevice {
     }
 
     fn wgpu(adapter: &wgpu::AdapterInfo) -> Self {
+        keep_gpu_tuning_in_cache();
         let kind = match adapter.device_type {
             wgpu::DeviceType::Cpu => DeviceKind::Cpu,
             _ => DeviceKind::DefaultDevice,
@@ -148,4 +151,20 @@ pub fn gpu_adapters() -> Vec<wgpu::AdapterInfo> {
         wgpu::DeviceType::Cpu => 4,
     });
     infos
+}
+
+/// Points CubeCL's persistent environment (autotune results, so a second run skips the
+/// kernel benchmarks) at `gpu/` in streamtrack's cache folder, next to the converted models,
+/// unless a `cubecl.toml` / `burn.toml` from the working directory chose a place. Without it
+/// CubeCL writes into `target/environment` of any Cargo workspace it runs in. Only effective
+/// before the first GPU device is created.
+fn keep_gpu_tuning_in_cache() {
+    let Some(dir) = super::default_cache_dir() else {
+        return;
+    };
+    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+    if matches!(config.environment.path, CacheConfig::Target) {
+        config.environment.path = CacheConfig::Directory(dir.join("gpu"));
+    }
+    CubeClRuntimeConfig::try_set(config);
 }
