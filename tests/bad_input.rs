@@ -144,7 +144,15 @@ fn undecodable_image() {
     )
     .unwrap();
     let model = data("models/yolo11n-coco-320.onnx");
-    detect_fails_with(&path, &model, &[], &["broken.jpg", "not a decodable image"]);
+    detect_fails_with(&path, &model, &[], &["broken.jpg", "not a decodable JPEG"]);
+    // A real photo cut off inside its image data.
+    let cut = scratch("cut.jpg");
+    let bytes = std::fs::read(data("images/bus.jpg")).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    detect_fails_with(&cut, &model, &[], &["cut.jpg", "ends early"]);
+    let png = scratch("broken.png");
+    std::fs::write(&png, b"\x89PNG\r\n\x1a\n and nothing after it").unwrap();
+    detect_fails_with(&png, &model, &[], &["broken.png", "not a decodable image"]);
 }
 
 #[test]
