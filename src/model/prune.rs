@@ -55,15 +55,7 @@ pub fn prune(
             return Err(PruneError::MissingWeights(conv.path.clone()));
         }
     }
-    let mut pruner = Pruner {
-        weights,
-        ratio,
-        summary: PruneSummary {
-            spaces: 0,
-            channels_before: 0,
-            channels_after: 0,
-        },
-    };
+    let mut pruner = Pruner::new(weights, ratio);
     for layer in &mut arch.layers {
         match &mut layer.kind {
             LayerKind::Csp { cv1, cv2, blocks } => pruner.csp(cv1, cv2, blocks),
@@ -219,7 +211,20 @@ struct Pruner<'a> {
     summary: PruneSummary,
 }
 
-impl Pruner<'_> {
+impl<'a> Pruner<'a> {
+    /// A pruner of `weights` at `ratio`, nothing pruned yet.
+    fn new(weights: &'a mut BTreeMap<String, ConvWeights>, ratio: f32) -> Self {
+        Self {
+            weights,
+            ratio,
+            summary: PruneSummary {
+                spaces: 0,
+                channels_before: 0,
+                channels_after: 0,
+            },
+        }
+    }
+
     /// Prunes the hidden channels between `writer` and `reader` (one reads all the other
     /// writes).
     fn between(&mut self, writer: &mut ConvSpec, reader: &mut ConvSpec) {
@@ -454,18 +459,6 @@ mod tests {
         w.bias[row] = bias;
     }
 
-    fn pruner(weights: &mut BTreeMap<String, ConvWeights>, ratio: f32) -> Pruner<'_> {
-        Pruner {
-            weights,
-            ratio,
-            summary: PruneSummary {
-                spaces: 0,
-                channels_before: 0,
-                channels_after: 0,
-            },
-        }
-    }
-
     #[test]
     fn a_constant_channel_is_removed_without_changing_the_output() {
         // Channels read only by 1x1 convolutions (a head branch's last hidden width, SPPF's
@@ -495,7 +488,7 @@ mod tests {
         let mut pruned = imported.clone();
         let arch = &mut pruned.architecture;
         // 1 of 64 head channels, 1 of 128 SPPF channels.
-        let mut pruner = pruner(&mut pruned.weights, 0.01);
+        let mut pruner = Pruner::new(&mut pruned.weights, 0.01);
         let LayerKind::Sppf { cv1, cv2, .. } = &mut arch.layers[sppf].kind else {
             unreachable!()
         };
@@ -566,7 +559,7 @@ mod tests {
         let before = outputs(&imported, &input);
         let mut pruned = imported.clone();
         // 4% of 16 or 32 channels rounds to one: the zeroed channel, the weakest.
-        let mut pruner = pruner(&mut pruned.weights, 0.04);
+        let mut pruner = Pruner::new(&mut pruned.weights, 0.04);
         for &layer in &chosen {
             let LayerKind::Csp { cv1, cv2, blocks } = &mut pruned.architecture.layers[layer].kind
             else {
