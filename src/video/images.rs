@@ -48,24 +48,36 @@ pub fn read_image(path: &Path) -> Result<RgbImage, VideoError> {
 /// libjpeg-exact decoder ([`jpeg`]), other formats and the JPEG kinds it leaves out through
 /// the `image` crate, then the EXIF orientation applied.
 pub fn decode_image(data: &[u8]) -> Result<RgbImage, String> {
-    if data.starts_with(&[0xFF, 0xD8]) {
-        match jpeg::decode(data) {
-            Ok(decoded) => {
-                let orientation = decoded
-                    .exif
-                    .as_deref()
-                    .and_then(Orientation::from_exif_chunk)
-                    .unwrap_or(Orientation::NoTransforms);
-                let mut image = DynamicImage::ImageRgb8(decoded.image);
-                image.apply_orientation(orientation);
-                return Ok(image.into_rgb8());
-            }
-            Err(JpegError::Corrupt(message)) => {
-                return Err(format!("not a decodable JPEG: {message}"));
-            }
-            Err(JpegError::Unsupported(_)) => {}
-        }
+    let (mut image, orientation) = match decode_exact_jpeg(data)? {
+        Some(decoded) => decoded,
+        None => decode_other(data)?,
+    };
+    image.apply_orientation(orientation);
+    Ok(image.into_rgb8())
+}
+
+/// A JPEG through the libjpeg-exact decoder, with its EXIF orientation; `None` for other
+/// formats and the JPEG kinds that decoder leaves out.
+fn decode_exact_jpeg(data: &[u8]) -> Result<Option<(DynamicImage, Orientation)>, String> {
+    if !data.starts_with(&[0xFF, 0xD8]) {
+        return Ok(None);
     }
+    match jpeg::decode(data) {
+        Ok(decoded) => {
+            let orientation = decoded
+                .exif
+                .as_deref()
+                .and_then(Orientation::from_exif_chunk)
+                .unwrap_or(Orientation::NoTransforms);
+            Ok(Some((DynamicImage::ImageRgb8(decoded.image), orientation)))
+        }
+        Err(JpegError::Corrupt(message)) => Err(format!("not a decodable JPEG: {message}")),
+        Err(JpegError::Unsupported(_)) => Ok(None),
+    }
+}
+
+/// Any other format through the `image` crate, with its orientation.
+fn decode_other(data: &[u8]) -> Result<(DynamicImage, Orientation), String> {
     let not_decodable = |e: image::ImageError| format!("not a decodable image: {e}");
     let mut decoder = image::ImageReader::new(Cursor::new(data))
         .with_guessed_format()
@@ -73,9 +85,8 @@ pub fn decode_image(data: &[u8]) -> Result<RgbImage, String> {
         .into_decoder()
         .map_err(not_decodable)?;
     let orientation = decoder.orientation().map_err(not_decodable)?;
-    let mut image = DynamicImage::from_decoder(decoder).map_err(not_decodable)?;
-    image.apply_orientation(orientation);
-    Ok(image.into_rgb8())
+    let image = DynamicImage::from_decoder(decoder).map_err(not_decodable)?;
+    Ok((image, orientation))
 }
 
 /// Images as frames, one per second of presentation time.
