@@ -66,18 +66,17 @@ impl Tables {
     /// No quantisation tables yet; Huffman slots 0 and 1 hold the standard's tables until a
     /// DHT segment replaces them.
     fn new() -> Result<Self, JpegError> {
-        let table = |(counts, symbols): (&[u8; 16], &[u8])| HuffmanTable::new(counts, symbols);
         Ok(Self {
             quant: [None; 4],
             dc: [
-                Some(table((&DC_LUMINANCE.0, &DC_LUMINANCE.1))?),
-                Some(table((&DC_CHROMINANCE.0, &DC_CHROMINANCE.1))?),
+                Some(HuffmanTable::new(&DC_LUMINANCE.0, &DC_LUMINANCE.1)?),
+                Some(HuffmanTable::new(&DC_CHROMINANCE.0, &DC_CHROMINANCE.1)?),
                 None,
                 None,
             ],
             ac: [
-                Some(table((&AC_LUMINANCE.0, &AC_LUMINANCE.1))?),
-                Some(table((&AC_CHROMINANCE.0, &AC_CHROMINANCE.1))?),
+                Some(HuffmanTable::new(&AC_LUMINANCE.0, &AC_LUMINANCE.1)?),
+                Some(HuffmanTable::new(&AC_CHROMINANCE.0, &AC_CHROMINANCE.1)?),
                 None,
                 None,
             ],
@@ -113,7 +112,7 @@ impl<'a> Segments<'a> {
         let length = self
             .data
             .get(self.pos..self.pos + 2)
-            .map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])))
+            .map(|b| be16(b, 0))
             .ok_or_else(|| JpegError::corrupt("file ends inside a segment header"))?;
         if length < 2 || self.pos + length > self.data.len() {
             return Err(JpegError::corrupt("segment runs past the end of the file"));
@@ -156,7 +155,7 @@ pub(super) fn decode_frame(data: &[u8]) -> Result<DecodedFrame, JpegError> {
                 if p.len() < 2 {
                     return Err(JpegError::corrupt("short restart-interval segment"));
                 }
-                tables.restart_interval = usize::from(u16::from_be_bytes([p[0], p[1]]));
+                tables.restart_interval = be16(p, 0);
             }
             0xDC => {
                 return Err(JpegError::Unsupported(
@@ -200,6 +199,11 @@ pub(super) fn decode_frame(data: &[u8]) -> Result<DecodedFrame, JpegError> {
     Ok(frame)
 }
 
+/// The big-endian 16-bit value at `bytes[at..at + 2]`.
+fn be16(bytes: &[u8], at: usize) -> usize {
+    usize::from(u16::from_be_bytes([bytes[at], bytes[at + 1]]))
+}
+
 /// libjpeg's choice of colour model for the component count and markers.
 fn colour_model(frame: &DecodedFrame, tables: &Tables) -> ColourModel {
     if frame.components.len() == 1 {
@@ -223,8 +227,7 @@ fn frame_header(p: &[u8]) -> Result<DecodedFrame, JpegError> {
     if p[0] != 8 {
         return Err(JpegError::Unsupported(format!("{}-bit samples", p[0])));
     }
-    let height = usize::from(u16::from_be_bytes([p[1], p[2]]));
-    let width = usize::from(u16::from_be_bytes([p[3], p[4]]));
+    let (height, width) = (be16(p, 1), be16(p, 3));
     let count = usize::from(p[5]);
     if height == 0 {
         return Err(JpegError::Unsupported(
@@ -335,7 +338,7 @@ fn quant_tables(mut p: &[u8], tables: &mut Tables) -> Result<(), JpegError> {
             table[natural] = if precision == 0 {
                 i16::from(values[k])
             } else {
-                u16::from_be_bytes([values[2 * k], values[2 * k + 1]]) as i16
+                be16(values, 2 * k) as u16 as i16
             };
         }
         tables.quant[id] = Some(table);
