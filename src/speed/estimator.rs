@@ -264,10 +264,7 @@ fn fit_velocity(samples: &VecDeque<(f64, f64, f64)>, config: &SpeedConfig) -> Op
     if samples.len() < config.min_samples.max(4) || span < config.min_span {
         return None;
     }
-    let points: Vec<(f64, f64, f64)> = samples
-        .iter()
-        .map(|&(t, x, y)| (t - newest, x, y))
-        .collect();
+    let points = relative_to(samples, newest);
     let inliers = reject_outliers(&points)?;
     let fit = |degree| poly_fit(&inliers, degree);
     match config.motion {
@@ -284,6 +281,14 @@ fn fit_velocity(samples: &VecDeque<(f64, f64, f64)>, config: &SpeedConfig) -> Op
             Some((lx + share * (qx - lx), ly + share * (qy - ly)))
         }
     }
+}
+
+/// The samples with time measured from `origin` (the fits work around `t = 0`).
+fn relative_to(samples: &VecDeque<(f64, f64, f64)>, origin: f64) -> Vec<(f64, f64, f64)> {
+    samples
+        .iter()
+        .map(|&(t, x, y)| (t - origin, x, y))
+        .collect()
 }
 
 /// The newest samples that count as "recent" for [`change_point`]: this many seconds, and at
@@ -307,10 +312,7 @@ fn change_point(samples: &VecDeque<(f64, f64, f64)>) -> Option<usize> {
     if older < 2 * RECENT_MIN_SAMPLES {
         return None;
     }
-    let points: Vec<(f64, f64, f64)> = samples
-        .iter()
-        .map(|&(t, x, y)| (t - newest, x, y))
-        .collect();
+    let points = relative_to(samples, newest);
     let (before, after) = points.split_at(older);
     let inliers = reject_outliers(before)?;
     let degree = if inliers.len() > 8 { 2 } else { 1 };
