@@ -159,12 +159,15 @@ pub fn gpu_adapters() -> Vec<wgpu::AdapterInfo> {
 /// CubeCL writes into `target/environment` of any Cargo workspace it runs in. Only effective
 /// before the first GPU device is created.
 fn keep_gpu_tuning_in_cache() {
-    let Some(dir) = super::default_cache_dir() else {
-        return;
-    };
-    let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
-    if matches!(config.environment.path, CacheConfig::Target) {
-        config.environment.path = CacheConfig::Directory(dir.join("gpu"));
-    }
-    CubeClRuntimeConfig::try_set(config);
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let Some(dir) = super::default_cache_dir() else {
+            return;
+        };
+        let mut config = CubeClRuntimeConfig::from_current_dir().override_from_env();
+        if matches!(config.environment.path, CacheConfig::Target) {
+            config.environment.path = CacheConfig::Directory(dir.join("gpu"));
+        }
+        CubeClRuntimeConfig::try_set(config);
+    });
 }
