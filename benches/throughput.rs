@@ -74,12 +74,12 @@ fn network_latency() {
             let net = YoloModel::load(std::path::Path::new(&path), device.clone()).unwrap();
             let (w, h) = net.input_size();
             for batch in [1usize, 4] {
-                let input = vec![0.5f32; batch * 3 * (w * h) as usize];
+                let input = net.planar_input(vec![0.5f32; batch * 3 * (w * h) as usize], batch);
                 // Warm-up (and, on wgpu, autotune), then timed runs; `infer` reads the
                 // output back, so the device is synchronised before the timer stops.
-                net.infer(input.clone(), batch);
+                net.infer(input.clone());
                 let (best, _) = best_of(5, || {
-                    net.infer(input.clone(), batch);
+                    net.infer(input.clone());
                     0
                 });
                 println!(

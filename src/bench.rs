@@ -205,7 +205,7 @@ impl StageRun {
             return Ok(None);
         };
         let (input, letterboxes) = lap(&mut t[1], || detector.preprocess(&[&frame.image]));
-        let output = lap(&mut t[2], || detector.infer(input, 1));
+        let output = lap(&mut t[2], || detector.infer(input));
         let detections = lap(&mut t[3], || detector.postprocess(&output, &letterboxes))
             .pop()
             .expect("one image");
@@ -269,7 +269,7 @@ fn op_profile(detector: &Detector, settings: &BenchSettings) -> anyhow::Result<V
     let (input, _) = detector.preprocess(&[&frame.image]);
     let ((), recorded) = profile::record(|| {
         for _ in 0..PASSES {
-            detector.model.infer(input.clone(), 1);
+            detector.model.infer(input.clone());
         }
     });
     let mut ops: Vec<(OpKind, usize, Duration)> = recorded

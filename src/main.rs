@@ -530,11 +530,12 @@ fn print_report(report: &job::StreamReport, outputs: &OutputArgs) {
 fn bench(args: BenchArgs, config: Config) -> anyhow::Result<()> {
     let devices = if args.compare_backends {
         let mut devices = vec![ComputeDevice::cpu_burn(), ComputeDevice::cpu()];
-        devices.extend(
-            ComputeDevice::resolve(DeviceChoice::Auto)
-                .ok()
-                .filter(|d| d.is_gpu),
-        );
+        if let Some(gpu) = ComputeDevice::resolve(DeviceChoice::Auto)
+            .ok()
+            .filter(|d| d.is_gpu)
+        {
+            devices.extend([gpu.clone().with_host_letterbox(), gpu]);
+        }
         devices
     } else {
         let choice = args.device.unwrap_or(config.device);

@@ -82,7 +82,8 @@ fn compare(ours: &[Detection], expected: &[Detection], what: &str) -> (f32, f32)
 fn check_model(mut detector: Detector, model: &str, images: &[&str]) -> (f32, f32) {
     // The reference's exact input tensor: the full criterion.
     let (_, input) = read_npy_f32(&data(&format!("reference/{model}/bus.input.npy")));
-    let output = detector.infer(input, 1);
+    let input = detector.model.planar_input(input, 1);
+    let output = detector.infer(input);
     let frame = read_image(&data("images/bus.jpg")).unwrap();
     let letterbox = Letterbox::new(frame.dimensions(), detector.model.input_size());
     let ours = detector.postprocess(&output, &[letterbox]).remove(0);
@@ -133,8 +134,8 @@ fn yolo11n_320_from_an_imported_record_matches_the_reference() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The wgpu path, where the confidence filter runs on the device and only survivors are read
-/// back, on whatever adapter exists (CI installs Mesa's lavapipe, a software Vulkan driver:
+/// The wgpu path, where frames are letterboxed on the device and the confidence filter runs
+/// there too (only survivors are read back), on whatever adapter exists (CI installs Mesa's lavapipe, a software Vulkan driver:
 /// two frames keep it short).
 #[test]
 fn wgpu_with_device_filtering_matches_the_reference_where_an_adapter_exists() {
@@ -147,7 +148,7 @@ fn wgpu_with_device_filtering_matches_the_reference_where_an_adapter_exists() {
     };
     eprintln!("device: {}", device.description);
     let model = YoloModel::load(&data("models/yolo11n-coco-320.onnx"), device).unwrap();
-    assert!(model.filters_on_device());
+    assert!(model.filters_on_device() && model.device.letterbox_on_device);
     let (iou, conf) = check_model(
         Detector::new(model, DetectConfig::default()),
         "yolo11n-coco-320",

@@ -13,7 +13,7 @@ fn parity(model_file: &str, reference: &str, device: ComputeDevice) -> (f32, f32
     let (out_shape, expected) =
         read_npy_f32(&data(&format!("reference/{reference}/bus.output.npy")));
     assert_eq!(in_shape[0], 1);
-    let output = model.infer(input, 1);
+    let output = model.infer(model.planar_input(input, 1));
     assert_eq!(
         vec![output.batch, output.channels, output.anchors],
         out_shape
@@ -88,8 +88,8 @@ fn onnx_conversions_are_cached_and_reused() {
     let second = YoloModel::load_cached(&path, ComputeDevice::cpu(), Some(&cache)).unwrap();
     assert_eq!(second.card.source, path.display().to_string());
     assert_eq!(
-        first.infer(input.clone(), 1).data,
-        second.infer(input, 1).data
+        first.infer(first.planar_input(input.clone(), 1)).data,
+        second.infer(second.planar_input(input, 1)).data
     );
     std::fs::remove_dir_all(&cache).unwrap();
 }

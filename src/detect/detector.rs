@@ -5,8 +5,8 @@ use rayon::prelude::*;
 
 use super::decode::to_original;
 use super::{DetectConfig, Detection, decode_candidates, decode_survivors, non_max_suppression};
-use crate::model::preprocess::{Letterbox, letterbox_into};
-use crate::model::{RawOutput, Survivors, YoloModel, survivors};
+use crate::model::preprocess::Letterbox;
+use crate::model::{NetworkInput, RawOutput, Survivors, YoloModel, survivors};
 
 /// A YOLO model plus thresholds: frames in, detections in original pixels out.
 pub struct Detector {
@@ -48,37 +48,28 @@ impl Detector {
     /// Detects objects in each frame of a batch (one network call).
     pub fn detect_batch(&mut self, images: &[&RgbImage]) -> Vec<Vec<Detection>> {
         let (input, letterboxes) = self.preprocess(images);
-        let output = self.infer(input, images.len());
+        let output = self.infer(input);
         self.postprocess(&output, &letterboxes)
     }
 
     /// Runs the network on a preprocessed batch; where the model
     /// [filters on the device](YoloModel::filters_on_device), only the anchors above the
     /// lowest confidence threshold come back.
-    pub fn infer(&mut self, input: Vec<f32>, batch: usize) -> HeadOutput {
+    pub fn infer(&mut self, input: NetworkInput) -> HeadOutput {
         if !self.model.filters_on_device() {
-            return HeadOutput::Dense(self.model.infer(input, batch));
+            return HeadOutput::Dense(self.model.infer(input));
         }
         let floor = self.config.min_threshold();
         let survivors = self
             .model
-            .infer_survivors(input, batch, floor, self.survivor_capacity);
+            .infer_survivors(input, floor, self.survivor_capacity);
         self.survivor_capacity = survivors.next_capacity();
         HeadOutput::Filtered(survivors)
     }
 
-    /// Letterboxes `images` into one planar network input batch.
-    pub fn preprocess(&self, images: &[&RgbImage]) -> (Vec<f32>, Vec<Letterbox>) {
-        let (w, h) = self.model.input_size();
-        let per_image = 3 * w as usize * h as usize;
-        // The network takes ownership of the buffer, so it is allocated per batch.
-        let mut input = vec![0.0; per_image * images.len()];
-        let letterboxes = input
-            .par_chunks_mut(per_image)
-            .zip(images.par_iter())
-            .map(|(buffer, image)| letterbox_into(image, (w, h), buffer))
-            .collect();
-        (input, letterboxes)
+    /// Letterboxes `images` into one network input batch (see [`YoloModel::letterbox`]).
+    pub fn preprocess(&self, images: &[&RgbImage]) -> (NetworkInput, Vec<Letterbox>) {
+        self.model.letterbox(images)
     }
 
     /// Decodes, thresholds and suppresses the network output of each image, in its original

@@ -61,6 +61,9 @@ pub struct ComputeDevice {
     pub is_gpu: bool,
     /// Whether convolutions take streamtrack's fused CPU kernels (Flex devices only).
     pub fast_cpu_conv: bool,
+    /// Whether frames are letterboxed on the device from their uploaded bytes (GPU devices)
+    /// instead of on the CPU.
+    pub letterbox_on_device: bool,
 }
 
 impl ComputeDevice {
@@ -74,6 +77,7 @@ impl ComputeDevice {
             ),
             is_gpu: false,
             fast_cpu_conv: true,
+            letterbox_on_device: false,
         }
     }
 
@@ -130,6 +134,17 @@ impl ComputeDevice {
             ),
             is_gpu: true,
             fast_cpu_conv: false,
+            letterbox_on_device: true,
+        }
+    }
+
+    /// The same device with the letterbox computed on the CPU and uploaded as floats (the
+    /// baseline `bench --compare-backends` measures the on-device letterbox against).
+    pub fn with_host_letterbox(self) -> Self {
+        Self {
+            description: format!("{} + CPU letterbox", self.description),
+            letterbox_on_device: false,
+            ..self
         }
     }
 }

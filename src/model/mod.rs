@@ -3,6 +3,7 @@
 
 pub mod device;
 mod fast_cpu;
+mod gpu_letterbox;
 pub mod layers;
 pub mod network;
 pub mod preprocess;
@@ -15,7 +16,10 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::tensor::{Tensor, TensorData};
+use image::RgbImage;
 use model_import::{Architecture, ModelMetadata};
+use preprocess::{Letterbox, letterbox_into};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use device::{ComputeDevice, DeviceChoice};
@@ -77,6 +81,26 @@ impl RawOutput {
     pub fn image(&self, b: usize) -> &[f32] {
         let size = self.channels * self.anchors;
         &self.data[b * size..(b + 1) * size]
+    }
+}
+
+/// A batch of letterboxed frames on the model's device, ready for [`YoloModel::infer`].
+#[derive(Debug, Clone)]
+pub struct NetworkInput(Tensor<4>);
+
+impl NetworkInput {
+    /// Frames in the batch.
+    pub fn batch(&self) -> usize {
+        self.0.dims()[0]
+    }
+
+    /// The input as planar host floats (`batch * 3 * h * w`), read back from the device.
+    pub fn to_planar(&self) -> Vec<f32> {
+        self.0
+            .clone()
+            .into_data()
+            .try_into_vec::<f32>()
+            .expect("network input is f32")
     }
 }
 
@@ -273,9 +297,43 @@ impl YoloModel {
         &self.card.metadata.names
     }
 
-    /// Runs the network on `batch` letterboxed images (`batch * 3 * h * w` planar floats).
-    pub fn infer(&self, pixels: Vec<f32>, batch: usize) -> RawOutput {
-        let output = self.forward(pixels, batch);
+    /// Letterboxes `images` into one network input batch. Where the device
+    /// [letterboxes](ComputeDevice::letterbox_on_device), each frame's bytes are uploaded and
+    /// one kernel writes its input; otherwise the CPU writes planar floats that are uploaded
+    /// once. Both give the same values.
+    pub fn letterbox(&self, images: &[&RgbImage]) -> (NetworkInput, Vec<Letterbox>) {
+        let size = self.input_size();
+        if self.device.letterbox_on_device {
+            let (frames, letterboxes): (Vec<_>, Vec<_>) = images
+                .iter()
+                .map(|image| gpu_letterbox::letterbox_on_device(image, size, &self.device.device))
+                .unzip();
+            return (NetworkInput(Tensor::cat(frames, 0)), letterboxes);
+        }
+        let per_image = 3 * size.0 as usize * size.1 as usize;
+        // The network takes ownership of the buffer, so it is allocated per batch.
+        let mut pixels = vec![0.0; per_image * images.len()];
+        let letterboxes = pixels
+            .par_chunks_mut(per_image)
+            .zip(images.par_iter())
+            .map(|(buffer, image)| letterbox_into(image, size, buffer))
+            .collect();
+        (self.planar_input(pixels, images.len()), letterboxes)
+    }
+
+    /// A network input from `batch` letterboxed images as planar host floats
+    /// (`batch * 3 * h * w`).
+    pub fn planar_input(&self, pixels: Vec<f32>, batch: usize) -> NetworkInput {
+        let (w, h) = self.input_size();
+        NetworkInput(Tensor::<4>::from_data(
+            TensorData::new(pixels, [batch, 3, h as usize, w as usize]),
+            &self.device.device,
+        ))
+    }
+
+    /// Runs the network on a letterboxed batch and reads the whole head output back.
+    pub fn infer(&self, input: NetworkInput) -> RawOutput {
+        let output = self.forward(input);
         let [batch, channels, anchors] = output.dims();
         let data = output
             .into_data()
@@ -291,14 +349,8 @@ impl YoloModel {
 
     /// Runs the network and reads back only the anchors whose best class score is above
     /// `floor` (see [`survivors`]), trying `capacity` columns per image first.
-    pub fn infer_survivors(
-        &self,
-        pixels: Vec<f32>,
-        batch: usize,
-        floor: f32,
-        capacity: usize,
-    ) -> Survivors {
-        survivors::read_survivors(self.forward(pixels, batch), floor, capacity)
+    pub fn infer_survivors(&self, input: NetworkInput, floor: f32, capacity: usize) -> Survivors {
+        survivors::read_survivors(self.forward(input), floor, capacity)
     }
 
     /// True when reading back [`Survivors`] beats reading the whole head output: the output
@@ -307,12 +359,7 @@ impl YoloModel {
         self.device.is_gpu && 4 + self.class_names().len() > survivors::ROWS
     }
 
-    fn forward(&self, pixels: Vec<f32>, batch: usize) -> Tensor<3> {
-        let (w, h) = self.input_size();
-        let input = Tensor::<4>::from_data(
-            TensorData::new(pixels, [batch, 3, h as usize, w as usize]),
-            &self.device.device,
-        );
-        fast_cpu::with_fast_path(self.device.fast_cpu_conv, || self.network.forward(input))
+    fn forward(&self, input: NetworkInput) -> Tensor<3> {
+        fast_cpu::with_fast_path(self.device.fast_cpu_conv, || self.network.forward(input.0))
     }
 }

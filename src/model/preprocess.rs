@@ -6,7 +6,7 @@ use image::RgbImage;
 use rayon::prelude::*;
 
 /// Grey value Ultralytics pads with.
-const PAD_VALUE: u8 = 114;
+pub(super) const PAD_VALUE: u8 = 114;
 /// OpenCV's `INTER_RESIZE_COEF_BITS`.
 const COEF_BITS: u32 = 11;
 const COEF_ONE: i32 = 1 << COEF_BITS;
@@ -42,12 +42,24 @@ impl Letterbox {
     }
 
     /// Size of the resized image inside the padding, `(width, height)`.
-    fn resized(&self) -> (u32, u32) {
+    pub(super) fn resized(&self) -> (u32, u32) {
         let gain = (self.input.0 as f64 / self.original.0 as f64)
             .min(self.input.1 as f64 / self.original.1 as f64);
         (
             ((self.original.0 as f64 * gain).round() as u32).max(1),
             ((self.original.1 as f64 * gain).round() as u32).max(1),
+        )
+    }
+
+    /// Where the resized image starts in the input, `(left, top)`, as the Ultralytics
+    /// `LetterBox` transform places it: `round(d - 0.1)` of each half margin.
+    pub(super) fn offset(&self) -> (usize, usize) {
+        let (rw, rh) = self.resized();
+        let half_margin = |full: u32, part: u32| (full as f64 - part as f64) / 2.0;
+        let place = |margin: f64| (margin - 0.1).round().max(0.0) as usize;
+        (
+            place(half_margin(self.input.0, rw)),
+            place(half_margin(self.input.1, rh)),
         )
     }
 
@@ -63,11 +75,9 @@ pub fn letterbox_into(image: &RgbImage, input: (u32, u32), out: &mut [f32]) -> L
     let (rw, rh) = geometry.resized();
     let (w, h) = (input.0 as usize, input.1 as usize);
     assert_eq!(out.len(), 3 * w * h, "output buffer size");
-    // Ultralytics: top = round(dh - 0.1), left = round(dw - 0.1).
-    let left = ((w as f64 - rw as f64) / 2.0 - 0.1).round().max(0.0) as usize;
-    let top = ((h as f64 - rh as f64) / 2.0 - 0.1).round().max(0.0) as usize;
+    let (left, top) = geometry.offset();
     let resized = resize_linear(image, rw, rh);
-    let pad = PAD_VALUE as f32 / 255.0;
+    let pad = level_to_unit(PAD_VALUE);
     let (plane_r, rest) = out.split_at_mut(w * h);
     let (plane_g, plane_b) = rest.split_at_mut(w * h);
     let planes: [&mut [f32]; 3] = [plane_r, plane_g, plane_b];
@@ -77,7 +87,7 @@ pub fn letterbox_into(image: &RgbImage, input: (u32, u32), out: &mut [f32]) -> L
             for (x, value) in row.iter_mut().enumerate() {
                 *value = if inside_y && x >= left && x < left + rw as usize {
                     let idx = ((y - top) * rw as usize + (x - left)) * 3 + c;
-                    resized[idx] as f32 / 255.0
+                    level_to_unit(resized[idx])
                 } else {
                     pad
                 };
@@ -87,9 +97,14 @@ pub fn letterbox_into(image: &RgbImage, input: (u32, u32), out: &mut [f32]) -> L
     geometry
 }
 
+/// The network's value for a byte level: `level / 255`.
+pub(super) fn level_to_unit(level: u8) -> f32 {
+    level as f32 / 255.0
+}
+
 /// Source index pairs and fixed-point weights for one axis of a linear resize, computed as
 /// OpenCV does: single-precision offsets, each weight rounded on its own.
-fn axis_taps(src: usize, dst: usize) -> Vec<(usize, usize, i32, i32)> {
+pub(super) fn axis_taps(src: usize, dst: usize) -> Vec<(usize, usize, i32, i32)> {
     let scale = src as f64 / dst as f64;
     (0..dst)
         .map(|d| {

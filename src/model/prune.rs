@@ -428,7 +428,7 @@ mod tests {
     fn outputs(imported: &ImportedModel, input: &[f32]) -> Vec<f32> {
         let model =
             YoloModel::from_imported(imported.clone(), MODEL.as_ref(), ComputeDevice::cpu());
-        model.infer(input.to_vec(), 1).data
+        model.infer(model.planar_input(input.to_vec(), 1)).data
     }
 
     /// Largest absolute difference between two outputs.
