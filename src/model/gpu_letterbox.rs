@@ -181,14 +181,12 @@ pub fn letterbox_on_device(
             taps.extend([s0 as u32, s1 as u32, w0 as u32, w1 as u32]);
         }
     }
-    let u32_tensor = |values: Vec<u32>| {
-        let len = values.len();
-        Tensor::<1, Int>::from_data(TensorData::new(values, [len]), (device, DType::U32))
-    };
+    let taps_len = taps.len();
+    let u32_tensor = |data: TensorData| Tensor::<1, Int>::from_data(data, (device, DType::U32));
     let levels: Vec<f32> = (0..=255u8).map(level_to_unit).collect();
     let output = <burn::backend::Dispatch as LetterboxBackend>::letterbox(
-        u32_tensor(pack_bytes(image.as_raw())).into_dispatch(),
-        u32_tensor(taps).into_dispatch(),
+        u32_tensor(packed_frame(image.as_raw())).into_dispatch(),
+        u32_tensor(TensorData::new(taps, [taps_len])).into_dispatch(),
         Tensor::<1>::from_data(TensorData::new(levels, [256]), device).into_dispatch(),
         Placement {
             source_width: image.width(),
@@ -200,16 +198,14 @@ pub fn letterbox_on_device(
     (Tensor::from_dispatch(output), geometry)
 }
 
-/// Bytes four to a little-endian `u32`, the last word zero-filled.
-fn pack_bytes(bytes: &[u8]) -> Vec<u32> {
-    bytes
-        .chunks(4)
-        .map(|chunk| {
-            let mut word = [0u8; 4];
-            word[..chunk.len()].copy_from_slice(chunk);
-            u32::from_le_bytes(word)
-        })
-        .collect()
+/// The frame's RGB bytes as `u32` words, zero-filled to a whole word. The bytes go to the
+/// device as they are, where the kernel reads each word little-endian (as every GPU does).
+fn packed_frame(bytes: &[u8]) -> TensorData {
+    let len = bytes.len().next_multiple_of(4);
+    let mut padded = Vec::with_capacity(len);
+    padded.extend_from_slice(bytes);
+    padded.resize(len, 0);
+    TensorData::from_bytes_vec(padded, [len / 4], DType::U32)
 }
 
 #[cfg(test)]
@@ -270,10 +266,12 @@ mod tests {
     }
 
     #[test]
-    fn bytes_pack_little_endian_with_a_zero_filled_tail() {
+    fn frame_bytes_pack_into_words_with_a_zero_filled_tail() {
+        let words = packed_frame(&[1, 2, 3, 4, 5, 6]);
         assert_eq!(
-            pack_bytes(&[1, 2, 3, 4, 5, 6]),
-            vec![0x0403_0201, 0x0000_0605]
+            (words.dtype(), words.shape().as_slice()),
+            (DType::U32, &[2][..])
         );
+        assert_eq!(words.as_bytes(), &[1, 2, 3, 4, 5, 6, 0, 0]);
     }
 }
