@@ -88,22 +88,6 @@ impl RawOutput {
 #[derive(Debug, Clone)]
 pub struct NetworkInput(Tensor<4>);
 
-impl NetworkInput {
-    /// Frames in the batch.
-    pub fn batch(&self) -> usize {
-        self.0.dims()[0]
-    }
-
-    /// The input as planar host floats (`batch * 3 * h * w`), read back from the device.
-    pub fn to_planar(&self) -> Vec<f32> {
-        self.0
-            .clone()
-            .into_data()
-            .try_into_vec::<f32>()
-            .expect("network input is f32")
-    }
-}
-
 /// A loaded YOLO detector network on a device.
 #[derive(Debug, Clone)]
 pub struct YoloModel {
