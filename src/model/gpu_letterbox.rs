@@ -94,9 +94,10 @@ impl LetterboxBackend for CubeBackend {
     }
 }
 
-/// The CubeCL kernel, in its own scope: CubeCL's prelude has its own `Tensor`.
+/// The CubeCL kernel, in its own scope: CubeCL's prelude has its own `Tensor`, and the
+/// `#[cube]` expansion names the `cubecl` crate, which Burn re-exports.
 mod kernel {
-    use burn_cubecl::cubecl::prelude::*;
+    use burn_cubecl::cubecl::{self, prelude::*};
 
     /// Index of the padding grey in the level table.
     const PAD_LEVEL: usize = super::PAD_VALUE as usize;
