@@ -1,6 +1,8 @@
 //! The JPEG marker structure: frame header, tables, restart interval, colour-model markers
 //! and the sequential scans, decoded into one sample plane per component.
 
+use rayon::prelude::*;
+
 use super::JpegError;
 use super::entropy::{BitReader, HuffmanTable, ZIGZAG};
 use super::idct::inverse_dct;
@@ -426,9 +428,26 @@ fn scan(
         let (w, h) = frame.component_size(&frame.components[components[0].index]);
         (w.div_ceil(8), h.div_ceil(8), vec![(0, 0, 0)])
     };
+    // Each scan component's blocks, as (columns, rows) of its plane's 8x8 blocks; their
+    // coefficients are kept in that grid while the entropy-coded data is read (which is
+    // sequential), then every block row goes through the inverse DCT in parallel.
+    let grid_sizes: Vec<(usize, usize)> = components
+        .iter()
+        .map(|c| {
+            let plane = &frame.components[c.index];
+            if count > 1 {
+                (mcus_x * plane.h, mcus_y * plane.v)
+            } else {
+                (mcus_x, mcus_y)
+            }
+        })
+        .collect();
+    let mut grids: Vec<Vec<[i16; 64]>> = grid_sizes
+        .iter()
+        .map(|&(columns, rows)| vec![[0; 64]; columns * rows])
+        .collect();
     let mut reader = BitReader::new(data, start);
     let mut predictions = vec![0i32; count];
-    let mut coefficients = [0i16; 64];
     for mcu in 0..mcus_x * mcus_y {
         if tables.restart_interval > 0 && mcu > 0 && mcu % tables.restart_interval == 0 {
             reader.restart()?;
@@ -437,27 +456,34 @@ fn scan(
         let (mx, my) = (mcu % mcus_x, mcu / mcus_x);
         for &(s, bx, by) in &blocks {
             let c = &components[s];
-            reader.block(c.dc, c.ac, &mut predictions[s], &mut coefficients)?;
-            let plane = &mut frame.components[c.index];
+            let plane = &frame.components[c.index];
             let (bh, bv) = if count > 1 {
                 (plane.h, plane.v)
             } else {
                 (1, 1)
             };
-            let (x, y) = ((mx * bh + bx) * 8, (my * bv + by) * 8);
-            let stride = plane.stride;
-            inverse_dct(
-                &coefficients,
-                c.quant,
-                &mut plane.samples[y * stride + x..],
-                stride,
-            );
+            let (column, row) = (mx * bh + bx, my * bv + by);
+            let block = &mut grids[s][row * grid_sizes[s].0 + column];
+            reader.block(c.dc, c.ac, &mut predictions[s], block)?;
         }
     }
     if reader.overran() {
         return Err(JpegError::corrupt(
             "the image data ends early (truncated or damaged file)",
         ));
+    }
+    for ((c, grid), &(columns, _)) in components.iter().zip(&grids).zip(&grid_sizes) {
+        let plane = &mut frame.components[c.index];
+        let stride = plane.stride;
+        plane
+            .samples
+            .par_chunks_mut(8 * stride)
+            .zip(grid.par_chunks(columns))
+            .for_each(|(lines, blocks)| {
+                for (column, block) in blocks.iter().enumerate() {
+                    inverse_dct(block, c.quant, &mut lines[8 * column..], stride);
+                }
+            });
     }
     for c in &components {
         frame.components[c.index].decoded = true;

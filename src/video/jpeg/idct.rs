@@ -77,34 +77,27 @@ pub(super) fn inverse_dct(
     out: &mut [u8],
     stride: usize,
 ) {
-    let mut work = [0i64; 64];
-    // Pass 1: columns, results scaled up by 2^PASS1_BITS.
-    for col in 0..8 {
+    // Pass 1: columns, results scaled up by 2^PASS1_BITS (every value written, so the work
+    // area needs no clearing).
+    let columns: [[i64; 8]; 8] = std::array::from_fn(|col| {
         let x: [i64; 8] = std::array::from_fn(|r| {
             i64::from(coefficients[r * 8 + col]) * i64::from(quant[r * 8 + col])
         });
         if x[1..].iter().all(|&v| v == 0) {
-            for r in 0..8 {
-                work[r * 8 + col] = x[0] << PASS1_BITS;
-            }
-            continue;
+            return [x[0] << PASS1_BITS; 8];
         }
-        let y = butterfly(x);
-        for (r, v) in y.into_iter().enumerate() {
-            // libjpeg stores the pass-1 results as `int`.
-            work[r * 8 + col] = i64::from(descale(v, CONST_BITS - PASS1_BITS) as i32);
-        }
-    }
+        // libjpeg stores the pass-1 results as `int`.
+        butterfly(x).map(|v| i64::from(descale(v, CONST_BITS - PASS1_BITS) as i32))
+    });
     // Pass 2: rows, out to samples.
-    for (r, row) in work.chunks_exact(8).enumerate() {
+    for r in 0..8 {
+        let row: [i64; 8] = std::array::from_fn(|col| columns[col][r]);
         let out_row = &mut out[r * stride..r * stride + 8];
         if row[1..].iter().all(|&v| v == 0) {
             out_row.fill(range_limit(descale(row[0], PASS1_BITS + 3)));
             continue;
         }
-        let x: [i64; 8] = row.try_into().expect("rows of eight");
-        let y = butterfly(x);
-        for (sample, v) in out_row.iter_mut().zip(y) {
+        for (sample, v) in out_row.iter_mut().zip(butterfly(row)) {
             *sample = range_limit(descale(v, CONST_BITS + PASS1_BITS + 3));
         }
     }

@@ -19,6 +19,7 @@ mod standard_tables;
 mod upsample;
 
 use image::RgbImage;
+use rayon::prelude::*;
 
 use frame::{ColourModel, DecodedFrame};
 use upsample::{Plane, to_full_size};
@@ -77,27 +78,34 @@ pub fn decode(data: &[u8]) -> Result<DecodedJpeg, JpegError> {
     })
 }
 
-/// Full-size component planes to interleaved RGB.
+/// Full-size component planes to interleaved RGB, rows in parallel.
 fn interleave(frame: &DecodedFrame, planes: &[Vec<u8>]) -> Vec<u8> {
-    let mut rgb = vec![0u8; frame.width * frame.height * 3];
-    match frame.colour {
-        ColourModel::Grey => {
-            for (out, &y) in rgb.chunks_exact_mut(3).zip(&planes[0]) {
-                out.fill(y);
+    let width = frame.width;
+    let mut rgb = vec![0u8; width * frame.height * 3];
+    let tables = color::YccTables::new();
+    rgb.par_chunks_exact_mut(width * 3)
+        .enumerate()
+        .for_each(|(y, row)| {
+            let at = |c: usize| &planes[c][y * width..(y + 1) * width];
+            let pixels = row.chunks_exact_mut(3);
+            match frame.colour {
+                ColourModel::Grey => {
+                    for (out, &luma) in pixels.zip(at(0)) {
+                        out.fill(luma);
+                    }
+                }
+                ColourModel::Rgb => {
+                    for (((out, &r), &g), &b) in pixels.zip(at(0)).zip(at(1)).zip(at(2)) {
+                        out.copy_from_slice(&[r, g, b]);
+                    }
+                }
+                ColourModel::YCbCr => {
+                    for (((out, &y), &cb), &cr) in pixels.zip(at(0)).zip(at(1)).zip(at(2)) {
+                        out.copy_from_slice(&tables.rgb(y, cb, cr));
+                    }
+                }
             }
-        }
-        ColourModel::Rgb => {
-            for (i, out) in rgb.chunks_exact_mut(3).enumerate() {
-                out.copy_from_slice(&[planes[0][i], planes[1][i], planes[2][i]]);
-            }
-        }
-        ColourModel::YCbCr => {
-            let tables = color::YccTables::new();
-            for (i, out) in rgb.chunks_exact_mut(3).enumerate() {
-                out.copy_from_slice(&tables.rgb(planes[0][i], planes[1][i], planes[2][i]));
-            }
-        }
-    }
+        });
     rgb
 }
 

@@ -2,6 +2,8 @@
 //! triangle filters for the 2:1 cases (h2v1, h1v2, h2v2) with its exact rounding biases and
 //! edge replication, plain replication for every other integer ratio.
 
+use rayon::prelude::*;
+
 /// One component's decoded samples at its own resolution.
 pub(super) struct Plane<'a> {
     pub samples: &'a [u8],
@@ -22,7 +24,7 @@ impl Plane<'_> {
 }
 
 /// Brings `plane` to `out_width x out_height` for the sampling ratios `(h_ratio, v_ratio)`
-/// (`h_max / h`, `v_max / v`).
+/// (`h_max / h`, `v_max / v`), rows in parallel.
 pub(super) fn to_full_size(
     plane: &Plane,
     (h_ratio, v_ratio): (usize, usize),
@@ -33,28 +35,33 @@ pub(super) fn to_full_size(
     // libjpeg uses the fancy 2:1 filters only where a row has more than two samples (h1v2 has
     // no such condition).
     let fancy_h = h_ratio == 2 && plane.width > 2;
-    let mut row_buf = vec![0u8; plane.width * h_ratio];
-    for (y, out_row) in out.chunks_exact_mut(out_width).enumerate() {
-        let r = (y / v_ratio) as isize;
-        match (fancy_h, h_ratio, v_ratio) {
-            (true, 2, 1) => h2v1_row(plane.row(r), &mut row_buf),
-            (true, 2, 2) | (_, 1, 2) => {
-                // Upper output row of a pair leans on the row above, the lower on the one below.
-                let (near, far) = if y % 2 == 0 {
-                    (plane.row(r), plane.row(r - 1))
-                } else {
-                    (plane.row(r), plane.row(r + 1))
-                };
-                if h_ratio == 2 {
-                    h2v2_row(near, far, &mut row_buf);
-                } else {
-                    h1v2_row(near, far, y % 2 == 1, &mut row_buf);
+    out.par_chunks_exact_mut(out_width)
+        .enumerate()
+        .for_each_init(
+            || vec![0u8; plane.width * h_ratio],
+            |row_buf, (y, out_row)| {
+                let r = (y / v_ratio) as isize;
+                match (fancy_h, h_ratio, v_ratio) {
+                    (true, 2, 1) => h2v1_row(plane.row(r), row_buf),
+                    (true, 2, 2) | (_, 1, 2) => {
+                        // Upper output row of a pair leans on the row above, the lower on the one
+                        // below.
+                        let (near, far) = if y % 2 == 0 {
+                            (plane.row(r), plane.row(r - 1))
+                        } else {
+                            (plane.row(r), plane.row(r + 1))
+                        };
+                        if h_ratio == 2 {
+                            h2v2_row(near, far, row_buf);
+                        } else {
+                            h1v2_row(near, far, y % 2 == 1, row_buf);
+                        }
+                    }
+                    _ => replicate_row(plane.row(r), h_ratio, row_buf),
                 }
-            }
-            _ => replicate_row(plane.row(r), h_ratio, &mut row_buf),
-        }
-        out_row.copy_from_slice(&row_buf[..out_width]);
-    }
+                out_row.copy_from_slice(&row_buf[..out_width]);
+            },
+        );
     out
 }
 
