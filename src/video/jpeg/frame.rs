@@ -428,23 +428,25 @@ fn scan(
         let (w, h) = frame.component_size(&frame.components[components[0].index]);
         (w.div_ceil(8), h.div_ceil(8), vec![(0, 0, 0)])
     };
-    // Each scan component's blocks, as (columns, rows) of its plane's 8x8 blocks; their
-    // coefficients are kept in that grid while the entropy-coded data is read (which is
-    // sequential), then every block row goes through the inverse DCT in parallel.
-    let grid_sizes: Vec<(usize, usize)> = components
+    // Blocks per MCU of each scan component, `(across, down)`: its sampling factors in an
+    // interleaved scan, one block otherwise.
+    let mcu_blocks: Vec<(usize, usize)> = components
         .iter()
         .map(|c| {
             let plane = &frame.components[c.index];
             if count > 1 {
-                (mcus_x * plane.h, mcus_y * plane.v)
+                (plane.h, plane.v)
             } else {
-                (mcus_x, mcus_y)
+                (1, 1)
             }
         })
         .collect();
-    let mut grids: Vec<Vec<[i16; 64]>> = grid_sizes
+    // Each scan component's coefficients, in a grid of its plane's 8x8 blocks (`mcus_x *
+    // across` columns), kept while the entropy-coded data is read (which is sequential); then
+    // every block row goes through the inverse DCT in parallel.
+    let mut grids: Vec<Vec<[i16; 64]>> = mcu_blocks
         .iter()
-        .map(|&(columns, rows)| vec![[0; 64]; columns * rows])
+        .map(|&(across, down)| vec![[0; 64]; mcus_x * across * mcus_y * down])
         .collect();
     let mut reader = BitReader::new(data, start);
     let mut predictions = vec![0i32; count];
@@ -456,14 +458,9 @@ fn scan(
         let (mx, my) = (mcu % mcus_x, mcu / mcus_x);
         for &(s, bx, by) in &blocks {
             let c = &components[s];
-            let plane = &frame.components[c.index];
-            let (bh, bv) = if count > 1 {
-                (plane.h, plane.v)
-            } else {
-                (1, 1)
-            };
-            let (column, row) = (mx * bh + bx, my * bv + by);
-            let block = &mut grids[s][row * grid_sizes[s].0 + column];
+            let (across, down) = mcu_blocks[s];
+            let (column, row) = (mx * across + bx, my * down + by);
+            let block = &mut grids[s][row * mcus_x * across + column];
             reader.block(c.dc, c.ac, &mut predictions[s], block)?;
         }
     }
@@ -472,13 +469,13 @@ fn scan(
             "the image data ends early (truncated or damaged file)",
         ));
     }
-    for ((c, grid), &(columns, _)) in components.iter().zip(&grids).zip(&grid_sizes) {
+    for ((c, grid), &(across, _)) in components.iter().zip(&grids).zip(&mcu_blocks) {
         let plane = &mut frame.components[c.index];
         let stride = plane.stride;
         plane
             .samples
             .par_chunks_mut(8 * stride)
-            .zip(grid.par_chunks(columns))
+            .zip(grid.par_chunks(mcus_x * across))
             .for_each(|(lines, blocks)| {
                 for (column, block) in blocks.iter().enumerate() {
                     inverse_dct(block, c.quant, &mut lines[8 * column..], stride);
