@@ -408,26 +408,6 @@ fn scan(
                 .ok_or_else(|| missing("quantisation"))?,
         });
     }
-    // Block positions per MCU: every block of every component for an interleaved scan, one
-    // block of the single component otherwise.
-    let (mcus_x, mcus_y, blocks): (usize, usize, Vec<(usize, usize, usize)>) = if count > 1 {
-        let blocks = components
-            .iter()
-            .enumerate()
-            .flat_map(|(s, c)| {
-                let plane = &frame.components[c.index];
-                (0..plane.v).flat_map(move |by| (0..plane.h).map(move |bx| (s, bx, by)))
-            })
-            .collect();
-        (
-            frame.width.div_ceil(8 * frame.h_max),
-            frame.height.div_ceil(8 * frame.v_max),
-            blocks,
-        )
-    } else {
-        let (w, h) = frame.component_size(&frame.components[components[0].index]);
-        (w.div_ceil(8), h.div_ceil(8), vec![(0, 0, 0)])
-    };
     // Blocks per MCU of each scan component, `(across, down)`: its sampling factors in an
     // interleaved scan, one block otherwise.
     let mcu_blocks: Vec<(usize, usize)> = components
@@ -439,6 +419,23 @@ fn scan(
             } else {
                 (1, 1)
             }
+        })
+        .collect();
+    let (mcus_x, mcus_y) = if count > 1 {
+        (
+            frame.width.div_ceil(8 * frame.h_max),
+            frame.height.div_ceil(8 * frame.v_max),
+        )
+    } else {
+        let (w, h) = frame.component_size(&frame.components[components[0].index]);
+        (w.div_ceil(8), h.div_ceil(8))
+    };
+    // Block positions within an MCU, `(scan component, column, row)`, in coding order.
+    let blocks: Vec<(usize, usize, usize)> = mcu_blocks
+        .iter()
+        .enumerate()
+        .flat_map(|(s, &(across, down))| {
+            (0..down).flat_map(move |by| (0..across).map(move |bx| (s, bx, by)))
         })
         .collect();
     // Each scan component's coefficients, in a grid of its plane's 8x8 blocks (`mcus_x *
