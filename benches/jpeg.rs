@@ -12,7 +12,7 @@ fn decoders(c: &mut Criterion) {
         group.bench_with_input(
             BenchmarkId::new("streamtrack exact", name),
             &data,
-            |b, d| b.iter(|| jpeg::decode(d).expect("decodes")),
+            |b, d| b.iter(|| jpeg::decode(d, u64::MAX).expect("decodes")),
         );
         group.bench_with_input(
             BenchmarkId::new("image (zune-jpeg)", name),

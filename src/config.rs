@@ -26,6 +26,7 @@ pub struct Config {
     pub calibration: Option<PathBuf>,
     pub speed: SpeedConfig,
     pub output: OutputSection,
+    pub input: InputSection,
     /// Counting lines and areas.
     pub zones: ZonesConfig,
 }
@@ -38,7 +39,8 @@ pub struct DetectSection {
     pub iou: f32,
     pub max_det: usize,
     pub agnostic_nms: bool,
-    /// Classes to keep, by name or id (empty: all).
+    /// Classes to keep, by name or id (empty: all); ids may be written as TOML integers.
+    #[serde(deserialize_with = "names_or_ids")]
     pub classes: Vec<String>,
     /// Per-class confidence thresholds, by class name or id.
     pub class_conf: BTreeMap<String, f32>,
@@ -57,6 +59,22 @@ impl Default for DetectSection {
             classes: Vec::new(),
             class_conf: BTreeMap::new(),
             rename: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[input]`: limits on what inputs may demand.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InputSection {
+    /// Largest still image decoded, in pixels; larger ones are refused before decoding.
+    pub max_image_pixels: u64,
+}
+
+impl Default for InputSection {
+    fn default() -> Self {
+        Self {
+            max_image_pixels: crate::video::images::DEFAULT_MAX_PIXELS,
         }
     }
 }
@@ -80,6 +98,55 @@ impl Default for OutputSection {
     }
 }
 
+/// A class list entry: `"car"`, `"2"` or `2`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NameOrId {
+    Name(String),
+    Id(u64),
+}
+
+/// Reads a list of class names and ids, ids kept as their decimal text.
+fn names_or_ids<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<String>, D::Error> {
+    Ok(Vec::<NameOrId>::deserialize(deserializer)?
+        .into_iter()
+        .map(|entry| match entry {
+            NameOrId::Name(name) => name,
+            NameOrId::Id(id) => id.to_string(),
+        })
+        .collect())
+}
+
+impl DetectSection {
+    /// Checks the thresholds are finite numbers in 0..=1.
+    pub fn validate(&self) -> Result<(), String> {
+        use crate::checks::in_range;
+        in_range("conf", self.conf.into(), 0.0, 1.0)?;
+        in_range("iou", self.iou.into(), 0.0, 1.0)?;
+        for (class, threshold) in &self.class_conf {
+            in_range(
+                &format!("class_conf.{class}"),
+                (*threshold).into(),
+                0.0,
+                1.0,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl OutputSection {
+    /// Checks the encoder settings can produce a video.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.bitrate == Some(0) {
+            return Err("bitrate must be above 0 bits per second".into());
+        }
+        crate::checks::positive("keyframe_interval", self.keyframe_interval)
+    }
+}
+
 /// Why a configuration is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -99,11 +166,27 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
         let config: Self =
             toml::from_str(&text).map_err(|e| fail(format!("invalid configuration: {e}")))?;
-        config
-            .zones
-            .validate()
-            .map_err(|e| fail(format!("[zones]: {e}")))?;
+        config.validate().map_err(fail)?;
         Ok(config)
+    }
+
+    /// Checks every value is usable, naming the section and key of the first that is not.
+    pub fn validate(&self) -> Result<(), String> {
+        let sections: [(&str, Result<(), String>); 6] = [
+            ("detect", self.detect.validate()),
+            ("tracker", self.tracker.validate()),
+            ("speed", self.speed.validate()),
+            ("output", self.output.validate()),
+            ("zones", self.zones.validate()),
+            (
+                "input",
+                crate::checks::positive("max_image_pixels", self.input.max_image_pixels as f64),
+            ),
+        ];
+        for (name, result) in sections {
+            result.map_err(|e| format!("[{name}] {e}"))?;
+        }
+        Ok(())
     }
 }
 
@@ -194,5 +277,58 @@ mod tests {
         assert_eq!(detect.classes, vec![2, 0]);
         assert_eq!(config.detect.display_names(&names()).unwrap()[2], "vehicle");
         assert!(toml::from_str::<Config>("[detect]\nconfidence = 0.3\n").is_err());
+    }
+
+    #[test]
+    fn class_ids_may_be_integers() {
+        let config: Config = toml::from_str("[detect]\nclasses = [7, \"car\"]\n").unwrap();
+        assert_eq!(config.detect.classes, vec!["7", "car"]);
+    }
+
+    /// Each value that once reached a stage unchecked (an infinite match limit hung the
+    /// assignment solver; a NaN border margin reported 243 km/h) is refused at load, naming
+    /// its section and key.
+    #[test]
+    fn unusable_values_are_refused_with_their_key() {
+        let cases = [
+            ("[tracker]\nmatch_thresh = inf\n", "[tracker] match_thresh"),
+            ("[tracker]\nhigh_thresh = nan\n", "[tracker] high_thresh"),
+            ("[tracker]\nlow_thresh = -0.5\n", "[tracker] low_thresh"),
+            ("[tracker]\ntrack_buffer = -1\n", "[tracker] track_buffer"),
+            ("[speed]\nwindow = nan\n", "[speed] window"),
+            ("[speed]\nmin_span = -1\n", "[speed] min_span"),
+            ("[speed]\nborder_margin = nan\n", "[speed] border_margin"),
+            (
+                "[output]\nkeyframe_interval = 0\n",
+                "[output] keyframe_interval",
+            ),
+            (
+                "[output]\nkeyframe_interval = nan\n",
+                "[output] keyframe_interval",
+            ),
+            ("[output]\nbitrate = 0\n", "[output] bitrate"),
+            (
+                "[detect.class_conf]\nperson = nan\n",
+                "[detect] class_conf.person",
+            ),
+            ("[detect]\nconf = inf\n", "[detect] conf"),
+            (
+                "[[zones.lines]]\nname = \"a\"\nfrom = [0, nan]\nto = [1, 1]\n",
+                "[zones] line 'a'",
+            ),
+        ];
+        let dir = std::env::temp_dir().join(format!("streamtrack-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, (text, expected)) in cases.iter().enumerate() {
+            let path = dir.join(format!("case{i}.toml"));
+            std::fs::write(&path, text).unwrap();
+            let err = Config::load(&path).unwrap_err().to_string();
+            assert!(
+                err.contains(expected) && err.contains(&path.display().to_string()),
+                "{text}: {err}"
+            );
+        }
+        std::fs::write(dir.join("default.toml"), "").unwrap();
+        assert!(Config::load(&dir.join("default.toml")).is_ok());
     }
 }

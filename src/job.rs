@@ -2,7 +2,7 @@
 //! server's jobs and streams. Opens the requested outputs, builds the analysis, runs the
 //! pipeline and returns what happened.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 
@@ -46,6 +46,34 @@ pub struct OutputArgs {
 }
 
 impl OutputArgs {
+    /// Refuses outputs that would overwrite `input` or each other (by file identity, so
+    /// another path to the same file counts too): writing an output truncates its file
+    /// before the input has been read.
+    pub fn check_paths(&self, input: &Path) -> anyhow::Result<()> {
+        let files = [
+            ("-o/--output", &self.output),
+            ("--events", &self.events),
+            ("--csv", &self.csv),
+            ("--mot", &self.mot),
+        ];
+        let named: Vec<(&str, &Path)> = files
+            .iter()
+            .filter_map(|(flag, path)| path.as_deref().map(|p| (*flag, p)))
+            .collect();
+        for (i, (flag, path)) in named.iter().enumerate() {
+            if same_file(path, input) {
+                anyhow::bail!(
+                    "{}: {flag} names the input file; writing it would destroy the input",
+                    path.display()
+                );
+            }
+            if let Some((other, _)) = named[..i].iter().find(|(_, p)| same_file(p, path)) {
+                anyhow::bail!("{}: {other} and {flag} name the same file", path.display());
+            }
+        }
+        Ok(())
+    }
+
     /// Whether anything at all would be written.
     pub fn writes_anything(&self) -> bool {
         self.output.is_some()
@@ -53,6 +81,20 @@ impl OutputArgs {
             || self.events.is_some()
             || self.csv.is_some()
             || self.mot.is_some()
+    }
+}
+
+/// True when both paths lead to one existing file, or are the same path.
+fn same_file(a: &Path, b: &Path) -> bool {
+    if a == b {
+        return true;
+    }
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => {
+            use std::os::unix::fs::MetadataExt;
+            x.dev() == y.dev() && x.ino() == y.ino()
+        }
+        _ => false,
     }
 }
 

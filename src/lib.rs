@@ -4,6 +4,7 @@
 pub mod analysis;
 pub mod annotate;
 pub mod bench;
+pub mod checks;
 pub mod compress;
 pub mod config;
 pub mod detect;

@@ -1,9 +1,9 @@
 //! The `streamtrack` command line.
 
+mod cli;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -310,6 +310,12 @@ struct ServeArgs {
     /// Jobs and recorded streams write their results into a folder per id here.
     #[arg(long, default_value = "streamtrack-results")]
     results_dir: PathBuf,
+    /// Most live streams running at once; more are refused with 429.
+    #[arg(long, default_value_t = streamtrack::server::DEFAULT_MAX_STREAMS)]
+    max_streams: usize,
+    /// Close a connection after this many seconds without a byte either way.
+    #[arg(long, default_value_t = streamtrack::server::DEFAULT_IDLE_TIMEOUT.as_secs_f64())]
+    idle_timeout: f64,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -375,7 +381,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => cli::signals::exit_status().map_or(ExitCode::SUCCESS, ExitCode::from),
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -388,6 +394,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    streamtrack::video::images::set_max_pixels(config.input.max_image_pixels);
     match cli.command {
         Command::Process(args) => process(args, config, cli.quiet),
         Command::Live(args) => live(args, config, cli.quiet),
@@ -405,25 +412,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Ctrl-C / SIGTERM set the returned flag; a second signal exits at once.
-fn interrupt_flag() -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    let _ = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\ninterrupted: finishing the frames in flight and finalising outputs");
-    });
-    stop
-}
-
 fn process(args: ProcessArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
     require_outputs(&args.outputs)?;
+    args.outputs.check_paths(&args.input)?;
     let source = video::open_source(&args.input, args.fps)?;
     log_stream(&args.input.display().to_string(), source.info());
     let options = RunOptions {
-        stop: interrupt_flag(),
+        stop: cli::signals::stop_on_signals()?,
         show_progress: !quiet,
         ..RunOptions::default()
     };
@@ -434,10 +429,11 @@ fn process(args: ProcessArgs, config: Config, quiet: bool) -> anyhow::Result<()>
 
 fn live(args: LiveArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
     require_outputs(&args.outputs)?;
+    args.outputs.check_paths(Path::new(&args.source))?;
     if args.target_fps.is_some_and(|f| f.is_nan() || f <= 0.0) {
         bail!("--target-fps must be positive");
     }
-    let stop = interrupt_flag();
+    let stop = cli::signals::stop_on_signals()?;
     let source_options = LiveSourceOptions {
         realtime: args.realtime,
         looped: args.looped,
@@ -477,6 +473,13 @@ fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
         results_dir: args.results_dir,
         model: args.model,
         config,
+        max_streams: args.max_streams,
+        idle_timeout: Duration::try_from_secs_f64(args.idle_timeout)
+            .ok()
+            .filter(|t| !t.is_zero())
+            .ok_or_else(|| {
+                anyhow::anyhow!("--idle-timeout must be a positive number of seconds")
+            })?,
     })
 }
 
@@ -504,12 +507,17 @@ fn log_stream(name: &str, info: &video::StreamInfo) {
 /// The end-of-run summary on stderr: counts, latency, outputs, tracks and zone totals.
 fn print_report(report: &job::StreamReport, outputs: &OutputArgs) {
     eprintln!("{}", report.summary.describe());
-    if let Some(out) = &outputs.output {
-        eprintln!(
+    match &outputs.output {
+        // No frame reached the video: the sink created no file.
+        Some(out) if report.summary.frames_written == 0 => {
+            eprintln!("no frames: {} was not written", out.display());
+        }
+        Some(out) => eprintln!(
             "wrote {} ({} frames)",
             out.display(),
             report.summary.frames_written
-        );
+        ),
+        None => {}
     }
     print_track_summary(&report.tracks, &report.names);
     for (line, classes) in &report.zones.lines {

@@ -52,6 +52,11 @@ pub struct MotFileError {
     pub message: String,
 }
 
+/// Highest frame number (and `seqLength`) accepted: 9 hours at 30 fps. Frames are grouped
+/// into one list per frame number, so a stray huge number would otherwise allocate for
+/// every frame up to it.
+pub const MAX_FRAME: u32 = 1_000_000;
+
 fn error(path: &Path, line: Option<usize>, message: impl Into<String>) -> MotFileError {
     MotFileError {
         path: path.to_path_buf(),
@@ -101,6 +106,11 @@ fn parse_row(line: &str) -> Result<MotRow, String> {
     if frame < 1.0 || frame.fract() != 0.0 {
         return Err(format!("frame '{}' is not a positive integer", fields[0]));
     }
+    if frame > f64::from(MAX_FRAME) {
+        return Err(format!(
+            "frame {frame} is beyond the longest sequence accepted ({MAX_FRAME} frames)"
+        ));
+    }
     let (w, h) = (number(4)?, number(5)?);
     if w < 0.0 || h < 0.0 {
         return Err(format!("negative box size {w} x {h}"));
@@ -141,23 +151,100 @@ pub fn read_seqinfo(path: &Path) -> Result<SeqInfo, MotFileError> {
             .filter(|v| v.is_finite() && *v > 0.0)
             .ok_or_else(|| error(path, None, format!("'{key}' is not a positive number")))
     };
+    let length = number("seqLength")?;
+    if length > f64::from(MAX_FRAME) {
+        return Err(error(
+            path,
+            None,
+            format!(
+                "seqLength {length} is beyond the longest sequence accepted ({MAX_FRAME} frames)"
+            ),
+        ));
+    }
     Ok(SeqInfo {
         name: get("name").unwrap_or_default(),
         frame_rate: number("frameRate")?,
-        length: number("seqLength")? as u32,
+        length: length as u32,
         width: number("imWidth")? as u32,
         height: number("imHeight")? as u32,
     })
 }
 
-/// Groups rows by frame: `out[f - 1]` holds frame `f`'s rows for `f` in `1..=length`.
-pub fn by_frame(rows: &[MotRow], length: u32) -> Vec<Vec<MotRow>> {
-    let length = length.max(rows.iter().map(|r| r.frame).max().unwrap_or(0));
-    let mut frames = vec![Vec::new(); length as usize];
-    for r in rows {
-        frames[r.frame as usize - 1].push(*r);
+/// Groups rows by frame, for frames `1..=length` or up to the last row's frame if that is
+/// later. The rows of each frame keep their order.
+pub fn by_frame(rows: &[MotRow], length: u32) -> Frames {
+    let mut sorted = rows.to_vec();
+    sorted.sort_by_key(|r| r.frame);
+    let last = sorted.last().map_or(0, |r| r.frame);
+    Frames {
+        rows: sorted,
+        length: length.max(last),
     }
-    frames
+}
+
+/// Rows grouped by frame, every frame from 1 to [`Frames::len`] (frames without rows
+/// included), held in memory proportional to the rows, not to the frame numbers (which a
+/// file may set as high as [`MAX_FRAME`]).
+#[derive(Debug, Clone)]
+pub struct Frames {
+    /// Sorted by frame.
+    rows: Vec<MotRow>,
+    length: u32,
+}
+
+impl Frames {
+    /// Frames in the sequence.
+    pub fn len(&self) -> usize {
+        self.length as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.length == 0
+    }
+
+    /// Each frame's rows, from frame 1.
+    pub fn iter(&self) -> FrameRows<'_> {
+        FrameRows {
+            rest: &self.rows,
+            next: 1,
+            last: self.length,
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a Frames {
+    type Item = &'a [MotRow];
+    type IntoIter = FrameRows<'a>;
+
+    fn into_iter(self) -> FrameRows<'a> {
+        self.iter()
+    }
+}
+
+/// The iterator of [`Frames::iter`].
+pub struct FrameRows<'a> {
+    rest: &'a [MotRow],
+    next: u32,
+    last: u32,
+}
+
+impl<'a> Iterator for FrameRows<'a> {
+    type Item = &'a [MotRow];
+
+    fn next(&mut self) -> Option<&'a [MotRow]> {
+        if self.next > self.last {
+            return None;
+        }
+        let count = self
+            .rest
+            .iter()
+            .take_while(|r| r.frame <= self.next)
+            .count();
+        let (rows, rest) = self.rest.split_at(count);
+        self.rest = rest;
+        self.next += 1;
+        Some(rows)
+    }
 }
 
 /// Writes result rows `frame,id,left,top,width,height,conf,-1,-1,-1`.
@@ -198,6 +285,27 @@ mod tests {
     }
 
     #[test]
+    fn frames_hold_gaps_and_far_frames_without_a_slot_each() {
+        let rows: Vec<MotRow> = ["4,1,0,0,1,1,1", "2,1,0,0,1,1,1", "4,2,0,0,1,1,1"]
+            .iter()
+            .map(|line| parse_row(line).unwrap())
+            .collect();
+        let frames = by_frame(&rows, 5);
+        let ids: Vec<Vec<i64>> = frames
+            .iter()
+            .map(|rows| rows.iter().map(|r| r.id).collect())
+            .collect();
+        assert_eq!(ids, [vec![], vec![1], vec![], vec![1, 2], vec![]]);
+        // A row far beyond the declared length extends the sequence; memory stays with the
+        // rows (the iterator makes each frame's slice as it goes).
+        let far = [parse_row(&format!("{MAX_FRAME},1,0,0,1,1,1")).unwrap()];
+        let frames = by_frame(&far, 1);
+        assert_eq!(frames.len(), MAX_FRAME as usize);
+        assert_eq!(frames.iter().filter(|rows| !rows.is_empty()).count(), 1);
+        assert_eq!(frames.iter().last().unwrap().len(), 1);
+    }
+
+    #[test]
     fn malformed_rows_name_the_problem() {
         assert!(parse_row("1,2,3").unwrap_err().contains("at least 6"));
         assert!(
@@ -211,6 +319,12 @@ mod tests {
                 .contains("not finite")
         );
         assert!(parse_row("0,-1,0,0,5,10,1").unwrap_err().contains("frame"));
+        // A frame number that would make the per-frame grouping allocate 48 GB.
+        assert!(
+            parse_row("2000000000,-1,0,0,5,10,1")
+                .unwrap_err()
+                .contains("longest sequence")
+        );
         assert!(
             parse_row("x,-1,0,0,5,10,1")
                 .unwrap_err()
@@ -237,6 +351,13 @@ mod tests {
                 .to_string()
                 .contains("missing 'seqLength'")
         );
+        std::fs::write(
+            &ini,
+            "[Sequence]\nframeRate=30\nseqLength=2000000000\nimWidth=640\nimHeight=480\n",
+        )
+        .unwrap();
+        let err = read_seqinfo(&ini).unwrap_err().to_string();
+        assert!(err.contains("seqLength 2000000000 is beyond"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

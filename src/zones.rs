@@ -53,6 +53,7 @@ impl ZonesConfig {
             if !names.insert(line.name.as_str()) {
                 return Err(format!("zone name '{}' is used twice", line.name));
             }
+            crate::checks::finite_points(&format!("line '{}'", line.name), &[line.from, line.to])?;
             if line.from == line.to {
                 return Err(format!("line '{}' has zero length", line.name));
             }
@@ -61,6 +62,7 @@ impl ZonesConfig {
             if !names.insert(area.name.as_str()) {
                 return Err(format!("zone name '{}' is used twice", area.name));
             }
+            crate::checks::finite_points(&format!("area '{}'", area.name), &area.polygon)?;
             if area.polygon.len() < 3 {
                 return Err(format!("area '{}' needs at least 3 points", area.name));
             }

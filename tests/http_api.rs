@@ -22,26 +22,38 @@ struct TestServer {
     results: PathBuf,
 }
 
-impl TestServer {
-    fn new(name: &str, token: Option<&str>) -> Self {
-        let results =
-            std::env::temp_dir().join(format!("streamtrack-api-{name}-{}", std::process::id()));
-        let model = ModelArgs {
+/// The results folder of the test `name`.
+fn results_dir(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("streamtrack-api-{name}-{}", std::process::id()))
+}
+
+/// The test server's configuration: the shared videos as media root, the small CPU model.
+fn server_config(name: &str, token: Option<&str>) -> ServerConfig {
+    ServerConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        token: token.map(str::to_string),
+        media_root: "../shared/data/video".into(),
+        results_dir: results_dir(name),
+        model: ModelArgs {
             model: Some("../shared/data/models/yolo11n-coco-320.onnx".into()),
             device: Some("cpu".parse().unwrap()),
             ..ModelArgs::default()
-        };
-        let state = AppState::new(ServerConfig {
-            bind: "127.0.0.1:0".parse().unwrap(),
-            token: token.map(str::to_string),
-            media_root: "../shared/data/video".into(),
-            results_dir: results.clone(),
-            model,
-            config: Config::default(),
-        })
-        .unwrap();
+        },
+        config: Config::default(),
+        max_streams: server::DEFAULT_MAX_STREAMS,
+        idle_timeout: server::DEFAULT_IDLE_TIMEOUT,
+    }
+}
+
+impl TestServer {
+    fn new(name: &str, token: Option<&str>) -> Self {
+        Self::with_config(server_config(name, token))
+    }
+
+    fn with_config(config: ServerConfig) -> Self {
+        let results = config.results_dir.clone();
         Self {
-            app: server::router(state),
+            app: server::router(AppState::new(config).unwrap()),
             results,
         }
     }
@@ -90,6 +102,192 @@ async fn a_token_is_required_when_set() {
     }
     let (status, _) = server.call("GET", "/healthz", None).await;
     assert_eq!(status, StatusCode::OK);
+    // The scheme's case does not matter (RFC 7235); the token's does.
+    for (value, expected) in [
+        (format!("bearer {TOKEN}"), StatusCode::OK),
+        (format!("BEARER {TOKEN}"), StatusCode::OK),
+        (
+            format!("Bearer {}", TOKEN.to_uppercase()),
+            StatusCode::UNAUTHORIZED,
+        ),
+    ] {
+        let request = Request::get("/healthz")
+            .header(header::AUTHORIZATION, &value)
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(server.send(request).await.0, expected, "{value}");
+    }
+}
+
+/// Unknown routes and methods answer with the API's JSON error shape.
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_json() {
+    let server = TestServer::new("fallback", None);
+    for (method, uri, expected) in [
+        ("GET", "/no/such/route", StatusCode::NOT_FOUND),
+        ("PUT", "/v1/jobs", StatusCode::METHOD_NOT_ALLOWED),
+        ("POST", "/healthz", StatusCode::METHOD_NOT_ALLOWED),
+    ] {
+        let (status, value) = server.call(method, uri, None).await;
+        assert_eq!(status, expected, "{method} {uri}");
+        assert!(
+            value["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "{value}"
+        );
+    }
+}
+
+/// A restarted server goes on from the highest id in its results folder instead of writing
+/// into an earlier job's results.
+#[tokio::test]
+async fn job_ids_continue_after_a_restart() {
+    let config = server_config("restart", None);
+    std::fs::create_dir_all(config.results_dir.join("job-7")).unwrap();
+    let server = TestServer::with_config(config);
+    let body =
+        json!({"input": "traffic-640x360.mp4", "max_frames": 1, "detect": {"input_size": 64}});
+    let (status, created) = server
+        .call("POST", "/v1/jobs", Some(&body.to_string()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["id"], "job-8");
+    server.call("DELETE", "/v1/jobs/job-8", None).await;
+}
+
+/// Past `max_streams` live streams, a new one is refused with 429; a FIFO in the media root
+/// is refused before a worker could block on it.
+#[tokio::test]
+async fn stream_limit_and_special_files_are_refused() {
+    let mut config = server_config("limits", None);
+    config.max_streams = 0;
+    let server = TestServer::with_config(config);
+    let body = json!({"source": "traffic-640x360.mp4"});
+    let (status, value) = server
+        .call("POST", "/v1/streams", Some(&body.to_string()))
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{value}");
+    assert!(
+        value["error"].as_str().unwrap().contains("--max-streams"),
+        "{value}"
+    );
+
+    let media = results_dir("fifo-media");
+    std::fs::create_dir_all(&media).unwrap();
+    let fifo = media.join("pipe.mp4");
+    let _ = std::fs::remove_file(&fifo);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut config = server_config("fifo", None);
+    config.media_root = media.clone();
+    let server = TestServer::with_config(config);
+    for (uri, body) in [
+        ("/v1/jobs", json!({"input": "pipe.mp4"})),
+        ("/v1/streams", json!({"source": "pipe.mp4"})),
+    ] {
+        let (status, value) = server.call("POST", uri, Some(&body.to_string())).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{uri}: {value}");
+        assert!(
+            value["error"]
+                .as_str()
+                .unwrap()
+                .contains("not a regular file"),
+            "{value}"
+        );
+    }
+    std::fs::remove_dir_all(&media).unwrap();
+}
+
+/// A camera that never answers shows its failed attempts while the stream is connecting,
+/// and the stream still stops on request.
+#[tokio::test]
+async fn a_camera_that_never_connects_reports_its_attempts() {
+    let server = TestServer::new("refused", None);
+    // Port 9 (discard) has no RTSP server here: every attempt is refused.
+    let body = json!({"source": "rtsp://127.0.0.1:9/stream"});
+    let (status, created) = server
+        .call("POST", "/v1/streams", Some(&body.to_string()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let uri = format!("/v1/streams/{}", created["id"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, view) = server.call("GET", &uri, None).await;
+        assert_eq!(view["status"], "connecting", "{view}");
+        if view["connection_failures"].as_u64().unwrap() >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failed attempt reported: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, stopped) = server.call("DELETE", &uri, None).await;
+    assert_eq!(status, StatusCode::OK, "{stopped}");
+}
+
+/// Over real TCP: a client that sends half a request, or declares a body it never sends, is
+/// disconnected once the idle timeout passes; a complete request still gets its answer.
+#[tokio::test]
+async fn idle_connections_are_closed() {
+    let mut config = server_config("idle", None);
+    config.idle_timeout = Duration::from_millis(500);
+    let results = config.results_dir.clone();
+    let state = AppState::new(config).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server::serve_on(listener, state, async {
+        let _ = stopped.await;
+    }));
+    // Sends `request` on a new connection and reads until the server closes it (at most
+    // 10 s): the answer and how long the server took to close.
+    let exchange = move |request: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut client = std::net::TcpStream::connect(address).unwrap();
+            client.write_all(request.as_bytes()).unwrap();
+            client
+                .set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let started = Instant::now();
+            let mut answer = Vec::new();
+            let closed = client.read_to_end(&mut answer).is_ok();
+            (
+                closed,
+                String::from_utf8_lossy(&answer).into_owned(),
+                started.elapsed(),
+            )
+        })
+    };
+    // (The declared body may also be refused at once as too large: either way the
+    // connection is not held.)
+    for (partial, waits_for_timeout) in [
+        ("GET /healthz HTTP/1.1\r\nHost: x\r\n", true),
+        (
+            "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 99999999999\r\n\r\n{",
+            false,
+        ),
+    ] {
+        let (closed, answer, took) = exchange(partial).await.unwrap();
+        assert!(closed, "still open after 10 s: {partial:?}");
+        if waits_for_timeout {
+            assert!(
+                answer.is_empty() && took >= Duration::from_millis(400),
+                "{answer} after {took:?}"
+            );
+        }
+    }
+    let (_, answer, _) = exchange("GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    stop.send(()).unwrap();
+    serving.await.unwrap().unwrap();
+    let _ = std::fs::remove_dir_all(results);
 }
 
 #[tokio::test]

@@ -1,10 +1,14 @@
 //! The fused convolutions on YOLOv8n layer shapes at 640 input, one image: the im2col path
-//! on every shape, and Winograd F(2x2, 3x3) beside it on the 3x3 stride-1 ones.
+//! on every shape, and Winograd F(2x2, 3x3) beside it on the 3x3 stride-1 ones. Then the
+//! matrix product alone, single-threaded, on the products those layers run: our packed
+//! micro-kernels against the `gemm` crate (the general packed GEMM that Burn's CPU backend
+//! uses) in the same run, so the figures compare as a ratio.
 //!
 //! Run with `cargo bench -p cpu-conv`.
 
 use cpu_conv::{
-    Activation, ConvParams, FeatureMap, WinogradWeights, conv2d, conv3x3_winograd, output_size,
+    Activation, ConvParams, FeatureMap, PackedWeights, WinogradWeights, conv2d, conv3x3_winograd,
+    output_size,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -30,10 +34,10 @@ fn layers(c: &mut Criterion) {
             .map(|i| (i % 7) as f32 * 0.01 - 0.03)
             .collect();
         let bias = vec![0.1f32; c_out];
+        let packed = PackedWeights::new(&weight, c_out, c_in * k * k);
         let params = ConvParams {
-            weight: &weight,
+            weight: &packed,
             bias: &bias,
-            c_out,
             kernel: k,
             stride: s,
             padding: k / 2,
@@ -67,6 +71,59 @@ fn layers(c: &mut Criterion) {
     }
 }
 
+/// `(c_out, depth, n)` of products in the layers above: a Winograd point of the 80x80 head
+/// (80 x 80 channels over one block of tiles), an im2col tile of the 3x3 stride-2 down
+/// convolution, the 1x1 c2f convolution over one tile, and SPPF's 1x1 on its 20x20 map.
+const PRODUCTS: [(usize, usize, usize); 4] = [
+    (80, 80, 240),
+    (32, 144, 480),
+    (32, 48, 480),
+    (256, 512, 400),
+];
+
+fn products(c: &mut Criterion) {
+    for (rows, depth, n) in PRODUCTS {
+        let a: Vec<f32> = (0..rows * depth)
+            .map(|i| (i % 7) as f32 * 0.01 - 0.03)
+            .collect();
+        let x: Vec<f32> = (0..depth * n).map(|i| (i % 17) as f32 * 0.03).collect();
+        let mut out = vec![0.0f32; rows * n];
+        let packed = PackedWeights::new(&a, rows, depth);
+        let name = format!("product {rows}x{depth} . {depth}x{n}");
+        c.bench_function(&format!("{name} packed"), |b| {
+            b.iter(|| packed.multiply(&x, n, &mut out))
+        });
+        c.bench_function(&format!("{name} gemm"), |b| {
+            // Transposed, out^T = x^T · a^T, as these kernels called it: the long position
+            // axis as gemm's `m` runs its micro-kernels full width on narrow layers.
+            // SAFETY: the three dense row-major buffers above, with their shapes.
+            b.iter(|| unsafe {
+                gemm::gemm(
+                    n,
+                    rows,
+                    depth,
+                    out.as_mut_ptr(),
+                    n as isize,
+                    1,
+                    false,
+                    x.as_ptr(),
+                    n as isize,
+                    1,
+                    a.as_ptr(),
+                    depth as isize,
+                    1,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                )
+            })
+        });
+    }
+}
+
 fn activation(c: &mut Criterion) {
     let mut row: Vec<f32> = (0..80 * 80 * 80)
         .map(|i| (i % 23) as f32 * 0.2 - 2.0)
@@ -76,5 +133,5 @@ fn activation(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, layers, activation);
+criterion_group!(benches, layers, products, activation);
 criterion_main!(benches);

@@ -4,7 +4,7 @@ use rayon::prelude::*;
 
 use crate::activation::{Activation, apply_bias_activation};
 use crate::im2col::Window;
-use crate::product::{Strided, multiply};
+use crate::packed::{PackedWeights, Rows, block_width, multiply_packed};
 
 /// One image's feature map, or a block of its channels: `[channels, height, width]`, dense.
 #[derive(Debug, Clone, Copy)]
@@ -16,11 +16,11 @@ pub struct FeatureMap<'a> {
 /// A square-kernel convolution with one group, no dilation, and its bias and activation.
 #[derive(Debug, Clone, Copy)]
 pub struct ConvParams<'a> {
-    /// `[c_out, c_in, kernel, kernel]`, row-major.
-    pub weight: &'a [f32],
+    /// `[c_out, c_in * kernel * kernel]`, packed once: `PackedWeights::new(w, c_out, c_in * kernel * kernel)` of
+    /// row-major `[c_out, c_in, kernel, kernel]` weights.
+    pub weight: &'a PackedWeights,
     /// `[c_out]`.
     pub bias: &'a [f32],
-    pub c_out: usize,
     pub kernel: usize,
     pub stride: usize,
     pub padding: usize,
@@ -63,9 +63,10 @@ pub fn conv2d(
     let k_total = c_in * k * k;
     let (out_h, out_w) = output_size(height, width, k, params.stride, params.padding);
     let positions = out_h * out_w;
-    assert_eq!(params.weight.len(), params.c_out * k_total, "weight shape");
-    assert_eq!(params.bias.len(), params.c_out, "bias shape");
-    assert_eq!(out.len(), params.c_out * positions, "output shape");
+    let c_out = params.weight.rows();
+    assert_eq!(params.weight.depth(), k_total, "weight shape");
+    assert_eq!(params.bias.len(), c_out, "bias shape");
+    assert_eq!(out.len(), c_out * positions, "output shape");
     for part in inputs {
         assert_eq!(
             part.data.len(),
@@ -82,6 +83,10 @@ pub fn conv2d(
         padding: params.padding,
     };
     let direct = k == 1 && params.stride == 1 && params.padding == 0;
+    let phased: Vec<_> = inputs
+        .par_iter()
+        .map(|part| window.phases(part.data, part.channels))
+        .collect();
     let tile = tile_width(positions, k_total);
     let tiles = positions.div_ceil(tile);
     let out_ptr = SharedOut(out.as_mut_ptr());
@@ -94,39 +99,36 @@ pub fn conv2d(
             // other tile touches them; `out` outlives the parallel loop.
             let dst = unsafe { out_ptr.get().add(start) };
             let mut k_offset = 0;
-            for (i, part) in inputs.iter().filter(|p| p.channels > 0).enumerate() {
+            let parts = inputs.iter().zip(&phased).filter(|(p, _)| p.channels > 0);
+            for (i, (part, phased)) in parts.enumerate() {
                 let rows = part.channels * k * k;
-                // Computed as the transposed product, out^T[len x c_out] = X^T[len x rows] *
-                // W^T[rows x c_out]: with the long position axis as `m`, gemm's micro-kernels run
-                // full width even for the narrow layers (16 or 32 output channels).
-                let (x, x_col_stride) = if direct {
-                    (part.data[start..].as_ptr(), positions as isize)
+                let x = if direct {
+                    Rows {
+                        ptr: part.data[start..].as_ptr(),
+                        stride: positions,
+                    }
                 } else {
                     block.resize(rows * len, 0.0);
-                    window.fill(part.data, part.channels, start, len, block);
-                    (block.as_ptr(), len as isize)
+                    window.fill(phased, part.channels, start, len, block);
+                    Rows {
+                        ptr: block.as_ptr(),
+                        stride: len,
+                    }
                 };
-                // SAFETY: every pointer and stride above addresses memory inside its slice for
-                // a `len x c_out` output, `len x rows` input and `rows x c_out` weight block.
+                // SAFETY: `x` holds `rows` rows of `len` values (the im2col block, or the
+                // part's channels from column `start`), and `dst` addresses columns
+                // `start..start + len` of the `c_out` output rows.
                 unsafe {
-                    multiply(
-                        [len, params.c_out, rows],
-                        Strided {
+                    multiply_packed(
+                        params.weight,
+                        k_offset..k_offset + rows,
+                        x,
+                        len,
+                        Rows {
                             ptr: dst,
-                            row_stride: 1,
-                            col_stride: positions as isize,
+                            stride: positions,
                         },
                         i > 0,
-                        Strided {
-                            ptr: x,
-                            row_stride: 1,
-                            col_stride: x_col_stride,
-                        },
-                        Strided {
-                            ptr: params.weight.as_ptr().add(k_offset),
-                            row_stride: 1,
-                            col_stride: k_total as isize,
-                        },
                     );
                 }
                 k_offset += rows;
@@ -147,7 +149,7 @@ fn tile_width(positions: usize, k_total: usize) -> usize {
     per_thread
         .min(cache_bound)
         .clamp(MIN_TILE, MAX_TILE)
-        .next_multiple_of(8)
+        .next_multiple_of(block_width())
 }
 
 /// The output pointer, shared by tiles that write disjoint columns.
@@ -170,11 +172,11 @@ mod tests {
     use proptest::prelude::*;
 
     /// Straightforward seven-loop convolution in f64.
-    fn reference(x: &[f32], c_in: usize, h: usize, w: usize, p: &ConvParams) -> Vec<f32> {
+    fn reference(x: &[f32], [c_in, h, w]: [usize; 3], weight: &[f32], p: &ConvParams) -> Vec<f32> {
         let k = p.kernel;
         let (oh, ow) = output_size(h, w, k, p.stride, p.padding);
-        let mut out = vec![0.0; p.c_out * oh * ow];
-        for co in 0..p.c_out {
+        let mut out = vec![0.0; p.weight.rows() * oh * ow];
+        for co in 0..p.weight.rows() {
             for oy in 0..oh {
                 for ox in 0..ow {
                     let mut acc = p.bias[co] as f64;
@@ -187,7 +189,7 @@ mod tests {
                                     continue;
                                 }
                                 let xv = x[(ci * h + iy as usize) * w + ix as usize] as f64;
-                                let wv = p.weight[((co * c_in + ci) * k + ky) * k + kx] as f64;
+                                let wv = weight[((co * c_in + ci) * k + ky) * k + kx] as f64;
                                 acc += xv * wv;
                             }
                         }
@@ -225,10 +227,10 @@ mod tests {
         let x = values(c_in * h * w, 1);
         let weight = values(c_out * c_in * k * k, 2);
         let bias = values(c_out, 3);
+        let packed = PackedWeights::new(&weight, c_out, c_in * k * k);
         let params = ConvParams {
-            weight: &weight,
+            weight: &packed,
             bias: &bias,
-            c_out,
             kernel: k,
             stride: s,
             padding: pad,
@@ -248,7 +250,7 @@ mod tests {
             },
         ];
         conv2d(&parts, h, w, &params, &mut out);
-        let want = reference(&x, c_in, h, w, &params);
+        let want = reference(&x, [c_in, h, w], &weight, &params);
         for (i, (g, r)) in out.iter().zip(&want).enumerate() {
             assert!(
                 (g - r).abs() <= 1e-4 * (1.0 + r.abs()),
@@ -273,7 +275,7 @@ mod tests {
         fn random_shapes_match_the_reference(
             c_in in 1usize..12, split in 0usize..12, c_out in 1usize..20,
             h in 1usize..19, w in 1usize..19, k in prop::sample::select(vec![1usize, 3, 5]),
-            s in 1usize..3, pad in 0usize..3, silu in any::<bool>(),
+            s in 1usize..4, pad in 0usize..3, silu in any::<bool>(),
         ) {
             prop_assume!(h + 2 * pad >= k && w + 2 * pad >= k);
             let act = if silu { Activation::Silu } else { Activation::Identity };

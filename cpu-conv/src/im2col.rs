@@ -1,5 +1,13 @@
 //! im2col for one tile of output positions: the input patches that a run of consecutive
 //! output pixels reads, laid out as a `[channels * k * k, tile]` matrix.
+//!
+//! Every kernel tap reads a run of consecutive input pixels for a run of consecutive output
+//! pixels, so each row of the matrix is built from plain copies: with stride 1 from the
+//! input itself, with stride `s` from its `s x s` phases ([`Window::phases`]: the planes of
+//! every `s`-th row and column from each offset), made once per convolution instead of
+//! gathering every `s`-th value per tap and tile.
+
+use rayon::prelude::*;
 
 /// Geometry of one convolution's sliding window over an input plane.
 #[derive(Debug, Clone, Copy)]
@@ -12,71 +20,150 @@ pub(crate) struct Window {
     pub padding: usize,
 }
 
+/// Where one kernel tap reads: plane `phase` of a channel, shifted by `(dy, dx)` from the
+/// output pixel's position in it.
+#[derive(Debug, Clone, Copy)]
+struct Tap {
+    phase: usize,
+    dy: isize,
+    dx: isize,
+}
+
 impl Window {
+    /// Size of one phase plane (the input plane itself for stride 1).
+    fn phase_size(&self) -> (usize, usize) {
+        (
+            self.height.div_ceil(self.stride),
+            self.width.div_ceil(self.stride),
+        )
+    }
+
+    /// The input as the taps read it: `input` itself for stride 1; for stride `s`, each of
+    /// its `channels` planes as `s x s` phase planes, phase `(py, px)` holding input rows
+    /// `py, py + s, …` and columns `px, px + s, …` (zero-padded to the common phase size).
+    pub fn phases<'a>(&self, input: &'a [f32], channels: usize) -> std::borrow::Cow<'a, [f32]> {
+        let s = self.stride;
+        if s == 1 {
+            return std::borrow::Cow::Borrowed(input);
+        }
+        let (ph, pw) = self.phase_size();
+        let plane = self.height * self.width;
+        let mut out = vec![0.0; channels * s * s * ph * pw];
+        out.par_chunks_exact_mut(s * s * ph * pw)
+            .zip(input.par_chunks_exact(plane))
+            .for_each(|(dst, src)| {
+                // Phase row `r` of row phase `py` for every column phase at once: one pass
+                // over each input line deals its values out to the `s` column phases.
+                for (y, line) in src.chunks_exact(self.width).enumerate() {
+                    let (py, r) = (y % s, y / s);
+                    let rows = &mut dst[py * s * ph * pw..(py + 1) * s * ph * pw];
+                    let mut phases: Vec<&mut [f32]> = rows
+                        .chunks_exact_mut(ph * pw)
+                        .map(|phase| &mut phase[r * pw..(r + 1) * pw])
+                        .collect();
+                    deal(line, &mut phases);
+                }
+            });
+        std::borrow::Cow::Owned(out)
+    }
+
+    /// Where tap `(ky, kx)` reads: input pixel `(oy * s + ky - padding, ox * s + kx -
+    /// padding)` is pixel `(oy + dy, ox + dx)` of the phase of its offset's remainder.
+    fn tap(&self, ky: usize, kx: usize) -> Tap {
+        let s = self.stride as isize;
+        let dy = ky as isize - self.padding as isize;
+        let dx = kx as isize - self.padding as isize;
+        Tap {
+            phase: (dy.rem_euclid(s) * s + dx.rem_euclid(s)) as usize,
+            dy: dy.div_euclid(s),
+            dx: dx.div_euclid(s),
+        }
+    }
+
     /// Writes the patches of output positions `start..start + len` (row-major over the
-    /// output plane) of the `channels` planes in `input` into `block`, one row per
-    /// `(channel, ky, kx)`.
+    /// output plane) of the `channels` planes in `phased` (from [`Window::phases`]) into
+    /// `block`, one row per `(channel, ky, kx)`.
     pub fn fill(
         &self,
-        input: &[f32],
+        phased: &[f32],
         channels: usize,
         start: usize,
         len: usize,
         block: &mut [f32],
     ) {
-        let plane = self.height * self.width;
+        let (ph, pw) = self.phase_size();
         let k = self.kernel;
+        let channel_len = self.stride * self.stride * ph * pw;
         for c in 0..channels {
-            let src = &input[c * plane..(c + 1) * plane];
+            let channel = &phased[c * channel_len..(c + 1) * channel_len];
             for ky in 0..k {
                 for kx in 0..k {
+                    let tap = self.tap(ky, kx);
+                    let plane = &channel[tap.phase * ph * pw..(tap.phase + 1) * ph * pw];
                     let row = (c * k + ky) * k + kx;
-                    self.fill_row(src, ky, kx, start, &mut block[row * len..(row + 1) * len]);
+                    self.fill_row(plane, tap, start, &mut block[row * len..(row + 1) * len]);
                 }
             }
         }
     }
 
-    /// One im2col row: input values under kernel tap `(ky, kx)` for each output position.
-    fn fill_row(&self, src: &[f32], ky: usize, kx: usize, start: usize, row: &mut [f32]) {
+    /// One im2col row: the values under `tap` for each output position.
+    fn fill_row(&self, plane: &[f32], tap: Tap, start: usize, row: &mut [f32]) {
+        let (ph, pw) = self.phase_size();
         let mut filled = 0;
         while filled < row.len() {
             let pos = start + filled;
             let (oy, ox0) = (pos / self.out_width, pos % self.out_width);
             let run = (self.out_width - ox0).min(row.len() - filled);
             let out = &mut row[filled..filled + run];
-            match (oy * self.stride + ky).checked_sub(self.padding) {
-                Some(iy) if iy < self.height => {
-                    self.fill_run(&src[iy * self.width..(iy + 1) * self.width], kx, ox0, out)
-                }
-                _ => out.fill(0.0),
+            let iy = oy as isize + tap.dy;
+            if (0..ph as isize).contains(&iy) {
+                let line = &plane[iy as usize * pw..(iy as usize + 1) * pw];
+                copy_shifted(line, ox0 as isize + tap.dx, out);
+            } else {
+                out.fill(0.0);
             }
             filled += run;
         }
     }
+}
 
-    /// Output pixels `ox0..ox0 + out.len()` of one output row, reading input row `line`.
-    fn fill_run(&self, line: &[f32], kx: usize, ox0: usize, out: &mut [f32]) {
-        let s = self.stride;
-        // Input column of output column `ox` is `ox * s + kx - padding`; find the output
-        // columns whose input column lies inside the row.
-        let first_valid = self.padding.saturating_sub(kx).div_ceil(s);
-        let last_valid = (self.width + self.padding).saturating_sub(kx).div_ceil(s); // exclusive
-        let lo = first_valid.clamp(ox0, ox0 + out.len());
-        let hi = last_valid.clamp(lo, ox0 + out.len());
-        out[..lo - ox0].fill(0.0);
-        out[hi - ox0..].fill(0.0);
-        let valid = &mut out[lo - ox0..hi - ox0];
-        if valid.is_empty() {
-            return;
-        }
-        let ix0 = lo * s + kx - self.padding;
-        if s == 1 {
-            valid.copy_from_slice(&line[ix0..ix0 + valid.len()]);
-        } else {
-            for (v, &x) in valid.iter_mut().zip(line[ix0..].iter().step_by(s)) {
-                *v = x;
+/// `phases[j][i] = line[i * s + j]` for the `s = phases.len()` phases, as far as `line`
+/// goes.
+fn deal(line: &[f32], phases: &mut [&mut [f32]]) {
+    match phases {
+        [even, odd] => deinterleave(line, even, odd),
+        _ => {
+            let s = phases.len();
+            for (i, &v) in line.iter().enumerate() {
+                phases[i % s][i / s] = v;
             }
         }
+    }
+}
+
+/// `even[i] = line[2i]` and `odd[i] = line[2i + 1]`, as far as `line` goes (the slices may
+/// be longer; a slice shorter than its share panics): a loop the compiler vectorises.
+pub(crate) fn deinterleave(line: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    let (pairs, last) = line.as_chunks::<2>();
+    for ((e, o), &[a, b]) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+        *e = a;
+        *o = b;
+    }
+    if let [a] = last {
+        even[pairs.len()] = *a;
+    }
+}
+
+/// `out[i] = line[first + i]`, zero where that index falls outside `line`.
+fn copy_shifted(line: &[f32], first: isize, out: &mut [f32]) {
+    let len = out.len() as isize;
+    let lo = (-first).clamp(0, len) as usize;
+    let hi = (line.len() as isize - first).clamp(lo as isize, len) as usize;
+    out[..lo].fill(0.0);
+    out[hi..].fill(0.0);
+    if hi > lo {
+        let from = (first + lo as isize) as usize;
+        out[lo..hi].copy_from_slice(&line[from..from + hi - lo]);
     }
 }

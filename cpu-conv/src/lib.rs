@@ -1,7 +1,8 @@
 //! Fused 2-D convolution for CPU inference: `activation(conv(x, w) + b)` in one pass.
 //!
-//! Convolutions are lowered to matrix products over a packed, runtime-dispatched GEMM (the
-//! `gemm` crate: AVX2/FMA, AVX-512 or NEON micro-kernels chosen at run time). [`conv2d`]
+//! Convolutions are lowered to matrix products against weights packed once at load
+//! ([`PackedWeights`]), computed by register-blocked micro-kernels (AVX-512, AVX2 + FMA or
+//! portable, chosen at run time) that read the input in place. [`conv2d`]
 //! splits the output into column tiles that run in parallel on rayon; each tile builds its
 //! own small im2col block (skipped for 1x1 stride-1 convolutions, which multiply the input
 //! directly), multiplies it, then adds the bias and applies the activation while the tile is
@@ -18,12 +19,13 @@
 mod activation;
 mod conv;
 mod im2col;
+mod packed;
 mod pool;
-mod product;
 mod simd;
 mod winograd;
 
 pub use activation::{Activation, apply_bias_activation, exp_in_place, sigmoid_in_place};
 pub use conv::{ConvParams, FeatureMap, conv2d, output_size};
+pub use packed::PackedWeights;
 pub use pool::max_pool_same;
 pub use winograd::{WinogradWeights, conv3x3_winograd};

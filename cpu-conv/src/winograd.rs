@@ -13,7 +13,8 @@ use rayon::prelude::*;
 
 use crate::activation::{Activation, apply_bias_activation};
 use crate::conv::{FeatureMap, SharedOut};
-use crate::product::{Strided, multiply};
+use crate::im2col::deinterleave;
+use crate::packed::{PackedWeights, Rows, multiply_packed};
 use crate::simd::avx2_fma;
 
 /// Points of the transformed 4x4 tile.
@@ -23,10 +24,10 @@ const POINTS: usize = 16;
 const BLOCK_BYTES: usize = 512 * 1024;
 
 /// 3x3 weights transformed for [`conv3x3_winograd`]: `U = G g Gᵀ` per output and input
-/// channel, stored `[16, c_out, c_in]`.
+/// channel, one packed `[c_out, c_in]` matrix per point of the 4x4 tile.
 #[derive(Debug, Clone)]
 pub struct WinogradWeights {
-    data: Vec<f32>,
+    points: Vec<PackedWeights>,
     c_out: usize,
     c_in: usize,
 }
@@ -38,13 +39,16 @@ impl WinogradWeights {
     /// When `weight` does not hold `c_out * c_in * 9` values.
     pub fn new(weight: &[f32], c_out: usize, c_in: usize) -> Self {
         assert_eq!(weight.len(), c_out * c_in * 9, "weight shape");
-        let mut data = vec![0.0; POINTS * c_out * c_in];
-        for (pair, g) in weight.chunks_exact(9).enumerate() {
-            for (p, u) in transform_kernel(g).into_iter().enumerate() {
-                data[p * c_out * c_in + pair] = u;
-            }
+        let transformed: Vec<[f32; POINTS]> =
+            weight.chunks_exact(9).map(transform_kernel).collect();
+        let points = (0..POINTS)
+            .map(|p| PackedWeights::from_fn(c_out, c_in, |co, ci| transformed[co * c_in + ci][p]))
+            .collect();
+        Self {
+            points,
+            c_out,
+            c_in,
         }
-        Self { data, c_out, c_in }
     }
 
     /// Output channels.
@@ -130,29 +134,23 @@ pub fn conv3x3_winograd(
                     channel += 1;
                 }
             }
-            for p in 0..POINTS {
-                // SAFETY: point `p`'s input block is `tiles x c_in` (tile-contiguous), its
-                // weights `c_in x c_out` (input-channel-contiguous), its product `tiles x
-                // c_out`, all inside their buffers.
+            for (p, weights) in weights.points.iter().enumerate() {
+                // SAFETY: point `p`'s input block is `[c_in, tiles]` and its product
+                // `[c_out, tiles]`, both inside their buffers.
                 unsafe {
-                    multiply(
-                        [tiles, c_out, c_in],
-                        Strided {
+                    multiply_packed(
+                        weights,
+                        0..c_in,
+                        Rows {
+                            ptr: scratch.input.as_ptr().add(p * c_in * tiles),
+                            stride: tiles,
+                        },
+                        tiles,
+                        Rows {
                             ptr: scratch.product.as_mut_ptr().add(p * c_out * tiles),
-                            row_stride: 1,
-                            col_stride: tiles as isize,
+                            stride: tiles,
                         },
                         false,
-                        Strided {
-                            ptr: scratch.input.as_ptr().add(p * c_in * tiles),
-                            row_stride: 1,
-                            col_stride: tiles as isize,
-                        },
-                        Strided {
-                            ptr: weights.data.as_ptr().add(p * c_out * c_in),
-                            row_stride: 1,
-                            col_stride: c_in as isize,
-                        },
                     );
                 }
             }
@@ -192,7 +190,8 @@ struct Scratch {
     input: Vec<f32>,
     /// Channel sums, `[16, c_out, tiles]`.
     product: Vec<f32>,
-    /// Four zero-padded input rows, and their row transforms (or the output's columns).
+    /// The even and odd columns of four zero-padded input rows, and their transforms down
+    /// the columns (or the output's columns).
     rows: RowScratch,
 }
 
@@ -305,49 +304,46 @@ fn transform_input(
     dst: &mut [f32],
     point_stride: usize,
 ) {
-    let (cols, width) = (grid.cols, grid.width);
-    let padded_len = 2 * cols + 2;
-    // Input rows 2 * row - 1 ..= 2 * row + 2, one zero column left, zeros right.
-    for (r, padded) in scratch.padded.chunks_exact_mut(padded_len).enumerate() {
-        match (2 * row + r).checked_sub(1).filter(|&y| y < grid.height) {
-            Some(y) => {
-                padded[0] = 0.0;
-                padded[1..=width].copy_from_slice(&plane[y * width..][..width]);
-                padded[width + 1..].fill(0.0);
-            }
-            None => padded.fill(0.0),
-        }
-    }
-    // Along each row: h = d · B; tile t reads the column pairs t and t + 1.
-    for (padded, h) in scratch
-        .padded
-        .chunks_exact(padded_len)
-        .zip(scratch.transformed.chunks_exact_mut(4 * cols))
+    let cols = grid.cols;
+    let n = cols + 1;
+    // Input rows 2 * row - 1 ..= 2 * row + 2 with one zero column on the left, split into
+    // their even and odd columns: tile t reads even and odd columns t and t + 1.
+    let (even, odd) = scratch.padded[..8 * n].split_at_mut(4 * n);
+    for (r, (even, odd)) in even
+        .chunks_exact_mut(n)
+        .zip(odd.chunks_exact_mut(n))
+        .enumerate()
     {
-        let (h0, rest) = h.split_at_mut(cols);
-        let (h1, rest) = rest.split_at_mut(cols);
-        let (h2, h3) = rest.split_at_mut(cols);
-        let pairs = padded.as_chunks::<2>().0;
-        let tiles = pairs.iter().zip(&pairs[1..]);
-        for ((((left, right), h0), h1), (h2, h3)) in
-            tiles.zip(h0).zip(h1).zip(h2.iter_mut().zip(h3))
-        {
-            let [d0, d1] = *left;
-            let [d2, d3] = *right;
-            *h0 = d0 - d2;
-            *h1 = d1 + d2;
-            *h2 = d2 - d1;
-            *h3 = d1 - d3;
+        even.fill(0.0);
+        odd.fill(0.0);
+        if let Some(y) = (2 * row + r).checked_sub(1).filter(|&y| y < grid.height) {
+            // Input column i is padded column i + 1: even input columns are odd padded ones.
+            deinterleave(&plane[y * grid.width..][..grid.width], odd, &mut even[1..]);
         }
     }
-    // Down each column: V = Bᵀ · h, straight into the destination.
-    let h = |r: usize, k: usize| &scratch.transformed[(4 * r + k) * cols..][..cols];
-    for k in 0..4 {
-        let at = |p: usize| p * point_stride..p * point_stride + cols;
-        difference(&mut dst[at(k)], h(0, k), h(2, k));
-        sum(&mut dst[at(4 + k)], h(1, k), h(2, k));
-        difference(&mut dst[at(8 + k)], h(2, k), h(1, k));
-        difference(&mut dst[at(12 + k)], h(1, k), h(3, k));
+    // Down the columns first (the transform is separable): u = Bᵀ · d, on whole rows of
+    // even and of odd columns.
+    let (u_even, u_odd) = scratch.transformed[..8 * n].split_at_mut(4 * n);
+    for (rows, u) in [(&*even, u_even), (&*odd, u_odd)] {
+        let d = |r: usize| &rows[r * n..(r + 1) * n];
+        let (u0, rest) = u.split_at_mut(n);
+        let (u1, rest) = rest.split_at_mut(n);
+        let (u2, u3) = rest.split_at_mut(n);
+        difference(u0, d(0), d(2));
+        sum(u1, d(1), d(2));
+        difference(u2, d(2), d(1));
+        difference(u3, d(1), d(3));
+    }
+    // Along the rows: V = u · B, straight into the destination; with e and o the even and
+    // odd columns, tile t gets e[t] - e[t+1], o[t] + e[t+1], e[t+1] - o[t], o[t] - o[t+1].
+    let (u_even, u_odd) = scratch.transformed[..8 * n].split_at(4 * n);
+    for a in 0..4 {
+        let (e, o) = (&u_even[a * n..(a + 1) * n], &u_odd[a * n..(a + 1) * n]);
+        let at = |k: usize| (4 * a + k) * point_stride..(4 * a + k) * point_stride + cols;
+        difference(&mut dst[at(0)], &e[..cols], &e[1..]);
+        sum(&mut dst[at(1)], &o[..cols], &e[1..]);
+        difference(&mut dst[at(2)], &e[1..], &o[..cols]);
+        difference(&mut dst[at(3)], &o[..cols], &o[1..]);
     }
 }
 
@@ -443,10 +439,10 @@ mod tests {
                 channels: c_in - split,
             },
         ];
+        let packed = PackedWeights::new(&weight, c_out, c_in * 9);
         let params = ConvParams {
-            weight: &weight,
+            weight: &packed,
             bias: &bias,
-            c_out,
             kernel: 3,
             stride: 1,
             padding: 1,

@@ -26,7 +26,7 @@ pub use tensor::FloatTensor;
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
     #[error("cannot read: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("not an ONNX model ({0})")]
     NotOnnx(String),
     #[error("corrupt model: {0}")]
@@ -37,13 +37,21 @@ pub enum ImportError {
     Metadata(String),
 }
 
-/// An import failure together with the file it concerns.
+// The I/O error is part of the message rather than a `source`, so a report of the whole
+// error chain does not repeat it.
+impl From<std::io::Error> for ImportError {
+    fn from(error: std::io::Error) -> Self {
+        Self::Io(error)
+    }
+}
+
+/// An import failure together with the file it concerns (one message, no source chain:
+/// the failure is already in it).
 #[derive(Debug, thiserror::Error)]
-#[error("{}: {source}", path.display())]
+#[error("{}: {reason}", path.display())]
 pub struct FileImportError {
     pub path: PathBuf,
-    #[source]
-    pub source: ImportError,
+    pub reason: ImportError,
 }
 
 /// Weights of one convolution, bias folded in as exported.
@@ -66,15 +74,47 @@ pub struct ImportedModel {
     pub quantized_weights: bool,
 }
 
+/// Largest weight magnitude a trained detection export plausibly holds (batch norm folded
+/// in); flipped exponent bits make values far beyond it.
+pub const PLAUSIBLE_WEIGHT_MAGNITUDE: f32 = 1e4;
+
+impl ImportedModel {
+    /// Describes weights that look corrupt — NaN or infinite values, or magnitudes beyond
+    /// [`PLAUSIBLE_WEIGHT_MAGNITUDE`] — naming the worst convolution; `None` when all look
+    /// sane. Such a model loads but detects nonsense ("300 person" on every image).
+    pub fn weight_anomalies(&self) -> Option<String> {
+        let mut non_finite = 0usize;
+        let mut worst: Option<(&str, f32)> = None;
+        for (name, conv) in &self.weights {
+            for &w in conv.weight.data.iter().chain(&conv.bias) {
+                if !w.is_finite() {
+                    non_finite += 1;
+                } else if w.abs() > PLAUSIBLE_WEIGHT_MAGNITUDE
+                    && worst.is_none_or(|(_, m)| w.abs() > m)
+                {
+                    worst = Some((name, w.abs()));
+                }
+            }
+        }
+        match (non_finite, worst) {
+            (0, None) => None,
+            (0, Some((name, magnitude))) => Some(format!(
+                "weights up to {magnitude:e} in {name} (trained weights stay below {PLAUSIBLE_WEIGHT_MAGNITUDE:e})"
+            )),
+            (n, _) => Some(format!("{n} weights are NaN or infinite")),
+        }
+    }
+}
+
 /// Reads and validates an Ultralytics YOLO detection export.
 pub fn import_file(path: impl AsRef<Path>) -> Result<ImportedModel, FileImportError> {
     let path = path.as_ref();
     let result = std::fs::read(path)
         .map_err(ImportError::from)
         .and_then(|bytes| import_bytes(&bytes));
-    result.map_err(|source| FileImportError {
+    result.map_err(|reason| FileImportError {
         path: path.to_path_buf(),
-        source,
+        reason,
     })
 }
 

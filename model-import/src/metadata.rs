@@ -40,7 +40,15 @@ impl ModelMetadata {
         };
         let imgsz = match get("imgsz") {
             Some(text) => parse_imgsz(text)?,
-            None => input_hw.unwrap_or([640, 640]),
+            None => {
+                let size = input_hw.unwrap_or([640, 640]);
+                for side in size {
+                    check_input_side(side).map_err(|e| {
+                        ImportError::Metadata(format!("the graph's input shape: {e}"))
+                    })?;
+                }
+                size
+            }
         };
         let stride = get("stride")
             .and_then(|s| s.trim().parse().ok())
@@ -112,7 +120,22 @@ pub fn parse_names(text: &str) -> Result<Vec<String>, ImportError> {
     Ok(entries.into_iter().map(|(_, name)| name).collect())
 }
 
-/// Parses `[640, 640]` or `640`.
+/// Largest network input side accepted (activation memory grows with its square: 4096
+/// took a server to 4.6 GB).
+pub const MAX_INPUT_SIDE: usize = 2048;
+
+/// Checks a network input side: a positive multiple of the largest stride (32), at most
+/// [`MAX_INPUT_SIDE`].
+pub fn check_input_side(side: usize) -> Result<(), String> {
+    if side == 0 || !side.is_multiple_of(32) || side > MAX_INPUT_SIDE {
+        return Err(format!(
+            "input size {side} is not a positive multiple of 32 up to {MAX_INPUT_SIDE}"
+        ));
+    }
+    Ok(())
+}
+
+/// Parses `[640, 640]` or `640`; each side must pass [`check_input_side`].
 fn parse_imgsz(text: &str) -> Result<[usize; 2], ImportError> {
     let numbers: Vec<usize> = text
         .trim_matches(|c: char| c == '[' || c == ']' || c == '(' || c == ')' || c.is_whitespace())
@@ -120,13 +143,20 @@ fn parse_imgsz(text: &str) -> Result<[usize; 2], ImportError> {
         .map(|s| s.trim().parse())
         .collect::<Result<_, _>>()
         .map_err(|_| ImportError::Metadata(format!("'imgsz' is not a size: {text}")))?;
-    match numbers.as_slice() {
-        [s] => Ok([*s, *s]),
-        [h, w] => Ok([*h, *w]),
-        _ => Err(ImportError::Metadata(format!(
-            "'imgsz' is not a size: {text}"
-        ))),
+    let size = match numbers.as_slice() {
+        [s] => [*s, *s],
+        [h, w] => [*h, *w],
+        _ => {
+            return Err(ImportError::Metadata(format!(
+                "'imgsz' is not a size: {text}"
+            )));
+        }
+    };
+    for side in size {
+        check_input_side(side)
+            .map_err(|e| ImportError::Metadata(format!("'imgsz' {text}: {e}")))?;
     }
+    Ok(size)
 }
 
 #[cfg(test)]
@@ -151,5 +181,14 @@ mod tests {
         assert_eq!(parse_imgsz("640").unwrap(), [640, 640]);
         assert_eq!(parse_imgsz("[384, 640]").unwrap(), [384, 640]);
         assert!(parse_imgsz("big").is_err());
+        // Sizes that once panicked the loader (a zero chunk size; a concatenation of
+        // mismatched feature maps) or exhausted memory.
+        for bad in ["[0, 0]", "[321, 319]", "[8192, 8192]"] {
+            let err = parse_imgsz(bad).unwrap_err().to_string();
+            assert!(
+                err.contains("not a positive multiple of 32"),
+                "{bad}: {err}"
+            );
+        }
     }
 }

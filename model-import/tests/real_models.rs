@@ -88,3 +88,33 @@ fn non_onnx_and_truncated_files_are_refused() {
         "{missing}"
     );
 }
+
+/// The real exports' weights look sane; a weight with flipped exponent bits (huge or NaN)
+/// is reported, naming the convolution.
+#[test]
+fn corrupt_weights_are_recognised() {
+    for name in ["yolov8n-coco-640.onnx", "yolo11n-coco-320-int8.onnx"] {
+        assert_eq!(model(name).weight_anomalies(), None, "{name}");
+    }
+    let mut m = model("yolo11n-coco-320.onnx");
+    let (conv, weights) = m.weights.iter_mut().nth(5).unwrap();
+    let conv = conv.clone();
+    weights.weight.data[3] = 3.4e37;
+    let report = m.weight_anomalies().expect("a huge weight is reported");
+    assert!(
+        report.contains(&conv) && report.contains("3.4e37"),
+        "{report}"
+    );
+    m.weights.values_mut().next().unwrap().bias[0] = f32::NAN;
+    let report = m.weight_anomalies().unwrap();
+    assert!(report.contains("1 weights are NaN or infinite"), "{report}");
+}
+
+/// An error reading the file says so once (no repeated cause in the chain).
+#[test]
+fn file_errors_state_their_cause_once() {
+    let missing = import_file("no/such/model.onnx").unwrap_err();
+    assert!(std::error::Error::source(&missing).is_none());
+    let text = missing.to_string();
+    assert_eq!(text.matches("No such file").count(), 1, "{text}");
+}

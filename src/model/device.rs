@@ -150,9 +150,14 @@ impl ComputeDevice {
 }
 
 /// Every Vulkan, Metal or DX12 adapter wgpu can open, best first (discrete, integrated,
-/// virtual, software). OpenGL is not used: Burn computes with compute shaders.
+/// virtual, software). OpenGL is not used: Burn computes with compute shaders. The instance
+/// is limited to those backends: one with every backend also starts OpenGL/EGL, whose
+/// display probing prints `XDG_RUNTIME_DIR is invalid or not set` on a headless machine.
 pub fn gpu_adapters() -> Vec<wgpu::AdapterInfo> {
-    let instance = wgpu::Instance::default();
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: wgpu::Backends::PRIMARY,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
     let mut infos: Vec<wgpu::AdapterInfo> =
         pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY))
             .into_iter()

@@ -1,8 +1,8 @@
 //! The fast CPU path: on the Flex backend, [`ConvBlock`]s run through the `cpu-conv` kernels
-//! (Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions, im2col + packed GEMM for the rest,
-//! with bias and SiLU fused, parallel over output tiles) on the Flex
-//! tensors' own storage, without layout conversions, and read the parts of a channel
-//! concatenation in place; SPPF's max-pools and the detection head's DFL decoding and
+//! (Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions, im2col and micro-kernels over
+//! weights packed once for the rest, with bias and SiLU fused, parallel over output tiles)
+//! on the Flex tensors' own storage, without layout conversions, and read the parts of a
+//! channel concatenation in place; SPPF's max-pools and the detection head's DFL decoding and
 //! sigmoid run as plain vectorised loops. Each function returns `None` where it does not
 //! apply (other backends, grouped convolutions), and the caller takes Burn's operations.
 //!
@@ -15,7 +15,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::{DispatchDevice, Flex};
 use burn::module::ParamId;
 use burn::tensor::{DType, Tensor, TensorData};
-use cpu_conv::{Activation, ConvParams, FeatureMap, WinogradWeights};
+use cpu_conv::{Activation, ConvParams, FeatureMap, PackedWeights, WinogradWeights};
 
 use super::layers::ConvBlock;
 
@@ -183,30 +183,40 @@ fn to_tensor(data: Vec<f32>, shape: [usize; 4]) -> Tensor<4> {
 }
 
 /// A convolution's weights rearranged for the fast path (Winograd-transformed for 3x3
-/// stride-1 convolutions), made on the first forward and kept with the block. Keyed by the
-/// weight parameter's id, so a block whose weights are replaced remakes it.
+/// stride-1 convolutions, packed for the micro-kernels otherwise), made on the first forward
+/// and kept with the block. Keyed by the weight parameter's id, so a block whose weights are
+/// replaced remakes it.
 #[derive(Clone, Debug, Default)]
 pub struct PreparedWeights(Arc<Mutex<Option<Prepared>>>);
 
-/// Transformed weights and the parameter they were made from.
-type Prepared = (ParamId, Arc<WinogradWeights>);
+/// Rearranged weights and the parameter they were made from.
+type Prepared = (ParamId, Arc<ConvWeights>);
+
+/// The layout a convolution's weights are kept in.
+#[derive(Debug)]
+enum ConvWeights {
+    Winograd(WinogradWeights),
+    Packed(PackedWeights),
+}
 
 impl PreparedWeights {
-    fn winograd(
+    /// The weights made for parameter `id`, made now by `make` if they are not there
+    /// (`None` when `make` cannot).
+    fn get(
         &self,
         id: ParamId,
-        make: impl FnOnce() -> WinogradWeights,
-    ) -> Arc<WinogradWeights> {
+        make: impl FnOnce() -> Option<ConvWeights>,
+    ) -> Option<Arc<ConvWeights>> {
         let mut slot = self
             .0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         match slot.as_ref() {
-            Some((made_for, weights)) if *made_for == id => weights.clone(),
+            Some((made_for, weights)) if *made_for == id => Some(weights.clone()),
             _ => {
-                let weights = Arc::new(make());
+                let weights = Arc::new(make()?);
                 *slot = Some((id, weights.clone()));
-                weights
+                Some(weights)
             }
         }
     }
@@ -223,28 +233,26 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
         .iter()
         .map(|p| Some((DenseImages::new(p.clone())?, p.dims()[1])))
         .collect::<Option<_>>()?;
-    let weight = block.weight.val().try_into_primitive::<Flex>().ok()?;
     let bias = block.bias.val().try_into_primitive::<Flex>().ok()?;
-    let (weight, bias) = (weight.to_contiguous(), bias.to_contiguous());
+    let bias = bias.to_contiguous();
+    let bias = dense_f32(&bias)?;
     let [c_out, c_in, kernel, _] = block.weight.dims();
-    let params = ConvParams {
-        weight: dense_f32(&weight)?,
-        bias: dense_f32(&bias)?,
-        c_out,
-        kernel,
-        stride: block.stride,
-        padding: block.padding,
-        activation: if block.act {
-            Activation::Silu
-        } else {
-            Activation::Identity
-        },
+    let activation = if block.act {
+        Activation::Silu
+    } else {
+        Activation::Identity
     };
-    let winograd = (kernel == 3 && block.stride == 1 && block.padding == 1).then(|| {
-        block.prepared.winograd(block.weight.id, || {
-            WinogradWeights::new(params.weight, c_out, c_in)
+    let winograd = kernel == 3 && block.stride == 1 && block.padding == 1;
+    let weights = block.prepared.get(block.weight.id, || {
+        let weight = block.weight.val().try_into_primitive::<Flex>().ok()?;
+        let weight = weight.to_contiguous();
+        let weight = dense_f32(&weight)?;
+        Some(if winograd {
+            ConvWeights::Winograd(WinogradWeights::new(weight, c_out, c_in))
+        } else {
+            ConvWeights::Packed(PackedWeights::new(weight, c_out, c_in * kernel * kernel))
         })
-    });
+    })?;
     let (out_h, out_w) = cpu_conv::output_size(height, width, kernel, block.stride, block.padding);
     let out_len = c_out * out_h * out_w;
     let mut out = vec![0.0f32; batch * out_len];
@@ -256,17 +264,27 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
                 channels: *channels,
             })
             .collect();
-        match &winograd {
-            Some(transformed) => cpu_conv::conv3x3_winograd(
+        match weights.as_ref() {
+            ConvWeights::Winograd(transformed) => cpu_conv::conv3x3_winograd(
                 &inputs,
                 height,
                 width,
                 transformed,
-                params.bias,
-                params.activation,
+                bias,
+                activation,
                 out_image,
             ),
-            None => cpu_conv::conv2d(&inputs, height, width, &params, out_image),
+            ConvWeights::Packed(packed) => {
+                let params = ConvParams {
+                    weight: packed,
+                    bias,
+                    kernel,
+                    stride: block.stride,
+                    padding: block.padding,
+                    activation,
+                };
+                cpu_conv::conv2d(&inputs, height, width, &params, out_image)
+            }
         }
     }
     Some(to_tensor(out, [batch, c_out, out_h, out_w]))

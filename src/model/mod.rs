@@ -117,7 +117,7 @@ impl YoloModel {
         }
         let bytes = std::fs::read(path).map_err(|e| model_import::FileImportError {
             path: path.to_path_buf(),
-            source: e.into(),
+            reason: e.into(),
         })?;
         let cached = cache_dir.map(|dir| dir.join(format!("{:016x}.bpk", content_hash(&bytes))));
         if let Some(record) = cached.as_deref().filter(|r| r.exists()) {
@@ -135,9 +135,9 @@ impl YoloModel {
             }
         }
         let imported =
-            model_import::import_bytes(&bytes).map_err(|source| model_import::FileImportError {
+            model_import::import_bytes(&bytes).map_err(|reason| model_import::FileImportError {
                 path: path.to_path_buf(),
-                source,
+                reason,
             })?;
         let model = Self::from_imported(imported, path, device);
         if let Some(record) = cached {
@@ -159,6 +159,12 @@ impl YoloModel {
         source: &Path,
         device: ComputeDevice,
     ) -> Self {
+        if let Some(anomaly) = imported.weight_anomalies() {
+            tracing::warn!(
+                "{}: the weights look corrupt ({anomaly}); detections will be meaningless",
+                source.display()
+            );
+        }
         let network = YoloNetwork::new(
             &imported.architecture,
             WeightSource::Imported(&imported.weights),
@@ -265,13 +271,9 @@ impl YoloModel {
     }
 
     /// Runs the network at `size x size` instead of the export's input size (the network is
-    /// fully convolutional; `size` must be a positive multiple of the largest stride, 32).
+    /// fully convolutional; `size` must pass [`model_import::metadata::check_input_side`]).
     pub fn set_input_size(&mut self, size: usize) -> Result<(), String> {
-        if size == 0 || !size.is_multiple_of(32) {
-            return Err(format!(
-                "input size {size} is not a positive multiple of 32"
-            ));
-        }
+        model_import::metadata::check_input_side(size)?;
         self.card.metadata.imgsz = [size, size];
         Ok(())
     }

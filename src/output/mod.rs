@@ -2,7 +2,7 @@
 //! processed and flushed every frame, so a crash loses at most the frame in progress.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -87,44 +87,67 @@ pub enum Event {
     ZoneCounts(ZoneCounts),
 }
 
-/// A failure writing results.
+/// A failure writing results. The I/O error is part of the message, not a separate source,
+/// so a report of the whole error chain says it once.
 #[derive(Debug, thiserror::Error)]
-#[error("{}: cannot write: {source}", path.display())]
+#[error("{}: cannot write: {reason}", path.display())]
 pub struct OutputError {
     pub path: PathBuf,
-    #[source]
-    pub source: std::io::Error,
+    pub reason: std::io::Error,
 }
 
+/// One result file. Lines collect in memory and go to the file a frame at a time; a write
+/// that fails part-way (a full disk) is cut back to the last whole frame, so the file never
+/// ends inside a line.
 struct Output {
     path: PathBuf,
-    file: BufWriter<File>,
+    file: File,
+    pending: String,
+    /// Bytes of whole frames in the file.
+    committed: u64,
 }
 
 impl Output {
     fn create(path: &Path) -> Result<Self, OutputError> {
-        let file = File::create(path).map_err(|source| OutputError {
+        let file = File::create(path).map_err(|reason| OutputError {
             path: path.to_path_buf(),
-            source,
+            reason,
         })?;
         Ok(Self {
             path: path.to_path_buf(),
-            file: BufWriter::new(file),
+            file,
+            pending: String::new(),
+            committed: 0,
         })
     }
 
-    fn line(&mut self, text: &str) -> Result<(), OutputError> {
-        writeln!(self.file, "{text}").map_err(|source| OutputError {
-            path: self.path.clone(),
-            source,
-        })
+    fn line(&mut self, text: &str) {
+        self.pending.push_str(text);
+        self.pending.push('\n');
     }
 
+    /// Writes the pending lines; on failure the file is cut back to its whole frames.
     fn flush(&mut self) -> Result<(), OutputError> {
-        self.file.flush().map_err(|source| OutputError {
-            path: self.path.clone(),
-            source,
-        })
+        let written = self.file.write_all(self.pending.as_bytes());
+        let bytes = self.pending.len() as u64;
+        self.pending.clear();
+        match written {
+            Ok(()) => {
+                self.committed += bytes;
+                Ok(())
+            }
+            Err(reason) => {
+                // Best effort: the write error is what the caller reports.
+                let _ = self
+                    .file
+                    .set_len(self.committed)
+                    .and_then(|()| self.file.seek(SeekFrom::Start(self.committed)));
+                Err(OutputError {
+                    path: self.path.clone(),
+                    reason,
+                })
+            }
+        }
     }
 }
 
@@ -154,7 +177,8 @@ impl ResultWriters {
             tap: None,
         };
         if let Some(csv) = writers.csv.as_mut() {
-            csv.line("frame,time,id,class,name,x1,y1,x2,y2,score,speed")?;
+            csv.line("frame,time,id,class,name,x1,y1,x2,y2,score,speed");
+            csv.flush()?;
         }
         Ok(writers)
     }
@@ -172,7 +196,7 @@ impl ResultWriters {
         }
         for line in lines {
             if let Some(out) = self.jsonl.as_mut() {
-                out.line(&line)?;
+                out.line(&line);
             }
             if let Some(tap) = self.tap.as_mut() {
                 tap(&line);
@@ -210,7 +234,7 @@ impl ResultWriters {
                     t.bbox[3],
                     t.score,
                     t.speed.map(|s| format!("{s:.2}")).unwrap_or_default()
-                ))?;
+                ));
             }
             out.flush()?;
         }
@@ -224,7 +248,7 @@ impl ResultWriters {
                     class: None,
                     visibility: None,
                 };
-                out.line(&crate::motfile::result_line(&row))?;
+                out.line(&crate::motfile::result_line(&row));
             }
             out.flush()?;
         }

@@ -527,8 +527,11 @@ fn encode_loop(
         written += u64::from(result.is_ok());
     }
     if let Some(video) = sinks.video.as_mut() {
-        let finished = video.finish();
-        result = result.and(finished.map(|_| ()));
+        // After a failed write the finisher's error is the one to report: it carries the
+        // write's cause and says how many frames the finalised file keeps.
+        if let Err(e) = video.finish() {
+            result = Err(e);
+        }
     }
     result.map(|_| written)
 }

@@ -57,13 +57,9 @@ impl DetectionOverrides {
         if self.conf.is_some_and(|c| c.is_nan() || c <= 0.0 || c > 1.0) {
             return Err(ApiError::bad_request("conf must be in (0, 1]"));
         }
-        if self
-            .input_size
-            .is_some_and(|s| s == 0 || !s.is_multiple_of(32) || s > 4096)
-        {
-            return Err(ApiError::bad_request(
-                "input_size must be a positive multiple of 32, at most 4096",
-            ));
+        if let Some(size) = self.input_size {
+            model_import::metadata::check_input_side(size)
+                .map_err(|e| ApiError::bad_request(format!("input_size: {e}")))?;
         }
         Ok(())
     }
@@ -197,14 +193,7 @@ async fn create(
         return Err(ApiError::bad_request("max_frames must be positive"));
     }
     let input = state.media_path(&request.input)?;
-    let id = state.new_id("job");
-    let dir = state.config.results_dir.join(&id);
-    std::fs::create_dir_all(&dir).map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("cannot create results: {e}"),
-        )
-    })?;
+    let (id, dir) = state.new_id("job")?;
     let results = JobResults {
         events: dir.join("events.jsonl"),
         video: request.video.then(|| dir.join("annotated.mp4")),

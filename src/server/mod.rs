@@ -5,6 +5,7 @@
 
 mod auth;
 mod error;
+mod idle;
 mod jobs;
 mod streams;
 mod worker;
@@ -60,7 +61,15 @@ pub struct ServerConfig {
     /// Model and detection settings (requests may override a few).
     pub model: ModelArgs,
     pub config: Config,
+    /// Most live streams running at once; further `POST /v1/streams` get 429.
+    pub max_streams: usize,
+    /// A connection with no byte moving either way for this long is closed.
+    pub idle_timeout: std::time::Duration,
 }
+
+/// Defaults of the limits in [`ServerConfig`].
+pub const DEFAULT_MAX_STREAMS: usize = 16;
+pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Shared by every request.
 pub struct AppState {
@@ -83,6 +92,7 @@ impl AppState {
         })?;
         std::fs::create_dir_all(&config.results_dir)
             .map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", config.results_dir.display()))?;
+        let first_id = first_free_id(&config.results_dir)?;
         Ok(Arc::new(Self {
             config,
             media_root,
@@ -90,13 +100,28 @@ impl AppState {
             streams: Mutex::new(HashMap::new()),
             registry: Mutex::new(Registry::with_prefix("streamtrack")),
             job_slot: Arc::new(Mutex::new(())),
-            next_id: AtomicU64::new(1),
+            next_id: AtomicU64::new(first_id),
         }))
     }
 
-    /// A fresh id such as `job-3` or `stream-4`.
-    fn new_id(&self, kind: &str) -> String {
-        format!("{kind}-{}", self.next_id.fetch_add(1, Ordering::Relaxed))
+    /// A fresh id such as `job-3` or `stream-4`, with its results folder created: ids go on
+    /// from the highest one in the results folder, so a restarted server never writes into
+    /// an earlier run's results.
+    fn new_id(&self, kind: &str) -> Result<(String, PathBuf), ApiError> {
+        loop {
+            let id = format!("{kind}-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+            let dir = self.config.results_dir.join(&id);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => return Ok((id, dir)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("cannot create results: {e}"),
+                    ));
+                }
+            }
+        }
     }
 
     /// Metrics for a new job or stream, registered under its id.
@@ -134,6 +159,13 @@ impl AppState {
                 StatusCode::FORBIDDEN,
                 format!("'{requested}' leads outside the media root"),
             ));
+        }
+        // A FIFO, socket or device would block the worker reading it.
+        let kind = std::fs::metadata(&canonical).map(|m| m.file_type());
+        if !kind.is_ok_and(|k| k.is_file() || k.is_dir()) {
+            return Err(ApiError::bad_request(format!(
+                "'{requested}' is not a regular file or folder"
+            )));
         }
         Ok(canonical)
     }
@@ -175,6 +207,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/openapi.json", get(openapi))
         .merge(jobs::routes())
         .merge(streams::routes())
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this route",
+            )
+        })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -218,14 +257,55 @@ pub fn serve(config: ServerConfig) -> anyhow::Result<()> {
                 ""
             }
         );
-        axum::serve(listener, router(state.clone()))
-            .with_graceful_shutdown(shutdown_signal())
-            .await?;
-        anyhow::Ok(())
+        serve_on(listener, state.clone(), shutdown_signal()).await
     })?;
     tracing::info!("shutting down: stopping streams and jobs");
-    state.stop_all();
+    // A stage that no longer returns must not keep the process alive for ever.
+    let (stopped, done) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        state.stop_all();
+        let _ = stopped.send(());
+    });
+    done.recv_timeout(SHUTDOWN_DEADLINE).map_err(|_| {
+        anyhow::anyhow!(
+            "streams or jobs did not stop within {} s; exiting without them",
+            SHUTDOWN_DEADLINE.as_secs()
+        )
+    })
+}
+
+/// Longest wait for streams and jobs to finalise their outputs at shutdown.
+pub const SHUTDOWN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Serves the API on `listener` until `shutdown` completes; idle connections are closed
+/// after the configured timeout.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = idle::IdleTimeoutListener {
+        listener,
+        idle: state.config.idle_timeout,
+    };
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
     Ok(())
+}
+
+/// The number after `job-` or `stream-` in the results folder's entries, plus one.
+fn first_free_id(results_dir: &Path) -> anyhow::Result<u64> {
+    let entries = std::fs::read_dir(results_dir)
+        .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", results_dir.display()))?;
+    Ok(entries
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            let (_, number) = name.split_once('-')?;
+            number.parse::<u64>().ok()
+        })
+        .max()
+        .map_or(1, |n| n + 1))
 }
 
 async fn shutdown_signal() {

@@ -75,6 +75,7 @@ pub struct LiveStream {
     source: String,
     state: Mutex<StreamState>,
     metrics: StreamMetrics,
+    connection_failures: prometheus_client::metrics::counter::Counter,
     /// Present while the stream runs; dropping it ends every subscriber's event stream.
     events: Mutex<Option<broadcast::Sender<String>>>,
     worker: Worker,
@@ -94,6 +95,8 @@ pub struct StreamView {
     pub fps: f64,
     pub active_tracks: i64,
     pub reconnects: u64,
+    /// Failed connection attempts (RTSP), also before the first frame.
+    pub connection_failures: u64,
     pub outages: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events_file: Option<std::path::PathBuf>,
@@ -116,6 +119,7 @@ impl LiveStream {
             fps: m.fps.get(),
             active_tracks: m.active_tracks.get(),
             reconnects: m.reconnects.get(),
+            connection_failures: self.connection_failures.get(),
             outages: state.outages,
             events_file: self.record.clone(),
             error: state.error,
@@ -124,6 +128,14 @@ impl LiveStream {
 
     fn set(&self, update: impl FnOnce(&mut StreamState)) {
         update(&mut self.state.lock().expect("stream lock"));
+    }
+
+    /// Whether the stream is connecting or running (it counts against the stream limit).
+    fn is_live(&self) -> bool {
+        matches!(
+            self.state.lock().expect("stream lock").status,
+            StreamStatus::Connecting | StreamStatus::Running
+        )
     }
 
     /// Stops the stream and waits until its outputs are finalised.
@@ -155,16 +167,20 @@ async fn create(
         LiveSpec::File(_) => LiveSpec::File(state.media_path(&request.source)?),
         other => other,
     };
-    let id = state.new_id("stream");
-    let dir = state.config.results_dir.join(&id);
-    if request.record || request.video {
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("cannot create results: {e}"),
-            )
-        })?;
+    let running = state
+        .streams
+        .lock()
+        .expect("streams lock")
+        .values()
+        .filter(|s| s.is_live())
+        .count();
+    if running >= state.config.max_streams {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{running} streams are running, the most this server takes (--max-streams)"),
+        ));
     }
+    let (id, dir) = state.new_id("stream")?;
     let (sender, _) = broadcast::channel(EVENT_BACKLOG);
     let stream = Arc::new(LiveStream {
         id: id.clone(),
@@ -175,6 +191,7 @@ async fn create(
             outages: 0,
         }),
         metrics: state.new_metrics("stream", &id),
+        connection_failures: Default::default(),
         events: Mutex::new(Some(sender)),
         worker: Worker::default(),
         record: request.record.then(|| dir.join("events.jsonl")),
@@ -270,6 +287,10 @@ fn run_live(
     let source_options = LiveSourceOptions {
         realtime: true,
         raw_fps: crate::video::DEFAULT_RAW_FPS,
+        rtsp: crate::video::rtsp::RtspOptions {
+            failed_attempts: stream.connection_failures.clone(),
+            ..Default::default()
+        },
         ..LiveSourceOptions::default()
     };
     let sender = stream.events.lock().expect("events lock").clone();

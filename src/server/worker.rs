@@ -24,7 +24,10 @@ impl Worker {
     pub fn start(&self, name: &str, work: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
         let thread = std::thread::Builder::new()
             .name(name.to_string())
-            .spawn(work)?;
+            .spawn(move || {
+                work();
+                release_freed_memory();
+            })?;
         *self.thread.lock().expect("worker lock") = Some(thread);
         Ok(())
     }
@@ -47,5 +50,16 @@ impl Worker {
         if let Some(thread) = thread {
             let _ = thread.join();
         }
+    }
+}
+
+/// Hands the memory a finished run freed back to the operating system. glibc keeps what is
+/// freed in its per-thread arenas for reuse; a server that runs streams and jobs one after
+/// another on new threads would otherwise keep the peak of every run it has had.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only walks and trims the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }

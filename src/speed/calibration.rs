@@ -98,6 +98,13 @@ impl Calibration {
 
     /// Validates parsed calibration data.
     pub fn from_file(file: CalibrationFile) -> Result<Self, String> {
+        for (key, points) in [
+            ("image_points", &file.image_points),
+            ("world_points", &file.world_points),
+            ("zone", &file.zone),
+        ] {
+            crate::checks::finite_points(key, points.as_deref().unwrap_or_default())?;
+        }
         let mapping = match (
             &file.image_points,
             &file.world_points,
@@ -138,10 +145,8 @@ impl Calibration {
                 zone.len()
             ));
         }
-        if let Some(limit) = file.speed_limit
-            && (limit.is_nan() || limit <= 0.0)
-        {
-            return Err(format!("speed_limit must be positive, got {limit}"));
+        if let Some(limit) = file.speed_limit {
+            crate::checks::positive("speed_limit", limit)?;
         }
         Ok(Self {
             mapping,
@@ -241,6 +246,13 @@ mod tests {
             Calibration::from_file(CalibrationFile::default())
                 .unwrap_err()
                 .contains("give image_points")
+        );
+        let mut nan_point = highway();
+        nan_point.world_points.as_mut().unwrap()[2][1] = f64::NAN;
+        assert!(
+            Calibration::from_file(nan_point)
+                .unwrap_err()
+                .contains("world_points: point 3 is not a finite number")
         );
         let mut straddle = highway();
         // Swapping two far points twists the quadrilateral: only a map through the horizon

@@ -67,6 +67,23 @@ impl Default for SpeedConfig {
     }
 }
 
+impl SpeedConfig {
+    /// Checks every duration and distance is a finite number in its range.
+    pub fn validate(&self) -> Result<(), String> {
+        use crate::checks::{at_least, positive};
+        positive("window", self.window)?;
+        at_least("min_span", self.min_span, 0.0)?;
+        if self.min_span > self.window {
+            return Err(format!(
+                "min_span ({}) must not exceed window ({})",
+                self.min_span, self.window
+            ));
+        }
+        at_least("border_margin", self.border_margin.into(), 0.0)?;
+        positive("max_plausible_kmh", self.max_plausible_kmh)
+    }
+}
+
 /// What a track did while in view, reported when it ends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrackSummary {

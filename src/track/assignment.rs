@@ -36,6 +36,21 @@ pub fn linear_sum_assignment(cost: &[f64], rows: usize, cols: usize) -> Vec<(usi
     }
 }
 
+/// The gain `cost - limit` of matching a pair, kept finite for the solver: 0 for a pair that
+/// is not affordable (or whose cost is NaN), at most [`GAIN_FLOOR`] below zero otherwise
+/// (an infinite `limit` would make every gain `-inf` and the potentials NaN).
+fn affordable_gain(cost: f64, limit: f64) -> f64 {
+    let gain = cost - limit;
+    if gain < 0.0 {
+        gain.max(GAIN_FLOOR)
+    } else {
+        0.0
+    }
+}
+
+/// Lowest gain the solver sees; far below any real IoU-based cost difference.
+const GAIN_FLOOR: f64 = -1e12;
+
 /// Shortest-augmenting-path Hungarian algorithm for `n <= m` (potentials, O(n^2 m)).
 fn hungarian(cost: &[f64], n: usize, m: usize) -> Vec<(usize, usize)> {
     let a = |i: usize, j: usize| cost[(i - 1) * m + (j - 1)];
@@ -144,7 +159,7 @@ pub fn assign_with_limit(cost: &[f64], rows: usize, cols: usize, limit: f64) -> 
         let mut square = vec![0.0; k * k];
         for (i, &r) in comp_rows.iter().enumerate() {
             for (j, &c) in comp_cols.iter().enumerate() {
-                square[i * k + j] = (cost[r * cols + c] - limit).min(0.0);
+                square[i * k + j] = affordable_gain(cost[r * cols + c], limit);
             }
         }
         for (i, j) in hungarian(&square, k, k) {
@@ -242,6 +257,16 @@ mod tests {
         let a = assign_with_limit(&[0.9, 0.85], 1, 2, 0.8);
         assert!(a.matches.is_empty());
         assert_eq!((a.unmatched_rows, a.unmatched_cols), (vec![0], vec![0, 1]));
+    }
+
+    #[test]
+    fn infinite_limit_and_nan_costs_terminate() {
+        let cost = [0.2, f64::NAN, 0.5, 0.1, f64::INFINITY, 0.3];
+        let a = assign_with_limit(&cost, 2, 3, f64::INFINITY);
+        assert_eq!(a.matches.len(), 2);
+        assert!(a.matches.iter().all(|&(r, c)| cost[r * 3 + c].is_finite()));
+        let a = assign_with_limit(&cost, 2, 3, f64::NAN);
+        assert!(a.matches.is_empty());
     }
 
     proptest! {

@@ -50,6 +50,18 @@ impl Default for TrackerConfig {
     }
 }
 
+impl TrackerConfig {
+    /// Checks every threshold is a finite number in its range.
+    pub fn validate(&self) -> Result<(), String> {
+        use crate::checks::{at_least, in_range};
+        in_range("high_thresh", self.high_thresh.into(), 0.0, 1.0)?;
+        in_range("low_thresh", self.low_thresh.into(), 0.0, 1.0)?;
+        in_range("new_track_thresh", self.new_track_thresh.into(), 0.0, 1.0)?;
+        in_range("match_thresh", self.match_thresh.into(), 0.0, 1.0)?;
+        at_least("track_buffer", self.track_buffer, 0.0)
+    }
+}
+
 /// One confirmed track in the current frame.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TrackedObject {

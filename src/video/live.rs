@@ -24,16 +24,25 @@ pub enum LiveSpec {
 }
 
 impl LiveSpec {
-    /// `0`…`9…` and `/dev/video*` are cameras, `rtsp://…` is RTSP, `-` is stdin, anything
-    /// else is a file.
+    /// `N` and `/dev/videoN` are cameras (as are the stable names under `/dev/v4l/by-id/`
+    /// and `/dev/v4l/by-path/`), `rtsp://…` is RTSP, `-` is stdin, anything else is a file.
+    /// A camera path is matched whole, so `/dev/video0/../../etc/passwd` is a file path (and
+    /// the server refuses it as outside its media root).
     pub fn parse(text: &str) -> Self {
+        let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+        let stable_name = |t: &str| {
+            ["/dev/v4l/by-id/", "/dev/v4l/by-path/"]
+                .iter()
+                .filter_map(|prefix| t.strip_prefix(prefix))
+                .any(|name| !name.is_empty() && !name.contains('/'))
+        };
         if text == "-" {
             Self::Stdin
         } else if text.starts_with("rtsp://") {
             Self::Rtsp(text.to_string())
-        } else if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        } else if digits(text) {
             Self::Camera(PathBuf::from(format!("/dev/video{text}")))
-        } else if text.starts_with("/dev/video") {
+        } else if text.strip_prefix("/dev/video").is_some_and(digits) || stable_name(text) {
             Self::Camera(PathBuf::from(text))
         } else {
             Self::File(PathBuf::from(text))
@@ -209,6 +218,19 @@ mod tests {
         );
         assert_eq!(LiveSpec::parse("-"), LiveSpec::Stdin);
         assert_eq!(LiveSpec::parse("a.mp4"), LiveSpec::File("a.mp4".into()));
+        let by_id = "/dev/v4l/by-id/usb-cam-video-index0";
+        assert_eq!(LiveSpec::parse(by_id), LiveSpec::Camera(by_id.into()));
+        for not_camera in [
+            "/dev/video0/../../etc/passwd",
+            "/dev/videox",
+            "/dev/v4l/by-id/../x/y",
+        ] {
+            assert_eq!(
+                LiveSpec::parse(not_camera),
+                LiveSpec::File(not_camera.into()),
+                "{not_camera}"
+            );
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod encoder;
 pub mod images;
 pub mod jpeg;
 pub mod live;
+pub mod mp4_boxes;
 pub mod mp4_source;
 pub mod mp4_writer;
 pub mod raw_source;

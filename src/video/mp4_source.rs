@@ -8,6 +8,7 @@ use re_mp4::{Mp4, StsdBoxContent, TrackKind};
 
 use super::annexb::avcc_to_annexb;
 use super::decoder::{H264Decoder, Picture};
+use super::mp4_boxes::check_box_tree;
 use super::{Frame, FrameSource, StreamInfo, VideoError};
 
 /// Compressed samples of the video track, for decoding or benchmarking.
@@ -35,10 +36,18 @@ impl Mp4Track {
                 "not an MP4 file (no ISO BMFF box at the start)".into(),
             ));
         }
+        let readable = check_box_tree(&mut reader, size)
+            .map_err(|e| fail(format!("not a readable MP4 file (corrupt: {e})")))?;
+        if readable < size {
+            tracing::warn!(
+                "{}: the file is truncated: the box at byte {readable} is cut short",
+                path.display()
+            );
+        }
         reader
             .seek(SeekFrom::Start(0))
             .map_err(|e| fail(e.to_string()))?;
-        let mp4 = Mp4::read(&mut reader, size).map_err(|e| {
+        let mp4 = Mp4::read(&mut reader, readable).map_err(|e| {
             fail(format!(
                 "not a readable MP4 file (truncated or corrupt: {e})"
             ))
@@ -70,13 +79,30 @@ impl Mp4Track {
             parameter_sets.extend_from_slice(&super::annexb::START_CODE);
             parameter_sets.extend_from_slice(&nal.bytes);
         }
-        let samples = track.samples.clone();
-        if let Some(bad) = samples.iter().position(|s| s.offset + s.size > size) {
-            return Err(fail(format!(
-                "the file is truncated: sample {} of {} lies past its end",
-                bad + 1,
+        if track.timescale == 0 {
+            return Err(fail(
+                "the video track's timescale is 0 (its media header 'mdhd' is corrupt)".into(),
+            ));
+        }
+        let mut samples = track.samples.clone();
+        // A truncated file keeps the samples before the cut (decode order is file order in
+        // every writer we know; a sample past the end stops the track there).
+        if let Some(cut) = samples
+            .iter()
+            .position(|s| s.offset.checked_add(s.size).is_none_or(|end| end > size))
+        {
+            if cut == 0 {
+                return Err(fail(format!(
+                    "the file is truncated: none of its {} video samples lies inside it",
+                    samples.len()
+                )));
+            }
+            tracing::warn!(
+                "{}: the file is truncated: reading the first {cut} of {} video samples",
+                path.display(),
                 samples.len()
-            )));
+            );
+            samples.truncate(cut);
         }
         // Nominal rate from the typical sample duration (robust to edit lists and a
         // different last duration).

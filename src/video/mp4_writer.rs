@@ -80,29 +80,107 @@ impl Mp4Writer {
         Ok(())
     }
 
-    /// Number of samples written so far.
-    pub fn sample_count(&self) -> usize {
-        self.samples.len()
+    /// Patches the `mdat` size and writes the `moov` index; the file is then complete and
+    /// holds `Ok`'s count of samples.
+    ///
+    /// When the file cannot take everything (a full disk), the samples that did reach it
+    /// are kept: the file is cut after the last whole one and the index written behind it,
+    /// dropping further samples from the end until the index fits. The error is still
+    /// returned, saying how many frames the playable file keeps.
+    pub fn finish(self, sps: &[u8], pps: &[u8]) -> Result<usize, VideoError> {
+        let Self {
+            path,
+            file,
+            mdat_start,
+            mut samples,
+            width,
+            height,
+            ..
+        } = self;
+        let total = samples.len();
+        // A failed flush leaves the writer with bytes that never reached the file: drop them.
+        let (file, mut failure) = match file.into_inner() {
+            Ok(file) => (file, None),
+            Err(e) => {
+                let (error, writer) = e.into_parts();
+                (writer.into_parts().0, Some(error.to_string()))
+            }
+        };
+        let mut index = Index {
+            file,
+            mdat_start,
+            width,
+            height,
+        };
+        if failure.is_some() {
+            // Keep the samples wholly on disk.
+            let on_disk = index.file.metadata().map(|m| m.len()).unwrap_or(0);
+            let mut end = mdat_start + 16;
+            let whole = samples
+                .iter()
+                .take_while(|s| {
+                    end += u64::from(s.size);
+                    end <= on_disk
+                })
+                .count();
+            samples.truncate(whole);
+        }
+        loop {
+            match index.write(&samples, sps, pps) {
+                Ok(()) => break,
+                Err(e) => {
+                    failure.get_or_insert(e.to_string());
+                    if samples.is_empty() {
+                        return Err(VideoError::output(&path, format!("cannot finalise: {e}")));
+                    }
+                    // Free at least the index's size from the end and try again.
+                    let mut freed = 0u64;
+                    let need = index.moov(&samples, sps, pps).len() as u64 + 4096;
+                    while freed < need {
+                        match samples.pop() {
+                            Some(s) => freed += u64::from(s.size),
+                            None => break,
+                        }
+                    }
+                }
+            }
+        }
+        match failure {
+            None => Ok(total),
+            Some(e) => Err(VideoError::output(
+                &path,
+                format!(
+                    "cannot write: {e}; the video is finalised with the first {} of {total} frames",
+                    samples.len()
+                ),
+            )),
+        }
+    }
+}
+
+/// Writes the index of a file whose samples are already in its `mdat`.
+struct Index {
+    file: File,
+    mdat_start: u64,
+    width: u32,
+    height: u32,
+}
+
+impl Index {
+    /// Cuts the file after `samples`, appends `moov` and patches the `mdat` size.
+    fn write(&mut self, samples: &[SampleEntry], sps: &[u8], pps: &[u8]) -> std::io::Result<()> {
+        let data: u64 = samples.iter().map(|s| u64::from(s.size)).sum();
+        let end = self.mdat_start + 16 + data;
+        self.file.set_len(end)?;
+        self.file.seek(SeekFrom::Start(end))?;
+        self.file.write_all(&self.moov(samples, sps, pps))?;
+        self.file.seek(SeekFrom::Start(self.mdat_start + 8))?;
+        self.file.write_all(&(data + 16).to_be_bytes())?;
+        self.file.sync_data()
     }
 
-    /// Patches the `mdat` size and writes the `moov` index; the file is then complete.
-    pub fn finish(mut self, sps: &[u8], pps: &[u8]) -> Result<PathBuf, VideoError> {
-        let moov = self.moov(sps, pps);
-        let path = self.path.clone();
-        let fail = |e: std::io::Error| VideoError::output(&path, format!("cannot finalise: {e}"));
-        self.file.write_all(&moov).map_err(fail)?;
-        self.file
-            .seek(SeekFrom::Start(self.mdat_start + 8))
-            .map_err(fail)?;
-        self.file
-            .write_all(&(self.written + 16).to_be_bytes())
-            .map_err(fail)?;
-        self.file.flush().map_err(fail)?;
-        Ok(path)
-    }
-
-    fn moov(&self, sps: &[u8], pps: &[u8]) -> Vec<u8> {
-        let total: u64 = self.samples.iter().map(|s| s.duration as u64).sum();
+    fn moov(&self, samples: &[SampleEntry], sps: &[u8], pps: &[u8]) -> Vec<u8> {
+        let total: u64 = samples.iter().map(|s| s.duration as u64).sum();
         let movie_duration = total * MOVIE_TIMESCALE as u64 / TIMESCALE as u64;
         let (w, h) = (self.width, self.height);
         let mvhd = full_box(b"mvhd", 0, 0, |b| {
@@ -147,10 +225,10 @@ impl Mp4Writer {
         let dinf = mp4_box(b"dinf", |b| b.extend_from_slice(&dref));
         let stbl = mp4_box(b"stbl", |b| {
             b.extend_from_slice(&self.stsd(sps, pps));
-            b.extend_from_slice(&self.stts());
-            b.extend_from_slice(&self.stss());
+            b.extend_from_slice(&stts(samples));
+            b.extend_from_slice(&stss(samples));
             b.extend_from_slice(&full_box(b"stsc", 0, 0, |b| {
-                let n = self.samples.len() as u32;
+                let n = samples.len() as u32;
                 put32(b, u32::from(n > 0));
                 if n > 0 {
                     put32(b, 1);
@@ -160,13 +238,13 @@ impl Mp4Writer {
             }));
             b.extend_from_slice(&full_box(b"stsz", 0, 0, |b| {
                 put32(b, 0);
-                put32(b, self.samples.len() as u32);
-                for s in &self.samples {
+                put32(b, samples.len() as u32);
+                for s in samples {
                     put32(b, s.size);
                 }
             }));
             b.extend_from_slice(&full_box(b"co64", 0, 0, |b| {
-                let n = u32::from(!self.samples.is_empty());
+                let n = u32::from(!samples.is_empty());
                 put32(b, n);
                 if n > 0 {
                     b.extend_from_slice(&(self.mdat_start + 16).to_be_bytes());
@@ -236,39 +314,40 @@ impl Mp4Writer {
             b.extend_from_slice(&avc1);
         })
     }
+}
 
-    fn stts(&self) -> Vec<u8> {
-        let mut runs: Vec<(u32, u32)> = Vec::new();
-        for s in &self.samples {
-            match runs.last_mut() {
-                Some((count, duration)) if *duration == s.duration => *count += 1,
-                _ => runs.push((1, s.duration)),
-            }
+/// Sample durations as runs of equal values.
+fn stts(samples: &[SampleEntry]) -> Vec<u8> {
+    let mut runs: Vec<(u32, u32)> = Vec::new();
+    for s in samples {
+        match runs.last_mut() {
+            Some((count, duration)) if *duration == s.duration => *count += 1,
+            _ => runs.push((1, s.duration)),
         }
-        full_box(b"stts", 0, 0, |b| {
-            put32(b, runs.len() as u32);
-            for (count, duration) in runs {
-                put32(b, count);
-                put32(b, duration);
-            }
-        })
     }
+    full_box(b"stts", 0, 0, |b| {
+        put32(b, runs.len() as u32);
+        for (count, duration) in runs {
+            put32(b, count);
+            put32(b, duration);
+        }
+    })
+}
 
-    fn stss(&self) -> Vec<u8> {
-        let sync: Vec<u32> = self
-            .samples
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.is_sync)
-            .map(|(i, _)| i as u32 + 1)
-            .collect();
-        full_box(b"stss", 0, 0, |b| {
-            put32(b, sync.len() as u32);
-            for n in sync {
-                put32(b, n);
-            }
-        })
-    }
+/// The 1-based numbers of the keyframes.
+fn stss(samples: &[SampleEntry]) -> Vec<u8> {
+    let sync: Vec<u32> = samples
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.is_sync)
+        .map(|(i, _)| i as u32 + 1)
+        .collect();
+    full_box(b"stss", 0, 0, |b| {
+        put32(b, sync.len() as u32);
+        for n in sync {
+            put32(b, n);
+        }
+    })
 }
 
 fn put32(b: &mut Vec<u8>, v: u32) {

@@ -33,6 +33,9 @@ pub struct RtspOptions {
     pub backoff_max: Duration,
     /// Give up after this many failed attempts in a row (`None`: never).
     pub max_reconnects: Option<u32>,
+    /// Counts every failed connection attempt, also before the first frame (a camera that
+    /// never answers shows its retries while the stream is still connecting).
+    pub failed_attempts: prometheus_client::metrics::counter::Counter,
 }
 
 impl Default for RtspOptions {
@@ -42,6 +45,7 @@ impl Default for RtspOptions {
             backoff_initial: Duration::from_millis(500),
             backoff_max: Duration::from_secs(30),
             max_reconnects: None,
+            failed_attempts: Default::default(),
         }
     }
 }
@@ -321,18 +325,33 @@ fn connection_thread(
     let mut failures = 0u32;
     let mut ever_played = false;
     loop {
-        let reason = runtime.block_on(play(&url, creds.clone(), &options, &tx, &stop));
+        // The RTSP client parses what the camera sends; should it panic on a malformed
+        // answer, that is one failed attempt, not the end of the stream.
+        let session = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            runtime.block_on(play(&url, creds.clone(), &options, &tx, &stop))
+        }));
         if stop.load(Ordering::Relaxed) {
             let _ = tx.send(Message::Failed("stopped".into()));
             return;
         }
-        let (reason, delivered) = reason;
+        let (reason, delivered) = session.unwrap_or_else(|panic| {
+            let detail = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("no detail");
+            (
+                format!("the RTSP client could not handle the server's answer ({detail})"),
+                false,
+            )
+        });
         if delivered {
             backoff = Backoff::new(&options);
             failures = 0;
             ever_played = true;
         }
         failures += 1;
+        options.failed_attempts.inc();
         if options.max_reconnects.is_some_and(|max| failures > max) {
             let _ = tx.send(Message::Failed(format!(
                 "{reason}; giving up after {} attempts",

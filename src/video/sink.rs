@@ -59,11 +59,7 @@ impl Mp4Sink {
         }
         self.finished = true;
         match self.state.take() {
-            Some((encoder, writer)) => {
-                let count = writer.sample_count();
-                writer.finish(&encoder.sps, &encoder.pps)?;
-                Ok(count)
-            }
+            Some((encoder, writer)) => writer.finish(&encoder.sps, &encoder.pps),
             None => {
                 // Nothing was written: leave no empty, unplayable file behind.
                 let _ = std::fs::remove_file(&self.path);

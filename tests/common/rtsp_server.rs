@@ -2,6 +2,7 @@
 //! interleaved RTP/TCP (RFC 2326 + RFC 6184 single-NAL and FU-A packets), in real time,
 //! looping the file. It can be killed mid-stream (every connection dropped, the port freed)
 //! and started again on the same port, to exercise a client's reconnection.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};

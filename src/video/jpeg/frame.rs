@@ -8,9 +8,6 @@ use super::entropy::{BitReader, HuffmanTable, ZIGZAG};
 use super::idct::inverse_dct;
 use super::standard_tables::{AC_CHROMINANCE, AC_LUMINANCE, DC_CHROMINANCE, DC_LUMINANCE};
 
-/// Largest image accepted, in pixels (guards the allocation against a forged header).
-const MAX_PIXELS: usize = 1 << 28;
-
 /// How the components encode colour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ColourModel {
@@ -126,7 +123,7 @@ impl<'a> Segments<'a> {
 }
 
 /// Parses and decodes `data`.
-pub(super) fn decode_frame(data: &[u8]) -> Result<DecodedFrame, JpegError> {
+pub(super) fn decode_frame(data: &[u8], max_pixels: u64) -> Result<DecodedFrame, JpegError> {
     if !data.starts_with(&[0xFF, 0xD8]) {
         return Err(JpegError::corrupt("no JPEG start-of-image marker"));
     }
@@ -141,7 +138,7 @@ pub(super) fn decode_frame(data: &[u8]) -> Result<DecodedFrame, JpegError> {
                 if frame.is_some() {
                     return Err(JpegError::corrupt("two frame headers"));
                 }
-                frame = Some(frame_header(segments.payload()?)?);
+                frame = Some(frame_header(segments.payload()?, max_pixels)?);
             }
             0xC2 => return Err(JpegError::Unsupported("progressive JPEG".into())),
             0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF => {
@@ -222,7 +219,7 @@ fn colour_model(frame: &DecodedFrame, tables: &Tables) -> ColourModel {
 }
 
 /// SOF0/SOF1: geometry and components.
-fn frame_header(p: &[u8]) -> Result<DecodedFrame, JpegError> {
+fn frame_header(p: &[u8], max_pixels: u64) -> Result<DecodedFrame, JpegError> {
     if p.len() < 6 {
         return Err(JpegError::corrupt("short frame header"));
     }
@@ -236,10 +233,15 @@ fn frame_header(p: &[u8]) -> Result<DecodedFrame, JpegError> {
             "height given by a DNL marker".into(),
         ));
     }
-    if width == 0 || width * height > MAX_PIXELS {
-        return Err(JpegError::corrupt(format!(
-            "bad image size {width}x{height}"
-        )));
+    if width == 0 {
+        return Err(JpegError::corrupt("image width 0"));
+    }
+    if (width * height) as u64 > max_pixels {
+        return Err(JpegError::TooLarge {
+            width: width as u64,
+            height: height as u64,
+            limit: max_pixels,
+        });
     }
     match count {
         1 | 3 => {}

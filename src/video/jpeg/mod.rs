@@ -33,6 +33,9 @@ pub enum JpegError {
     /// Damaged or not a JPEG.
     #[error("{0}")]
     Corrupt(String),
+    /// More pixels than the caller allows (checked before anything is allocated).
+    #[error("{}", crate::video::images::too_large_message(*width, *height, *limit))]
+    TooLarge { width: u64, height: u64, limit: u64 },
 }
 
 impl JpegError {
@@ -47,9 +50,10 @@ pub struct DecodedJpeg {
     pub exif: Option<Vec<u8>>,
 }
 
-/// Decodes a JPEG file's bytes to RGB exactly as libjpeg-turbo (default settings) does.
-pub fn decode(data: &[u8]) -> Result<DecodedJpeg, JpegError> {
-    let frame = frame::decode_frame(data)?;
+/// Decodes a JPEG file's bytes to RGB exactly as libjpeg-turbo (default settings) does;
+/// a frame of more than `max_pixels` pixels is refused before its planes are allocated.
+pub fn decode(data: &[u8], max_pixels: u64) -> Result<DecodedJpeg, JpegError> {
+    let frame = frame::decode_frame(data, max_pixels)?;
     let planes: Vec<Vec<u8>> = frame
         .components
         .iter()
@@ -133,7 +137,7 @@ mod tests {
         ];
         for (name, width, height, digest) in expected {
             let data = std::fs::read(format!("../shared/data/images/{name}.jpg")).unwrap();
-            let image = decode(&data).unwrap().image;
+            let image = decode(&data, u64::MAX).unwrap().image;
             assert_eq!(image.dimensions(), (width, height), "{name}");
             assert_eq!(
                 fnv1a64(image.as_raw()),
@@ -164,7 +168,7 @@ mod tests {
 
     #[test]
     fn restart_markers_reset_the_prediction_and_standard_tables_apply() {
-        let image = decode(&two_block_grey_jpeg(&[])).unwrap().image;
+        let image = decode(&two_block_grey_jpeg(&[]), u64::MAX).unwrap().image;
         assert_eq!(image.dimensions(), (16, 8));
         for (x, y, pixel) in image.enumerate_pixels() {
             let want = if x < 8 { 138 } else { 123 };
@@ -176,16 +180,26 @@ mod tests {
     fn truncated_and_damaged_files_are_errors() {
         let file = two_block_grey_jpeg(&[]);
         let cut = &file[..file.len() - 4];
-        assert!(matches!(decode(cut), Err(JpegError::Corrupt(m)) if m.contains("ends early")));
+        assert!(
+            matches!(decode(cut, u64::MAX), Err(JpegError::Corrupt(m)) if m.contains("ends early"))
+        );
         let mut no_restart = file.clone();
         let at = no_restart
             .windows(2)
             .position(|w| w == [0xFF, 0xD0])
             .unwrap();
         no_restart.drain(at..at + 2);
-        assert!(matches!(decode(&no_restart), Err(JpegError::Corrupt(m)) if m.contains("restart")));
-        assert!(matches!(decode(b"not a jpeg"), Err(JpegError::Corrupt(_))));
-        assert!(matches!(decode(&file[..40]), Err(JpegError::Corrupt(_))));
+        assert!(
+            matches!(decode(&no_restart, u64::MAX), Err(JpegError::Corrupt(m)) if m.contains("restart"))
+        );
+        assert!(matches!(
+            decode(b"not a jpeg", u64::MAX),
+            Err(JpegError::Corrupt(_))
+        ));
+        assert!(matches!(
+            decode(&file[..40], u64::MAX),
+            Err(JpegError::Corrupt(_))
+        ));
     }
 
     #[test]
@@ -194,7 +208,7 @@ mod tests {
         let at = file.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
         file[at + 1] = 0xC2;
         assert!(
-            matches!(decode(&file), Err(JpegError::Unsupported(m)) if m.contains("progressive"))
+            matches!(decode(&file, u64::MAX), Err(JpegError::Unsupported(m)) if m.contains("progressive"))
         );
     }
 
@@ -207,7 +221,7 @@ mod tests {
         app1.extend_from_slice(&((tiff.len() + 8) as u16).to_be_bytes());
         app1.extend_from_slice(b"Exif\0\0");
         app1.extend_from_slice(&tiff);
-        let decoded = decode(&two_block_grey_jpeg(&app1)).unwrap();
+        let decoded = decode(&two_block_grey_jpeg(&app1), u64::MAX).unwrap();
         assert_eq!(decoded.exif.as_deref(), Some(&tiff[..]));
         // Orientation 6 turns the 16x8 image a quarter clockwise: the bright block on top.
         let turned = crate::video::images::decode_image(&two_block_grey_jpeg(&app1)).unwrap();

@@ -1,0 +1,3 @@
+//! The command line's own machinery (the binary's modules; the library never sees them).
+
+pub mod signals;
