@@ -12,8 +12,9 @@ use cpu_conv::{
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 
-/// `(name, c_in, c_out, size, kernel, stride)` of representative YOLOv8n layers.
-const LAYERS: [(&str, usize, usize, usize, usize, usize); 9] = [
+/// `(name, c_in, c_out, size, kernel, stride)` of representative YOLOv8n layers (and two
+/// small maps of YOLO11n at 320).
+const LAYERS: [(&str, usize, usize, usize, usize, usize); 11] = [
     ("stem 3->16 3x3/2 @640", 3, 16, 640, 3, 2),
     ("down 16->32 3x3/2 @320", 16, 32, 320, 3, 2),
     ("c2f 16->16 3x3 @160", 16, 16, 160, 3, 1),
@@ -21,6 +22,8 @@ const LAYERS: [(&str, usize, usize, usize, usize, usize); 9] = [
     ("head 64->80 3x3 @80", 64, 80, 80, 3, 1),
     ("head 80->80 3x3 @80", 80, 80, 80, 3, 1),
     ("c2f 128->128 3x3 @20", 128, 128, 20, 3, 1),
+    ("c3k2 64->64 3x3 @40", 64, 64, 40, 3, 1),
+    ("c3k2 128->128 3x3 @10", 128, 128, 10, 3, 1),
     ("c2f cv2 48->32 1x1 @160", 48, 32, 160, 1, 1),
     ("sppf cv2 512->256 1x1 @20", 512, 256, 20, 1, 1),
 ];

@@ -12,12 +12,16 @@
 //! layers without layout conversions; an input may be given as several channel blocks (the
 //! parts of a concatenation), which are read in place instead of being copied together first.
 //!
+//! [`depthwise_conv2d`] runs depthwise convolutions (one filter per channel) the same way,
+//! with bias and activation fused.
+//!
 //! [`max_pool_same`] is the stride-1 max-pool of YOLO's SPPF block, separable;
 //! [`sigmoid_in_place`] and [`exp_in_place`] are the vectorised activations the detection
 //! head needs.
 
 mod activation;
 mod conv;
+mod depthwise;
 mod im2col;
 mod packed;
 mod pool;
@@ -26,6 +30,7 @@ mod winograd;
 
 pub use activation::{Activation, apply_bias_activation, exp_in_place, sigmoid_in_place};
 pub use conv::{ConvParams, FeatureMap, conv2d, output_size};
+pub use depthwise::{DepthwiseParams, depthwise_conv2d};
 pub use packed::PackedWeights;
 pub use pool::max_pool_same;
 pub use winograd::{WinogradWeights, conv3x3_winograd};
