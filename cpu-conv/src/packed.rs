@@ -236,13 +236,30 @@ mod x86 {
     pub(super) const NR_AVX512: usize = 48;
     pub(super) const NR_AVX2: usize = 24;
 
-    /// 8 x 48: 24 accumulators, 3 input vectors and a broadcast weight in 32 registers.
+    /// 8 x 48: 24 accumulators, 3 input vectors and a broadcast weight in 32 registers;
+    /// narrower tiles (the last of a row of tiles, small feature maps) run with only the
+    /// vectors they fill.
     ///
     /// # Safety
     /// The CPU has AVX-512F; the tile's pointers address what its fields say.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn tile_avx512(t: &Tile) {
-        const VECTORS: usize = 3;
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match t.cols.div_ceil(16) {
+                0 | 1 => tile_avx512_vectors::<1>(t),
+                2 => tile_avx512_vectors::<2>(t),
+                _ => tile_avx512_vectors::<3>(t),
+            }
+        }
+    }
+
+    /// `MR x (16 * VECTORS)`.
+    ///
+    /// # Safety
+    /// As for [`tile_avx512`], with `t.cols <= 16 * VECTORS`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile_avx512_vectors<const VECTORS: usize>(t: &Tile) {
         let masks: [__mmask16; VECTORS] = std::array::from_fn(|v| {
             let lanes = t.cols.saturating_sub(16 * v).min(16);
             ((1u32 << lanes) - 1) as __mmask16
@@ -361,7 +378,7 @@ mod tests {
                 });
             }
         }
-        for (rows, depth, n) in [(8, 5, 48), (13, 17, 101), (3, 1, 7), (80, 64, 50)] {
+        for (rows, depth, n) in [(8, 5, 48), (13, 17, 101), (3, 1, 7), (80, 64, 80)] {
             let values: Vec<f32> = (0..rows * depth)
                 .map(|i| ((i * 7) % 11) as f32 - 5.0)
                 .collect();
