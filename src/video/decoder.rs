@@ -9,13 +9,6 @@ use openh264::OpenH264API;
 use openh264::decoder::{DecodedYUV, Decoder, DecoderConfig, Flush};
 use openh264::formats::YUVSource;
 
-/// openh264's `DECODER_OPTION_ERROR_CON_IDC` and its strongest concealment mode: a damaged
-/// slice is filled from the previous picture along the neighbours' motion, also across IDR
-/// pictures and resolution changes, so the pictures after it still decode (with the mode off,
-/// one damaged byte in an IDR loses every picture up to the next IDR).
-const DECODER_OPTION_ERROR_CON_IDC: std::os::raw::c_int = 8;
-const ERROR_CON_SLICE_MV_COPY_CROSS_IDR_FREEZE_RES_CHANGE: std::os::raw::c_int = 7;
-
 /// A decoded picture and its presentation time in seconds.
 pub type Picture = (f64, RgbImage);
 
@@ -29,22 +22,8 @@ pub struct H264Decoder {
 impl H264Decoder {
     pub fn new() -> Result<Self, String> {
         let config = DecoderConfig::new().flush_after_decode(Flush::NoFlush);
-        let mut decoder = Decoder::with_api_config(OpenH264API::from_source(), config)
+        let decoder = Decoder::with_api_config(OpenH264API::from_source(), config)
             .map_err(|e| format!("cannot start the H.264 decoder: {e}"))?;
-        let mut concealment = ERROR_CON_SLICE_MV_COPY_CROSS_IDR_FREEZE_RES_CHANGE;
-        // SAFETY: the decoder is initialised; the option takes a pointer to a C int that
-        // outlives the call, and error concealment is a setting the decoder supports at any
-        // time (it is not one the crate's wrapper relies on).
-        let status = unsafe {
-            decoder
-                .raw_api()
-                .set_option(DECODER_OPTION_ERROR_CON_IDC, (&raw mut concealment).cast())
-        };
-        if status != 0 {
-            return Err(format!(
-                "cannot enable H.264 error concealment (status {status})"
-            ));
-        }
         Ok(Self {
             decoder,
             pending: Vec::new(),
