@@ -202,7 +202,15 @@ impl FrameSource for Mp4Source {
                 Some((annexb, pts, duration)) => {
                     self.frame_duration = duration;
                     match annexb.and_then(|unit| self.decoder.decode(&unit, pts)) {
-                        Ok(picture) => self.ready.extend(picture),
+                        Ok(picture) => {
+                            if self.decoder.take_concealed() > 0 {
+                                tracing::warn!(
+                                    "{}: damaged H.264 data at {pts:.3}s, concealed from earlier pictures",
+                                    self.track.path.display()
+                                );
+                            }
+                            self.ready.extend(picture);
+                        }
                         Err(e) => {
                             self.corrupt += 1;
                             tracing::warn!(
