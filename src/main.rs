@@ -361,6 +361,7 @@ struct ImportArgs {
 }
 
 fn main() -> ExitCode {
+    cli::runtime_dir::ensure();
     let cli = Cli::parse();
     let level = if cli.quiet {
         "warn"

@@ -1,3 +1,4 @@
 //! The command line's own machinery (the binary's modules; the library never sees them).
 
+pub mod runtime_dir;
 pub mod signals;

@@ -7,7 +7,25 @@ use openh264::encoder::{
 };
 use openh264::formats::{RgbSliceU8, YUVBuffer};
 
+use openh264_sys2::{ENCODER_OPTION_TRACE_CALLBACK, WelsTraceCallback};
+
 use super::annexb::{nal_type, nals_to_avcc, split_annexb};
+
+/// openh264's log lines (it warns at start-up that bitrate control without frame skipping is
+/// approximate, which is the setting chosen here: no frame may be dropped) as debug events
+/// of our log instead of lines on stderr.
+unsafe extern "C" fn log_openh264(
+    _context: *mut std::os::raw::c_void,
+    _level: std::os::raw::c_int,
+    message: *const std::os::raw::c_char,
+) {
+    if message.is_null() {
+        return;
+    }
+    // SAFETY: openh264 passes a NUL-terminated string that is valid during the call.
+    let text = unsafe { std::ffi::CStr::from_ptr(message) }.to_string_lossy();
+    tracing::debug!(target: "streamtrack::openh264", "{}", text.trim_end());
+}
 
 /// Encoder settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -66,8 +84,22 @@ impl H264Encoder {
             .rate_control_mode(RateControlMode::Bitrate)
             .skip_frames(false)
             .intra_frame_period(IntraFramePeriod::from_num_frames(keyframe_every));
-        let encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
+        let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), config)
             .map_err(|e| format!("cannot start the H.264 encoder: {e}"))?;
+        let mut callback: WelsTraceCallback = Some(log_openh264);
+        // SAFETY: the encoder exists (it initialises on the first frame; the trace options are
+        // the ones openh264 accepts before that); the option reads the function pointer that
+        // `callback` holds during the call, and the function lives for the whole program.
+        let status = unsafe {
+            encoder
+                .raw_api()
+                .set_option(ENCODER_OPTION_TRACE_CALLBACK, (&raw mut callback).cast())
+        };
+        if status != 0 {
+            return Err(format!(
+                "cannot route the H.264 encoder's log (status {status})"
+            ));
+        }
         Ok(Self {
             encoder,
             yuv: YUVBuffer::new(width as usize, height as usize),
