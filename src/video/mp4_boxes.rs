@@ -6,6 +6,11 @@
 //! only box headers, descends into the containers the demuxer parses, and refuses a box that
 //! is smaller than its header, overruns its parent, or nests deeper than any real file, so
 //! the demuxer only ever sees a tree in which each loop advances.
+//!
+//! The demuxer also builds one entry per sample from the counts in `stsz` (non-fragmented
+//! files) and `trun` (fragments) before it looks at any sample data, so a 20-byte box could
+//! ask for billions. Every sample takes at least one byte of the file, and a sample table
+//! lists what it declares: counts beyond either are refused here.
 
 use std::io::{Read, Seek, SeekFrom};
 
@@ -33,6 +38,14 @@ pub enum BoxTreeError {
     },
     #[error("box '{name}' at byte {offset} is nested deeper than {MAX_DEPTH} levels")]
     TooDeep { name: String, offset: u64 },
+    #[error(
+        "box '{name}' at byte {offset} declares {count} samples, more than the file or the box can hold"
+    )]
+    TooManySamples {
+        name: String,
+        offset: u64,
+        count: u64,
+    },
     #[error("the box tree cannot be read: {0}")]
     Io(String),
 }
@@ -43,6 +56,8 @@ pub enum BoxTreeError {
 /// the file) ends the walk.
 pub fn check_box_tree<R: Read + Seek>(reader: &mut R, size: u64) -> Result<u64, BoxTreeError> {
     let mut offset = 0;
+    // Samples the file can still hold, one byte each at least.
+    let mut samples_left = size;
     while size - offset >= 8 {
         let Some(header) = read_header(reader, offset, size)? else {
             break;
@@ -55,7 +70,12 @@ pub fn check_box_tree<R: Read + Seek>(reader: &mut R, size: u64) -> Result<u64, 
         if end > size {
             break;
         }
-        check_children(reader, &header, offset, 1, None)?;
+        let mut walk = Walk {
+            reader: &mut *reader,
+            samples_left: &mut samples_left,
+            file_size: size,
+        };
+        walk.check_children(&header, offset, 1, None)?;
         offset = end;
     }
     Ok(offset)
@@ -136,51 +156,114 @@ fn children_start(name: &[u8; 4], parent: Option<&[u8; 4]>) -> Option<u64> {
     }
 }
 
-/// Checks the children of the container `header` at `offset` (inside `parent`), recursively.
-fn check_children<R: Read + Seek>(
-    reader: &mut R,
-    header: &Header,
-    offset: u64,
-    depth: usize,
-    parent: Option<&[u8; 4]>,
-) -> Result<(), BoxTreeError> {
-    let Some(fields) = children_start(&header.name, parent) else {
-        return Ok(());
-    };
-    if depth > MAX_DEPTH {
-        return Err(BoxTreeError::TooDeep {
-            name: header.name(),
-            offset,
-        });
-    }
-    let end = offset + header.size;
-    let mut child = offset + header.header_len + fields;
-    while child < end {
-        let overrun = |size| BoxTreeError::Overrun {
-            name: "?".into(),
-            parent: header.name(),
-            offset: child,
-            size,
+/// The recursive part of the walk and what it has counted.
+struct Walk<'a, R> {
+    reader: &'a mut R,
+    samples_left: &'a mut u64,
+    file_size: u64,
+}
+
+impl<R: Read + Seek> Walk<'_, R> {
+    /// Checks the children of the container `header` at `offset` (inside `parent`),
+    /// recursively.
+    fn check_children(
+        &mut self,
+        header: &Header,
+        offset: u64,
+        depth: usize,
+        parent: Option<&[u8; 4]>,
+    ) -> Result<(), BoxTreeError> {
+        let Some(fields) = children_start(&header.name, parent) else {
+            return self.check_sample_count(header, offset);
         };
-        if end - child < 8 {
-            return Err(overrun(end - child));
-        }
-        let Some(child_header) = read_header(reader, child, end)? else {
-            return Err(overrun(end - child));
-        };
-        check_size(&child_header, child)?;
-        if child_header.size > end - child {
-            return Err(BoxTreeError::Overrun {
-                name: child_header.name(),
-                parent: header.name(),
-                offset: child,
-                size: child_header.size,
+        if depth > MAX_DEPTH {
+            return Err(BoxTreeError::TooDeep {
+                name: header.name(),
+                offset,
             });
         }
-        check_children(reader, &child_header, child, depth + 1, Some(&header.name))?;
-        child += child_header.size;
+        let end = offset + header.size;
+        let mut child = offset + header.header_len + fields;
+        while child < end {
+            let overrun = |size| BoxTreeError::Overrun {
+                name: "?".into(),
+                parent: header.name(),
+                offset: child,
+                size,
+            };
+            if end - child < 8 {
+                return Err(overrun(end - child));
+            }
+            let Some(child_header) = read_header(self.reader, child, end)? else {
+                return Err(overrun(end - child));
+            };
+            check_size(&child_header, child)?;
+            if child_header.size > end - child {
+                return Err(BoxTreeError::Overrun {
+                    name: child_header.name(),
+                    parent: header.name(),
+                    offset: child,
+                    size: child_header.size,
+                });
+            }
+            self.check_children(&child_header, child, depth + 1, Some(&header.name))?;
+            child += child_header.size;
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// For `stsz` and `trun`: the samples declared fit the box's table and the file.
+    fn check_sample_count(&mut self, header: &Header, offset: u64) -> Result<(), BoxTreeError> {
+        let payload = header.size - header.header_len;
+        // (count, bytes each sample takes in the file, table bytes per sample, room left
+        // for the table)
+        let (count, sample_bytes, entry_bytes, room) = match &header.name {
+            b"stsz" if payload >= 12 => {
+                let [_, sample_size, count] = self.read_words::<3>(offset + header.header_len)?;
+                let entry_bytes = if sample_size == 0 { 4 } else { 0 };
+                (
+                    count,
+                    u64::from(sample_size.max(1)),
+                    entry_bytes,
+                    payload - 12,
+                )
+            }
+            b"trun" if payload >= 8 => {
+                let [version_flags, count] = self.read_words::<2>(offset + header.header_len)?;
+                let flags = version_flags & 0x00FF_FFFF;
+                // duration, size, flags, composition offset: 4 bytes each when present.
+                let entry_bytes = 4 * u64::from((flags & 0xF00).count_ones());
+                let optional = 4 * u64::from((flags & 0x5).count_ones());
+                (count, 1, entry_bytes, payload.saturating_sub(8 + optional))
+            }
+            _ => return Ok(()),
+        };
+        let count = u64::from(count);
+        let fits_table = count.saturating_mul(entry_bytes) <= room;
+        let fits_file = count.saturating_mul(sample_bytes) <= self.file_size;
+        if !fits_table || !fits_file || count > *self.samples_left {
+            return Err(BoxTreeError::TooManySamples {
+                name: header.name(),
+                offset,
+                count,
+            });
+        }
+        *self.samples_left -= count;
+        Ok(())
+    }
+
+    /// `N` big-endian 32-bit words at `at`.
+    fn read_words<const N: usize>(&mut self, at: u64) -> Result<[u32; N], BoxTreeError> {
+        let io = |e: std::io::Error| BoxTreeError::Io(e.to_string());
+        self.reader.seek(SeekFrom::Start(at)).map_err(io)?;
+        let mut words = [0u32; N];
+        for word in &mut words {
+            let mut bytes = [0u8; 4];
+            self.reader.read_exact(&mut bytes).map_err(io)?;
+            *word = u32::from_be_bytes(bytes);
+        }
+        Ok(words)
+    }
 }
 
 #[cfg(test)]
@@ -228,6 +311,49 @@ mod tests {
             tree = boxed(b"moov", &tree);
         }
         assert!(matches!(check(&tree), Err(BoxTreeError::TooDeep { .. })));
+    }
+
+    #[test]
+    fn sample_counts_beyond_the_file_or_the_table_are_refused() {
+        let trun = |flags: u32, count: u32, table: usize| {
+            let mut body = flags.to_be_bytes().to_vec();
+            body.extend_from_slice(&count.to_be_bytes());
+            body.extend(std::iter::repeat_n(0u8, table));
+            boxed(b"moof", &boxed(b"traf", &boxed(b"trun", &body)))
+        };
+        // A 16-byte `trun` of default-sized samples asking for 4 billion of them.
+        let err = check(&trun(0, u32::MAX, 0)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BoxTreeError::TooManySamples {
+                    count: 0xFFFF_FFFF,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Sizes for 3 samples (flag 0x200) where 4 are declared; then exactly 4.
+        assert!(check(&trun(0x200, 4, 12)).is_err());
+        assert!(check(&trun(0x200, 4, 16)).is_ok());
+        // `stsz` with one size for all: the samples must fit in the file.
+        let stsz = |size: u32, count: u32| {
+            let mut body = vec![0; 4];
+            body.extend_from_slice(&size.to_be_bytes());
+            body.extend_from_slice(&count.to_be_bytes());
+            boxed(
+                b"moov",
+                &boxed(
+                    b"trak",
+                    &boxed(
+                        b"mdia",
+                        &boxed(b"minf", &boxed(b"stbl", &boxed(b"stsz", &body))),
+                    ),
+                ),
+            )
+        };
+        assert!(check(&stsz(1000, 1_000_000)).is_err());
+        assert!(check(&stsz(1, 20)).is_ok());
     }
 
     #[test]

@@ -47,7 +47,14 @@ impl Mp4Track {
         reader
             .seek(SeekFrom::Start(0))
             .map_err(|e| fail(e.to_string()))?;
-        let mp4 = Mp4::read(&mut reader, readable).map_err(|e| {
+        // The demuxer indexes its sample tables without checking them against each other;
+        // tables that disagree (found by mutation testing) make it panic, which is a corrupt
+        // file here, not the end of the process.
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Mp4::read(&mut reader, readable)
+        }))
+        .map_err(|_| fail("not a readable MP4 file (its sample tables disagree)".into()))?;
+        let mp4 = read.map_err(|e| {
             fail(format!(
                 "not a readable MP4 file (truncated or corrupt: {e})"
             ))
