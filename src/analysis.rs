@@ -1,7 +1,7 @@
 //! The per-frame analysis after the network: track, estimate speeds, count zones, report
 //! events, write results and draw annotations.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use image::RgbImage;
 
@@ -14,6 +14,36 @@ use crate::track::Tracker;
 use crate::video::{Frame, Outage};
 use crate::zones::{TrackPosition, ZoneCounter, ZoneCounts, ZonesConfig};
 
+/// The tracks of one class that ended: how many, and their speeds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClassTally {
+    pub tracks: u64,
+    /// Sum and number of the tracks' mean speeds (tracks with a speed only).
+    speed_sum: f64,
+    speeds: u64,
+    /// Fastest reported speed of any of them.
+    pub max_speed: Option<f64>,
+}
+
+impl ClassTally {
+    fn add(&mut self, track: &TrackSummary) {
+        self.tracks += 1;
+        if let Some(mean) = track.mean_speed {
+            self.speed_sum += mean;
+            self.speeds += 1;
+        }
+        self.max_speed = match (self.max_speed, track.max_speed) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// Mean over the tracks' mean speeds; `None` when no track had a speed.
+    pub fn mean_speed(&self) -> Option<f64> {
+        (self.speeds > 0).then(|| self.speed_sum / self.speeds as f64)
+    }
+}
+
 /// Every stage after the network, for one stream.
 pub struct Analysis {
     names: Vec<String>,
@@ -25,8 +55,8 @@ pub struct Analysis {
     writers: ResultWriters,
     /// Tracks already reported above the speed limit (forgotten with the track).
     speeding: HashSet<u64>,
-    /// Summaries of every track that ended, in order.
-    pub summaries: Vec<TrackSummary>,
+    /// Tracks that ended, per class (totals only: a live run of days keeps no list).
+    pub classes: BTreeMap<usize, ClassTally>,
     /// Drawn on frames that were not analysed (frame skipping).
     last_annotations: Vec<Annotation>,
     zones: ZoneCounter,
@@ -50,7 +80,7 @@ impl Analysis {
             annotator: Annotator::new(),
             writers,
             speeding: HashSet::new(),
-            summaries: Vec::new(),
+            classes: BTreeMap::new(),
             last_annotations: Vec::new(),
             zones: ZoneCounter::default(),
         }
@@ -76,7 +106,9 @@ impl Analysis {
             self.speeding.remove(&s.track_id);
             self.zones.forget(s.track_id);
         }
-        self.summaries.extend(ended.iter().cloned());
+        for s in &ended {
+            self.classes.entry(s.class_id).or_default().add(s);
+        }
         ended.into_iter().map(Event::TrackEnd).collect()
     }
 }
@@ -178,5 +210,34 @@ impl FrameStage for Analysis {
         }
         self.writers.write_events(&events)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended(track_id: u64, speeds: Option<(f64, f64)>) -> TrackSummary {
+        TrackSummary {
+            track_id,
+            class_id: 2,
+            first_seen: 0.0,
+            last_seen: 1.0,
+            mean_speed: speeds.map(|s| s.0),
+            max_speed: speeds.map(|s| s.1),
+            distance_m: 0.0,
+        }
+    }
+
+    #[test]
+    fn class_tally_counts_every_track_and_averages_those_with_a_speed() {
+        let mut tally = ClassTally::default();
+        assert_eq!(tally.mean_speed(), None);
+        tally.add(&ended(1, Some((40.0, 52.0))));
+        tally.add(&ended(2, None));
+        tally.add(&ended(3, Some((60.0, 71.0))));
+        assert_eq!(tally.tracks, 3);
+        assert_eq!(tally.mean_speed(), Some(50.0));
+        assert_eq!(tally.max_speed, Some(71.0));
     }
 }

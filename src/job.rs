@@ -2,15 +2,16 @@
 //! server's jobs and streams. Opens the requested outputs, builds the analysis, runs the
 //! pipeline and returns what happened.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 
+use crate::analysis::ClassTally;
 use crate::config::Config;
 use crate::output::{JsonTap, ResultWriters};
 use crate::pipeline::{self, RunOptions, RunSummary, Sinks};
 use crate::setup::{self, ModelArgs};
-use crate::speed::TrackSummary;
 use crate::video::FrameSource;
 use crate::video::encoder::EncodeSettings;
 use crate::video::sink::{Mp4Sink, PngFrameSink};
@@ -102,8 +103,8 @@ fn same_file(a: &Path, b: &Path) -> bool {
 #[derive(Debug, Clone)]
 pub struct StreamReport {
     pub summary: RunSummary,
-    /// Every track's summary, in the order tracks ended.
-    pub tracks: Vec<TrackSummary>,
+    /// Tracks that ended, per class id.
+    pub classes: BTreeMap<usize, ClassTally>,
     /// Line and zone counts (empty without zones in the configuration).
     pub zones: ZoneCounts,
     /// Display names of the classes.
@@ -162,7 +163,7 @@ pub fn run_stream(
     Ok(StreamReport {
         summary,
         zones: analysis.zone_counts(),
-        tracks: analysis.summaries,
+        classes: analysis.classes,
         names,
     })
 }

@@ -2,12 +2,14 @@
 
 mod cli;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use streamtrack::analysis::ClassTally;
 use streamtrack::annotate::{Annotation, Annotator};
 use streamtrack::config::Config;
 use streamtrack::detect::{Detection, Detector};
@@ -17,7 +19,7 @@ use streamtrack::model::{ComputeDevice, DeviceChoice, YoloModel};
 use streamtrack::motfile;
 use streamtrack::pipeline::{LiveOptions, Mode, RunOptions};
 use streamtrack::setup::{self, ModelArgs};
-use streamtrack::speed::{Calibration, TrackSummary};
+use streamtrack::speed::Calibration;
 use streamtrack::video::live::{LiveSourceOptions, LiveSpec, open_live_source};
 use streamtrack::video::rtsp::RtspOptions;
 use streamtrack::video::{self, images};
@@ -520,7 +522,7 @@ fn print_report(report: &job::StreamReport, outputs: &OutputArgs) {
         ),
         None => {}
     }
-    print_track_summary(&report.tracks, &report.names);
+    print_track_summary(&report.classes, &report.names);
     for (line, classes) in &report.zones.lines {
         for (class, count) in classes {
             eprintln!(
@@ -699,26 +701,13 @@ fn report_written(source: &Path, output: &Path, written: &streamtrack::compress:
 }
 
 /// Per-class track counts and speeds at the end of a run.
-fn print_track_summary(summaries: &[TrackSummary], names: &[String]) {
-    let mut classes: Vec<usize> = summaries.iter().map(|s| s.class_id).collect();
-    classes.sort_unstable();
-    classes.dedup();
-    for class in classes {
-        let tracks: Vec<&TrackSummary> = summaries.iter().filter(|s| s.class_id == class).collect();
-        let speeds: Vec<f64> = tracks.iter().filter_map(|s| s.mean_speed).collect();
-        let speed = if speeds.is_empty() {
-            String::new()
-        } else {
-            format!(
-                ", mean speed {:.1}, max {:.1}",
-                speeds.iter().sum::<f64>() / speeds.len() as f64,
-                tracks
-                    .iter()
-                    .filter_map(|s| s.max_speed)
-                    .fold(0.0, f64::max)
-            )
+fn print_track_summary(classes: &BTreeMap<usize, ClassTally>, names: &[String]) {
+    for (&class, tally) in classes {
+        let speed = match (tally.mean_speed(), tally.max_speed) {
+            (Some(mean), Some(max)) => format!(", mean speed {mean:.1}, max {max:.1}"),
+            _ => String::new(),
         };
-        eprintln!("{}: {} tracks{speed}", names[class], tracks.len());
+        eprintln!("{}: {} tracks{speed}", names[class], tally.tracks);
     }
 }
 

@@ -238,8 +238,10 @@ impl ZoneCounter {
     pub fn forget(&mut self, id: u64) {
         self.last_point.remove(&id);
         self.sides.retain(|(_, track), _| *track != id);
-        for inside in &mut self.inside {
+        // Track ids are never reused: an ended track cannot enter again.
+        for (inside, visited) in self.inside.iter_mut().zip(&mut self.visited) {
             inside.remove(&id);
+            visited.remove(&id);
         }
     }
 

@@ -304,7 +304,7 @@ fn run_job(state: &AppState, job: &Job, input: PathBuf, request: &JobRequest) {
         Ok(JobSummary {
             frames: report.summary.frames_processed,
             fps: report.summary.fps(),
-            tracks: report.tracks.len(),
+            tracks: report.classes.values().map(|c| c.tracks as usize).sum(),
         })
     })();
     match outcome {
