@@ -63,17 +63,12 @@ fn mp4_samples() -> Vec<(Vec<u8>, Vec<usize>)> {
         b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stsd", b"avc1", b"avcC", b"stts", b"stsz",
         b"stsc", b"stco", b"mdhd", b"moof", b"traf", b"trun", b"tfhd", b"mdat",
     ];
-    [
+    let prefixes = [
         ("video/traffic-640x360.mp4", 150_761),
         ("video/pedestrians-768x576.mp4", 60_000),
     ]
-    .iter()
-    .map(|(file, len)| {
-        let bytes = std::fs::read(data(file)).unwrap()[..*len].to_vec();
-        let marks = mutate::landmarks(&bytes, tags);
-        (bytes, marks)
-    })
-    .collect()
+    .map(|(file, len)| std::fs::read(data(file)).unwrap()[..len].to_vec());
+    mutate::samples(prefixes, tags)
 }
 
 #[test]
@@ -160,14 +155,10 @@ fn jpeg_images() {
         b"\xff\xdd",
         b"\xff\xe1",
     ];
-    let samples: Vec<(Vec<u8>, Vec<usize>)> = ["images/bus.jpg", "images/zidane.jpg"]
-        .iter()
-        .map(|file| {
-            let bytes = std::fs::read(data(file)).unwrap();
-            let marks = mutate::landmarks(&bytes, tags);
-            (bytes, marks)
-        })
-        .collect();
+    let samples = mutate::samples(
+        ["images/bus.jpg", "images/zidane.jpg"].map(|file| std::fs::read(data(file)).unwrap()),
+        tags,
+    );
     let (ran, accepted) = mutate::run(
         &exclusive,
         "jpeg",
@@ -209,14 +200,8 @@ fn png_images() {
 #[test]
 fn onnx_import() {
     let exclusive = mutate::exclusive();
-    let samples: Vec<(Vec<u8>, Vec<usize>)> = ["models/yolo11n-coco-320-int8.onnx"]
-        .iter()
-        .map(|file| {
-            let bytes = std::fs::read(data(file)).unwrap();
-            let marks = mutate::landmarks(&bytes, &[b"Conv", b"imgsz", b"names", b"\x0a\x0a"]);
-            (bytes, marks)
-        })
-        .collect();
+    let model = std::fs::read(data("models/yolo11n-coco-320-int8.onnx")).unwrap();
+    let samples = mutate::samples([model], &[b"Conv", b"imgsz", b"names", b"\x0a\x0a"]);
     let limits = Limits {
         time: Duration::from_secs(20),
         allocation: |len| 8 * len + (16 << 20),
@@ -271,13 +256,7 @@ polygon = [[0, 0], [100, 0], [100, 100]]
     .to_vec();
     let calibration = std::fs::read(data("speed/synth-highway-25fps/calibration.toml")).unwrap();
     let tags: &[&[u8]] = &[b"=", b"[", b"\"", b"\n"];
-    let samples: Vec<(Vec<u8>, Vec<usize>)> = [config, calibration]
-        .into_iter()
-        .map(|bytes| {
-            let marks = mutate::landmarks(&bytes, tags);
-            (bytes, marks)
-        })
-        .collect();
+    let samples = mutate::samples([config, calibration], tags);
     let (ran, accepted) = mutate::run(&exclusive, "toml", &samples, 400, TEXT_LIMITS, |bytes| {
         through_file("case.toml", bytes, |path| {
             let config = streamtrack::config::Config::load(path);
@@ -306,13 +285,7 @@ fn mot_files() {
     let det = std::fs::read(data("mot/TUD-Campus/det.txt")).unwrap();
     let seqinfo = std::fs::read(data("mot/MOT17-02/seqinfo.ini")).unwrap();
     let tags: &[&[u8]] = &[b",", b"\n", b"="];
-    let samples: Vec<(Vec<u8>, Vec<usize>)> = [det, seqinfo]
-        .into_iter()
-        .map(|bytes| {
-            let marks = mutate::landmarks(&bytes, tags);
-            (bytes, marks)
-        })
-        .collect();
+    let samples = mutate::samples([det, seqinfo], tags);
     let (ran, accepted) = mutate::run(&exclusive, "mot", &samples, 300, TEXT_LIMITS, |bytes| {
         through_file("case.txt", bytes, |path| {
             use streamtrack::motfile;

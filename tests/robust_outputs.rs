@@ -13,6 +13,16 @@ use common::data;
 use streamtrack::video::FrameSource;
 use streamtrack::video::mp4_source::Mp4Source;
 
+/// `process` on the CPU at a small input size: quick, and the outputs are what is tested.
+const QUICK_PROCESS: [&str; 6] = [
+    "process",
+    "--quiet",
+    "--device",
+    "cpu",
+    "--input-size",
+    "96",
+];
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("streamtrack-robust-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -29,14 +39,7 @@ fn process_with_file_limit(limit_kib: u32, outputs: &[(&str, &Path)]) -> Output 
         .arg(format!("trap '' XFSZ; ulimit -f {limit_kib}; exec \"$@\""))
         .arg("bash")
         .arg(env!("CARGO_BIN_EXE_streamtrack"))
-        .args([
-            "process",
-            "--quiet",
-            "--device",
-            "cpu",
-            "--input-size",
-            "96",
-        ])
+        .args(QUICK_PROCESS)
         .arg(data("video/traffic-640x360.mp4"));
     for (flag, path) in outputs {
         command.arg(flag).arg(path);
@@ -95,15 +98,8 @@ fn a_full_disk_leaves_a_playable_video_and_whole_json_lines() {
 fn a_double_ctrl_c_still_finalises_the_video() {
     let video = scratch("interrupted.mp4");
     let mut child = Command::new(env!("CARGO_BIN_EXE_streamtrack"))
-        .args([
-            "process",
-            "--quiet",
-            "--device",
-            "cpu",
-            "--input-size",
-            "96",
-            "-o",
-        ])
+        .args(QUICK_PROCESS)
+        .arg("-o")
         .arg(&video)
         .arg(data("video/traffic-640x360.mp4"))
         .spawn()

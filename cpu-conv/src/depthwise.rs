@@ -104,19 +104,8 @@ fn accumulate_tap(row: &mut [f32], line: &[f32], w: f32, kx: usize, params: &Dep
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_values::values;
     use proptest::prelude::*;
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// Direct per-pixel loops in f64.
     fn reference(x: &[f32], [c, h, w]: [usize; 3], p: &DepthwiseParams) -> Vec<f32> {

@@ -26,6 +26,8 @@ mod im2col;
 mod packed;
 mod pool;
 mod simd;
+#[cfg(test)]
+mod test_values;
 mod winograd;
 
 pub use activation::{Activation, apply_bias_activation, exp_in_place, sigmoid_in_place};

@@ -406,19 +406,8 @@ fn transform_output(grid: &TileGrid, m: [&[f32]; POINTS], columns: &mut [f32], d
 mod tests {
     use super::*;
     use crate::conv::{ConvParams, conv2d};
+    use crate::test_values::values;
     use proptest::prelude::*;
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// Largest difference between Winograd and the im2col path (itself tested against a
     /// direct f64 convolution) on a `[c_in, h, w]` input split in two blocks at `split`.

@@ -201,6 +201,20 @@ pub fn landmarks(sample: &[u8], tags: &[&[u8]]) -> Vec<usize> {
     out
 }
 
+/// Each input with its landmarks for `tags`: the samples [`run`] takes.
+pub fn samples(
+    inputs: impl IntoIterator<Item = Vec<u8>>,
+    tags: &[&[u8]],
+) -> Vec<(Vec<u8>, Vec<usize>)> {
+    inputs
+        .into_iter()
+        .map(|bytes| {
+            let marks = landmarks(&bytes, tags);
+            (bytes, marks)
+        })
+        .collect()
+}
+
 /// One test at a time: the allocation bookkeeping is process-wide, so nothing else may
 /// allocate while a case runs (sample preparation included).
 static SERIAL: Mutex<()> = Mutex::new(());
