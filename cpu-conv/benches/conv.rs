@@ -1,5 +1,6 @@
 //! The fused convolutions on YOLOv8n layer shapes at 640 input, one image: the im2col path
-//! on every shape, and Winograd F(2x2, 3x3) beside it on the 3x3 stride-1 ones. Then the
+//! on every shape, the INT8 path (quantising the f32 input included) beside it, and
+//! Winograd F(2x2, 3x3) on the 3x3 stride-1 ones. Then the
 //! matrix product alone, single-threaded, on the products those layers run: our packed
 //! micro-kernels against the `gemm` crate (the general packed GEMM that Burn's CPU backend
 //! uses) in the same run, so the figures compare as a ratio.
@@ -7,8 +8,8 @@
 //! Run with `cargo bench -p cpu-conv`.
 
 use cpu_conv::{
-    Activation, ConvParams, FeatureMap, PackedWeights, WinogradWeights, conv2d, conv3x3_winograd,
-    output_size,
+    Activation, ConvParams, FeatureMap, Int8ConvParams, PackedWeights, QuantParams, QuantizedMap,
+    QuantizedWeights, WinogradWeights, conv2d, conv2d_int8, conv3x3_winograd, output_size,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -54,6 +55,21 @@ fn layers(c: &mut Criterion) {
         }];
         c.bench_function(name, |b| {
             b.iter(|| conv2d(&input, size, size, &params, &mut out))
+        });
+        let quantized_weights = QuantizedWeights::new(&weight, c_out, c_in, k);
+        let int8_params = Int8ConvParams {
+            weight: &quantized_weights,
+            bias: &bias,
+            stride: s,
+            padding: k / 2,
+            activation: Activation::Silu,
+        };
+        let range = QuantParams::covering(0.0, 0.5);
+        c.bench_function(&format!("{name} int8"), |b| {
+            b.iter(|| {
+                let quantized = QuantizedMap::quantize(&input, size * size, range);
+                conv2d_int8(&quantized, size, size, &int8_params, &mut out)
+            })
         });
         if k == 3 && s == 1 {
             let transformed = WinogradWeights::new(&weight, c_out, c_in);

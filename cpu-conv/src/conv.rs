@@ -85,7 +85,7 @@ pub fn conv2d(
     let direct = k == 1 && params.stride == 1 && params.padding == 0;
     let phased: Vec<_> = inputs
         .par_iter()
-        .map(|part| window.phases(part.data, part.channels))
+        .map(|part| window.phases(part.data, part.channels, 0.0))
         .collect();
     let tile = tile_width(positions, k_total);
     let tiles = positions.div_ceil(tile);
@@ -109,7 +109,7 @@ pub fn conv2d(
                     }
                 } else {
                     block.resize(rows * len, 0.0);
-                    window.fill(phased, part.channels, start, len, block);
+                    window.fill(phased, part.channels, start, len, block, 0.0);
                     Rows {
                         ptr: block.as_ptr(),
                         stride: len,
@@ -167,12 +167,17 @@ impl SharedOut {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
     /// Straightforward seven-loop convolution in f64.
-    fn reference(x: &[f32], [c_in, h, w]: [usize; 3], weight: &[f32], p: &ConvParams) -> Vec<f32> {
+    pub(crate) fn reference(
+        x: &[f32],
+        [c_in, h, w]: [usize; 3],
+        weight: &[f32],
+        p: &ConvParams,
+    ) -> Vec<f32> {
         let k = p.kernel;
         let (oh, ow) = output_size(h, w, k, p.stride, p.padding);
         let mut out = vec![0.0; p.weight.rows() * oh * ow];

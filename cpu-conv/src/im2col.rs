@@ -6,6 +6,9 @@
 //! input itself, with stride `s` from its `s x s` phases ([`Window::phases`]: the planes of
 //! every `s`-th row and column from each offset), made once per convolution instead of
 //! gathering every `s`-th value per tap and tile.
+//!
+//! The element type is generic: f32 values, or the INT8 path's quads (four u8 channels in
+//! a `u32`), padded with the input's zero point instead of 0.
 
 use rayon::prelude::*;
 
@@ -40,15 +43,21 @@ impl Window {
 
     /// The input as the taps read it: `input` itself for stride 1; for stride `s`, each of
     /// its `channels` planes as `s x s` phase planes, phase `(py, px)` holding input rows
-    /// `py, py + s, …` and columns `px, px + s, …` (zero-padded to the common phase size).
-    pub fn phases<'a>(&self, input: &'a [f32], channels: usize) -> std::borrow::Cow<'a, [f32]> {
+    /// `py, py + s, …` and columns `px, px + s, …` (padded with `pad` to the common phase
+    /// size).
+    pub fn phases<'a, T: Copy + Send + Sync>(
+        &self,
+        input: &'a [T],
+        channels: usize,
+        pad: T,
+    ) -> std::borrow::Cow<'a, [T]> {
         let s = self.stride;
         if s == 1 {
             return std::borrow::Cow::Borrowed(input);
         }
         let (ph, pw) = self.phase_size();
         let plane = self.height * self.width;
-        let mut out = vec![0.0; channels * s * s * ph * pw];
+        let mut out = vec![pad; channels * s * s * ph * pw];
         out.par_chunks_exact_mut(s * s * ph * pw)
             .zip(input.par_chunks_exact(plane))
             .for_each(|(dst, src)| {
@@ -57,7 +66,7 @@ impl Window {
                 for (y, line) in src.chunks_exact(self.width).enumerate() {
                     let (py, r) = (y % s, y / s);
                     let rows = &mut dst[py * s * ph * pw..(py + 1) * s * ph * pw];
-                    let mut phases: Vec<&mut [f32]> = rows
+                    let mut phases: Vec<&mut [T]> = rows
                         .chunks_exact_mut(ph * pw)
                         .map(|phase| &mut phase[r * pw..(r + 1) * pw])
                         .collect();
@@ -82,14 +91,15 @@ impl Window {
 
     /// Writes the patches of output positions `start..start + len` (row-major over the
     /// output plane) of the `channels` planes in `phased` (from [`Window::phases`]) into
-    /// `block`, one row per `(channel, ky, kx)`.
-    pub fn fill(
+    /// `block`, one row per `(channel, ky, kx)`; taps outside the input read `pad`.
+    pub fn fill<T: Copy>(
         &self,
-        phased: &[f32],
+        phased: &[T],
         channels: usize,
         start: usize,
         len: usize,
-        block: &mut [f32],
+        block: &mut [T],
+        pad: T,
     ) {
         let (ph, pw) = self.phase_size();
         let k = self.kernel;
@@ -101,14 +111,15 @@ impl Window {
                     let tap = self.tap(ky, kx);
                     let plane = &channel[tap.phase * ph * pw..(tap.phase + 1) * ph * pw];
                     let row = (c * k + ky) * k + kx;
-                    self.fill_row(plane, tap, start, &mut block[row * len..(row + 1) * len]);
+                    let out = &mut block[row * len..(row + 1) * len];
+                    self.fill_row(plane, tap, start, out, pad);
                 }
             }
         }
     }
 
     /// One im2col row: the values under `tap` for each output position.
-    fn fill_row(&self, plane: &[f32], tap: Tap, start: usize, row: &mut [f32]) {
+    fn fill_row<T: Copy>(&self, plane: &[T], tap: Tap, start: usize, row: &mut [T], pad: T) {
         let (ph, pw) = self.phase_size();
         let mut filled = 0;
         while filled < row.len() {
@@ -119,9 +130,9 @@ impl Window {
             let iy = oy as isize + tap.dy;
             if (0..ph as isize).contains(&iy) {
                 let line = &plane[iy as usize * pw..(iy as usize + 1) * pw];
-                copy_shifted(line, ox0 as isize + tap.dx, out);
+                copy_shifted(line, ox0 as isize + tap.dx, out, pad);
             } else {
-                out.fill(0.0);
+                out.fill(pad);
             }
             filled += run;
         }
@@ -130,7 +141,7 @@ impl Window {
 
 /// `phases[j][i] = line[i * s + j]` for the `s = phases.len()` phases, as far as `line`
 /// goes.
-fn deal(line: &[f32], phases: &mut [&mut [f32]]) {
+fn deal<T: Copy>(line: &[T], phases: &mut [&mut [T]]) {
     match phases {
         [even, odd] => deinterleave(line, even, odd),
         _ => {
@@ -144,7 +155,7 @@ fn deal(line: &[f32], phases: &mut [&mut [f32]]) {
 
 /// `even[i] = line[2i]` and `odd[i] = line[2i + 1]`, as far as `line` goes (the slices may
 /// be longer; a slice shorter than its share panics): a loop the compiler vectorises.
-pub(crate) fn deinterleave(line: &[f32], even: &mut [f32], odd: &mut [f32]) {
+pub(crate) fn deinterleave<T: Copy>(line: &[T], even: &mut [T], odd: &mut [T]) {
     let (pairs, last) = line.as_chunks::<2>();
     for ((e, o), &[a, b]) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
         *e = a;
@@ -155,13 +166,13 @@ pub(crate) fn deinterleave(line: &[f32], even: &mut [f32], odd: &mut [f32]) {
     }
 }
 
-/// `out[i] = line[first + i]`, zero where that index falls outside `line`.
-fn copy_shifted(line: &[f32], first: isize, out: &mut [f32]) {
+/// `out[i] = line[first + i]`, `pad` where that index falls outside `line`.
+fn copy_shifted<T: Copy>(line: &[T], first: isize, out: &mut [T], pad: T) {
     let len = out.len() as isize;
     let lo = (-first).clamp(0, len) as usize;
     let hi = (line.len() as isize - first).clamp(lo as isize, len) as usize;
-    out[..lo].fill(0.0);
-    out[hi..].fill(0.0);
+    out[..lo].fill(pad);
+    out[hi..].fill(pad);
     if hi > lo {
         let from = (first + lo as isize) as usize;
         out[lo..hi].copy_from_slice(&line[from..from + hi - lo]);

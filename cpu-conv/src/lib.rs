@@ -12,6 +12,11 @@
 //! layers without layout conversions; an input may be given as several channel blocks (the
 //! parts of a concatenation), which are read in place instead of being copied together first.
 //!
+//! [`conv2d_int8`] is the INT8 convolution: u8 activations times i8 weights packed once
+//! ([`QuantizedWeights`]), exact i32 accumulation (`vpdpbusd` with AVX-512 VNNI or AVX-VNNI,
+//! widened 16-bit products with AVX2, or portable), dequantised into the same bias +
+//! activation epilogue.
+//!
 //! [`depthwise_conv2d`] runs depthwise convolutions (one filter per channel) the same way,
 //! with bias and activation fused.
 //!
@@ -23,6 +28,8 @@ mod activation;
 mod conv;
 mod depthwise;
 mod im2col;
+mod int8;
+mod int8_kernels;
 mod packed;
 mod pool;
 mod simd;
@@ -33,6 +40,8 @@ mod winograd;
 pub use activation::{Activation, apply_bias_activation, exp_in_place, sigmoid_in_place};
 pub use conv::{ConvParams, FeatureMap, conv2d, output_size};
 pub use depthwise::{DepthwiseParams, depthwise_conv2d};
+pub use int8::{Int8ConvParams, QuantParams, QuantizedMap, QuantizedWeights, conv2d_int8};
+pub use int8_kernels::int8_kernel_name;
 pub use packed::PackedWeights;
 pub use pool::max_pool_same;
 pub use winograd::{WinogradWeights, conv3x3_winograd};

@@ -28,13 +28,7 @@ pub fn measure(
     let mut eval = DetectionEval::new();
     let (mut frames, mut reference_objects) = (0, 0);
     for path in videos {
-        let mut source = video::open_source(path, video::DEFAULT_RAW_FPS)?;
-        let total = source.info().frame_count.unwrap_or(frames_per_video as u64);
-        let stride = (total / frames_per_video.max(1) as u64).max(1);
-        while let Some(frame) = source.next_frame()? {
-            if !frame.index.is_multiple_of(stride) {
-                continue;
-            }
+        frames += video::for_each_sampled_frame(path, frames_per_video, |frame| {
             let labels: Vec<Label> = reference
                 .detect(&frame.image)
                 .iter()
@@ -44,9 +38,8 @@ pub fn measure(
                 })
                 .collect();
             eval.add_image(&candidate.detect(&frame.image), &labels);
-            frames += 1;
             reference_objects += labels.len();
-        }
+        })?;
     }
     Ok(Agreement {
         metrics: eval.metrics(),

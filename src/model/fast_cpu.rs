@@ -3,7 +3,8 @@
 //! weights packed once for the rest, with bias and SiLU fused, parallel over output tiles)
 //! on the Flex tensors' own storage, without layout conversions, and read the parts of a
 //! channel concatenation in place; SPPF's max-pools and the detection head's DFL decoding and
-//! sigmoid run as plain vectorised loops. Each function returns `None` where it does not
+//! sigmoid run as plain vectorised loops. Convolutions that an INT8 plan names
+//! ([`super::int8`]) run through the integer kernels instead. Each function returns `None` where it does not
 //! apply (other backends, grouped convolutions), and the caller takes Burn's operations.
 //!
 //! [`ConvBlock`]: super::layers::ConvBlock
@@ -16,9 +17,11 @@ use burn::backend::{DispatchDevice, Flex};
 use burn::module::ParamId;
 use burn::tensor::{DType, Tensor, TensorData};
 use cpu_conv::{
-    Activation, ConvParams, DepthwiseParams, FeatureMap, PackedWeights, WinogradWeights,
+    Activation, ConvParams, DepthwiseParams, FeatureMap, Int8ConvParams, PackedWeights,
+    QuantizedMap, QuantizedWeights, WinogradWeights,
 };
 
+use super::int8;
 use super::layers::ConvBlock;
 
 thread_local! {
@@ -201,15 +204,37 @@ enum ConvWeights {
     Packed(PackedWeights),
     /// `[channels, kernel, kernel]` as they are.
     Depthwise(Vec<f32>),
+    /// Quantised per output channel for the INT8 kernels.
+    Int8(QuantizedWeights),
+}
+
+/// Which of the [`ConvWeights`] layouts a convolution runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Winograd,
+    Packed,
+    Depthwise,
+    Int8,
+}
+
+impl ConvWeights {
+    fn layout(&self) -> Layout {
+        match self {
+            ConvWeights::Winograd(_) => Layout::Winograd,
+            ConvWeights::Packed(_) => Layout::Packed,
+            ConvWeights::Depthwise(_) => Layout::Depthwise,
+            ConvWeights::Int8(_) => Layout::Int8,
+        }
+    }
 }
 
 impl PreparedWeights {
-    /// The weights made for parameter `id` (Winograd-transformed or not), made now by
-    /// `make` if they are not there (`None` when `make` cannot).
+    /// The weights made for parameter `id` in `layout`, made now by `make` if they are not
+    /// there (`None` when `make` cannot).
     fn get(
         &self,
         id: ParamId,
-        winograd: bool,
+        layout: Layout,
         make: impl FnOnce() -> Option<ConvWeights>,
     ) -> Option<Arc<ConvWeights>> {
         let mut slot = self
@@ -217,9 +242,7 @@ impl PreparedWeights {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         match slot.as_ref() {
-            Some((made_for, weights))
-                if *made_for == id && matches!(**weights, ConvWeights::Winograd(_)) == winograd =>
-            {
+            Some((made_for, weights)) if *made_for == id && weights.layout() == layout => {
                 Some(weights.clone())
             }
             _ => {
@@ -260,21 +283,31 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
     } else {
         Activation::Identity
     };
-    let winograd = kernel == 3
+    let int8_input = int8::planned(block.weight.id).filter(|_| !depthwise);
+    let layout = if depthwise {
+        Layout::Depthwise
+    } else if int8_input.is_some() {
+        Layout::Int8
+    } else if kernel == 3
         && block.stride == 1
         && block.padding == 1
-        && !depthwise
-        && height * width > WINOGRAD_MIN_PIXELS;
-    let weights = block.prepared.get(block.weight.id, winograd, || {
+        && height * width > WINOGRAD_MIN_PIXELS
+    {
+        Layout::Winograd
+    } else {
+        Layout::Packed
+    };
+    let weights = block.prepared.get(block.weight.id, layout, || {
         let weight = block.weight.val().try_into_primitive::<Flex>().ok()?;
         let weight = weight.to_contiguous();
         let weight = dense_f32(&weight)?;
-        Some(if depthwise {
-            ConvWeights::Depthwise(weight.to_vec())
-        } else if winograd {
-            ConvWeights::Winograd(WinogradWeights::new(weight, c_out, c_in))
-        } else {
-            ConvWeights::Packed(PackedWeights::new(weight, c_out, c_in * kernel * kernel))
+        Some(match layout {
+            Layout::Depthwise => ConvWeights::Depthwise(weight.to_vec()),
+            Layout::Int8 => ConvWeights::Int8(QuantizedWeights::new(weight, c_out, c_in, kernel)),
+            Layout::Winograd => ConvWeights::Winograd(WinogradWeights::new(weight, c_out, c_in)),
+            Layout::Packed => {
+                ConvWeights::Packed(PackedWeights::new(weight, c_out, c_in * kernel * kernel))
+            }
         })
     })?;
     let (out_h, out_w) = cpu_conv::output_size(height, width, kernel, block.stride, block.padding);
@@ -288,7 +321,20 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
                 channels: *channels,
             })
             .collect();
+        int8::observe(block.weight.id, &inputs);
         match weights.as_ref() {
+            ConvWeights::Int8(quantized) => {
+                let input_params = int8_input.expect("INT8 weights only where planned");
+                let input = QuantizedMap::quantize(&inputs, height * width, input_params);
+                let params = Int8ConvParams {
+                    weight: quantized,
+                    bias,
+                    stride: block.stride,
+                    padding: block.padding,
+                    activation,
+                };
+                cpu_conv::conv2d_int8(&input, height, width, &params, out_image)
+            }
             ConvWeights::Winograd(transformed) => cpu_conv::conv3x3_winograd(
                 &inputs,
                 height,

@@ -4,6 +4,7 @@
 pub mod device;
 mod fast_cpu;
 mod gpu_letterbox;
+pub mod int8;
 pub mod layers;
 pub mod network;
 pub mod preprocess;
@@ -13,6 +14,7 @@ mod quantize;
 pub mod survivors;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::module::Module;
 use burn::tensor::{Tensor, TensorData};
@@ -65,6 +67,9 @@ pub struct ModelCard {
     pub architecture: Architecture,
     /// The file the weights were imported from.
     pub source: String,
+    /// Calibrated INT8 inference (`quantize --calibrate`), where the model has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8: Option<int8::Int8Calibration>,
 }
 
 /// The raw network output for a batch: `[batch, 4 + classes, anchors]`, row-major.
@@ -94,6 +99,8 @@ pub struct YoloModel {
     network: YoloNetwork,
     pub card: ModelCard,
     pub device: ComputeDevice,
+    /// The convolutions that run in INT8 (from `card.int8`, on the CPU only).
+    int8_plan: Option<Arc<int8::Int8Plan>>,
 }
 
 impl YoloModel {
@@ -195,8 +202,10 @@ impl YoloModel {
                 metadata: imported.metadata,
                 architecture: imported.architecture,
                 source: source.display().to_string(),
+                int8: None,
             },
             device,
+            int8_plan: None,
         }
     }
 
@@ -205,8 +214,7 @@ impl YoloModel {
     pub fn quantized(&self) -> Self {
         Self {
             network: self.network.clone().map(&mut quantize::WeightQuantizer),
-            card: self.card.clone(),
-            device: self.device.clone(),
+            ..self.clone()
         }
     }
 
@@ -241,12 +249,89 @@ impl YoloModel {
         let network = YoloNetwork::new(&card.architecture, WeightSource::Zeros, &device.device)
             .try_load_file(path)
             .map_err(|e| error(format!("not a matching Burn record: {e}")))?;
-        Ok(Self {
+        let calibration = card.int8.clone();
+        let model = Self {
             network,
             card,
             device,
+            int8_plan: None,
         }
-        .dequantized())
+        .dequantized();
+        Ok(match calibration {
+            Some(calibration) => {
+                let model = model.with_int8(calibration);
+                if model.int8_plan.is_some() {
+                    tracing::info!("{}: INT8 convolutions on the CPU", path.display());
+                } else if model.device.fast_cpu_conv {
+                    tracing::warn!(
+                        "{}: the INT8 calibration does not match the network; running in f32",
+                        path.display()
+                    );
+                } else {
+                    tracing::info!(
+                        "{}: INT8 calibration ignored on this device: weights dequantised, f32",
+                        path.display()
+                    );
+                }
+                model
+            }
+            None => model,
+        })
+    }
+
+    /// The model with `calibration` in its card and, on the CPU's fast path, in force: the
+    /// convolutions it marks run in INT8.
+    pub fn with_int8(mut self, calibration: int8::Int8Calibration) -> Self {
+        self.int8_plan = if self.device.fast_cpu_conv {
+            int8::plan(&self.network, &calibration).map(Arc::new)
+        } else {
+            None
+        };
+        self.card.int8 = Some(calibration);
+        self
+    }
+
+    /// Runs the network in f32 on `image` and returns the range of every convolution's
+    /// input, in network order (see [`int8::Int8Calibration`]); the model must be on the CPU.
+    pub fn input_ranges(&self, image: &RgbImage) -> Vec<(f32, f32)> {
+        let ranges = int8::recording_ranges(|| self.forward_f32(image));
+        int8::convolutions(&self.network)
+            .iter()
+            .map(|c| ranges.get(&c.id).copied().unwrap_or((0.0, 0.0)))
+            .collect()
+    }
+
+    /// Runs the network in f32 on `image` and adds every convolution's input to its
+    /// histogram (`histograms` in network order).
+    pub fn add_to_histograms(&self, image: &RgbImage, histograms: &mut [int8::Histogram]) {
+        let convolutions = int8::convolutions(&self.network);
+        let by_id = convolutions
+            .iter()
+            .zip(histograms.iter_mut())
+            .map(|(c, h)| (c.id, std::mem::replace(h, int8::Histogram::new(0.0, 0.0))))
+            .collect();
+        let mut filled = int8::recording_histograms(by_id, || self.forward_f32(image));
+        for (c, h) in convolutions.iter().zip(histograms) {
+            *h = filled
+                .remove(&c.id)
+                .expect("every convolution's histogram comes back");
+        }
+    }
+
+    /// One f32 forward pass on the fast CPU path, for calibration.
+    fn forward_f32(&self, image: &RgbImage) {
+        let (input, _) = self.letterbox(&[image]);
+        int8::with_plan(None, || {
+            fast_cpu::with_fast_path(true, || self.network.forward(input.0))
+        });
+    }
+
+    /// Input channels per group of every convolution, in network order.
+    pub fn convolution_inputs(&self) -> Vec<usize> {
+        int8::convolutions(&self.network)
+            .iter()
+            .map(|c| c.input_channels)
+            .collect()
     }
 
     /// Writes the weights as a Burn record (`path`, burnpack) and the card beside it (`.json`).
@@ -346,6 +431,8 @@ impl YoloModel {
     }
 
     fn forward(&self, input: NetworkInput) -> Tensor<3> {
-        fast_cpu::with_fast_path(self.device.fast_cpu_conv, || self.network.forward(input.0))
+        int8::with_plan(self.int8_plan.clone(), || {
+            fast_cpu::with_fast_path(self.device.fast_cpu_conv, || self.network.forward(input.0))
+        })
     }
 }

@@ -131,6 +131,26 @@ pub fn open_source(path: &Path, fallback_fps: f64) -> Result<Box<dyn FrameSource
     Ok(Box::new(mp4_source::Mp4Source::open(path)?))
 }
 
+/// Calls `visit` with about `count` evenly spaced frames of the source at `path` and
+/// returns how many it saw.
+pub fn for_each_sampled_frame(
+    path: &Path,
+    count: usize,
+    mut visit: impl FnMut(&Frame),
+) -> Result<usize, VideoError> {
+    let mut source = open_source(path, DEFAULT_RAW_FPS)?;
+    let total = source.info().frame_count.unwrap_or(count as u64);
+    let stride = (total / count.max(1) as u64).max(1);
+    let mut seen = 0;
+    while let Some(frame) = source.next_frame()? {
+        if frame.index.is_multiple_of(stride) {
+            visit(&frame);
+            seen += 1;
+        }
+    }
+    Ok(seen)
+}
+
 /// The first frames of a source only (a preview, a benchmark's sample).
 pub struct FirstFrames {
     inner: Box<dyn FrameSource>,

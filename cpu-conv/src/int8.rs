@@ -1,0 +1,500 @@
+//! INT8 convolution: unsigned 8-bit activations (affine, one scale and zero point per
+//! tensor) times signed 8-bit weights (symmetric, one scale per output channel), accumulated
+//! exactly in i32, then dequantised, biased and activated in f32.
+//!
+//! Activations are laid out as *quads*: the input's channels in groups of four, each pixel's
+//! four values in one `u32` (`[channels / 4, height, width]` of `u32`, the last group padded
+//! with the zero point), which is what `vpdpbusd` multiplies. A 1x1 convolution multiplies
+//! that map directly; others build an im2col block of quads per tile (the f32 path's
+//! [`Window`], on `u32`), with the zero point where a tap falls outside the image. The zero
+//! point's contribution, `zero_point · Σ w`, is subtracted by starting each output row's
+//! accumulators at its negative.
+
+use rayon::prelude::*;
+
+use crate::activation::{Activation, apply_bias_activation};
+use crate::conv::{FeatureMap, SharedOut, output_size};
+use crate::im2col::Window;
+use crate::int8_kernels::{MR, Tile, kernel};
+
+/// Affine quantisation to u8: `real = scale * (q - zero_point)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuantParams {
+    pub scale: f32,
+    pub zero_point: u8,
+}
+
+impl QuantParams {
+    /// Parameters that cover `[min, max]`, widened to include 0 so that zero (the padding of
+    /// a convolution) is exact. A range without width gets scale 1.
+    pub fn covering(min: f32, max: f32) -> Self {
+        let (min, max) = (min.min(0.0), max.max(0.0));
+        let scale = if max > min && (max - min).is_finite() {
+            (max - min) / 255.0
+        } else {
+            1.0
+        };
+        Self {
+            scale,
+            zero_point: (-min / scale).round().clamp(0.0, 255.0) as u8,
+        }
+    }
+
+    /// `value` quantised: rounded to the nearest step (ties to even), clamped to `0..=255`.
+    #[inline(always)]
+    pub fn quantize(&self, value: f32) -> u8 {
+        let steps = (value * (1.0 / self.scale)).round_ties_even();
+        (steps + self.zero_point as f32).clamp(0.0, 255.0) as u8
+    }
+
+    /// The real value of `q`.
+    pub fn dequantize(&self, q: u8) -> f32 {
+        self.scale * (q as f32 - self.zero_point as f32)
+    }
+
+    /// Four copies of the zero point, as a quad.
+    fn zero_quad(&self) -> u32 {
+        u32::from_ne_bytes([self.zero_point; 4])
+    }
+}
+
+/// A quantised feature map of one image: `channels` channels of `height x width` as quads
+/// (see the module documentation), with the parameters they were quantised with.
+#[derive(Debug, Clone)]
+pub struct QuantizedMap {
+    pub quads: Vec<u32>,
+    pub channels: usize,
+    pub params: QuantParams,
+}
+
+impl QuantizedMap {
+    /// The channel concatenation of `parts` (each `[channels, plane]` f32) quantised with
+    /// `params`.
+    ///
+    /// # Panics
+    /// When a part's length is not its channels times `plane`.
+    pub fn quantize(parts: &[FeatureMap], plane: usize, params: QuantParams) -> Self {
+        let mut channels: Vec<&[f32]> = Vec::new();
+        for part in parts {
+            assert_eq!(part.data.len(), part.channels * plane, "input shape");
+            channels.extend((0..part.channels).map(|c| &part.data[c * plane..(c + 1) * plane]));
+        }
+        let groups = channels.len().div_ceil(4);
+        let mut quads = vec![0u32; groups * plane];
+        if plane > 0 {
+            quads
+                .par_chunks_exact_mut(plane)
+                .zip(channels.par_chunks(4))
+                .for_each(|(out, group)| quantize_group(group, params, out));
+        }
+        Self {
+            quads,
+            channels: channels.len(),
+            params,
+        }
+    }
+}
+
+/// Quads of up to four channels of `out.len()` values each (missing ones read as the zero
+/// point), with AVX-512 where the CPU has it.
+fn quantize_group(group: &[&[f32]], params: QuantParams, out: &mut [u32]) {
+    let lanes: [Option<&[f32]>; 4] = std::array::from_fn(|c| group.get(c).copied());
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F; every lane holds `out.len()` values.
+        unsafe { quantize_group_avx512(lanes, params, out) };
+        return;
+    }
+    for (i, quad) in out.iter_mut().enumerate() {
+        *quad = (0..4).fold(0, |q, c| {
+            let v = lanes[c].map_or(params.zero_point, |lane| params.quantize(lane[i]));
+            q | (v as u32) << (8 * c)
+        });
+    }
+}
+
+/// [`quantize_group`] 16 pixels at a time: the same arithmetic as [`QuantParams::quantize`]
+/// (multiply, round to nearest even, add the zero point, clamp), with the product clamped
+/// before the conversion to integers so that out-of-range values saturate alike.
+///
+/// # Safety
+/// The CPU has AVX-512F; every lane present holds `out.len()` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn quantize_group_avx512(lanes: [Option<&[f32]>; 4], params: QuantParams, out: &mut [u32]) {
+    use std::arch::x86_64::*;
+    let n = out.len();
+    let inverse = _mm512_set1_ps(1.0 / params.scale);
+    let zero_point = _mm512_set1_epi32(params.zero_point as i32);
+    let (low, high) = (_mm512_set1_ps(-512.0), _mm512_set1_ps(512.0));
+    let (min, max) = (_mm512_setzero_si512(), _mm512_set1_epi32(255));
+    for start in (0..n).step_by(16) {
+        let mask = ((1u32 << (n - start).min(16)) - 1) as __mmask16;
+        let mut quad = _mm512_setzero_si512();
+        for (c, lane) in lanes.iter().enumerate() {
+            let value = match lane {
+                Some(lane) => {
+                    // SAFETY: masked lanes are not read; the others lie inside `lane`.
+                    let x = unsafe { _mm512_maskz_loadu_ps(mask, lane.as_ptr().add(start)) };
+                    let steps = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(x, inverse), low), high);
+                    let q = _mm512_add_epi32(_mm512_cvtps_epi32(steps), zero_point);
+                    _mm512_min_epi32(_mm512_max_epi32(q, min), max)
+                }
+                None => zero_point,
+            };
+            quad = _mm512_or_si512(
+                quad,
+                _mm512_sllv_epi32(value, _mm512_set1_epi32(8 * c as i32)),
+            );
+        }
+        // SAFETY: as for the loads, inside `out`.
+        unsafe { _mm512_mask_storeu_epi32(out.as_mut_ptr().add(start).cast(), mask, quad) };
+    }
+}
+
+/// A convolution's weights quantised symmetric per output channel to `-127..=127`, in the
+/// micro-kernels' layout: quad `(group, ky, kx)` holds input channels `4 * group .. + 4`
+/// at tap `(ky, kx)`.
+#[derive(Debug, Clone)]
+pub struct QuantizedWeights {
+    data: Vec<u32>,
+    /// Per output channel (padded to a whole block): Σ of its quantised weights.
+    sums: Vec<i32>,
+    /// Per output channel (padded to a whole block): the weights' scale.
+    scales: Vec<f32>,
+    rows: usize,
+    channels: usize,
+    kernel: usize,
+}
+
+impl QuantizedWeights {
+    /// Quantises row-major `[rows, channels, kernel, kernel]` f32 weights.
+    ///
+    /// # Panics
+    /// When `values` does not hold that many weights.
+    pub fn new(values: &[f32], rows: usize, channels: usize, kernel: usize) -> Self {
+        let per_row = channels * kernel * kernel;
+        assert_eq!(values.len(), rows * per_row, "weight shape");
+        let (quantized, scales) = symmetric_per_row(values, rows, per_row);
+        Self::from_quantized(&quantized, &scales, channels, kernel)
+    }
+
+    /// Packs weights already quantised (`[rows, channels, kernel, kernel]` row-major, one
+    /// scale per row).
+    ///
+    /// # Panics
+    /// When the lengths do not match.
+    pub fn from_quantized(values: &[i8], scales: &[f32], channels: usize, kernel: usize) -> Self {
+        let rows = scales.len();
+        let taps = kernel * kernel;
+        assert_eq!(values.len(), rows * channels * taps, "weight shape");
+        let quads = channels.div_ceil(4) * taps;
+        let blocks = rows.div_ceil(MR);
+        let mut data = vec![0u32; blocks * quads * MR];
+        let mut sums = vec![0i32; blocks * MR];
+        for row in 0..rows {
+            for c in 0..channels {
+                for tap in 0..taps {
+                    let w = values[(row * channels + c) * taps + tap];
+                    let quad = (c / 4) * taps + tap;
+                    let slot = &mut data[((row / MR) * quads + quad) * MR + row % MR];
+                    let mut bytes = slot.to_ne_bytes();
+                    bytes[c % 4] = w as u8;
+                    *slot = u32::from_ne_bytes(bytes);
+                    sums[row] += w as i32;
+                }
+            }
+        }
+        let mut scales = scales.to_vec();
+        scales.resize(blocks * MR, 0.0);
+        Self {
+            data,
+            sums,
+            scales,
+            rows,
+            channels,
+            kernel,
+        }
+    }
+
+    /// Output channels.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The scale of each output channel's weights.
+    pub fn scales(&self) -> &[f32] {
+        &self.scales[..self.rows]
+    }
+
+    /// Depth in quads: input channel groups times kernel taps.
+    fn quads(&self) -> usize {
+        self.channels.div_ceil(4) * self.kernel * self.kernel
+    }
+}
+
+/// Row-major `[rows, per_row]` values quantised symmetric per row to `-127..=127`, with the
+/// rows' scales (a row of zeros gets scale 1).
+fn symmetric_per_row(values: &[f32], rows: usize, per_row: usize) -> (Vec<i8>, Vec<f32>) {
+    let mut scales = Vec::with_capacity(rows);
+    let mut quantized = Vec::with_capacity(values.len());
+    for row in values.chunks_exact(per_row.max(1)).take(rows) {
+        let largest = row.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let scale = if largest > 0.0 && largest.is_finite() {
+            largest / 127.0
+        } else {
+            1.0
+        };
+        scales.push(scale);
+        quantized.extend(
+            row.iter()
+                .map(|v| (v / scale).round_ties_even().clamp(-127.0, 127.0) as i8),
+        );
+    }
+    (quantized, scales)
+}
+
+/// An INT8 convolution with one group, no dilation, and its f32 bias and activation.
+#[derive(Debug, Clone, Copy)]
+pub struct Int8ConvParams<'a> {
+    pub weight: &'a QuantizedWeights,
+    /// `[c_out]`.
+    pub bias: &'a [f32],
+    pub stride: usize,
+    pub padding: usize,
+    pub activation: Activation,
+}
+
+/// Bytes of im2col block a tile may use (as [`crate::conv2d`]'s).
+const TILE_BLOCK_BYTES: usize = 512 * 1024;
+const MIN_TILE: usize = 32;
+const MAX_TILE: usize = 1024;
+
+/// Computes `activation(conv(input, weight) + bias)` for one image into `out`
+/// (`[c_out, out_h, out_w]` f32) from a quantised `height x width` input.
+///
+/// # Panics
+/// When the input's channels or length, the bias or `out` do not match the weights.
+pub fn conv2d_int8(
+    input: &QuantizedMap,
+    height: usize,
+    width: usize,
+    params: &Int8ConvParams,
+    out: &mut [f32],
+) {
+    let weight = params.weight;
+    let k = weight.kernel;
+    assert_eq!(input.channels, weight.channels, "input channels");
+    let groups = input.channels.div_ceil(4);
+    assert_eq!(input.quads.len(), groups * height * width, "input shape");
+    let (out_h, out_w) = output_size(height, width, k, params.stride, params.padding);
+    let positions = out_h * out_w;
+    assert_eq!(params.bias.len(), weight.rows, "bias shape");
+    assert_eq!(out.len(), weight.rows * positions, "output shape");
+    let zero_point = input.params.zero_point as i32;
+    let init: Vec<i32> = weight.sums.iter().map(|s| -zero_point * s).collect();
+    let scale: Vec<f32> = weight
+        .scales
+        .iter()
+        .map(|s| s * input.params.scale)
+        .collect();
+    let window = Window {
+        height,
+        width,
+        out_width: out_w,
+        kernel: k,
+        stride: params.stride,
+        padding: params.padding,
+    };
+    let pad = input.params.zero_quad();
+    let direct = k == 1 && params.stride == 1 && params.padding == 0;
+    let phased = window.phases(&input.quads, groups, pad);
+    let quads = weight.quads();
+    let kernel = kernel();
+    let tile = (TILE_BLOCK_BYTES / (4 * quads.max(1)))
+        .min(positions.div_ceil(4 * rayon::current_num_threads()))
+        .clamp(MIN_TILE, MAX_TILE)
+        .next_multiple_of(kernel.nr);
+    let out_ptr = SharedOut(out.as_mut_ptr());
+    (0..positions.div_ceil(tile))
+        .into_par_iter()
+        .for_each_init(Vec::new, |block, t| {
+            let start = t * tile;
+            let len = tile.min(positions - start);
+            let (x, x_stride) = if direct {
+                (input.quads[start..].as_ptr(), positions)
+            } else {
+                block.resize(quads * len, pad);
+                window.fill(&phased, groups, start, len, block, pad);
+                (block.as_ptr(), len)
+            };
+            // SAFETY: tile `t` writes columns `start..start + len` of each output row and no
+            // other tile touches them; `out` outlives the parallel loop.
+            let dst = unsafe { out_ptr.get().add(start) };
+            for first_col in (0..len).step_by(kernel.nr) {
+                for b in 0..weight.rows.div_ceil(MR) {
+                    let call = Tile {
+                        a: weight.data[b * quads * MR..].as_ptr(),
+                        quads,
+                        // SAFETY (both): `first_col < len`, inside the input rows and the
+                        // tile's output columns.
+                        x: unsafe { x.add(first_col) },
+                        x_stride,
+                        init: init[b * MR..].as_ptr(),
+                        scale: scale[b * MR..].as_ptr(),
+                        dst: unsafe { dst.add(b * MR * positions + first_col) },
+                        dst_stride: positions,
+                        rows: MR.min(weight.rows - b * MR),
+                        cols: kernel.nr.min(len - first_col),
+                    };
+                    // SAFETY: `x` has `quads` rows of at least `len` quads, the weights
+                    // `quads * MR` quads from block `b`, `init`/`scale` `MR` values each,
+                    // and the output rows `positions` values; the kernel runs on this CPU.
+                    unsafe { (kernel.run)(&call) };
+                }
+            }
+            for (co, &b) in params.bias.iter().enumerate() {
+                // SAFETY: as above; row `co` of this tile.
+                let row = unsafe { std::slice::from_raw_parts_mut(dst.add(co * positions), len) };
+                apply_bias_activation(row, b, params.activation);
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_values::values;
+    use proptest::prelude::*;
+
+    /// Plain integer convolution: `Σ (x - zero_point) · w` over the taps inside the image,
+    /// then the same float epilogue as the kernels (`acc * (x_scale * w_scale) + bias`,
+    /// then the activation).
+    fn reference(
+        x: &[u8],
+        [c_in, h, w]: [usize; 3],
+        x_params: QuantParams,
+        weight: &[i8],
+        w_scales: &[f32],
+        p: &Int8ConvParams,
+        k: usize,
+    ) -> Vec<f32> {
+        let (oh, ow) = output_size(h, w, k, p.stride, p.padding);
+        let c_out = w_scales.len();
+        let mut out = vec![0.0; c_out * oh * ow];
+        for co in 0..c_out {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = 0i32;
+                    for ci in 0..c_in {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * p.stride + ky) as isize - p.padding as isize;
+                                let ix = (ox * p.stride + kx) as isize - p.padding as isize;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                    continue;
+                                }
+                                let xv = x[(ci * h + iy as usize) * w + ix as usize] as i32
+                                    - x_params.zero_point as i32;
+                                acc += xv * weight[((co * c_in + ci) * k + ky) * k + kx] as i32;
+                            }
+                        }
+                    }
+                    out[(co * oh + oy) * ow + ox] = acc as f32 * (w_scales[co] * x_params.scale);
+                }
+            }
+            let row = &mut out[co * oh * ow..(co + 1) * oh * ow];
+            apply_bias_activation(row, p.bias[co], p.activation);
+        }
+        out
+    }
+
+    /// `conv2d_int8` against the reference, bit for bit, on a `[c_in, h, w]` input given as
+    /// two f32 channel blocks split at `split`.
+    fn check(shape: [usize; 5], window: [usize; 3], act: Activation) {
+        let [c_in, split, c_out, h, w] = shape;
+        let [k, s, pad] = window;
+        let x = values(c_in * h * w, 11);
+        let x_params = QuantParams::covering(-1.0, 1.0);
+        let float_weights = values(c_out * c_in * k * k, 12);
+        let weights = QuantizedWeights::new(&float_weights, c_out, c_in, k);
+        let bias = values(c_out, 13);
+        let params = Int8ConvParams {
+            weight: &weights,
+            bias: &bias,
+            stride: s,
+            padding: pad,
+            activation: act,
+        };
+        let cut = split.min(c_in);
+        let parts = [
+            FeatureMap {
+                data: &x[..cut * h * w],
+                channels: cut,
+            },
+            FeatureMap {
+                data: &x[cut * h * w..],
+                channels: c_in - cut,
+            },
+        ];
+        let quantized = QuantizedMap::quantize(&parts, h * w, x_params);
+        let (oh, ow) = output_size(h, w, k, s, pad);
+        let mut out = vec![f32::NAN; c_out * oh * ow];
+        conv2d_int8(&quantized, h, w, &params, &mut out);
+        let x_q: Vec<u8> = x.iter().map(|&v| x_params.quantize(v)).collect();
+        let (w_q, w_scales) = symmetric_per_row(&float_weights, c_out, c_in * k * k);
+        let want = reference(&x_q, [c_in, h, w], x_params, &w_q, &w_scales, &params, k);
+        for (i, (g, r)) in out.iter().zip(&want).enumerate() {
+            assert_eq!(g.to_bits(), r.to_bits(), "element {i}: {g} vs {r}");
+        }
+        // And close to the float convolution: within a few quantisation steps.
+        let packed = crate::PackedWeights::new(&float_weights, c_out, c_in * k * k);
+        let float_params = crate::ConvParams {
+            weight: &packed,
+            bias: &bias,
+            kernel: k,
+            stride: s,
+            padding: pad,
+            activation: act,
+        };
+        let float = crate::conv::tests::reference(&x, [c_in, h, w], &float_weights, &float_params);
+        let tolerance = 0.01 * (c_in * k * k) as f32;
+        for (g, f) in out.iter().zip(&float) {
+            assert!((g - f).abs() <= tolerance, "{g} vs float {f}");
+        }
+    }
+
+    #[test]
+    fn yolo_shapes_match_the_integer_reference() {
+        check([3, 3, 16, 33, 47], [3, 2, 1], Activation::Silu);
+        check([16, 16, 16, 20, 24], [3, 1, 1], Activation::Silu);
+        check([24, 8, 32, 17, 13], [1, 1, 0], Activation::Silu);
+        check([64, 30, 40, 5, 7], [1, 1, 0], Activation::Identity);
+    }
+
+    #[test]
+    fn quantisation_rounds_clamps_and_keeps_zero_exact() {
+        let p = QuantParams::covering(-0.278, 6.0);
+        assert_eq!(p.dequantize(p.quantize(0.0)), 0.0);
+        assert_eq!(p.quantize(-10.0), 0);
+        assert_eq!(p.quantize(10.0), 255);
+        assert!((p.dequantize(p.quantize(1.234)) - 1.234).abs() <= p.scale / 2.0);
+        let image = QuantParams::covering(0.0, 1.0);
+        assert_eq!((image.zero_point, image.quantize(128.0 / 255.0)), (0, 128));
+        assert_eq!(QuantParams::covering(0.0, 0.0).scale, 1.0);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        #[test]
+        fn random_shapes_match_the_integer_reference(
+            c_in in 1usize..11, split in 0usize..11, c_out in 1usize..20,
+            h in 1usize..15, w in 1usize..15, k in prop::sample::select(vec![1usize, 3]),
+            s in 1usize..3, pad in 0usize..2, silu in any::<bool>(),
+        ) {
+            prop_assume!(h + 2 * pad >= k && w + 2 * pad >= k);
+            let act = if silu { Activation::Silu } else { Activation::Identity };
+            check([c_in, split, c_out, h, w], [k, s, pad], act);
+        }
+    }
+}
