@@ -131,7 +131,7 @@ pub struct LayerSensitivity {
     pub input_channels: usize,
     /// Mean absolute change of the box coordinates (pixels) of confident anchors.
     pub box_error: f64,
-    /// Mean absolute change of the confident anchors' best class score.
+    /// Mean over the confident anchors of the largest change of any class score.
     pub score_error: f64,
 }
 
@@ -240,28 +240,26 @@ pub fn calibrate(model: YoloModel, settings: &CalibrationSettings) -> anyhow::Re
     })
 }
 
-/// Mean absolute change of the box coordinates and of the best class score, over the
-/// anchors whose best score in `reference` reaches [`CONFIDENT_SCORE`] (zero when none do).
+/// Mean absolute change of the box coordinates, and mean largest change of any class score,
+/// over the anchors whose best score in `reference` reaches [`CONFIDENT_SCORE`] (zero when
+/// none do). The largest change over classes sees a car turning into a truck, which the
+/// change of the best score alone would not.
 fn output_error(reference: &[RawOutput], candidate: &[RawOutput]) -> (f64, f64) {
     let (mut boxes, mut scores, mut anchors) = (0.0f64, 0.0f64, 0usize);
     for (r, c) in reference.iter().zip(candidate) {
         let (r, c, n) = (r.image(0), c.image(0), r.anchors);
-        let best = |data: &[f32], a: usize| {
-            (4..data.len() / n)
-                .map(|row| data[row * n + a])
-                .fold(0.0f32, f32::max)
-        };
+        let rows = r.len() / n;
         for a in 0..n {
-            let score = best(r, a);
-            if score < CONFIDENT_SCORE {
+            let best = (4..rows).map(|row| r[row * n + a]).fold(0.0f32, f32::max);
+            if best < CONFIDENT_SCORE {
                 continue;
             }
             anchors += 1;
-            scores += (score - best(c, a)).abs() as f64;
-            boxes += (0..4)
-                .map(|row| (r[row * n + a] - c[row * n + a]).abs() as f64)
-                .sum::<f64>()
-                / 4.0;
+            let change = |rows: std::ops::Range<usize>| {
+                rows.map(|row| (r[row * n + a] - c[row * n + a]).abs() as f64)
+            };
+            scores += change(4..rows).fold(0.0, f64::max);
+            boxes += change(0..4).sum::<f64>() / 4.0;
         }
     }
     let mean = |sum: f64| {

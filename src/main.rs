@@ -399,6 +399,7 @@ struct ImportArgs {
 }
 
 fn main() -> ExitCode {
+    cli::allocator::keep_freed_blocks();
     cli::runtime_dir::ensure();
     let cli = Cli::parse();
     let level = if cli.quiet {

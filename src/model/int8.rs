@@ -266,3 +266,41 @@ pub(crate) fn plan(network: &YoloNetwork, calibration: &Int8Calibration) -> Opti
             .collect()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 100,000 values spread over [0, 1) and one outlier at 100, as a SiLU output with a
+    /// rare large activation looks.
+    fn with_outlier() -> Histogram {
+        let mut histogram = Histogram::new(0.0, 100.0);
+        (0..100_000).for_each(|i| histogram.add(i as f32 / 100_000.0));
+        histogram.add(100.0);
+        histogram
+    }
+
+    #[test]
+    fn estimators_clip_a_rare_outlier_and_min_max_keeps_it() {
+        let histogram = with_outlier();
+        let bin = 100.0 / HISTOGRAM_BINS as f32;
+        assert_eq!(histogram.range(RangeEstimator::MinMax), (0.0, 100.0));
+        let (low, high) = histogram.range(RangeEstimator::Percentile);
+        assert_eq!(low, 0.0);
+        assert!((1.0..=1.0 + bin).contains(&high), "{high}");
+        // Squared error: the bulk's rounding error outweighs clipping the single outlier,
+        // so the bound lands near the bulk (the search starts at an eighth of the range).
+        let (low, high) = histogram.range(RangeEstimator::Mse);
+        assert_eq!(low, 0.0);
+        assert!(high <= 100.0 / 8.0 + bin, "{high}");
+    }
+
+    #[test]
+    fn an_empty_or_flat_histogram_keeps_its_range() {
+        let empty = Histogram::new(-1.0, 2.0);
+        assert_eq!(empty.range(RangeEstimator::Mse), (-1.0, 2.0));
+        let mut flat = Histogram::new(3.0, 3.0);
+        flat.add(3.0);
+        assert_eq!(flat.range(RangeEstimator::Percentile), (3.0, 3.0));
+    }
+}
