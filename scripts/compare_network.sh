@@ -5,6 +5,9 @@
 # medians and our time as a ratio of each peer's.
 # Needs a virtualenv with `pip install onnxruntime numpy` (and `openvino`): PYTHON=venv/bin/python3;
 # a built streamtrack: STREAMTRACK=path/to/binary.
+# With INT8_SUFFIX set (e.g. INT8_SUFFIX=-int8.bpk), a model `dir/name.onnx` whose
+# `INT8_DIR/name$INT8_SUFFIX` exists (a `quantize --calibrate` record; INT8_DIR defaults to
+# the model's folder) is timed too, with its ratio to our f32 time and to each peer's.
 # Usage: scripts/compare_network.sh [MODEL...]   (ROUNDS=3 FRAMES=30 by default)
 set -euo pipefail
 here=$(dirname "$0")
@@ -17,18 +20,33 @@ models=("$@")
 if [ ${#models[@]} -eq 0 ]; then
   models=(../shared/data/models/yolov8n-coco-640.onnx ../shared/data/models/yolo11n-coco-320.onnx)
 fi
+# Our median network time (ms) for one model.
+network_ms() {
+  "$STREAMTRACK" --log-level warn bench "$VIDEO" -m "$1" --device cpu \
+    --frames "$FRAMES" --warmup 3 --json |
+    "$PYTHON" -c 'import json,sys; r=json.load(sys.stdin)[0]; print(next(s["median_ms"] for s in r["stages"] if s["stage"]=="network"))'
+}
 for model in "${models[@]}"; do
+  int8=""
+  if [ -n "${INT8_SUFFIX:-}" ]; then
+    candidate="${INT8_DIR:-$(dirname "$model")}/$(basename "$model" .onnx)$INT8_SUFFIX"
+    [ -e "$candidate" ] && int8=$candidate
+  fi
   for round in $(seq "$ROUNDS"); do
-    ours=$("$STREAMTRACK" --log-level warn bench "$VIDEO" -m "$model" --device cpu \
-      --frames "$FRAMES" --warmup 3 --json |
-      "$PYTHON" -c 'import json,sys; r=json.load(sys.stdin)[0]; print(next(s["median_ms"] for s in r["stages"] if s["stage"]=="network"))')
+    ours=$(network_ms "$model")
+    ours_int8=$([ -n "$int8" ] && network_ms "$int8" || echo 0)
     peers=$("$PYTHON" "$here/peer_network.py" "$model" --frames "$FRAMES" --threads 2)
-    "$PYTHON" - "$model" "$round" "$ours" "$peers" <<'PY'
+    "$PYTHON" - "$model" "$round" "$ours" "$ours_int8" "$peers" <<'PY'
 import json, sys
-model, round_, ours, peers = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+model, round_, ours, int8, peers = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
 line = [f"{model.split('/')[-1]} round {round_}: streamtrack {ours:.1f} ms"]
+if int8:
+    line.append(f"streamtrack INT8 {int8:.1f} ms ({int8 / ours:.2f}x our f32)")
 for peer in map(json.loads, peers.splitlines()):
-    line.append(f"{peer['runtime']} {peer['median_ms']:.1f} ms (ours {ours / peer['median_ms']:.2f}x)")
+    ratios = f"ours {ours / peer['median_ms']:.2f}x"
+    if int8:
+        ratios += f", INT8 {int8 / peer['median_ms']:.2f}x"
+    line.append(f"{peer['runtime']} {peer['median_ms']:.1f} ms ({ratios})")
 print("; ".join(line))
 PY
   done

@@ -105,6 +105,11 @@ fn quantize_group(group: &[&[f32]], params: QuantParams, out: &mut [u32]) {
         unsafe { quantize_group_avx512(lanes, params, out) };
         return;
     }
+    quantize_group_portable(lanes, params, out);
+}
+
+/// [`quantize_group`] one pixel at a time.
+fn quantize_group_portable(lanes: [Option<&[f32]>; 4], params: QuantParams, out: &mut [u32]) {
     for (i, quad) in out.iter_mut().enumerate() {
         *quad = (0..4).fold(0, |q, c| {
             let v = lanes[c].map_or(params.zero_point, |lane| params.quantize(lane[i]));
@@ -482,6 +487,28 @@ mod tests {
         let image = QuantParams::covering(0.0, 1.0);
         assert_eq!((image.zero_point, image.quantize(128.0 / 255.0)), (0, 128));
         assert_eq!(QuantParams::covering(0.0, 0.0).scale, 1.0);
+    }
+
+    /// The vectorised quantisation gives the portable one's quads, out-of-range values, a
+    /// missing channel and a tail shorter than a vector included.
+    #[test]
+    fn quantisation_paths_agree() {
+        let params = QuantParams::covering(-0.5, 3.0);
+        let channels: Vec<Vec<f32>> = (0..3)
+            .map(|c| values(37, 20 + c).iter().map(|v| v * 5.0).collect())
+            .collect();
+        let lanes: [Option<&[f32]>; 4] = std::array::from_fn(|c| channels.get(c).map(|v| &v[..]));
+        let mut portable = vec![0u32; 37];
+        quantize_group_portable(lanes, params, &mut portable);
+        let mut dispatched = vec![0u32; 37];
+        quantize_group(
+            &channels.iter().map(|c| &c[..]).collect::<Vec<_>>(),
+            params,
+            &mut dispatched,
+        );
+        assert_eq!(portable, dispatched);
+        assert!(portable.iter().any(|q| q & 0xff == 255) && portable.iter().any(|q| q & 0xff == 0));
+        assert!(portable.iter().all(|q| q >> 24 == params.zero_point as u32));
     }
 
     proptest! {
