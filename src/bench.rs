@@ -5,6 +5,7 @@
 //! host, so GPU work is finished before its timer stops. The same frames are then run
 //! through the real three-thread pipeline for the end-to-end rate.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -357,10 +358,11 @@ fn peak_memory_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// Prints the reports as tables: one row per stage and one column per model and device.
-pub fn print_tables(reports: &[BenchReport]) {
+/// Writes the reports as tables: one row per stage and one column per model and device.
+pub fn write_tables(out: &mut impl Write, reports: &[BenchReport]) -> std::io::Result<()> {
     for (i, r) in reports.iter().enumerate() {
-        println!(
+        writeln!(
+            out,
             "[{}] {} on {} (input {}x{}, {} frames of {})",
             i + 1,
             r.model,
@@ -369,12 +371,12 @@ pub fn print_tables(reports: &[BenchReport]) {
             r.input[1],
             r.frames,
             r.video
-        );
+        )?;
     }
     let header: String = (1..=reports.len())
         .map(|i| format!("{:>18}", format!("[{i}] median/p99")))
         .collect();
-    println!("\n{:<14}{header}", "stage (ms)");
+    writeln!(out, "\n{:<14}{header}", "stage (ms)")?;
     for stage in STAGES {
         let cells: String = reports
             .iter()
@@ -383,42 +385,48 @@ pub fn print_tables(reports: &[BenchReport]) {
                 format!("{:>18}", format!("{:.2} / {:.2}", s.median_ms, s.p99_ms))
             })
             .collect();
-        println!("{stage:<14}{cells}");
+        writeln!(out, "{stage:<14}{cells}")?;
     }
-    let row = |label: &str, value: &dyn Fn(&BenchReport) -> String| {
+    let mut row = |label: &str, value: &dyn Fn(&BenchReport) -> String| {
         let cells: String = reports
             .iter()
             .map(|r| format!("{:>18}", value(r)))
             .collect();
-        println!("{label:<14}{cells}");
+        writeln!(out, "{label:<14}{cells}")
     };
-    row("sequential FPS", &|r| format!("{:.1}", r.sequential_fps));
-    row("pipeline FPS", &|r| format!("{:.1}", r.pipeline_fps));
-    row("real-time", &|r| format!("{:.2}x", r.realtime_factor));
+    row("sequential FPS", &|r| format!("{:.1}", r.sequential_fps))?;
+    row("pipeline FPS", &|r| format!("{:.1}", r.pipeline_fps))?;
+    row("real-time", &|r| format!("{:.2}x", r.realtime_factor))?;
     row("peak MiB", &|r| {
         r.peak_memory_mib.map_or("-".into(), |m| format!("{m:.0}"))
-    });
+    })?;
     if let Some(base) = reports.first() {
         let network = |r: &BenchReport| r.stage("network").map_or(f64::NAN, |s| s.median_ms);
         row("network vs [1]", &|r| {
             format!("{:.2}x faster", network(base) / network(r))
-        });
+        })?;
     }
     for (i, r) in reports
         .iter()
         .enumerate()
         .filter(|(_, r)| !r.ops.is_empty())
     {
-        println!("\n[{}] network per operation (ms per forward pass):", i + 1);
+        writeln!(
+            out,
+            "\n[{}] network per operation (ms per forward pass):",
+            i + 1
+        )?;
         let total: f64 = r.ops.iter().map(|o| o.ms).sum();
         for op in &r.ops {
-            println!(
+            writeln!(
+                out,
                 "  {:<28}{:>5} calls {:>9.2} ms {:>5.1}%",
                 op.op,
                 op.calls,
                 op.ms,
                 100.0 * op.ms / total
-            );
+            )?;
         }
     }
+    Ok(())
 }

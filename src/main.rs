@@ -25,6 +25,15 @@ use streamtrack::video::live::{LiveSourceOptions, LiveSpec, open_live_source};
 use streamtrack::video::rtsp::RtspOptions;
 use streamtrack::video::{self, images};
 
+/// `println!` for reports on stdout, where a closed stdout (`streamtrack … | head`) is not an
+/// error: the rest of the report is dropped while the work and its files complete.
+macro_rules! report {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
 #[command(
     name = "streamtrack",
@@ -564,7 +573,8 @@ fn print_report(report: &job::StreamReport, outputs: &OutputArgs) {
         for (class, count) in classes {
             eprintln!(
                 "line {line}: {class} in {} out {}",
-                count.inbound, count.outbound
+                count.inbound,
+                count.outbound
             );
         }
     }
@@ -619,9 +629,9 @@ fn bench(args: BenchArgs, config: Config) -> anyhow::Result<()> {
         }
     }
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
+        report!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
-        streamtrack::bench::print_tables(&reports);
+        let _ = streamtrack::bench::write_tables(&mut std::io::stdout().lock(), &reports);
     }
     Ok(())
 }
@@ -648,7 +658,7 @@ fn agree(args: AgreeArgs, config: Config) -> anyhow::Result<()> {
         args.frames,
     )?;
     let m = agreement.metrics;
-    println!(
+    report!(
         "{} vs {}: {} frames, {} reference objects: precision {:.3}, recall {:.3}, mAP50 {:.3}, mAP50-95 {:.3}",
         args.model.display(),
         args.reference.display(),
@@ -698,13 +708,13 @@ fn quantize(args: QuantizeArgs, config: Config) -> anyhow::Result<()> {
 
 /// The per-convolution sensitivity table of an INT8 calibration.
 fn print_sensitivity(calibrated: &streamtrack::compress::Calibrated, keep_float: usize) {
-    println!(
+    report!(
         "calibrated on {} frames; INT8 alone in each convolution, most sensitive first:",
         calibrated.frames
     );
-    println!("conv  in-ch  box error px  score error  runs in");
+    report!("conv  in-ch  box error px  score error  runs in");
     for (rank, layer) in calibrated.sensitivity.iter().enumerate() {
-        println!(
+        report!(
             "{:>4}  {:>5}  {:>12.3}  {:>11.4}  {}",
             layer.index,
             layer.input_channels,
@@ -719,7 +729,7 @@ fn prune(args: PruneArgs, config: Config) -> anyhow::Result<()> {
     let (original, pruned, summary) =
         streamtrack::compress::pruned(&args.model, args.ratio, ComputeDevice::cpu())?;
     let removed = summary.channels_before - summary.channels_after;
-    println!(
+    report!(
         "pruned {removed} of {} channels in {} blocks ({:.1}%)",
         summary.channels_before,
         summary.spaces,
@@ -759,7 +769,7 @@ fn report_written(source: &Path, output: &Path, written: &streamtrack::compress:
             a.metrics.map50, a.metrics.map50_95, a.frames, a.reference_objects
         )
     });
-    println!(
+    report!(
         "{} -> {} ({:.2} MB, source {:.2} MB): {agreement}",
         source.display(),
         output.display(),
@@ -828,7 +838,7 @@ fn detect(args: DetectArgs, config: Config) -> anyhow::Result<()> {
                 } else {
                     file.display().to_string()
                 };
-                println!("{label}: {}", summary_line(&detections, &names));
+                report!("{label}: {}", summary_line(&detections, &names));
                 let stem = file
                     .file_stem()
                     .map(|s| s.to_string_lossy().to_string())
@@ -931,7 +941,7 @@ fn import(args: ImportArgs) -> anyhow::Result<()> {
     let model = YoloModel::load(&args.model, ComputeDevice::cpu())?;
     model.save(&args.output)?;
     let card = &model.card;
-    println!(
+    report!(
         "{} {}{}: {} classes, input {}x{} -> {} (+ {})",
         args.model.display(),
         card.architecture.family,
@@ -954,7 +964,7 @@ fn track(args: TrackArgs, config: Config) -> anyhow::Result<()> {
     let results = streamtrack::track::track_mot_rows(&detections, &info, &config.tracker);
     motfile::write_results(&args.output, &results)?;
     let ids: std::collections::HashSet<i64> = results.iter().map(|r| r.id).collect();
-    println!(
+    report!(
         "{} frames, {} tracks, {} boxes -> {}",
         info.length,
         ids.len(),
@@ -971,9 +981,15 @@ fn eval_mot(args: EvalMotArgs, config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("{}: cannot create the folder", args.res.display()))?;
     }
     let mut combined: Option<MotCounts> = None;
-    println!(
+    report!(
         "{:<16} {:>7} {:>7} {:>7} {:>6} {:>7} {:>7}",
-        "sequence", "HOTA", "MOTA", "IDF1", "IDSW", "FP", "FN"
+        "sequence",
+        "HOTA",
+        "MOTA",
+        "IDF1",
+        "IDSW",
+        "FP",
+        "FN"
     );
     for seq in &args.sequences {
         let dir = args.gt_root.join(seq);
@@ -1005,9 +1021,15 @@ fn eval_mot(args: EvalMotArgs, config: Config) -> anyhow::Result<()> {
 
 fn print_mot_row(name: &str, counts: &streamtrack::eval::mot::MotCounts) {
     let s = counts.summary();
-    println!(
+    report!(
         "{:<16} {:>7.3} {:>7.3} {:>7.3} {:>6} {:>7} {:>7}",
-        name, s.hota, s.mota, s.idf1, s.id_switches, s.false_positives, s.false_negatives
+        name,
+        s.hota,
+        s.mota,
+        s.idf1,
+        s.id_switches,
+        s.false_positives,
+        s.false_negatives
     );
 }
 
@@ -1022,9 +1044,9 @@ fn eval_speed(args: EvalSpeedArgs, config: Config) -> anyhow::Result<()> {
         args.frame_step,
     )?;
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        report!("{}", serde_json::to_string(&report)?);
     } else {
-        println!(
+        report!(
             "{}: MAE {:.3} km/h, median {:.3}, p95 {:.3}, coverage {:.1}% ({} tracks, {} samples)",
             args.sequence.display(),
             report.mae_kmh,
@@ -1089,7 +1111,7 @@ fn val(mut args: ValArgs, config: Config) -> anyhow::Result<()> {
         eval.add_image(&detector.detect(&image), &labels);
     }
     let m = eval.metrics();
-    println!(
+    report!(
         "{} images: precision {:.3}, recall {:.3}, mAP50 {:.3}, mAP50-95 {:.3}",
         files.len(),
         m.precision,

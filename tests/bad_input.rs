@@ -330,3 +330,25 @@ fn unknown_class_name() {
         &["no class named 'unicorn'"],
     );
 }
+
+/// A reader that stops early (`streamtrack detect … | head -1`) costs the rest of the report,
+/// not a panic: the command completes and its JSON file is whole.
+#[test]
+fn closed_stdout_drops_the_report_not_the_work() {
+    let json = scratch("closed-stdout.jsonl");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_streamtrack"))
+        .args(["--quiet", "detect", "--device", "cpu", "--json"])
+        .arg(&json)
+        .arg(data("images"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("binary runs");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("binary exits");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let written = std::fs::read_to_string(&json).unwrap();
+    assert_eq!(written.lines().count(), 5, "{written}");
+}
