@@ -573,8 +573,7 @@ fn print_report(report: &job::StreamReport, outputs: &OutputArgs) {
         for (class, count) in classes {
             eprintln!(
                 "line {line}: {class} in {} out {}",
-                count.inbound,
-                count.outbound
+                count.inbound, count.outbound
             );
         }
     }
