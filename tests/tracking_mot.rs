@@ -46,11 +46,27 @@ fn assert_beats_reference(s: &streamtrack::eval::mot::MotSummary) {
     assert!(s.id_switches <= 175, "IDSW {}", s.id_switches);
 }
 
-/// The reference keeps lost tracks 30 frames whatever the frame rate (2.1 s on the 14 fps
-/// MOT17-05); our default keeps them 2 s and beats it on all four figures.
+/// The default is the reference's settings, its 30-frame buffer as one second: the same
+/// figures within a tenth of a point (the reference keeps 30 frames on the 14 fps MOT17-05,
+/// we keep 14 there).
 #[test]
-fn default_tracker_beats_the_reference_on_mot17() {
-    assert_beats_reference(&combined(&TrackerConfig::default()));
+fn default_tracker_reproduces_the_reference_on_mot17() {
+    let s = combined(&TrackerConfig::default());
+    assert!((s.hota - 47.87).abs() <= 0.1, "HOTA {}", s.hota);
+    assert!((s.mota - 48.60).abs() <= 0.1, "MOTA {}", s.mota);
+    assert!((s.idf1 - 56.44).abs() <= 0.15, "IDF1 {}", s.idf1);
+    assert!(s.id_switches.abs_diff(175) <= 3, "IDSW {}", s.id_switches);
+}
+
+/// A 2 s buffer beats the reference on all four figures on these sequences, which it was
+/// chosen on; held out it does not (`scripts/tracker_loso.py`), so it is not the default.
+#[test]
+fn two_second_buffer_beats_the_reference_in_sample() {
+    let two_seconds = TrackerConfig {
+        track_buffer: 2.0,
+        ..TrackerConfig::default()
+    };
+    assert_beats_reference(&combined(&two_seconds));
 }
 
 #[test]
