@@ -280,9 +280,11 @@ struct EvalMotArgs {
 
 #[derive(Args)]
 struct EvalSpeedArgs {
-    /// Sequence folder.
-    sequence: PathBuf,
-    /// Print one JSON object instead of a table.
+    /// Sequence folders; with several, the mean over them and the pooled figures follow.
+    #[arg(required = true)]
+    sequences: Vec<PathBuf>,
+    /// Print JSON instead of a table: one object per sequence, and with several a last
+    /// object holding the `mean` and `pooled` figures.
     #[arg(long)]
     json: bool,
     /// Process only every N-th frame (simulates frame skipping).
@@ -980,6 +982,7 @@ fn eval_mot(args: EvalMotArgs, config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("{}: cannot create the folder", args.res.display()))?;
     }
     let mut combined: Option<MotCounts> = None;
+    let mut summaries = Vec::new();
     report!(
         "{:<16} {:>7} {:>7} {:>7} {:>6} {:>7} {:>7}",
         "sequence",
@@ -1006,20 +1009,26 @@ fn eval_mot(args: EvalMotArgs, config: Config) -> anyhow::Result<()> {
             &motfile::read_rows(&res_path)?,
             info.length,
         );
-        print_mot_row(seq, &counts);
+        print_mot_row(seq, &counts.summary());
+        summaries.push(counts.summary());
         match combined.as_mut() {
             Some(c) => c.add(&counts),
             None => combined = Some(counts),
         }
     }
+    if summaries.len() > 1 {
+        print_mot_row(
+            "MEAN",
+            &streamtrack::eval::mot::MotSummary::mean(&summaries),
+        );
+    }
     if let Some(c) = combined {
-        print_mot_row("COMBINED", &c);
+        print_mot_row("COMBINED", &c.summary());
     }
     Ok(())
 }
 
-fn print_mot_row(name: &str, counts: &streamtrack::eval::mot::MotCounts) {
-    let s = counts.summary();
+fn print_mot_row(name: &str, s: &streamtrack::eval::mot::MotSummary) {
     report!(
         "{:<16} {:>7.3} {:>7.3} {:>7.3} {:>6} {:>7} {:>7}",
         name,
@@ -1033,30 +1042,48 @@ fn print_mot_row(name: &str, counts: &streamtrack::eval::mot::MotCounts) {
 }
 
 fn eval_speed(args: EvalSpeedArgs, config: Config) -> anyhow::Result<()> {
+    use streamtrack::eval::speed::{SpeedErrors, SpeedReport, compare_sequence};
     if args.frame_step == 0 {
         bail!("--frame-step must be at least 1");
     }
-    let report = streamtrack::eval::speed::evaluate_sequence(
-        &args.sequence,
-        &config.tracker,
-        &config.speed,
-        args.frame_step,
-    )?;
-    if args.json {
-        report!("{}", serde_json::to_string(&report)?);
-    } else {
-        report!(
-            "{}: MAE {:.3} km/h, median {:.3}, p95 {:.3}, coverage {:.1}% ({} tracks, {} samples)",
-            args.sequence.display(),
-            report.mae_kmh,
-            report.median_kmh,
-            report.p95_kmh,
-            100.0 * report.coverage,
-            report.tracks,
-            report.samples
+    let mut compared = Vec::new();
+    for sequence in &args.sequences {
+        let errors = compare_sequence(sequence, &config.tracker, &config.speed, args.frame_step)?;
+        let report = errors.report();
+        if args.json {
+            report!("{}", serde_json::to_string(&report)?);
+        } else {
+            print_speed_row(&sequence.display().to_string(), &report);
+        }
+        compared.push(errors);
+    }
+    if compared.len() > 1 {
+        let reports: Vec<SpeedReport> = compared.iter().map(SpeedErrors::report).collect();
+        let (mean, pooled) = (
+            SpeedReport::mean(&reports),
+            SpeedErrors::pool(&compared).report(),
         );
+        if args.json {
+            let summary = serde_json::json!({ "mean": mean, "pooled": pooled });
+            report!("{summary}");
+        } else {
+            print_speed_row(&format!("mean of {}", reports.len()), &mean);
+            print_speed_row("pooled", &pooled);
+        }
     }
     Ok(())
+}
+
+fn print_speed_row(name: &str, report: &streamtrack::eval::speed::SpeedReport) {
+    report!(
+        "{name}: MAE {:.3} km/h, median {:.3}, p95 {:.3}, coverage {:.1}% ({} tracks, {} samples)",
+        report.mae_kmh,
+        report.median_kmh,
+        report.p95_kmh,
+        100.0 * report.coverage,
+        report.tracks,
+        report.samples
+    );
 }
 
 fn val(mut args: ValArgs, config: Config) -> anyhow::Result<()> {

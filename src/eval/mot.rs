@@ -164,6 +164,35 @@ pub struct MotSummary {
     pub mostly_lost: u64,
 }
 
+impl MotSummary {
+    /// The mean of each figure over `summaries` (sequences weigh alike, unlike pooled
+    /// counts, where long and crowded sequences dominate); counts are rounded means.
+    pub fn mean(summaries: &[MotSummary]) -> MotSummary {
+        let n = summaries.len().max(1) as f64;
+        let mean = |f: fn(&MotSummary) -> f64| summaries.iter().map(f).sum::<f64>() / n;
+        let count = |f: fn(&MotSummary) -> u64| {
+            (summaries.iter().map(f).sum::<u64>() as f64 / n).round() as u64
+        };
+        MotSummary {
+            hota: mean(|s| s.hota),
+            deta: mean(|s| s.deta),
+            assa: mean(|s| s.assa),
+            loca: mean(|s| s.loca),
+            mota: mean(|s| s.mota),
+            motp: mean(|s| s.motp),
+            idf1: mean(|s| s.idf1),
+            idp: mean(|s| s.idp),
+            idr: mean(|s| s.idr),
+            id_switches: count(|s| s.id_switches),
+            fragments: count(|s| s.fragments),
+            false_positives: count(|s| s.false_positives),
+            false_negatives: count(|s| s.false_negatives),
+            mostly_tracked: count(|s| s.mostly_tracked),
+            mostly_lost: count(|s| s.mostly_lost),
+        }
+    }
+}
+
 impl MotCounts {
     /// Computes all counts of one preprocessed sequence.
     pub fn compute(data: &SequenceData) -> Self {

@@ -30,6 +30,70 @@ pub struct SpeedReport {
     pub samples: usize,
 }
 
+/// One sequence compared with its ground truth: every absolute error, and the counts behind
+/// the coverage. Sequences pool by concatenating them ([`SpeedErrors::pool`]).
+#[derive(Debug, Clone, Default)]
+pub struct SpeedErrors {
+    /// Absolute errors in km/h, sorted.
+    errors: Vec<f64>,
+    /// True vehicle-frames that are scored.
+    eligible: usize,
+    /// Those a speed was reported for.
+    covered: usize,
+    tracks: usize,
+}
+
+impl SpeedErrors {
+    /// The figures of these errors.
+    pub fn report(&self) -> SpeedReport {
+        let quantile = |q: f64| {
+            self.errors
+                .get(((self.errors.len().max(1) - 1) as f64 * q).round() as usize)
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        SpeedReport {
+            mae_kmh: self.errors.iter().sum::<f64>() / self.errors.len().max(1) as f64,
+            median_kmh: quantile(0.5),
+            p95_kmh: quantile(0.95),
+            coverage: self.covered as f64 / self.eligible.max(1) as f64,
+            tracks: self.tracks,
+            samples: self.errors.len(),
+        }
+    }
+
+    /// Several sequences as one: every error and every scored vehicle-frame together.
+    pub fn pool(parts: &[SpeedErrors]) -> SpeedErrors {
+        let mut errors: Vec<f64> = parts
+            .iter()
+            .flat_map(|p| p.errors.iter().copied())
+            .collect();
+        errors.sort_by(f64::total_cmp);
+        SpeedErrors {
+            errors,
+            eligible: parts.iter().map(|p| p.eligible).sum(),
+            covered: parts.iter().map(|p| p.covered).sum(),
+            tracks: parts.iter().map(|p| p.tracks).sum(),
+        }
+    }
+}
+
+impl SpeedReport {
+    /// The mean of each figure over `reports` (sequences weigh alike); counts are summed.
+    pub fn mean(reports: &[SpeedReport]) -> SpeedReport {
+        let n = reports.len().max(1) as f64;
+        let mean = |f: fn(&SpeedReport) -> f64| reports.iter().map(f).sum::<f64>() / n;
+        SpeedReport {
+            mae_kmh: mean(|r| r.mae_kmh),
+            median_kmh: mean(|r| r.median_kmh),
+            p95_kmh: mean(|r| r.p95_kmh),
+            coverage: mean(|r| r.coverage),
+            tracks: reports.iter().map(|r| r.tracks).sum(),
+            samples: reports.iter().map(|r| r.samples).sum(),
+        }
+    }
+}
+
 /// Evaluates the sequence in `dir` (`det.txt`, `gt.txt`, `gt_speed.csv`, `seqinfo.ini`,
 /// `calibration.toml`), processing every `frame_step`-th frame.
 pub fn evaluate_sequence(
@@ -38,6 +102,16 @@ pub fn evaluate_sequence(
     speed: &SpeedConfig,
     frame_step: u32,
 ) -> anyhow::Result<SpeedReport> {
+    Ok(compare_sequence(dir, tracker, speed, frame_step)?.report())
+}
+
+/// [`evaluate_sequence`]'s comparison before it is summarised.
+pub fn compare_sequence(
+    dir: &Path,
+    tracker: &TrackerConfig,
+    speed: &SpeedConfig,
+    frame_step: u32,
+) -> anyhow::Result<SpeedErrors> {
     let info = motfile::read_seqinfo(&dir.join("seqinfo.ini"))?;
     let calibration = Calibration::load(&dir.join("calibration.toml"))?;
     calibration
@@ -102,14 +176,11 @@ pub fn evaluate_sequence(
         );
     }
     errors.sort_by(f64::total_cmp);
-    let quantile = |q: f64| errors[((errors.len() - 1) as f64 * q).round() as usize];
-    Ok(SpeedReport {
-        mae_kmh: errors.iter().sum::<f64>() / errors.len() as f64,
-        median_kmh: quantile(0.5),
-        p95_kmh: quantile(0.95),
-        coverage: covered as f64 / eligible.max(1) as f64,
+    Ok(SpeedErrors {
+        errors,
+        eligible,
+        covered,
         tracks: reporting_tracks.len(),
-        samples: errors.len(),
     })
 }
 
@@ -132,4 +203,37 @@ fn read_gt_speed(path: &Path) -> anyhow::Result<HashMap<(u32, i64), f64>> {
         out.insert(key, speed);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(values: &[f64], eligible: usize) -> SpeedErrors {
+        SpeedErrors {
+            errors: values.to_vec(),
+            eligible,
+            covered: values.len(),
+            tracks: 1,
+        }
+    }
+
+    /// A short sequence with large errors and a long one with small errors: the mean weighs
+    /// the two alike, pooling weighs every sample alike.
+    #[test]
+    fn mean_weighs_sequences_and_pooling_weighs_samples() {
+        let short = errors(&[4.0, 4.0], 4);
+        let long = errors(&[0.0; 8], 8);
+        let mean = SpeedReport::mean(&[short.report(), long.report()]);
+        assert_eq!((mean.mae_kmh, mean.coverage), (2.0, 0.75));
+        let pooled = SpeedErrors::pool(&[short, long]).report();
+        assert_eq!(
+            (pooled.mae_kmh, pooled.median_kmh, pooled.p95_kmh),
+            (0.8, 0.0, 4.0)
+        );
+        assert_eq!(
+            (pooled.coverage, pooled.samples, pooled.tracks),
+            (10.0 / 12.0, 10, 2)
+        );
+    }
 }
