@@ -74,12 +74,11 @@ impl BBox {
         )
     }
 
-    /// True when the box comes within `margin` pixels of the image border.
-    pub fn touches_border(&self, width: f32, height: f32, margin: f32) -> bool {
-        self.x1 <= margin
-            || self.y1 <= margin
-            || self.x2 >= width - margin
-            || self.y2 >= height - margin
+    /// True when the image border (within `margin` pixels) cuts the box's bottom or a side,
+    /// which moves its [bottom centre](BBox::bottom_centre); a cut top leaves that point
+    /// where it is.
+    pub fn ground_point_cut(&self, width: f32, height: f32, margin: f32) -> bool {
+        self.x1 <= margin || self.x2 >= width - margin || self.y2 >= height - margin
     }
 }
 
@@ -122,7 +121,10 @@ mod tests {
             BBox::new(-5.0, 2.0, 700.0, 9.0).clipped(640.0, 480.0),
             BBox::new(0.0, 2.0, 640.0, 9.0)
         );
-        assert!(b.touches_border(40.0, 100.0, 0.5));
-        assert!(!b.touches_border(100.0, 100.0, 2.0));
+        assert!(b.ground_point_cut(40.0, 100.0, 0.5));
+        assert!(b.ground_point_cut(100.0, 61.0, 2.0));
+        assert!(!b.ground_point_cut(100.0, 100.0, 2.0));
+        // A tall box cut only at the top keeps its ground point.
+        assert!(!BBox::new(10.0, 0.0, 40.0, 60.0).ground_point_cut(100.0, 100.0, 2.0));
     }
 }

@@ -3,7 +3,8 @@
 //! Each track's ground point (bottom centre of its detection's box) is mapped to metres
 //! with its frame's timestamp. The speed is the derivative at the newest sample of a
 //! least-squares polynomial fitted over a sliding time window, after rejecting outliers.
-//! Boxes touching the image border are skipped (a clipped box moves its bottom centre).
+//! Boxes whose bottom or side the image border cuts are skipped (that moves the bottom centre,
+//! the ground point); a box cut only at the top is used.
 //! A track's history restarts where its motion breaks: an impossible jump, a return after a
 //! gap far from where its velocity points, or recent samples that all leave the motion of
 //! the older ones (the tracker has handed the id to another object, typically a
@@ -31,7 +32,8 @@ pub struct SpeedConfig {
     /// (`--frame-skip`, `--target-fps`) the first speed then waits for enough positions to be
     /// as precise as at full rate.
     pub min_samples: usize,
-    /// Boxes within this many pixels of the image border are not used.
+    /// Boxes whose bottom or a side comes within this many pixels of the image border are
+    /// not used.
     pub border_margin: f32,
     /// Motion model fitted to the window's positions.
     pub motion: MotionModel,
@@ -192,7 +194,7 @@ impl SpeedEstimator {
                 history.last_seen = timestamp;
                 history.class_id = t.class_id;
                 let (w, h) = self.image_size;
-                if t.bbox.touches_border(w, h, self.config.border_margin) {
+                if t.bbox.ground_point_cut(w, h, self.config.border_margin) {
                     return None;
                 }
                 let calibration = self.calibration.as_ref()?;
