@@ -8,7 +8,8 @@ the speed issue hold (median MAE <= 0.9 km/h, worst MAE <= 1.5, coverage >= 70 %
 p95 <= 4 on every camera).
 
 Usage: STREAMTRACK=path/to/binary scripts/speed_grid.py [CAMERAS] [SEED]
-       (12 cameras and seed 2026 by default; DATA=../shared/data, FRAMES=1500)
+       (12 cameras and seed 2026 by default; DATA=../shared/data, FRAMES=1500; CONFIG=file.toml
+       scores with that configuration instead of the defaults)
 Run it with a Python that has numpy (the generator needs it): venv/bin/python3 scripts/speed_grid.py.
 """
 import itertools
@@ -67,7 +68,8 @@ def main():
                 continue
             folders.append(folder)
             used.append(cam)
-        out = subprocess.run([STREAMTRACK, "-q", "eval", "speed", "--json"] + folders,
+        config = ["--config", os.environ["CONFIG"]] if os.environ.get("CONFIG") else []
+        out = subprocess.run([STREAMTRACK, "-q"] + config + ["eval", "speed", "--json"] + folders,
                              check=True, capture_output=True, text=True).stdout
         reports = [json.loads(line) for line in out.splitlines()]
     per_camera, summary = reports[:count], reports[count] if count > 1 else None
