@@ -45,8 +45,14 @@ impl Track {
         BBox::from_cxcywh(m[0] as f32, m[1] as f32, w as f32, h as f32)
     }
 
-    fn update(&mut self, det: &Candidate, frame: u64) {
-        kalman::update(&mut self.kf, det.measurement);
+    fn update(&mut self, det: &Candidate, frame: u64, nsa: bool) {
+        // NSA: measurement noise scaled by 1 - score (kept above zero for scores of 1).
+        let noise_scale = if nsa {
+            (1.0 - det.score as f64).max(0.01)
+        } else {
+            1.0
+        };
+        kalman::update(&mut self.kf, det.measurement, noise_scale);
         self.state = State::Tracked;
         self.activated = true;
         self.score = det.score;
@@ -163,7 +169,7 @@ impl ByteTracker {
         let mut pool_slots: Vec<Option<Track>> = pool.into_iter().map(Some).collect();
         for &(ti, di) in &first.matches {
             let mut t = pool_slots[ti].take().expect("matched once");
-            t.update(&high[di], frame);
+            t.update(&high[di], frame, cfg.nsa);
             activated.push(t);
         }
 
@@ -181,7 +187,7 @@ impl ByteTracker {
         let mut r_slots: Vec<Option<Track>> = r_tracked.into_iter().map(Some).collect();
         for &(ti, di) in &second.matches {
             let mut t = r_slots[ti].take().expect("matched once");
-            t.update(&low[di], frame);
+            t.update(&low[di], frame, cfg.nsa);
             activated.push(t);
         }
         for mut t in r_slots.into_iter().flatten() {
@@ -202,7 +208,7 @@ impl ByteTracker {
         let mut confirmed_now = Vec::new();
         for &(ti, di) in third.matches.iter().rev() {
             let mut t = unconfirmed.swap_remove(ti);
-            t.update(leftovers[di], frame);
+            t.update(leftovers[di], frame, cfg.nsa);
             confirmed_now.push(t);
         }
         confirmed_now.reverse();

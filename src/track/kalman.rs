@@ -75,8 +75,9 @@ pub fn predict(g: &mut Gaussian, dt: f64) {
     }
 }
 
-/// Projection to measurement space: mean and innovation covariance `S`.
-fn project(g: &Gaussian) -> (Measurement, [[f64; 4]; 4]) {
+/// Projection to measurement space: mean and innovation covariance `S`, with the measurement
+/// noise's variance multiplied by `noise_scale`.
+fn project(g: &Gaussian, noise_scale: f64) -> (Measurement, [[f64; 4]; 4]) {
     let h = g.mean[3];
     let r = [
         WEIGHT_POSITION * h,
@@ -89,14 +90,16 @@ fn project(g: &Gaussian) -> (Measurement, [[f64; 4]; 4]) {
         for j in 0..4 {
             s[i][j] = g.covariance[i][j];
         }
-        s[i][i] += r[i] * r[i];
+        s[i][i] += r[i] * r[i] * noise_scale;
     }
     ([g.mean[0], g.mean[1], g.mean[2], g.mean[3]], s)
 }
 
-/// Corrects the state with measurement `z`.
-pub fn update(g: &mut Gaussian, z: Measurement) {
-    let (projected, s) = project(g);
+/// Corrects the state with measurement `z`, whose noise variance is `noise_scale` times the
+/// height-scaled default (1: ByteTrack's filter; `1 - score`: the NSA Kalman filter of GIAOTracker,
+/// which trusts confident detections more).
+pub fn update(g: &mut Gaussian, z: Measurement, noise_scale: f64) {
+    let (projected, s) = project(g, noise_scale);
     let s_inv = invert4(&s);
     // K = P H^T S^-1 (8 x 4); P H^T is the first four columns of P.
     let mut k = [[0.0; 4]; 8];
@@ -120,7 +123,7 @@ pub fn update(g: &mut Gaussian, z: Measurement) {
 
 /// Squared Mahalanobis distance of `z` from the predicted measurement.
 pub fn gating_distance(g: &Gaussian, z: Measurement) -> f64 {
-    let (projected, s) = project(g);
+    let (projected, s) = project(g, 1.0);
     let s_inv = invert4(&s);
     let d: [f64; 4] = std::array::from_fn(|i| z[i] - projected[i]);
     (0..4)
@@ -168,7 +171,7 @@ mod tests {
         let mut g = initiate([100.0, 50.0, 0.5, 80.0]);
         for step in 1..=20 {
             predict(&mut g, 1.0);
-            update(&mut g, [100.0 + 4.0 * step as f64, 50.0, 0.5, 80.0]);
+            update(&mut g, [100.0 + 4.0 * step as f64, 50.0, 0.5, 80.0], 1.0);
         }
         assert!((g.mean[4] - 4.0).abs() < 0.2, "vx = {}", g.mean[4]);
         predict(&mut g, 3.0);
@@ -184,9 +187,13 @@ mod tests {
         let mut g = initiate([0.0, 0.0, 1.0, 100.0]);
         predict(&mut g, 1.0);
         let before = g.covariance[0][0];
-        update(&mut g, [10.0, 0.0, 1.0, 100.0]);
+        let mut confident = g.clone();
+        update(&mut g, [10.0, 0.0, 1.0, 100.0], 1.0);
         assert!(g.mean[0] > 0.0 && g.mean[0] < 10.0);
         assert!(g.covariance[0][0] < before);
+        // A smaller measurement noise (a confident detection under NSA) pulls further.
+        update(&mut confident, [10.0, 0.0, 1.0, 100.0], 0.1);
+        assert!(confident.mean[0] > g.mean[0] && confident.mean[0] < 10.0);
         // Symmetric covariance.
         for i in 0..8 {
             for j in 0..8 {

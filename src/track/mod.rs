@@ -36,6 +36,9 @@ pub struct TrackerConfig {
     /// Report a new track on its first frame instead of waiting for its confirmation on the
     /// second (the reference reports it from the second frame on).
     pub report_new_tracks: bool,
+    /// Scale the Kalman filter's measurement noise by `1 - score` (the NSA Kalman filter):
+    /// confident detections correct the state more.
+    pub nsa: bool,
 }
 
 impl Default for TrackerConfig {
@@ -49,6 +52,7 @@ impl Default for TrackerConfig {
             fuse_score: true,
             per_class: false,
             report_new_tracks: false,
+            nsa: false,
         }
     }
 }
