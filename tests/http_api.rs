@@ -89,7 +89,12 @@ impl Drop for TestServer {
 #[tokio::test]
 async fn a_token_is_required_when_set() {
     let server = TestServer::new("auth", Some(TOKEN));
-    for uri in ["/healthz", "/metrics", "/v1/jobs/job-1"] {
+    for uri in [
+        "/metrics",
+        "/openapi.json",
+        "/v1/jobs/job-1",
+        "/no-such-route",
+    ] {
         let request = Request::get(uri).body(Body::empty()).unwrap();
         let (status, body) = server.send(request).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{uri}");
@@ -100,7 +105,7 @@ async fn a_token_is_required_when_set() {
             .unwrap();
         assert_eq!(server.send(request).await.0, StatusCode::UNAUTHORIZED);
     }
-    let (status, _) = server.call("GET", "/healthz", None).await;
+    let (status, _) = server.call("GET", "/metrics", None).await;
     assert_eq!(status, StatusCode::OK);
     // The scheme's case does not matter (RFC 7235); the token's does.
     for (value, expected) in [
@@ -111,12 +116,48 @@ async fn a_token_is_required_when_set() {
             StatusCode::UNAUTHORIZED,
         ),
     ] {
-        let request = Request::get("/healthz")
+        let request = Request::get("/metrics")
             .header(header::AUTHORIZATION, &value)
             .body(Body::empty())
             .unwrap();
         assert_eq!(server.send(request).await.0, expected, "{value}");
     }
+}
+
+/// The orchestrator's probes answer without the token; readiness fails, with the reason,
+/// when the results folder cannot be written.
+#[tokio::test]
+async fn probes_answer_without_the_token() {
+    let server = TestServer::new("probes", Some(TOKEN));
+    let request = Request::get("/healthz").body(Body::empty()).unwrap();
+    let (status, body) = server.send(request).await;
+    assert_eq!(
+        (status, body.as_slice()),
+        (StatusCode::OK, b"ok".as_slice())
+    );
+    let request = Request::get("/readyz").body(Body::empty()).unwrap();
+    let (status, body) = server.send(request).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let ready: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(ready["ready"], true);
+    assert_eq!(ready["streams"], serde_json::json!({}));
+
+    let results = results_dir("probes");
+    std::fs::remove_dir_all(&results).unwrap();
+    std::fs::write(&results, b"not a folder").unwrap();
+    let request = Request::get("/readyz").body(Body::empty()).unwrap();
+    let (status, body) = server.send(request).await;
+    let ready: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    assert_eq!(ready["ready"], false);
+    assert!(
+        ready["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("results folder"),
+        "{ready}"
+    );
+    std::fs::remove_file(&results).unwrap();
 }
 
 /// Unknown routes and methods answer with the API's JSON error shape.

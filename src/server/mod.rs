@@ -34,6 +34,7 @@ pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
 /// Every route as (method, path), as the OpenAPI document lists them.
 pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
+    ("get", "/readyz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
     ("post", "/v1/jobs"),
@@ -199,27 +200,72 @@ impl AppState {
     }
 }
 
-/// The API's routes on `state`.
+/// The API's routes on `state`. Every route requires the bearer token when one is set, except
+/// the probes an orchestrator calls without credentials: `/healthz` (liveness) and `/readyz`
+/// (readiness), which reveal nothing but the server's state.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .merge(jobs::routes())
         .merge(streams::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed on this route",
-            )
-        })
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
         ))
+        // Routes added after the token layer are outside it (and outside the router's
+        // method fallback, so they carry their own).
+        .route(
+            "/healthz",
+            get(|| async { "ok" }).fallback(method_not_allowed),
+        )
+        .route("/readyz", get(readyz).fallback(method_not_allowed))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this route",
+    )
+}
+
+/// Readiness: the server can take work when its media root can be read and its results
+/// folder written. The body counts the streams by status; a failed or reconnecting camera
+/// does not make the server unready (it must stay reachable to be told what to do).
+async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    let mut problems = Vec::new();
+    if let Err(e) = std::fs::read_dir(&state.media_root) {
+        problems.push(format!("media root {}: {e}", state.media_root.display()));
+    }
+    let probe = state.config.results_dir.join(".readyz");
+    match std::fs::write(&probe, b"") {
+        Ok(()) => {
+            let _ = std::fs::remove_file(&probe);
+        }
+        Err(e) => problems.push(format!(
+            "results folder {}: {e}",
+            state.config.results_dir.display()
+        )),
+    }
+    let mut streams: std::collections::BTreeMap<String, usize> = Default::default();
+    for stream in state.streams.lock().expect("streams lock").values() {
+        *streams.entry(stream.status_name()).or_default() += 1;
+    }
+    let status = if problems.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "ready": problems.is_empty(),
+        "problems": problems,
+        "streams": streams,
+    });
+    (status, axum::Json(body))
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {

@@ -130,6 +130,15 @@ impl LiveStream {
         update(&mut self.state.lock().expect("stream lock"));
     }
 
+    /// The stream's status as the API names it (`running`, `failed`, …).
+    pub(super) fn status_name(&self) -> String {
+        let status = self.state.lock().expect("stream lock").status;
+        serde_json::to_value(status)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    }
+
     /// Whether the stream is connecting or running (it counts against the stream limit).
     fn is_live(&self) -> bool {
         matches!(
