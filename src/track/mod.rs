@@ -39,6 +39,10 @@ pub struct TrackerConfig {
     /// Scale the Kalman filter's measurement noise by `1 - score` (the NSA Kalman filter):
     /// confident detections correct the state more.
     pub nsa: bool,
+    /// When a lost track is matched again, re-run its filter along a straight line from its
+    /// last observation to the new one (OC-SORT's observation-centric re-update) instead of
+    /// correcting the drifted prediction once.
+    pub oru: bool,
 }
 
 impl Default for TrackerConfig {
@@ -53,6 +57,7 @@ impl Default for TrackerConfig {
             per_class: false,
             report_new_tracks: false,
             nsa: false,
+            oru: false,
         }
     }
 }
