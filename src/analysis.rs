@@ -175,10 +175,10 @@ impl FrameStage for Analysis {
                 bbox: r.bbox(),
             })
             .collect();
-        events.extend(
-            self.zones
-                .update(frame.index, frame.pts, &positions, &self.names),
-        );
+        let zone_events = self
+            .zones
+            .update(frame.index, frame.pts, &positions, &self.names);
+        events.extend(zone_events.into_iter().map(Event::Zone));
         let ended = self.speeds.take_finished(frame.pts, self.track_idle);
         events.extend(self.record_ended(ended));
         self.annotator.draw(canvas, &annotations);

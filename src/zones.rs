@@ -13,10 +13,40 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::geometry::{BBox, point_in_polygon};
-use crate::output::Event;
 
 /// Pixels either side of a counting line that belong to neither side.
 pub const LINE_MARGIN: f32 = 2.0;
+
+/// A crossing, entry or exit, as the event outputs report it (`"event": "line_crossing"`, …).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ZoneEvent {
+    /// A track crossed a counting line.
+    LineCrossing {
+        frame: u64,
+        time: f64,
+        line: String,
+        id: u64,
+        class: usize,
+        direction: Direction,
+    },
+    /// A track entered a counting area.
+    ZoneEnter {
+        frame: u64,
+        time: f64,
+        zone: String,
+        id: u64,
+        class: usize,
+    },
+    /// A track left a counting area.
+    ZoneExit {
+        frame: u64,
+        time: f64,
+        zone: String,
+        id: u64,
+        class: usize,
+    },
+}
 
 /// `[zones]` in the configuration file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -148,7 +178,7 @@ impl ZoneCounter {
         time: f64,
         tracks: &[TrackPosition],
         names: &[String],
-    ) -> Vec<Event> {
+    ) -> Vec<ZoneEvent> {
         let mut events = Vec::new();
         if self.config.is_empty() {
             return events;
@@ -186,7 +216,7 @@ impl ZoneCounter {
                     Direction::In => count.inbound += 1,
                     Direction::Out => count.outbound += 1,
                 }
-                events.push(Event::LineCrossing {
+                events.push(ZoneEvent::LineCrossing {
                     frame,
                     time,
                     line: line.name.clone(),
@@ -212,7 +242,7 @@ impl ZoneCounter {
                             .entry(name.clone())
                             .or_default() += 1;
                     }
-                    events.push(Event::ZoneEnter {
+                    events.push(ZoneEvent::ZoneEnter {
                         frame,
                         time,
                         zone,
@@ -221,7 +251,7 @@ impl ZoneCounter {
                     });
                 } else if !inside_now && was_inside {
                     self.inside[index].remove(&id);
-                    events.push(Event::ZoneExit {
+                    events.push(ZoneEvent::ZoneExit {
                         frame,
                         time,
                         zone,
@@ -298,7 +328,7 @@ mod tests {
         }
     }
 
-    fn run(counter: &mut ZoneCounter, path: &[(u64, f32, f32)]) -> Vec<Event> {
+    fn run(counter: &mut ZoneCounter, path: &[(u64, f32, f32)]) -> Vec<ZoneEvent> {
         let names = vec!["car".to_string()];
         path.iter()
             .enumerate()

@@ -3,7 +3,6 @@
 pub mod decode;
 pub mod detector;
 pub mod nms;
-pub mod stage;
 
 use serde::{Deserialize, Serialize};
 

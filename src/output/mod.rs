@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use crate::geometry::BBox;
 use crate::speed::TrackSummary;
-use crate::zones::{Direction, ZoneCounts};
+use crate::zones::{ZoneCounts, ZoneEvent};
 
 /// One tracked object in one frame.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -58,33 +58,11 @@ pub enum Event {
     TrackEnd(TrackSummary),
     /// A live source was lost and came back.
     Outage(crate::video::Outage),
-    /// A track crossed a counting line.
-    LineCrossing {
-        frame: u64,
-        time: f64,
-        line: String,
-        id: u64,
-        class: usize,
-        direction: Direction,
-    },
-    /// A track entered a counting area.
-    ZoneEnter {
-        frame: u64,
-        time: f64,
-        zone: String,
-        id: u64,
-        class: usize,
-    },
-    /// A track left a counting area.
-    ZoneExit {
-        frame: u64,
-        time: f64,
-        zone: String,
-        id: u64,
-        class: usize,
-    },
     /// Line and area totals at the end of a run.
     ZoneCounts(ZoneCounts),
+    /// A line crossing, area entry or exit, tagged as the zone counter tags it.
+    #[serde(untagged)]
+    Zone(ZoneEvent),
 }
 
 /// A failure writing results. The I/O error is part of the message, not a separate source,
@@ -277,6 +255,26 @@ fn csv_field(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A zone event keeps the zone counter's own tag: one `event` key, no wrapper.
+    #[test]
+    fn zone_events_serialise_as_the_counter_tags_them() {
+        let crossing = Event::Zone(ZoneEvent::LineCrossing {
+            frame: 7,
+            time: 0.28,
+            line: "gate".into(),
+            id: 3,
+            class: 2,
+            direction: crate::zones::Direction::In,
+        });
+        assert_eq!(
+            serde_json::to_value(&crossing).unwrap(),
+            serde_json::json!({
+                "event": "line_crossing", "frame": 7, "time": 0.28, "line": "gate",
+                "id": 3, "class": 2, "direction": "in"
+            })
+        );
+    }
 
     #[test]
     fn every_format_gets_the_frame() {

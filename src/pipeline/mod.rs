@@ -12,6 +12,7 @@
 //! Ctrl-C (the `stop` flag) stops reading; frames already decoded are finished and the
 //! outputs are finalised.
 
+pub mod detect_stage;
 pub mod latency;
 pub mod latest;
 pub mod pacing;

@@ -1,10 +1,9 @@
 //! The detector as the pipeline's inference stage: batches of frames through the network,
 //! leaving out the frames that frame skipping does not analyse.
 
-use crate::pipeline::DetectStage;
+use super::DetectStage;
+use crate::detect::{Detection, Detector};
 use crate::video::Frame;
-
-use super::{Detection, Detector};
 
 /// [`Detector`] behind the pipeline's inference thread.
 pub struct FrameDetector {
