@@ -421,6 +421,15 @@ async fn a_job_runs_to_completion_and_writes_its_results() {
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let id = created["id"].as_str().unwrap().to_string();
     assert!(["queued", "running"].contains(&created["status"].as_str().unwrap()));
+    let (status, listed) = server.call("GET", "/v1/jobs", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [id.as_str()], "{listed}");
     let started = Instant::now();
     let job = loop {
         let (status, job) = server.call("GET", &format!("/v1/jobs/{id}"), None).await;
@@ -486,6 +495,10 @@ async fn a_stream_starts_sends_events_and_stops() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let id = created["id"].as_str().unwrap().to_string();
+    let (status, listed) = server.call("GET", "/v1/streams", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed[0]["id"], id.as_str(), "{listed}");
+    assert_eq!(listed.as_array().unwrap().len(), 1);
 
     // Follow the server-sent events until a few frame records came through.
     let request = Request::get(format!("/v1/streams/{id}/events"))

@@ -179,7 +179,7 @@ impl Job {
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/v1/jobs", post(create))
+        .route("/v1/jobs", post(create).get(list))
         .route("/v1/jobs/{id}", get(show).delete(cancel))
 }
 
@@ -230,6 +230,14 @@ async fn create(
         [(header::LOCATION, location)],
         Json(job.view()),
     ))
+}
+
+/// Every job the server knows, oldest first.
+async fn list(State(state): State<Arc<AppState>>) -> Json<Vec<JobView>> {
+    let jobs = state.jobs.lock().expect("jobs lock");
+    let mut views: Vec<JobView> = jobs.values().map(|job| job.view()).collect();
+    views.sort_by(|a, b| super::creation_order(&a.id, &b.id));
+    Json(views)
 }
 
 async fn show(

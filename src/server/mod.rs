@@ -37,9 +37,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/readyz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
+    ("get", "/v1/jobs"),
     ("post", "/v1/jobs"),
     ("get", "/v1/jobs/{id}"),
     ("delete", "/v1/jobs/{id}"),
+    ("get", "/v1/streams"),
     ("post", "/v1/streams"),
     ("get", "/v1/streams/{id}"),
     ("delete", "/v1/streams/{id}"),
@@ -226,6 +228,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// Orders ids such as `job-9` and `job-10` as they were handed out (the number counts up).
+fn creation_order(a: &str, b: &str) -> std::cmp::Ordering {
+    (a.len(), a).cmp(&(b.len(), b))
+}
+
 async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
@@ -369,5 +376,15 @@ async fn shutdown_signal() {
     tokio::select! {
         () = interrupt => {},
         () = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_sort_in_the_order_they_were_handed_out() {
+        let mut ids = vec!["job-10", "job-9", "job-100", "job-11"];
+        ids.sort_by(|a, b| super::creation_order(a, b));
+        assert_eq!(ids, ["job-9", "job-10", "job-11", "job-100"]);
     }
 }

@@ -155,7 +155,7 @@ impl LiveStream {
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
-        .route("/v1/streams", post(create))
+        .route("/v1/streams", post(create).get(list))
         .route("/v1/streams/{id}", get(show).delete(remove))
         .route("/v1/streams/{id}/events", get(events))
 }
@@ -228,6 +228,15 @@ async fn create(
         [(header::LOCATION, format!("/v1/streams/{id}"))],
         Json(stream.view()),
     ))
+}
+
+/// Every stream the server knows (stopped and failed ones until they are deleted), oldest
+/// first.
+async fn list(State(state): State<Arc<AppState>>) -> Json<Vec<StreamView>> {
+    let streams = state.streams.lock().expect("streams lock");
+    let mut views: Vec<StreamView> = streams.values().map(|stream| stream.view()).collect();
+    views.sort_by(|a, b| super::creation_order(&a.id, &b.id));
+    Json(views)
 }
 
 async fn show(
