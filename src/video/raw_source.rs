@@ -3,9 +3,10 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use super::annexb::{AccessUnitBuilder, split_annexb};
-use super::decoder::{H264Decoder, Picture};
+use super::decoder::{DamageWarnings, H264Decoder, Picture};
 use super::{Frame, FrameSource, StreamInfo, VideoError};
 
 /// Bytes read from the stream per refill.
@@ -23,6 +24,8 @@ pub struct RawH264Source {
     fed: u64,
     next_index: u64,
     corrupt: u64,
+    concealment: DamageWarnings,
+    skips: DamageWarnings,
     eof: bool,
 }
 
@@ -57,6 +60,8 @@ impl RawH264Source {
             fed: 0,
             next_index: 0,
             corrupt: 0,
+            concealment: DamageWarnings::default(),
+            skips: DamageWarnings::default(),
             eof: false,
         };
         // Decode up to the first picture so the stream size is known.
@@ -73,14 +78,33 @@ impl RawH264Source {
         Ok(source)
     }
 
+    fn warn_concealed(&self, pictures: u64) {
+        tracing::warn!(
+            "{}: {pictures} picture(s) with damaged H.264 data, concealed from earlier pictures",
+            self.name.display()
+        );
+    }
+
     fn decode_unit(&mut self, unit: &[u8]) {
         let pts = self.fed as f64 / self.info.fps;
         self.fed += 1;
         match self.decoder.decode(unit, pts) {
-            Ok(picture) => self.ready.extend(picture),
+            Ok(picture) => {
+                let concealed = self.decoder.take_concealed();
+                if let Some(n) = self.concealment.add(concealed, Instant::now()) {
+                    self.warn_concealed(n);
+                }
+                self.ready.extend(picture);
+            }
             Err(e) => {
                 self.corrupt += 1;
-                tracing::warn!("{}: picture {} skipped: {e}", self.name.display(), self.fed);
+                if let Some(n) = self.skips.add(1, Instant::now()) {
+                    tracing::warn!(
+                        "{}: {n} picture(s) skipped, the last picture {}: {e}",
+                        self.name.display(),
+                        self.fed
+                    );
+                }
             }
         }
     }
@@ -124,6 +148,17 @@ impl RawH264Source {
                 }
                 let rest = self.decoder.flush();
                 self.ready.extend(rest);
+                let unreported = self.concealment.take_unreported();
+                if unreported > 0 {
+                    self.warn_concealed(unreported);
+                }
+                let skipped = self.skips.take_unreported();
+                if skipped > 0 {
+                    tracing::warn!(
+                        "{}: {skipped} more picture(s) skipped (corrupt H.264 data)",
+                        self.name.display()
+                    );
+                }
             }
         }
         Ok(self.ready.pop_front())

@@ -19,7 +19,7 @@ use retina::client::{Credentials, PlayOptions, Session, SessionOptions, SetupOpt
 use retina::codec::{CodecItem, FrameFormat};
 use url::Url;
 
-use super::decoder::H264Decoder;
+use super::decoder::{DamageWarnings, H264Decoder};
 use super::{DEFAULT_RAW_FPS, Frame, FrameSource, Outage, StreamInfo, VideoError};
 
 /// Reconnection behaviour.
@@ -91,6 +91,7 @@ pub struct RtspSource {
     outage: Option<PendingOutage>,
     finished_outages: Vec<Outage>,
     corrupt: u64,
+    concealment: DamageWarnings,
     stop: Arc<AtomicBool>,
 }
 
@@ -129,6 +130,7 @@ impl RtspSource {
             outage: None,
             finished_outages: Vec::new(),
             corrupt: 0,
+            concealment: DamageWarnings::default(),
             stop,
         };
         let Some(first) = source.next_frame()? else {
@@ -155,7 +157,15 @@ impl RtspSource {
         let offset = *self.session_offset.get_or_insert(now - rtp_time);
         // Keep time moving forward even if a server restarts its clock oddly.
         let pts = (offset + rtp_time).max(self.last_pts + 1e-3);
-        match self.decoder.decode(data, pts) {
+        let decoded = self.decoder.decode(data, pts);
+        let concealed = self.decoder.take_concealed();
+        if let Some(n) = self.concealment.add(concealed, Instant::now()) {
+            tracing::warn!(
+                "{}: {n} picture(s) with damaged H.264 data (lost packets?), concealed from earlier pictures",
+                self.label
+            );
+        }
+        match decoded {
             Ok(Some((pts, image))) => {
                 self.last_pts = pts;
                 self.ready.push_back(Frame {
