@@ -22,40 +22,6 @@ use yuv420::Planes;
 /// A decoded picture and its presentation time in seconds.
 pub type Picture = (f64, RgbImage);
 
-/// Shortest time between two warnings about damaged pictures (concealed or skipped) from one
-/// stream.
-pub const DAMAGE_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Counts damaged pictures of one kind (concealed, or skipped) and says when to warn about
-/// them: at most once per [`DAMAGE_WARNING_INTERVAL`], with how many there were since the last
-/// warning (a damaged file or a camera that loses packets all the time would otherwise write a
-/// line per picture).
-#[derive(Debug, Default)]
-pub struct DamageWarnings {
-    unreported: u64,
-    last_warning: Option<std::time::Instant>,
-}
-
-impl DamageWarnings {
-    /// Adds `pictures` seen at `now`; returns how many to warn about, when a warning is due.
-    pub fn add(&mut self, pictures: u64, now: std::time::Instant) -> Option<u64> {
-        self.unreported += pictures;
-        let recent = self
-            .last_warning
-            .is_some_and(|t| now.duration_since(t) < DAMAGE_WARNING_INTERVAL);
-        if self.unreported == 0 || recent {
-            return None;
-        }
-        self.last_warning = Some(now);
-        Some(std::mem::take(&mut self.unreported))
-    }
-
-    /// The pictures not warned about yet (at the end of a stream).
-    pub fn take_unreported(&mut self) -> u64 {
-        std::mem::take(&mut self.unreported)
-    }
-}
-
 /// openh264 plus presentation-time bookkeeping.
 pub struct H264Decoder {
     decoder: Decoder,
@@ -215,23 +181,4 @@ fn to_rgb(yuv: &DecodedYUV<'_>) -> Option<RgbImage> {
         chroma_stride,
     };
     RgbImage::from_raw(width as u32, height as u32, planes.to_rgb()?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn damage_warnings_come_at_most_every_interval_with_the_count() {
-        let start = std::time::Instant::now();
-        let at = |s: u64| start + std::time::Duration::from_secs(s);
-        let mut warnings = DamageWarnings::default();
-        assert_eq!(warnings.add(0, at(0)), None);
-        assert_eq!(warnings.add(1, at(0)), Some(1));
-        assert_eq!(warnings.add(1, at(1)), None);
-        assert_eq!(warnings.add(2, at(5)), None);
-        assert_eq!(warnings.add(0, at(11)), Some(3));
-        assert_eq!(warnings.add(4, at(12)), None);
-        assert_eq!(warnings.take_unreported(), 4);
-    }
 }

@@ -5,6 +5,7 @@
 //! MP4 and PNG frame folders.
 
 pub mod annexb;
+pub mod damage;
 pub mod decoder;
 pub mod encoder;
 pub mod images;

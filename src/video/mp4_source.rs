@@ -3,12 +3,12 @@
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use re_mp4::{Mp4, StsdBoxContent, TrackKind};
 
 use super::annexb::avcc_to_annexb;
-use super::decoder::{DamageWarnings, H264Decoder, Picture};
+use super::damage::DamageLog;
+use super::decoder::{H264Decoder, Picture};
 use super::mp4_boxes::check_box_tree;
 use super::{Frame, FrameSource, StreamInfo, VideoError};
 
@@ -177,10 +177,7 @@ pub struct Mp4Source {
     frame_duration: f64,
     next_index: u64,
     corrupt: u64,
-    concealment: DamageWarnings,
-    skips: DamageWarnings,
-    /// Presentation time of the last picture with concealed damage.
-    last_damaged_pts: f64,
+    damage: DamageLog,
     flushed: bool,
 }
 
@@ -198,20 +195,9 @@ impl Mp4Source {
             ready: Default::default(),
             next_index: 0,
             corrupt: 0,
-            concealment: DamageWarnings::default(),
-            skips: DamageWarnings::default(),
-            last_damaged_pts: 0.0,
+            damage: DamageLog::new(path.display()),
             flushed: false,
         })
-    }
-
-    fn warn_concealed(&self, pictures: u64) {
-        tracing::warn!(
-            "{}: {pictures} picture(s) with damaged H.264 data (the last at {:.3}s), concealed \
-             from earlier pictures",
-            self.track.path.display(),
-            self.last_damaged_pts
-        );
     }
 }
 
@@ -228,39 +214,20 @@ impl FrameSource for Mp4Source {
                     match annexb.and_then(|unit| self.decoder.decode(&unit, pts)) {
                         Ok(picture) => {
                             let concealed = self.decoder.take_concealed();
-                            if concealed > 0 {
-                                self.last_damaged_pts = pts;
-                            }
-                            if let Some(n) = self.concealment.add(concealed, Instant::now()) {
-                                self.warn_concealed(n);
-                            }
+                            self.damage
+                                .concealed(concealed, format_args!("at {pts:.3}s"));
                             self.ready.extend(picture);
                         }
                         Err(e) => {
                             self.corrupt += 1;
-                            if let Some(n) = self.skips.add(1, Instant::now()) {
-                                tracing::warn!(
-                                    "{}: {n} frame(s) skipped, the last at {pts:.3}s: {e}",
-                                    self.track.path.display()
-                                );
-                            }
+                            self.damage.skipped(format_args!("at {pts:.3}s"), e);
                         }
                     }
                 }
                 None => {
                     self.ready.extend(self.decoder.flush());
                     self.flushed = true;
-                    let unreported = self.concealment.take_unreported();
-                    if unreported > 0 {
-                        self.warn_concealed(unreported);
-                    }
-                    let skipped = self.skips.take_unreported();
-                    if skipped > 0 {
-                        tracing::warn!(
-                            "{}: {skipped} more frame(s) skipped (corrupt H.264 data)",
-                            self.track.path.display()
-                        );
-                    }
+                    self.damage.finish();
                 }
             }
         }

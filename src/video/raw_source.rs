@@ -3,10 +3,10 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use super::annexb::{AccessUnitBuilder, split_annexb};
-use super::decoder::{DamageWarnings, H264Decoder, Picture};
+use super::damage::DamageLog;
+use super::decoder::{H264Decoder, Picture};
 use super::{Frame, FrameSource, StreamInfo, VideoError};
 
 /// Bytes read from the stream per refill.
@@ -24,8 +24,7 @@ pub struct RawH264Source {
     fed: u64,
     next_index: u64,
     corrupt: u64,
-    concealment: DamageWarnings,
-    skips: DamageWarnings,
+    damage: DamageLog,
     eof: bool,
 }
 
@@ -45,6 +44,7 @@ impl RawH264Source {
     fn new(name: PathBuf, reader: Box<dyn Read + Send>, fps: f64) -> Result<Self, VideoError> {
         let decoder = H264Decoder::new().map_err(|e| VideoError::input(&name, e))?;
         let mut source = Self {
+            damage: DamageLog::new(name.display()),
             name,
             reader,
             buffer: Vec::new(),
@@ -60,8 +60,6 @@ impl RawH264Source {
             fed: 0,
             next_index: 0,
             corrupt: 0,
-            concealment: DamageWarnings::default(),
-            skips: DamageWarnings::default(),
             eof: false,
         };
         // Decode up to the first picture so the stream size is known.
@@ -78,33 +76,19 @@ impl RawH264Source {
         Ok(source)
     }
 
-    fn warn_concealed(&self, pictures: u64) {
-        tracing::warn!(
-            "{}: {pictures} picture(s) with damaged H.264 data, concealed from earlier pictures",
-            self.name.display()
-        );
-    }
-
     fn decode_unit(&mut self, unit: &[u8]) {
         let pts = self.fed as f64 / self.info.fps;
         self.fed += 1;
         match self.decoder.decode(unit, pts) {
             Ok(picture) => {
                 let concealed = self.decoder.take_concealed();
-                if let Some(n) = self.concealment.add(concealed, Instant::now()) {
-                    self.warn_concealed(n);
-                }
+                self.damage
+                    .concealed(concealed, format_args!("picture {}", self.fed));
                 self.ready.extend(picture);
             }
             Err(e) => {
                 self.corrupt += 1;
-                if let Some(n) = self.skips.add(1, Instant::now()) {
-                    tracing::warn!(
-                        "{}: {n} picture(s) skipped, the last picture {}: {e}",
-                        self.name.display(),
-                        self.fed
-                    );
-                }
+                self.damage.skipped(format_args!("picture {}", self.fed), e);
             }
         }
     }
@@ -148,17 +132,7 @@ impl RawH264Source {
                 }
                 let rest = self.decoder.flush();
                 self.ready.extend(rest);
-                let unreported = self.concealment.take_unreported();
-                if unreported > 0 {
-                    self.warn_concealed(unreported);
-                }
-                let skipped = self.skips.take_unreported();
-                if skipped > 0 {
-                    tracing::warn!(
-                        "{}: {skipped} more picture(s) skipped (corrupt H.264 data)",
-                        self.name.display()
-                    );
-                }
+                self.damage.finish();
             }
         }
         Ok(self.ready.pop_front())

@@ -19,7 +19,8 @@ use retina::client::{Credentials, PlayOptions, Session, SessionOptions, SetupOpt
 use retina::codec::{CodecItem, FrameFormat};
 use url::Url;
 
-use super::decoder::{DamageWarnings, H264Decoder};
+use super::damage::DamageLog;
+use super::decoder::H264Decoder;
 use super::{DEFAULT_RAW_FPS, Frame, FrameSource, Outage, StreamInfo, VideoError};
 
 /// Reconnection behaviour.
@@ -91,7 +92,7 @@ pub struct RtspSource {
     outage: Option<PendingOutage>,
     finished_outages: Vec<Outage>,
     corrupt: u64,
-    concealment: DamageWarnings,
+    damage: DamageLog,
     stop: Arc<AtomicBool>,
 }
 
@@ -130,7 +131,7 @@ impl RtspSource {
             outage: None,
             finished_outages: Vec::new(),
             corrupt: 0,
-            concealment: DamageWarnings::default(),
+            damage: DamageLog::new(&label),
             stop,
         };
         let Some(first) = source.next_frame()? else {
@@ -159,12 +160,8 @@ impl RtspSource {
         let pts = (offset + rtp_time).max(self.last_pts + 1e-3);
         let decoded = self.decoder.decode(data, pts);
         let concealed = self.decoder.take_concealed();
-        if let Some(n) = self.concealment.add(concealed, Instant::now()) {
-            tracing::warn!(
-                "{}: {n} picture(s) with damaged H.264 data (lost packets?), concealed from earlier pictures",
-                self.label
-            );
-        }
+        self.damage
+            .concealed(concealed, format_args!("at {pts:.3}s"));
         match decoded {
             Ok(Some((pts, image))) => {
                 self.last_pts = pts;
