@@ -87,7 +87,7 @@ pub fn conv2d(
         .par_iter()
         .map(|part| window.phases(part.data, part.channels, 0.0))
         .collect();
-    let tile = tile_width(positions, k_total);
+    let tile = tile_width(positions, k_total, block_width());
     let tiles = positions.div_ceil(tile);
     let out_ptr = SharedOut(out.as_mut_ptr());
     (0..tiles)
@@ -133,23 +133,40 @@ pub fn conv2d(
                 }
                 k_offset += rows;
             }
-            for (co, &b) in params.bias.iter().enumerate() {
-                // SAFETY: as above; row `co` of this tile.
-                let row = unsafe { std::slice::from_raw_parts_mut(dst.add(co * positions), len) };
-                apply_bias_activation(row, b, params.activation);
-            }
+            // SAFETY: as above: this tile's columns of the `c_out` output rows.
+            unsafe { bias_activation_tile(dst, positions, len, params.bias, params.activation) };
         });
 }
 
 /// Output positions per tile: enough tiles to keep every thread busy, each tile's im2col
-/// block within [`TILE_BLOCK_BYTES`].
-fn tile_width(positions: usize, k_total: usize) -> usize {
+/// block of `block_rows` rows of 4-byte values (f32, or the INT8 path's quads) within
+/// [`TILE_BLOCK_BYTES`], a multiple of the micro-kernel's width `nr`.
+pub(crate) fn tile_width(positions: usize, block_rows: usize, nr: usize) -> usize {
     let per_thread = positions.div_ceil(4 * rayon::current_num_threads());
-    let cache_bound = TILE_BLOCK_BYTES / (4 * k_total.max(1));
+    let cache_bound = TILE_BLOCK_BYTES / (4 * block_rows.max(1));
     per_thread
         .min(cache_bound)
         .clamp(MIN_TILE, MAX_TILE)
-        .next_multiple_of(block_width())
+        .next_multiple_of(nr)
+}
+
+/// Adds each output channel's bias and applies the activation to the `len` columns of one
+/// tile, in its rows `dst + co * row_stride` (one per bias).
+///
+/// # Safety
+/// Those `bias.len()` runs of `len` values are writable and no one else uses them meanwhile.
+pub(crate) unsafe fn bias_activation_tile(
+    dst: *mut f32,
+    row_stride: usize,
+    len: usize,
+    bias: &[f32],
+    activation: Activation,
+) {
+    for (co, &b) in bias.iter().enumerate() {
+        // SAFETY: per the caller's contract, row `co` of the tile.
+        let row = unsafe { std::slice::from_raw_parts_mut(dst.add(co * row_stride), len) };
+        apply_bias_activation(row, b, activation);
+    }
 }
 
 /// The output pointer, shared by tiles that write disjoint columns.

@@ -12,8 +12,8 @@
 
 use rayon::prelude::*;
 
-use crate::activation::{Activation, apply_bias_activation};
-use crate::conv::{FeatureMap, SharedOut, output_size};
+use crate::activation::Activation;
+use crate::conv::{FeatureMap, SharedOut, bias_activation_tile, output_size, tile_width};
 use crate::im2col::Window;
 use crate::int8_kernels::{MR, Tile, kernel};
 
@@ -270,11 +270,6 @@ pub struct Int8ConvParams<'a> {
     pub activation: Activation,
 }
 
-/// Bytes of im2col block a tile may use (as [`crate::conv2d`]'s).
-const TILE_BLOCK_BYTES: usize = 512 * 1024;
-const MIN_TILE: usize = 32;
-const MAX_TILE: usize = 1024;
-
 /// Computes `activation(conv(input, weight) + bias)` for one image into `out`
 /// (`[c_out, out_h, out_w]` f32) from a quantised `height x width` input.
 ///
@@ -316,10 +311,7 @@ pub fn conv2d_int8(
     let phased = window.phases(&input.quads, groups, pad);
     let quads = weight.quads();
     let kernel = kernel();
-    let tile = (TILE_BLOCK_BYTES / (4 * quads.max(1)))
-        .min(positions.div_ceil(4 * rayon::current_num_threads()))
-        .clamp(MIN_TILE, MAX_TILE)
-        .next_multiple_of(kernel.nr);
+    let tile = tile_width(positions, quads, kernel.nr);
     let out_ptr = SharedOut(out.as_mut_ptr());
     (0..positions.div_ceil(tile))
         .into_par_iter()
@@ -358,17 +350,15 @@ pub fn conv2d_int8(
                     unsafe { (kernel.run)(&call) };
                 }
             }
-            for (co, &b) in params.bias.iter().enumerate() {
-                // SAFETY: as above; row `co` of this tile.
-                let row = unsafe { std::slice::from_raw_parts_mut(dst.add(co * positions), len) };
-                apply_bias_activation(row, b, params.activation);
-            }
+            // SAFETY: as above: this tile's columns of the output rows.
+            unsafe { bias_activation_tile(dst, positions, len, params.bias, params.activation) };
         });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::activation::apply_bias_activation;
     use crate::test_values::values;
     use proptest::prelude::*;
 
