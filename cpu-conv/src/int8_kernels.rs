@@ -146,6 +146,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{MR, Tile};
+    use crate::simd::tail::{masks8, masks16};
 
     pub(super) const NR_VNNI512: usize = 48;
     pub(super) const NR_AVX_VNNI: usize = 24;
@@ -175,10 +176,7 @@ mod x86 {
     /// As for [`tile_vnni512`], with `t.cols <= 16 * VECTORS`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn tile_vnni512_vectors<const VECTORS: usize>(t: &Tile) {
-        let masks: [__mmask16; VECTORS] = std::array::from_fn(|v| {
-            let lanes = t.cols.saturating_sub(16 * v).min(16);
-            ((1u32 << lanes) - 1) as __mmask16
-        });
+        let masks = masks16::<VECTORS>(t.cols);
         // SAFETY: `init` holds `MR` values.
         let mut acc: [[__m512i; VECTORS]; MR] =
             std::array::from_fn(|r| [_mm512_set1_epi32(unsafe { *t.init.add(r) }); VECTORS]);
@@ -324,13 +322,7 @@ mod x86 {
         // SAFETY (whole body): the intrinsics run on a CPU with the features `D` needs (the
         // caller's contract); loads and stores stay inside the tile as its fields say.
         unsafe {
-            let masks: [__m256i; VECTORS] = std::array::from_fn(|v| {
-                let lanes = t.cols.saturating_sub(8 * v).min(8) as i32;
-                _mm256_cmpgt_epi32(
-                    _mm256_set1_epi32(lanes),
-                    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                )
-            });
+            let masks = masks8::<VECTORS>(t.cols);
             for first in (0..t.rows).step_by(ROWS) {
                 let mut acc: [[__m256i; VECTORS]; ROWS] =
                     std::array::from_fn(|r| [_mm256_set1_epi32(*t.init.add(first + r)); VECTORS]);

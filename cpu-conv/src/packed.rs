@@ -232,6 +232,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{MR, Tile};
+    use crate::simd::tail::{masks8, masks16};
 
     pub(super) const NR_AVX512: usize = 48;
     pub(super) const NR_AVX2: usize = 24;
@@ -260,10 +261,7 @@ mod x86 {
     /// As for [`tile_avx512`], with `t.cols <= 16 * VECTORS`.
     #[target_feature(enable = "avx512f")]
     unsafe fn tile_avx512_vectors<const VECTORS: usize>(t: &Tile) {
-        let masks: [__mmask16; VECTORS] = std::array::from_fn(|v| {
-            let lanes = t.cols.saturating_sub(16 * v).min(16);
-            ((1u32 << lanes) - 1) as __mmask16
-        });
+        let masks = masks16::<VECTORS>(t.cols);
         let mut acc = [[_mm512_setzero_ps(); VECTORS]; MR];
         let (mut a, mut x) = (t.a, t.x);
         for _ in 0..t.depth {
@@ -307,13 +305,8 @@ mod x86 {
     pub(super) unsafe fn tile_avx2(t: &Tile) {
         const VECTORS: usize = 3;
         const ROWS: usize = 4;
-        let masks: [__m256i; VECTORS] = std::array::from_fn(|v| {
-            let lanes = t.cols.saturating_sub(8 * v).min(8) as i32;
-            _mm256_cmpgt_epi32(
-                _mm256_set1_epi32(lanes),
-                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-            )
-        });
+        // SAFETY: the function runs on a CPU with AVX2.
+        let masks = unsafe { masks8::<VECTORS>(t.cols) };
         for first in (0..t.rows).step_by(ROWS) {
             let mut acc = [[_mm256_setzero_ps(); VECTORS]; ROWS];
             let (mut a, mut x) = (t.a.wrapping_add(first), t.x);
