@@ -186,6 +186,7 @@ impl SharedOut {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::test_values::split_channels;
     use proptest::prelude::*;
 
     /// Straightforward seven-loop convolution in f64.
@@ -260,17 +261,7 @@ pub(crate) mod tests {
         };
         let (oh, ow) = output_size(h, w, k, s, pad);
         let mut out = vec![f32::NAN; c_out * oh * ow];
-        let cut = split.min(c_in) * h * w;
-        let parts = [
-            FeatureMap {
-                data: &x[..cut],
-                channels: split.min(c_in),
-            },
-            FeatureMap {
-                data: &x[cut..],
-                channels: c_in - split.min(c_in),
-            },
-        ];
+        let parts = split_channels(&x, c_in, split, h * w);
         conv2d(&parts, h, w, &params, &mut out);
         let want = reference(&x, [c_in, h, w], &weight, &params);
         for (i, (g, r)) in out.iter().zip(&want).enumerate() {

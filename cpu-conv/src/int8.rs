@@ -359,7 +359,7 @@ pub fn conv2d_int8(
 mod tests {
     use super::*;
     use crate::activation::apply_bias_activation;
-    use crate::test_values::values;
+    use crate::test_values::{split_channels, values};
     use proptest::prelude::*;
 
     /// Plain integer convolution: `Σ (x - zero_point) · w` over the taps inside the image,
@@ -421,17 +421,7 @@ mod tests {
             padding: pad,
             activation: act,
         };
-        let cut = split.min(c_in);
-        let parts = [
-            FeatureMap {
-                data: &x[..cut * h * w],
-                channels: cut,
-            },
-            FeatureMap {
-                data: &x[cut * h * w..],
-                channels: c_in - cut,
-            },
-        ];
+        let parts = split_channels(&x, c_in, split, h * w);
         let quantized = QuantizedMap::quantize(&parts, h * w, x_params);
         let (oh, ow) = output_size(h, w, k, s, pad);
         let mut out = vec![f32::NAN; c_out * oh * ow];

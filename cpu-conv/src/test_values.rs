@@ -12,3 +12,24 @@ pub(crate) fn values(n: usize, seed: u64) -> Vec<f32> {
         })
         .collect()
 }
+
+/// `x`, `channels` planes of `plane` values, as two channel blocks split after channel
+/// `split` (at most `channels`), as the parts of a concatenation arrive.
+pub(crate) fn split_channels(
+    x: &[f32],
+    channels: usize,
+    split: usize,
+    plane: usize,
+) -> [crate::FeatureMap<'_>; 2] {
+    let cut = split.min(channels);
+    [
+        crate::FeatureMap {
+            data: &x[..cut * plane],
+            channels: cut,
+        },
+        crate::FeatureMap {
+            data: &x[cut * plane..],
+            channels: channels - cut,
+        },
+    ]
+}
