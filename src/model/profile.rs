@@ -77,8 +77,26 @@ pub(crate) fn timed_if_some<T>(kind: OpKind, f: impl FnOnce() -> Option<T>) -> O
 
 /// Runs `f` with profiling on for this thread and returns what it recorded.
 pub fn record<T>(f: impl FnOnce() -> T) -> (T, OpProfile) {
-    ACTIVE.with(|a| *a.borrow_mut() = Some(OpProfile::default()));
+    let (out, profile) = continue_recording(Some(OpProfile::default()), f);
+    (out, profile.unwrap_or_default())
+}
+
+/// Runs `f` on a thread of rayon's pool, carrying this thread's profile, if one is being
+/// recorded, to that thread and its additions back.
+pub(crate) fn in_rayon_pool<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    let carried = ACTIVE.with(|a| a.borrow_mut().take());
+    let (out, carried) = rayon::scope(|_| continue_recording(carried, f));
+    ACTIVE.with(|a| *a.borrow_mut() = carried);
+    out
+}
+
+/// Runs `f` with `profile` as this thread's recording (none: not recording) and hands it back.
+fn continue_recording<T>(
+    profile: Option<OpProfile>,
+    f: impl FnOnce() -> T,
+) -> (T, Option<OpProfile>) {
+    let before = ACTIVE.with(|a| std::mem::replace(&mut *a.borrow_mut(), profile));
     let out = f();
-    let profile = ACTIVE.with(|a| a.borrow_mut().take()).unwrap_or_default();
+    let profile = ACTIVE.with(|a| std::mem::replace(&mut *a.borrow_mut(), before));
     (out, profile)
 }
