@@ -100,3 +100,26 @@ fn continue_recording<T>(
     let profile = ACTIVE.with(|a| std::mem::replace(&mut *a.borrow_mut(), before));
     (out, profile)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ComputeDevice, YoloModel};
+
+    /// The fast CPU path runs the pass on a rayon worker; the profile must follow it there.
+    #[test]
+    fn records_a_forward_pass_run_on_the_thread_pool() {
+        let path = std::path::Path::new("../shared/data/models/yolo11n-coco-320.onnx");
+        let model = YoloModel::load(path, ComputeDevice::cpu()).expect("test model loads");
+        let input = model.planar_input(vec![0.5; 3 * 320 * 320], 1);
+        let (_, recorded) = record(|| model.infer(input));
+        let calls = |kind| recorded.ops.get(&kind).map_or(0, |(calls, _)| *calls);
+        assert!(calls(OpKind::Conv3x3) > 10, "{:?}", recorded.ops);
+        assert!(calls(OpKind::Conv1x1) > 10, "{:?}", recorded.ops);
+        assert_eq!(calls(OpKind::HeadDecode), 1, "{:?}", recorded.ops);
+        assert!(
+            ACTIVE.with(|a| a.borrow().is_none()),
+            "recording ends with `record`"
+        );
+    }
+}
