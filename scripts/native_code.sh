@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
-# Lists the dependencies whose build scripts compiled and linked C/C++ code (a static library
-# announced with `cargo:rustc-link-lib=static=…`, which is what the `cc` and `cmake` crates
-# emit) in a built target directory, and fails on any but openh264 — the one C library the
-# project accepts. Run after a build (`cargo test --no-run` or `cargo build`).
-# Not yet part of .ci/run: turso_core (under Burn's autotune cache) still compiles simsimd.
-# Usage: scripts/native_code.sh [TARGET_DIR] [PROFILE]
+# Fails unless openh264 is the only C/C++ compiled into streamtrack: lists every crate of the
+# dependency graph (normal, build and dev dependencies, this platform, the features actually
+# enabled) that has `cc` or `cmake` as a build dependency, which is how a build script
+# compiles C or C++, and allows only openh264-sys2. Needs no build; .ci/run calls it.
 set -euo pipefail
-target=${1:-${CARGO_TARGET_DIR:-target}}
-profile=${2:-debug}
-found=$(grep -l "rustc-link-lib=static=" "$target/$profile"/build/*/output 2>/dev/null |
-  sed -E 's#.*/build/(.+)-[0-9a-f]{16}/output#\1#' | sort -u)
-echo "crates that compiled C/C++: ${found:-none}" | tr '\n' ' '
+cd "$(dirname "$0")/.."
+found=$(for builder in cc cmake; do
+  # `-i` inverts the graph, `--depth 1` keeps the crates that depend on the builder itself.
+  cargo tree --workspace --locked -e build,normal,dev -i "$builder" --depth 1 --prefix none \
+    2>/dev/null | grep -v "^$builder v" || true
+done | sed -E 's/ v[0-9].*//' | sort -u)
+echo "crates that compile C/C++: ${found:-none}" | tr '\n' ' '
 echo
 others=$(grep -vx "openh264-sys2" <<<"$found" || true)
 if [ -n "$others" ]; then
-  echo "not allowed: $others" | tr '\n' ' '
+  echo "not allowed (only openh264 may compile C/C++): $others" | tr '\n' ' '
   echo
   exit 1
 fi
