@@ -48,7 +48,7 @@ fn layers(c: &mut Criterion) {
             activation: Activation::Silu,
         };
         let (oh, ow) = output_size(size, size, k, s, k / 2);
-        let mut out = vec![0.0f32; c_out * oh * ow];
+        let mut out = vec![std::mem::MaybeUninit::uninit(); c_out * oh * ow];
         let input = [FeatureMap {
             data: &x,
             channels: c_in,

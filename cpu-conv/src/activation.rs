@@ -281,7 +281,8 @@ mod tests {
     fn silu_paths_match_the_scalar_definition() {
         let values: Vec<f32> = (0..4001).map(|i| (i as f32 - 2000.0) * 0.047).collect();
         let bias = 0.375;
-        let mut paths: Vec<(&str, fn(&mut [f32], f32))> = vec![("dispatched", bias_silu)];
+        type BiasSilu = fn(&mut [f32], f32);
+        let mut paths: Vec<(&str, BiasSilu)> = vec![("dispatched", bias_silu)];
         #[cfg(target_arch = "x86_64")]
         {
             if crate::simd::avx512f() {

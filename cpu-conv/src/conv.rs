@@ -1,5 +1,7 @@
 //! The fused convolution: tiles of output positions, each an im2col block times the weights.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::activation::{Activation, apply_bias_activation};
@@ -45,8 +47,9 @@ const MIN_TILE: usize = 32;
 const MAX_TILE: usize = 1024;
 
 /// Computes `activation(conv(inputs, weight) + bias)` for one image into `out`
-/// (`[c_out, out_h, out_w]`). `inputs` are the channel blocks of the input in order, all
-/// `height x width`; together they have the `c_in` channels that `params.weight` expects.
+/// (`[c_out, out_h, out_w]`, every element written). `inputs` are the channel blocks of the
+/// input in order, all `height x width`; together they have the `c_in` channels that
+/// `params.weight` expects.
 ///
 /// # Panics
 /// When a slice's length does not match the shapes given.
@@ -55,7 +58,7 @@ pub fn conv2d(
     height: usize,
     width: usize,
     params: &ConvParams,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
     let c_in: usize = inputs.iter().map(|p| p.channels).sum();
     assert!(c_in > 0, "a convolution needs input channels");
@@ -89,7 +92,7 @@ pub fn conv2d(
         .collect();
     let tile = tile_width(positions, k_total, block_width());
     let tiles = positions.div_ceil(tile);
-    let out_ptr = SharedOut(out.as_mut_ptr());
+    let out_ptr = SharedOut::new(out);
     (0..tiles)
         .into_par_iter()
         .for_each_init(Vec::new, |block, t| {
@@ -171,13 +174,19 @@ pub(crate) unsafe fn bias_activation_tile(
 
 /// The output pointer, shared by tiles that write disjoint columns.
 #[derive(Clone, Copy)]
-pub(crate) struct SharedOut(pub *mut f32);
+pub(crate) struct SharedOut(*mut f32);
 
 // SAFETY: tiles write disjoint elements (see `conv2d`).
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
+    /// The start of `out`, which the tiles fill: the kernels write through the pointer
+    /// before anything reads, so `out` may start uninitialised.
+    pub(crate) fn new(out: &mut [MaybeUninit<f32>]) -> Self {
+        Self(out.as_mut_ptr().cast())
+    }
+
     pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
@@ -186,7 +195,7 @@ impl SharedOut {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::test_values::split_channels;
+    use crate::test_values::{split_channels, written};
     use proptest::prelude::*;
 
     /// Straightforward seven-loop convolution in f64.
@@ -260,9 +269,8 @@ pub(crate) mod tests {
             activation: act,
         };
         let (oh, ow) = output_size(h, w, k, s, pad);
-        let mut out = vec![f32::NAN; c_out * oh * ow];
         let parts = split_channels(&x, c_in, split, h * w);
-        conv2d(&parts, h, w, &params, &mut out);
+        let out = written(c_out * oh * ow, |out| conv2d(&parts, h, w, &params, out));
         let want = reference(&x, [c_in, h, w], &weight, &params);
         for (i, (g, r)) in out.iter().zip(&want).enumerate() {
             assert!(

@@ -3,6 +3,8 @@
 //! contiguous run of the input row (stride 1) or its every `s`-th value, then gets the bias
 //! and activation while it is in cache.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::activation::{Activation, apply_bias_activation};
@@ -30,7 +32,7 @@ pub fn depthwise_conv2d(
     height: usize,
     width: usize,
     params: &DepthwiseParams,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
     let k = params.kernel;
     let channels: usize = inputs.iter().map(|p| p.channels).sum();
@@ -58,7 +60,7 @@ pub fn depthwise_conv2d(
         .zip(params.bias)
         .for_each(|(((out, plane), filter), &bias)| {
             for (oy, row) in out.chunks_exact_mut(out_w).enumerate() {
-                row.fill(0.0);
+                let row = zeroed(row);
                 for (ky, taps) in filter.chunks_exact(k).enumerate() {
                     let Some(iy) = (oy * params.stride + ky)
                         .checked_sub(params.padding)
@@ -74,6 +76,13 @@ pub fn depthwise_conv2d(
                 apply_bias_activation(row, bias, params.activation);
             }
         });
+}
+
+/// `row` set to zeros, as the initialised values it now holds.
+fn zeroed(row: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    row.fill(MaybeUninit::new(0.0));
+    // SAFETY: every element was just initialised; `MaybeUninit<f32>` has `f32`'s layout.
+    unsafe { &mut *(row as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// `row[ox] += w * line[ox * stride + kx - padding]` wherever that lies inside `line`.
@@ -104,7 +113,7 @@ fn accumulate_tap(row: &mut [f32], line: &[f32], w: f32, kx: usize, params: &Dep
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_values::values;
+    use crate::test_values::{values, written};
     use proptest::prelude::*;
 
     /// Direct per-pixel loops in f64.
@@ -162,8 +171,7 @@ mod tests {
                 FeatureMap { data: &x[split * h * w..], channels: c - split },
             ];
             let (oh, ow) = output_size(h, w, k, s, pad);
-            let mut out = vec![f32::NAN; c * oh * ow];
-            depthwise_conv2d(&parts, h, w, &params, &mut out);
+            let out = written(c * oh * ow, |out| depthwise_conv2d(&parts, h, w, &params, out));
             for (i, (g, r)) in out.iter().zip(reference(&x, [c, h, w], &params)).enumerate() {
                 prop_assert!((g - r).abs() <= 1e-5 * (1.0 + r.abs()), "element {i}: {g} vs {r}");
             }

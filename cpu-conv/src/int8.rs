@@ -10,6 +10,8 @@
 //! point's contribution, `zero_point · Σ w`, is subtracted by starting each output row's
 //! accumulators at its negative.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::activation::Activation;
@@ -271,7 +273,8 @@ pub struct Int8ConvParams<'a> {
 }
 
 /// Computes `activation(conv(input, weight) + bias)` for one image into `out`
-/// (`[c_out, out_h, out_w]` f32) from a quantised `height x width` input.
+/// (`[c_out, out_h, out_w]` f32, every element written) from a quantised `height x width`
+/// input.
 ///
 /// # Panics
 /// When the input's channels or length, the bias or `out` do not match the weights.
@@ -280,7 +283,7 @@ pub fn conv2d_int8(
     height: usize,
     width: usize,
     params: &Int8ConvParams,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
     let weight = params.weight;
     let k = weight.kernel;
@@ -312,7 +315,7 @@ pub fn conv2d_int8(
     let quads = weight.quads();
     let kernel = kernel();
     let tile = tile_width(positions, quads, kernel.nr);
-    let out_ptr = SharedOut(out.as_mut_ptr());
+    let out_ptr = SharedOut::new(out);
     (0..positions.div_ceil(tile))
         .into_par_iter()
         .for_each_init(Vec::new, |block, t| {
@@ -359,7 +362,7 @@ pub fn conv2d_int8(
 mod tests {
     use super::*;
     use crate::activation::apply_bias_activation;
-    use crate::test_values::{split_channels, values};
+    use crate::test_values::{split_channels, values, written};
     use proptest::prelude::*;
 
     /// Plain integer convolution: `Σ (x - zero_point) · w` over the taps inside the image,
@@ -424,8 +427,9 @@ mod tests {
         let parts = split_channels(&x, c_in, split, h * w);
         let quantized = QuantizedMap::quantize(&parts, h * w, x_params);
         let (oh, ow) = output_size(h, w, k, s, pad);
-        let mut out = vec![f32::NAN; c_out * oh * ow];
-        conv2d_int8(&quantized, h, w, &params, &mut out);
+        let out = written(c_out * oh * ow, |out| {
+            conv2d_int8(&quantized, h, w, &params, out)
+        });
         let x_q: Vec<u8> = x.iter().map(|&v| x_params.quantize(v)).collect();
         let (w_q, w_scales) = symmetric_per_row(&float_weights, c_out, c_in * k * k);
         let want = reference(&x_q, [c_in, h, w], x_params, &w_q, &w_scales, &params, k);

@@ -1,4 +1,18 @@
-//! Reproducible pseudo-random test inputs in [-1, 1), shared by the kernels' tests.
+//! Reproducible pseudo-random test inputs in [-1, 1), shared by the kernels' tests, and the
+//! output buffers they run into.
+
+use std::mem::MaybeUninit;
+
+/// What `run` writes into a `len`-element output that starts as NaN, so that an element a
+/// kernel leaves unwritten shows.
+pub(crate) fn written(len: usize, run: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut out = vec![MaybeUninit::new(f32::NAN); len];
+    run(&mut out);
+    // SAFETY: every element was initialised (to NaN) before `run`, which writes only f32s.
+    out.into_iter()
+        .map(|v| unsafe { v.assume_init() })
+        .collect()
+}
 
 /// `n` values from xorshift64 seeded with `seed`.
 pub(crate) fn values(n: usize, seed: u64) -> Vec<f32> {

@@ -9,6 +9,8 @@
 //! the 36 of the direct form (2.25x fewer). Rows of tiles are processed in blocks small
 //! enough for a core's L2 cache, in parallel.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::activation::{Activation, apply_bias_activation};
@@ -87,7 +89,7 @@ pub fn conv3x3_winograd(
     weights: &WinogradWeights,
     bias: &[f32],
     activation: Activation,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
     let (c_in, c_out) = (weights.c_in, weights.c_out);
     assert_eq!(
@@ -110,7 +112,7 @@ pub fn conv3x3_winograd(
     let grid = TileGrid::new(height, width);
     let rows_per_block = grid.rows_per_block(c_in + c_out);
     let blocks = grid.rows.div_ceil(rows_per_block);
-    let out_ptr = SharedOut(out.as_mut_ptr());
+    let out_ptr = SharedOut::new(out);
     (0..blocks)
         .into_par_iter()
         .for_each_init(Scratch::default, |scratch, b| {
@@ -406,7 +408,7 @@ fn transform_output(grid: &TileGrid, m: [&[f32]; POINTS], columns: &mut [f32], d
 mod tests {
     use super::*;
     use crate::conv::{ConvParams, conv2d};
-    use crate::test_values::values;
+    use crate::test_values::{values, written};
     use proptest::prelude::*;
 
     /// Largest difference between Winograd and the im2col path (itself tested against a
@@ -437,11 +439,11 @@ mod tests {
             padding: 1,
             activation,
         };
-        let mut want = vec![f32::NAN; c_out * h * w];
-        conv2d(&parts, h, w, &params, &mut want);
-        let mut got = vec![f32::NAN; c_out * h * w];
+        let want = written(c_out * h * w, |out| conv2d(&parts, h, w, &params, out));
         let transformed = WinogradWeights::new(&weight, c_out, c_in);
-        conv3x3_winograd(&parts, h, w, &transformed, &bias, activation, &mut got);
+        let got = written(c_out * h * w, |out| {
+            conv3x3_winograd(&parts, h, w, &transformed, &bias, activation, out)
+        });
         got.iter()
             .zip(&want)
             .map(|(g, w)| (g - w).abs() / (1.0 + w.abs()))
