@@ -348,7 +348,7 @@ struct LiveArgs {
 #[derive(Args)]
 struct ServeArgs {
     /// Address to listen on (loopback only by default; use 0.0.0.0:PORT to expose it).
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, env = "STREAMTRACK_BIND", default_value = "127.0.0.1:8080")]
     bind: std::net::SocketAddr,
     /// Require `Authorization: Bearer TOKEN` on every request (or set STREAMTRACK_TOKEN).
     #[arg(long, env = "STREAMTRACK_TOKEN", hide_env_values = true)]
@@ -365,6 +365,9 @@ struct ServeArgs {
     /// Close a connection after this many seconds without a byte either way.
     #[arg(long, default_value_t = streamtrack::server::DEFAULT_IDLE_TIMEOUT.as_secs_f64())]
     idle_timeout: f64,
+    /// Start these streams with the server: a JSON array of `POST /v1/streams` bodies.
+    #[arg(long, env = "STREAMTRACK_STREAMS")]
+    streams: Option<PathBuf>,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -531,6 +534,35 @@ fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
             .ok_or_else(|| {
                 anyhow::anyhow!("--idle-timeout must be a positive number of seconds")
             })?,
+        streams: args
+            .streams
+            .as_deref()
+            .map(read_stream_list)
+            .transpose()?
+            .unwrap_or_default(),
+    })
+}
+
+/// The streams of `serve --streams FILE`: a JSON array of stream requests.
+fn read_stream_list(path: &Path) -> anyhow::Result<Vec<streamtrack::server::StreamRequest>> {
+    /// Far above any real list; a larger file is not one.
+    const MAX_BYTES: u64 = 1 << 20;
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("{}: cannot read the stream list", path.display()))?
+        .len();
+    if size > MAX_BYTES {
+        bail!(
+            "{}: {size} bytes is too large for a stream list (at most {MAX_BYTES})",
+            path.display()
+        );
+    }
+    let text = std::fs::read(path)
+        .with_context(|| format!("{}: cannot read the stream list", path.display()))?;
+    serde_json::from_slice(&text).with_context(|| {
+        format!(
+            "{}: not a JSON array of stream requests (each like a POST /v1/streams body)",
+            path.display()
+        )
     })
 }
 

@@ -42,6 +42,7 @@ fn server_config(name: &str, token: Option<&str>) -> ServerConfig {
         config: Config::default(),
         max_streams: server::DEFAULT_MAX_STREAMS,
         idle_timeout: server::DEFAULT_IDLE_TIMEOUT,
+        streams: Vec::new(),
     }
 }
 
@@ -239,6 +240,44 @@ async fn stream_limit_and_special_files_are_refused() {
         );
     }
     std::fs::remove_dir_all(&media).unwrap();
+}
+
+/// `serve --streams`: the configured streams start with the server and are listed like posted
+/// ones; a list with a bad entry is refused naming the entry.
+#[tokio::test]
+async fn configured_streams_start_with_the_server() {
+    let camera = json!({"source": "rtsp://user:secret@127.0.0.1:9/stream", "target_fps": 5.0});
+    let mut config = server_config("configured", None);
+    config.streams = vec![serde_json::from_value(camera.clone()).unwrap()];
+    let results = config.results_dir.clone();
+    let state = AppState::new(config).unwrap();
+    state.start_configured_streams().unwrap();
+    let server = TestServer {
+        app: server::router(state.clone()),
+        results,
+    };
+    let (status, list) = server.call("GET", "/v1/streams", None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let streams = list.as_array().unwrap();
+    assert_eq!(streams.len(), 1, "{list}");
+    assert_eq!(streams[0]["source"], "rtsp://127.0.0.1:9/stream", "{list}");
+    assert_eq!(streams[0]["status"], "connecting", "{list}");
+    let uri = format!("/v1/streams/{}", streams[0]["id"].as_str().unwrap());
+    let (status, stopped) = server.call("DELETE", &uri, None).await;
+    assert_eq!(status, StatusCode::OK, "{stopped}");
+
+    let mut config = server_config("configured-bad", None);
+    config.streams = [camera, json!({"source": "../outside.mp4"})]
+        .into_iter()
+        .map(|request| serde_json::from_value(request).unwrap())
+        .collect();
+    let state = AppState::new(config).unwrap();
+    let error = state.start_configured_streams().unwrap_err().to_string();
+    assert!(
+        error.contains("stream 2 of the configuration (../outside.mp4)"),
+        "{error}"
+    );
+    state.stop_all();
 }
 
 /// A camera that never answers shows its failed attempts while the stream is connecting,

@@ -26,7 +26,9 @@ use prometheus_client::registry::Registry;
 use crate::config::Config;
 use crate::metrics::StreamMetrics;
 use crate::setup::ModelArgs;
+use crate::video::rtsp::without_credentials;
 pub use error::ApiError;
+pub use streams::StreamRequest;
 
 /// The OpenAPI document of this API (checked in as `docs/openapi.json`).
 pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
@@ -68,6 +70,8 @@ pub struct ServerConfig {
     pub max_streams: usize,
     /// A connection with no byte moving either way for this long is closed.
     pub idle_timeout: std::time::Duration,
+    /// Streams started with the server, as if each had been posted to `/v1/streams`.
+    pub streams: Vec<StreamRequest>,
 }
 
 /// Defaults of the limits in [`ServerConfig`].
@@ -110,6 +114,23 @@ impl AppState {
     /// A fresh id such as `job-3` or `stream-4`, with its results folder created: ids go on
     /// from the highest one in the results folder, so a restarted server never writes into
     /// an earlier run's results.
+    /// Starts the streams of the configuration, in order; the first one refused stops the
+    /// lot (with the streams started before it still running: the caller stops them).
+    pub fn start_configured_streams(self: &Arc<Self>) -> anyhow::Result<()> {
+        for (i, request) in self.config.streams.iter().enumerate() {
+            let stream = streams::start(self, request.clone()).map_err(|e| {
+                anyhow::anyhow!(
+                    "stream {} of the configuration ({}): {}",
+                    i + 1,
+                    without_credentials(&request.source),
+                    e.message
+                )
+            })?;
+            tracing::info!("started {} on {}", stream.id(), stream.source());
+        }
+        Ok(())
+    }
+
     fn new_id(&self, kind: &str) -> Result<(String, PathBuf), ApiError> {
         loop {
             let id = format!("{kind}-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
@@ -301,6 +322,10 @@ pub fn serve(config: ServerConfig) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(state.config.bind)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", state.config.bind))?;
+        if let Err(e) = state.start_configured_streams() {
+            state.stop_all();
+            return Err(e);
+        }
         tracing::info!(
             "listening on http://{}{}",
             state.config.bind,

@@ -130,6 +130,15 @@ impl LiveStream {
         update(&mut self.state.lock().expect("stream lock"));
     }
 
+    pub(super) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The source, credentials removed.
+    pub(super) fn source(&self) -> &str {
+        &self.source
+    }
+
     /// The stream's status as the API names it (`running`, `failed`, …).
     pub(super) fn status_name(&self) -> String {
         let status = self.state.lock().expect("stream lock").status;
@@ -165,6 +174,19 @@ async fn create(
     body: Result<Json<StreamRequest>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Json(request) = body?;
+    let stream = start(&state, request)?;
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/v1/streams/{}", stream.id))],
+        Json(stream.view()),
+    ))
+}
+
+/// Checks `request` and starts its stream, as `POST /v1/streams` and `serve --streams` do.
+pub(super) fn start(
+    state: &Arc<AppState>,
+    request: StreamRequest,
+) -> Result<Arc<LiveStream>, ApiError> {
     request.detect.validate()?;
     if request.target_fps.is_some_and(|f| f.is_nan() || f <= 0.0) {
         return Err(ApiError::bad_request("target_fps must be positive"));
@@ -222,12 +244,8 @@ async fn create(
         .streams
         .lock()
         .expect("streams lock")
-        .insert(id.clone(), stream.clone());
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, format!("/v1/streams/{id}"))],
-        Json(stream.view()),
-    ))
+        .insert(id, stream.clone());
+    Ok(stream)
 }
 
 /// Every stream the server knows (stopped and failed ones until they are deleted), oldest
