@@ -280,6 +280,30 @@ async fn configured_streams_start_with_the_server() {
     state.stop_all();
 }
 
+/// The stream lists shipped in `deploy/` are what `serve --streams` reads: each entry is a
+/// stream request the server accepts (RTSP cameras, so no media root is involved).
+#[test]
+fn the_deployment_stream_lists_are_valid_requests() {
+    let lists = [
+        "deploy/k8s/base/streams.json",
+        "deploy/k8s/overlays/camera-group-north/streams.json",
+        "deploy/compose/streams.json",
+    ];
+    for path in lists {
+        let text = std::fs::read_to_string(path).unwrap();
+        let requests: Vec<server::StreamRequest> =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert!(!requests.is_empty(), "{path}");
+        let mut config = server_config("deploy-lists", None);
+        config.max_streams = requests.len();
+        config.streams = requests;
+        let state = AppState::new(config).unwrap();
+        let started = state.start_configured_streams();
+        state.stop_all();
+        started.unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
+}
+
 /// A camera that never answers shows its failed attempts while the stream is connecting,
 /// and the stream still stops on request.
 #[tokio::test]
