@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::detect::DetectConfig;
 use crate::model::DeviceChoice;
+use crate::sinks::SinkSettings;
 use crate::speed::SpeedConfig;
 use crate::track::TrackerConfig;
 use crate::zones::ZonesConfig;
@@ -29,6 +30,8 @@ pub struct Config {
     pub input: InputSection,
     /// Counting lines and areas.
     pub zones: ZonesConfig,
+    /// Where events are published besides the result files (MQTT, webhooks).
+    pub sinks: SinkSettings,
 }
 
 /// `[detect]`: thresholds and class selection.
@@ -172,7 +175,8 @@ impl Config {
 
     /// Checks every value is usable, naming the section and key of the first that is not.
     pub fn validate(&self) -> Result<(), String> {
-        let sections: [(&str, Result<(), String>); 6] = [
+        let sections: [(&str, Result<(), String>); 7] = [
+            ("sinks", self.sinks.validate().map_err(|e| e.to_string())),
             ("detect", self.detect.validate()),
             ("tracker", self.tracker.validate()),
             ("speed", self.speed.validate()),

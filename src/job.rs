@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::output::{JsonTap, ResultWriters};
 use crate::pipeline::{self, RunOptions, RunSummary, Sinks};
 use crate::setup::{self, ModelArgs};
+use crate::sinks::{EventSinks, MqttSettings, SinkCounters, SinkSettings, WebhookSettings};
 use crate::video::FrameSource;
 use crate::video::encoder::EncodeSettings;
 use crate::video::sink::{Mp4Sink, PngFrameSink};
@@ -44,6 +45,25 @@ pub struct OutputArgs {
     /// Analyse one frame in N+1 (the others are written with the last annotations).
     #[arg(long, default_value_t = 0)]
     pub frame_skip: u64,
+    /// Publish events to this MQTT broker: mqtt://[user:password@]host[:port] (overrides
+    /// `[sinks.mqtt] url`).
+    #[arg(long)]
+    pub mqtt: Option<String>,
+    /// POST every event as JSON to this URL: http://host[:port]/path (overrides
+    /// `[sinks.webhook] url`).
+    #[arg(long)]
+    pub webhook: Option<String>,
+    /// Sign webhook bodies with HMAC-SHA256 and this secret (overrides `[sinks.webhook]
+    /// secret`).
+    #[arg(long, env = "STREAMTRACK_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// The stream's name in MQTT topics and event bodies (default: the input's file name).
+    #[arg(long)]
+    pub stream_id: Option<String>,
+    /// Event sinks given as settings (the HTTP API's per-stream `sinks`); the flags above
+    /// override their URLs.
+    #[arg(skip)]
+    pub sinks: Option<SinkSettings>,
 }
 
 impl OutputArgs {
@@ -82,6 +102,28 @@ impl OutputArgs {
             || self.events.is_some()
             || self.csv.is_some()
             || self.mot.is_some()
+            || self.mqtt.is_some()
+            || self.webhook.is_some()
+    }
+
+    /// The event sinks of the run: the configuration's `[sinks]`, replaced by the
+    /// request's settings, with the URLs and secret given as flags on top.
+    pub fn sink_settings(&self, config: &Config) -> SinkSettings {
+        let mut settings = self.sinks.clone().unwrap_or_else(|| config.sinks.clone());
+        if let Some(url) = &self.mqtt {
+            let mqtt = settings.mqtt.get_or_insert_with(|| MqttSettings::new(url));
+            mqtt.url = url.clone();
+        }
+        if let Some(url) = &self.webhook {
+            let webhook = settings
+                .webhook
+                .get_or_insert_with(|| WebhookSettings::new(url, None));
+            webhook.url = url.clone();
+        }
+        if let (Some(secret), Some(webhook)) = (&self.webhook_secret, settings.webhook.as_mut()) {
+            webhook.secret = Some(secret.clone());
+        }
+        settings
     }
 }
 
@@ -146,6 +188,15 @@ pub fn run_stream(
     )?;
     if let Some(tap) = tap {
         writers = writers.with_tap(tap);
+    }
+    let sink_settings = outputs.sink_settings(config);
+    if !sink_settings.is_empty() {
+        let stream = outputs.stream_id.as_deref().unwrap_or("stream");
+        let counters = SinkCounters {
+            published: options.metrics.events_published.clone(),
+            dropped: options.metrics.events_dropped.clone(),
+        };
+        writers = writers.with_event_sinks(EventSinks::start(stream, &sink_settings, counters)?);
     }
     let setup::StreamAnalysis {
         mut detector,

@@ -18,6 +18,7 @@ pub mod output;
 pub mod pipeline;
 pub mod server;
 pub mod setup;
+pub mod sinks;
 pub mod speed;
 pub mod track;
 pub mod video;

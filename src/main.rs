@@ -466,8 +466,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn process(args: ProcessArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
+fn process(mut args: ProcessArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
     require_outputs(&args.outputs)?;
+    name_the_stream(&mut args.outputs, &args.input.to_string_lossy());
     args.outputs.check_paths(&args.input)?;
     let source = video::open_source(&args.input, args.fps)?;
     log_stream(&args.input.display().to_string(), source.info());
@@ -481,8 +482,9 @@ fn process(args: ProcessArgs, config: Config, quiet: bool) -> anyhow::Result<()>
     Ok(())
 }
 
-fn live(args: LiveArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
+fn live(mut args: LiveArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
     require_outputs(&args.outputs)?;
+    name_the_stream(&mut args.outputs, &args.source);
     args.outputs.check_paths(Path::new(&args.source))?;
     if args.target_fps.is_some_and(|f| f.is_nan() || f <= 0.0) {
         bail!("--target-fps must be positive");
@@ -564,6 +566,34 @@ fn read_stream_list(path: &Path) -> anyhow::Result<Vec<streamtrack::server::Stre
             path.display()
         )
     })
+}
+
+/// Without `--stream-id`, events name the stream after the source: a file's stem, a URL's
+/// host and path (`cam1_stream`), `camera0`, `stdin`.
+fn name_the_stream(outputs: &mut OutputArgs, source: &str) {
+    if outputs.stream_id.is_some() {
+        return;
+    }
+    let name = match video::live::LiveSpec::parse(source) {
+        video::live::LiveSpec::Stdin => "stdin".to_string(),
+        video::live::LiveSpec::Rtsp(url) => url::Url::parse(&url)
+            .map(|u| format!("{}{}", u.host_str().unwrap_or(""), u.path()))
+            .unwrap_or(url),
+        _ => Path::new(source)
+            .file_stem()
+            .map_or_else(|| source.to_string(), |s| s.to_string_lossy().into_owned()),
+    };
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    outputs.stream_id = Some(name.trim_matches('_').to_string());
 }
 
 fn require_outputs(outputs: &OutputArgs) -> anyhow::Result<()> {

@@ -38,6 +38,10 @@ pub struct StreamMetrics {
     pub encode_seconds: Histogram,
     /// From the moment a frame left the source until its results were written.
     pub latency_seconds: Histogram,
+    /// Events queued for an event sink (MQTT, webhook), once per sink.
+    pub events_published: Counter,
+    /// Events an event sink could not take (queue full) or deliver before the stream ended.
+    pub events_dropped: Counter,
 }
 
 impl Default for StreamMetrics {
@@ -57,6 +61,8 @@ impl Default for StreamMetrics {
             analyse_seconds: buckets(),
             encode_seconds: buckets(),
             latency_seconds: buckets(),
+            events_published: Counter::default(),
+            events_dropped: Counter::default(),
         }
     }
 }
@@ -89,6 +95,16 @@ impl StreamMetrics {
                 "reconnects",
                 "Times a live source was lost and reconnected",
                 &self.reconnects,
+            ),
+            (
+                "events_published",
+                "Events queued for an event sink (MQTT, webhook), once per sink",
+                &self.events_published,
+            ),
+            (
+                "events_dropped",
+                "Events an event sink could not queue or deliver before the stream ended",
+                &self.events_dropped,
             ),
         ];
         for (name, help, counter) in counters {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::geometry::BBox;
+use crate::sinks::EventSinks;
 use crate::speed::TrackSummary;
 use crate::zones::{ZoneCounts, ZoneEvent};
 
@@ -139,6 +140,7 @@ pub struct ResultWriters {
     csv: Option<Output>,
     mot: Option<Output>,
     tap: Option<JsonTap>,
+    event_sinks: Option<EventSinks>,
 }
 
 impl ResultWriters {
@@ -153,6 +155,7 @@ impl ResultWriters {
             csv: csv.map(Output::create).transpose()?,
             mot: mot.map(Output::create).transpose()?,
             tap: None,
+            event_sinks: None,
         };
         if let Some(csv) = writers.csv.as_mut() {
             csv.line("frame,time,id,class,name,x1,y1,x2,y2,score,speed");
@@ -164,6 +167,12 @@ impl ResultWriters {
     /// Also hands every JSON line (frame records and events) to `tap`.
     pub fn with_tap(mut self, tap: JsonTap) -> Self {
         self.tap = Some(tap);
+        self
+    }
+
+    /// Also publishes every event to `sinks` (MQTT, webhooks).
+    pub fn with_event_sinks(mut self, sinks: EventSinks) -> Self {
+        self.event_sinks = Some(sinks);
         self
     }
 
@@ -196,6 +205,10 @@ impl ResultWriters {
         let event_lines = events
             .iter()
             .map(|e| serde_json::to_string(e).expect("events serialise"));
+        // Published first: a result file that cannot be written does not hold them back.
+        if let Some(sinks) = self.event_sinks.as_mut() {
+            sinks.publish(events);
+        }
         self.json_lines(std::iter::once(frame_line).chain(event_lines))?;
         if let Some(out) = self.csv.as_mut() {
             for t in &record.tracks {
@@ -235,6 +248,9 @@ impl ResultWriters {
 
     /// Writes events that are not tied to a frame (track summaries at the end).
     pub fn write_events(&mut self, events: &[Event]) -> Result<(), OutputError> {
+        if let Some(sinks) = self.event_sinks.as_mut() {
+            sinks.publish(events);
+        }
         self.json_lines(
             events
                 .iter()

@@ -293,6 +293,8 @@ fn run_job(state: &AppState, job: &Job, input: PathBuf, request: &JobRequest) {
             events: Some(job.results.events.clone()),
             csv: job.results.csv.clone(),
             frame_skip: request.detect.frame_skip.unwrap_or(0),
+            // The configuration's `[sinks]`, if any, name the job's events after it.
+            stream_id: Some(job.id.clone()),
             ..OutputArgs::default()
         };
         let model = request.detect.apply(&state.config.model);

@@ -26,6 +26,7 @@ use super::worker::Worker;
 use crate::job::{OutputArgs, run_stream};
 use crate::metrics::StreamMetrics;
 use crate::pipeline::{LiveOptions, Mode, RunOptions};
+use crate::sinks::SinkSettings;
 use crate::video::live::{LiveSourceOptions, LiveSpec, open_live_source};
 use crate::video::rtsp::without_credentials;
 
@@ -50,6 +51,9 @@ pub struct StreamRequest {
     pub video: bool,
     #[serde(default)]
     pub detect: DetectionOverrides,
+    /// Event sinks for this stream (MQTT, webhook) instead of the configuration's `[sinks]`.
+    #[serde(default)]
+    pub sinks: Option<SinkSettings>,
 }
 
 /// Where a stream is in its life.
@@ -188,6 +192,11 @@ pub(super) fn start(
     request: StreamRequest,
 ) -> Result<Arc<LiveStream>, ApiError> {
     request.detect.validate()?;
+    if let Some(sinks) = &request.sinks {
+        sinks
+            .validate()
+            .map_err(|e| ApiError::bad_request(format!("sinks.{e}")))?;
+    }
     if request.target_fps.is_some_and(|f| f.is_nan() || f <= 0.0) {
         return Err(ApiError::bad_request("target_fps must be positive"));
     }
@@ -231,6 +240,8 @@ pub(super) fn start(
         events: stream.record.clone(),
         output: request.video.then(|| dir.join("annotated.mp4")),
         frame_skip: request.detect.frame_skip.unwrap_or(0),
+        stream_id: Some(id.clone()),
+        sinks: request.sinks.clone(),
         ..OutputArgs::default()
     };
     let (worker_state, worker_stream) = (state.clone(), stream.clone());

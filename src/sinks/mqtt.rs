@@ -1,0 +1,302 @@
+//! The MQTT sink (rumqttc, MQTT 3.1.1, QoS 1): events on `<prefix>/<stream>/events`, zone
+//! totals on `<prefix>/<stream>/counts`, and a retained `<prefix>/<stream>/status` that reads
+//! `online` while the stream runs and `offline` after it ends or when the connection dies
+//! (the broker publishes the last will). The client's request queue is the sink's bounded
+//! queue; a thread drives the connection and reconnects with backoff while the broker is
+//! unreachable.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rumqttc::{Client, Connection, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use serde::{Deserialize, Serialize};
+
+use super::{Backoff, Channel, DEFAULT_QUEUE, Outlet, SinkError, check_queue};
+
+/// `[sinks.mqtt]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttSettings {
+    /// `mqtt://[user:password@]host[:port]` (port 1883 by default).
+    pub url: String,
+    /// First level of every topic.
+    #[serde(default = "default_prefix")]
+    pub topic_prefix: String,
+    /// MQTT client id (default: `streamtrack-<stream>`).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Events waiting while the broker is unreachable.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+}
+
+fn default_prefix() -> String {
+    "streamtrack".into()
+}
+
+fn default_queue() -> usize {
+    DEFAULT_QUEUE
+}
+
+/// The parts of an `mqtt://` URL.
+struct Broker {
+    host: String,
+    port: u16,
+    credentials: Option<(String, String)>,
+}
+
+impl MqttSettings {
+    /// Settings for `url` with every other value at its default.
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            topic_prefix: default_prefix(),
+            client_id: None,
+            queue: DEFAULT_QUEUE,
+        }
+    }
+
+    pub(super) fn validate(&self) -> Result<(), SinkError> {
+        self.broker()?;
+        if self.topic_prefix.is_empty() || self.topic_prefix.contains(['+', '#']) {
+            return Err(SinkError::new(
+                "mqtt",
+                format!(
+                    "topic_prefix '{}' must be non-empty, without + or #",
+                    self.topic_prefix
+                ),
+            ));
+        }
+        check_queue("mqtt", self.queue)
+    }
+
+    fn broker(&self) -> Result<Broker, SinkError> {
+        let fail = |message: String| SinkError::new("mqtt", message);
+        let url = url::Url::parse(&self.url)
+            .map_err(|e| fail(format!("'{}' is not a URL: {e}", self.url)))?;
+        if url.scheme() != "mqtt" {
+            return Err(fail(format!(
+                "'{}': only mqtt:// is supported (TLS is not built in; put a TLS \
+                 terminator in front of the broker for mqtts)",
+                url.scheme()
+            )));
+        }
+        let host = url
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| fail(format!("'{}' names no host", self.url)))?;
+        let decode = |part: &str| {
+            percent_encoding::percent_decode_str(part)
+                .decode_utf8()
+                .map(|text| text.into_owned())
+                .map_err(|_| fail("the credentials are not valid UTF-8".into()))
+        };
+        let credentials = if url.username().is_empty() {
+            None
+        } else {
+            Some((
+                decode(url.username())?,
+                decode(url.password().unwrap_or(""))?,
+            ))
+        };
+        Ok(Broker {
+            host: host.trim_matches(['[', ']']).to_string(),
+            port: url.port().unwrap_or(1883),
+            credentials,
+        })
+    }
+}
+
+/// Topic names: `<prefix>/<stream>/<leaf>`, the stream id with MQTT's wildcards replaced.
+fn topic(prefix: &str, stream: &str, leaf: &str) -> String {
+    let stream: String = stream
+        .chars()
+        .map(|c| if matches!(c, '+' | '#' | '/') { '_' } else { c })
+        .collect();
+    format!("{prefix}/{stream}/{leaf}")
+}
+
+/// A running MQTT sink.
+pub(super) struct MqttOutlet {
+    client: Client,
+    events: String,
+    counts: String,
+    status: String,
+    /// Publishes queued (events and status messages) and acknowledged by the broker.
+    queued: Arc<AtomicU64>,
+    acked: Arc<AtomicU64>,
+    /// The stream has ended: no `online` status any more.
+    ending: Arc<AtomicBool>,
+    /// The drain is over: the driver stops at its next failed attempt.
+    closing: Arc<AtomicBool>,
+    driver: std::thread::JoinHandle<()>,
+}
+
+impl MqttOutlet {
+    pub(super) fn start(settings: &MqttSettings, stream: &str) -> Result<Self, SinkError> {
+        let broker = settings.broker()?;
+        let status = topic(&settings.topic_prefix, stream, "status");
+        let client_id = settings
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("streamtrack-{stream}"));
+        let mut options = MqttOptions::new(client_id, broker.host, broker.port);
+        options
+            .set_keep_alive(Duration::from_secs(30))
+            // Publishes not yet acknowledged are sent again after a reconnection.
+            .set_clean_session(false)
+            .set_last_will(LastWill::new(&status, "offline", QoS::AtLeastOnce, true));
+        if let Some((user, password)) = broker.credentials {
+            options.set_credentials(user, password);
+        }
+        let (client, connection) = Client::new(options, settings.queue);
+        // First in the queue, so it precedes every event of the stream.
+        client
+            .try_publish(&status, QoS::AtLeastOnce, true, "online")
+            .map_err(|e| SinkError::new("mqtt", format!("cannot queue the status: {e}")))?;
+        let queued = Arc::new(AtomicU64::new(1));
+        let acked = Arc::new(AtomicU64::new(0));
+        let ending = Arc::new(AtomicBool::new(false));
+        let closing = Arc::new(AtomicBool::new(false));
+        let driver = {
+            let (client, status, queued, acked, ending, closing) = (
+                client.clone(),
+                status.clone(),
+                queued.clone(),
+                acked.clone(),
+                ending.clone(),
+                closing.clone(),
+            );
+            let url = settings.url.clone();
+            std::thread::Builder::new()
+                .name(format!("mqtt {stream}"))
+                .spawn(move || {
+                    drive(
+                        connection,
+                        &client,
+                        &status,
+                        &url,
+                        [&queued, &acked],
+                        [&ending, &closing],
+                    )
+                })
+                .map_err(|e| SinkError::new("mqtt", format!("cannot start its thread: {e}")))?
+        };
+        Ok(Self {
+            client,
+            events: topic(&settings.topic_prefix, stream, "events"),
+            counts: topic(&settings.topic_prefix, stream, "counts"),
+            status,
+            queued,
+            acked,
+            ending,
+            closing,
+            driver,
+        })
+    }
+}
+
+/// Runs the connection until the sink closes: publishes the retained `online` status again
+/// after a reconnection (the broker published the last will when the connection died),
+/// counts acknowledgements, waits with backoff while the broker is unreachable.
+fn drive(
+    mut connection: Connection,
+    client: &Client,
+    status: &str,
+    url: &str,
+    [queued, acked]: [&AtomicU64; 2],
+    [ending, closing]: [&AtomicBool; 2],
+) {
+    let mut backoff = Backoff::new();
+    let mut reported_down = false;
+    let mut connected_before = false;
+    for notification in connection.iter() {
+        match notification {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff.reset();
+                if reported_down {
+                    tracing::info!("MQTT broker {url} reachable again");
+                    reported_down = false;
+                }
+                if connected_before
+                    && !ending.load(Ordering::Relaxed)
+                    && client
+                        .try_publish(status, QoS::AtLeastOnce, true, "online")
+                        .is_ok()
+                {
+                    queued.fetch_add(1, Ordering::Relaxed);
+                }
+                connected_before = true;
+            }
+            Ok(Event::Incoming(Packet::PubAck(_))) => {
+                acked.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+            Ok(_) => {}
+            Err(error) => {
+                if closing.load(Ordering::Relaxed) {
+                    break;
+                }
+                if !reported_down {
+                    tracing::warn!(
+                        "MQTT broker {url} unreachable ({error}); events wait in the queue"
+                    );
+                    reported_down = true;
+                }
+                std::thread::sleep(backoff.next());
+            }
+        }
+    }
+}
+
+impl Outlet for MqttOutlet {
+    fn offer(&mut self, channel: Channel, payload: &str) -> bool {
+        let topic = match channel {
+            Channel::Events => &self.events,
+            Channel::Counts => &self.counts,
+        };
+        let queued = self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload.as_bytes())
+            .is_ok();
+        if queued {
+            self.queued.fetch_add(1, Ordering::Relaxed);
+        }
+        queued
+    }
+
+    fn close(self: Box<Self>, deadline: Instant) -> u64 {
+        self.ending.store(true, Ordering::Relaxed);
+        // The stream is over: `offline` (retained), then a clean disconnect, which leaves
+        // the last will unused.
+        if self
+            .client
+            .try_publish(&self.status, QoS::AtLeastOnce, true, "offline")
+            .is_ok()
+        {
+            self.queued.fetch_add(1, Ordering::Relaxed);
+        }
+        while self.acked.load(Ordering::Relaxed) < self.queued.load(Ordering::Relaxed)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let left = self
+            .queued
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.acked.load(Ordering::Relaxed));
+        self.closing.store(true, Ordering::Relaxed);
+        let _ = self.client.disconnect();
+        // A driver stuck on an unreachable broker stops at its next failed attempt; it is
+        // not waited for.
+        if left == 0 {
+            let _ = self.driver.join();
+        }
+        left
+    }
+
+    fn name(&self) -> &'static str {
+        "MQTT broker"
+    }
+}

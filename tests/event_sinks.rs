@@ -1,0 +1,352 @@
+//! Event sinks against real endpoints: a webhook server on a local port (signatures,
+//! retries while it answers 503, order and sequence numbers, a full queue counted) and a real
+//! MQTT broker (Mosquitto, which `.ci/run` installs): topics, QoS 1 delivery, the retained
+//! status, and events queued while the broker is unreachable delivered once it is back.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rumqttc::{Client, Event as MqttEvent, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use streamtrack::output::Event;
+use streamtrack::sinks::{
+    EventSinks, MqttSettings, SinkCounters, SinkSettings, WebhookSettings, signature,
+};
+use streamtrack::zones::ZoneCounts;
+
+fn speed_event(id: u64) -> Event {
+    Event::SpeedLimit {
+        frame: id * 10,
+        time: id as f64,
+        id,
+        speed: 72.0,
+        limit: 50.0,
+        unit: "km/h",
+    }
+}
+
+/// A port nothing listens on (yet).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One received webhook request: its signature header and body.
+struct Delivery {
+    signature: Option<String>,
+    raw: Vec<u8>,
+    body: Value,
+}
+
+/// Answers each request with the next status of `answers` (the last one repeats) and sends
+/// the 2xx-answered ones to the returned channel.
+fn webhook_server(answers: Vec<u16>) -> (u16, mpsc::Receiver<Delivery>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (sender, deliveries) = mpsc::channel();
+    thread::spawn(move || {
+        for (i, stream) in listener.incoming().enumerate() {
+            let mut stream = stream.unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let (mut length, mut signature) = (0, None);
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                let line = line.trim_end();
+                if line.is_empty() {
+                    break;
+                }
+                let (name, value) = line.split_once(':').unwrap_or((line, ""));
+                match name.to_ascii_lowercase().as_str() {
+                    "content-length" => length = value.trim().parse().unwrap(),
+                    "x-streamtrack-signature" => signature = Some(value.trim().to_string()),
+                    _ => {}
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            let status = answers[i.min(answers.len() - 1)];
+            write!(stream, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n").unwrap();
+            if (200..300).contains(&status) {
+                let delivery = Delivery {
+                    signature,
+                    body: serde_json::from_slice(&body).unwrap(),
+                    raw: body,
+                };
+                if sender.send(delivery).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (port, deliveries)
+}
+
+#[test]
+fn webhook_events_are_signed_retried_and_delivered_in_order() {
+    // The endpoint is "down" (503) for its first two requests.
+    let (port, deliveries) = webhook_server(vec![503, 503, 204]);
+    let secret = "shared-secret";
+    let settings = SinkSettings {
+        webhook: Some(WebhookSettings::new(
+            &format!("http://127.0.0.1:{port}/hooks/streamtrack?source=test"),
+            Some(secret.into()),
+        )),
+        ..SinkSettings::default()
+    };
+    let counters = SinkCounters::default();
+    let mut sinks = EventSinks::start("gate-cam", &settings, counters.clone()).unwrap();
+    sinks.publish(&[speed_event(1), speed_event(2)]);
+    sinks.publish(&[Event::ZoneCounts(ZoneCounts::default())]);
+    drop(sinks);
+
+    let received: Vec<Delivery> = deliveries.try_iter().collect();
+    assert_eq!(received.len(), 3, "every event once, after the retries");
+    for (i, delivery) in received.iter().enumerate() {
+        assert_eq!(delivery.body["stream"], "gate-cam");
+        assert_eq!(delivery.body["seq"], i as u64 + 1);
+        assert_eq!(
+            delivery.signature.as_deref(),
+            Some(signature(secret, &delivery.raw).as_str())
+        );
+    }
+    assert_eq!(received[0].body["event"], "speed_limit");
+    assert_eq!(received[1].body["id"], 2);
+    assert_eq!(received[2].body["event"], "zone_counts");
+    assert_eq!(counters.published.get(), 3);
+    assert_eq!(counters.dropped.get(), 0);
+}
+
+#[test]
+fn events_an_unreachable_webhook_cannot_take_are_counted() {
+    let settings = SinkSettings {
+        webhook: Some(WebhookSettings {
+            queue: 2,
+            ..WebhookSettings::new(&format!("http://127.0.0.1:{}/", free_port()), None)
+        }),
+        ..SinkSettings::default()
+    };
+    let counters = SinkCounters::default();
+    let mut sinks = EventSinks::start("cam", &settings, counters.clone()).unwrap();
+    let events: Vec<Event> = (1..=6).map(speed_event).collect();
+    sinks.publish(&events);
+    assert!(
+        counters.dropped.get() >= 3,
+        "a queue of 2 (plus the one in delivery) cannot hold 6: {} dropped",
+        counters.dropped.get()
+    );
+    let started = Instant::now();
+    drop(sinks);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the drain has a deadline"
+    );
+    assert_eq!(
+        counters.dropped.get(),
+        6,
+        "nothing was delivered, and every event is counted"
+    );
+}
+
+/// A Mosquitto broker on `port`, stopped when dropped.
+struct Broker(Child);
+
+impl Broker {
+    fn start(port: u16) -> Self {
+        // Debian installs it in /usr/sbin, which a user's PATH may lack.
+        let program = ["mosquitto", "/usr/sbin/mosquitto"]
+            .into_iter()
+            .find(|p| Command::new(p).arg("-h").output().is_ok())
+            .expect("mosquitto is installed (.ci/run installs it)");
+        let child = Command::new(program)
+            .args(["-p", &port.to_string()])
+            .spawn()
+            .expect("mosquitto starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            thread::sleep(Duration::from_millis(20));
+        }
+        Self(child)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Subscribes to `filter` on the broker at `port`; messages arrive on the returned channel
+/// as (topic, payload, retained).
+fn subscribe(port: u16, filter: &str) -> mpsc::Receiver<(String, String, bool)> {
+    let (client, mut connection) = Client::new(
+        MqttOptions::new(format!("test-{port}"), "127.0.0.1", port),
+        10,
+    );
+    client.subscribe(filter, QoS::AtLeastOnce).unwrap();
+    let (sender, messages) = mpsc::channel();
+    let (subscribed, ready) = mpsc::channel();
+    thread::spawn(move || {
+        let _client = client;
+        for event in connection.iter() {
+            match event {
+                Ok(MqttEvent::Incoming(Packet::SubAck(_))) => {
+                    let _ = subscribed.send(());
+                }
+                Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+                    let payload = String::from_utf8(p.payload.to_vec()).unwrap();
+                    if sender.send((p.topic, payload, p.retain)).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    ready
+        .recv_timeout(Duration::from_secs(10))
+        .expect("subscribed");
+    messages
+}
+
+/// Forwards connections from `listen` to `target` once `open` fires: until then nothing
+/// listens on `listen`, as with a broker that is down.
+fn delayed_forwarder(listen: u16, target: u16, open: mpsc::Receiver<()>) {
+    thread::spawn(move || {
+        open.recv().unwrap();
+        let listener = TcpListener::bind(("127.0.0.1", listen)).unwrap();
+        for client in listener.incoming() {
+            let client = client.unwrap();
+            let server = TcpStream::connect(("127.0.0.1", target)).unwrap();
+            for (mut from, mut to) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server, client),
+            ] {
+                thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+}
+
+#[test]
+fn mqtt_events_reach_a_real_broker_including_those_queued_while_it_was_unreachable() {
+    let port = free_port();
+    let _broker = Broker::start(port);
+    let messages = subscribe(port, "streamtrack/#");
+    // The sink reaches the broker through a port that opens only later.
+    let (proxy_port, open) = (free_port(), mpsc::channel());
+    delayed_forwarder(proxy_port, port, open.1);
+    let settings = SinkSettings {
+        mqtt: Some(MqttSettings::new(&format!("mqtt://127.0.0.1:{proxy_port}"))),
+        ..SinkSettings::default()
+    };
+    let counters = SinkCounters::default();
+    let mut sinks = EventSinks::start("north/gate", &settings, counters.clone()).unwrap();
+    sinks.publish(&[speed_event(1), speed_event(2)]);
+    thread::sleep(Duration::from_millis(700));
+    assert_eq!(counters.dropped.get(), 0, "queued while unreachable");
+    open.0.send(()).unwrap();
+    sinks.publish(&[Event::ZoneCounts(ZoneCounts::default())]);
+    drop(sinks);
+
+    let mut received = Vec::new();
+    while let Ok(message) = messages.recv_timeout(Duration::from_secs(10)) {
+        let last = message.1 == "offline";
+        received.push(message);
+        if last {
+            break;
+        }
+    }
+    let topics: Vec<&str> = received.iter().map(|(t, _, _)| t.as_str()).collect();
+    assert_eq!(
+        topics[..4],
+        [
+            "streamtrack/north_gate/status",
+            "streamtrack/north_gate/events",
+            "streamtrack/north_gate/events",
+            "streamtrack/north_gate/counts",
+        ],
+        "{received:?}"
+    );
+    assert_eq!(received[0].1, "online");
+    let bodies: Vec<Value> = received[1..4]
+        .iter()
+        .map(|(_, payload, _)| serde_json::from_str(payload).unwrap())
+        .collect();
+    for (i, body) in bodies.iter().enumerate() {
+        assert_eq!(body["stream"], "north/gate");
+        assert_eq!(body["seq"], i as u64 + 1);
+    }
+    assert_eq!(bodies[1]["id"], 2);
+    assert_eq!(bodies[2]["event"], "zone_counts");
+    assert_eq!(counters.published.get(), 3);
+    assert_eq!(counters.dropped.get(), 0);
+
+    // The status stays retained for later subscribers: `offline` after a clean end.
+    let late = subscribe(port, "streamtrack/north_gate/status");
+    let (topic, payload, retained) = late.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        (topic.as_str(), payload.as_str(), retained),
+        ("streamtrack/north_gate/status", "offline", true)
+    );
+}
+
+#[test]
+fn sink_settings_are_checked_before_anything_connects() {
+    let bad = [
+        (
+            SinkSettings {
+                mqtt: Some(MqttSettings::new("mqtts://broker:8883")),
+                ..SinkSettings::default()
+            },
+            "only mqtt://",
+        ),
+        (
+            SinkSettings {
+                webhook: Some(WebhookSettings::new("https://example.com/hook", None)),
+                ..SinkSettings::default()
+            },
+            "only http://",
+        ),
+        (
+            SinkSettings {
+                webhook: Some(WebhookSettings {
+                    queue: 0,
+                    ..WebhookSettings::new("http://example.com/hook", None)
+                }),
+                ..SinkSettings::default()
+            },
+            "queue must be between 1",
+        ),
+        (
+            SinkSettings {
+                mqtt: Some(MqttSettings {
+                    topic_prefix: "a/#".into(),
+                    ..MqttSettings::new("mqtt://broker")
+                }),
+                ..SinkSettings::default()
+            },
+            "topic_prefix",
+        ),
+    ];
+    for (settings, message) in bad {
+        let error = EventSinks::start("cam", &settings, SinkCounters::default())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(error.contains(message), "{error}");
+    }
+}
