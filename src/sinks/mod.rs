@@ -72,6 +72,47 @@ impl SinkSettings {
     }
 }
 
+fn default_queue() -> usize {
+    DEFAULT_QUEUE
+}
+
+/// `url` parsed, with its scheme `scheme` (the only one the sink speaks: `tls_hint` says what
+/// to do for the encrypted one) and a host; returns the URL and the host.
+fn parse_url(
+    sink: &'static str,
+    url: &str,
+    scheme: &str,
+    tls_hint: &str,
+) -> Result<(url::Url, String), SinkError> {
+    let fail = |message: String| SinkError::new(sink, message);
+    let parsed = url::Url::parse(url).map_err(|e| fail(format!("'{url}' is not a URL: {e}")))?;
+    if parsed.scheme() != scheme {
+        return Err(fail(format!(
+            "'{}': only {scheme}:// is supported ({tls_hint})",
+            parsed.scheme()
+        )));
+    }
+    let host = parsed
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| fail(format!("'{url}' names no host")))?
+        .trim_matches(['[', ']'])
+        .to_string();
+    Ok((parsed, host))
+}
+
+/// Starts a sink's thread, named after the sink and the stream.
+fn spawn<T: Send + 'static>(
+    sink: &'static str,
+    stream: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<std::thread::JoinHandle<T>, SinkError> {
+    std::thread::Builder::new()
+        .name(format!("{sink} {stream}"))
+        .spawn(work)
+        .map_err(|e| SinkError::new(sink, format!("cannot start its thread: {e}")))
+}
+
 /// Checks a configured queue size.
 fn check_queue(sink: &'static str, queue: usize) -> Result<(), SinkError> {
     if queue == 0 || queue > MAX_QUEUE {

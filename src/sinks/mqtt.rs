@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use rumqttc::{Client, Connection, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use serde::{Deserialize, Serialize};
 
-use super::{Backoff, Channel, DEFAULT_QUEUE, Outlet, SinkError, check_queue};
+use super::{
+    Backoff, Channel, DEFAULT_QUEUE, Outlet, SinkError, check_queue, default_queue, parse_url,
+};
 
 /// `[sinks.mqtt]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,10 +35,6 @@ pub struct MqttSettings {
 
 fn default_prefix() -> String {
     "streamtrack".into()
-}
-
-fn default_queue() -> usize {
-    DEFAULT_QUEUE
 }
 
 /// The parts of an `mqtt://` URL.
@@ -73,19 +71,12 @@ impl MqttSettings {
 
     fn broker(&self) -> Result<Broker, SinkError> {
         let fail = |message: String| SinkError::new("mqtt", message);
-        let url = url::Url::parse(&self.url)
-            .map_err(|e| fail(format!("'{}' is not a URL: {e}", self.url)))?;
-        if url.scheme() != "mqtt" {
-            return Err(fail(format!(
-                "'{}': only mqtt:// is supported (TLS is not built in; put a TLS \
-                 terminator in front of the broker for mqtts)",
-                url.scheme()
-            )));
-        }
-        let host = url
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| fail(format!("'{}' names no host", self.url)))?;
+        let (url, host) = parse_url(
+            "mqtt",
+            &self.url,
+            "mqtt",
+            "TLS is not built in; put a TLS terminator in front of the broker for mqtts",
+        )?;
         let decode = |part: &str| {
             percent_encoding::percent_decode_str(part)
                 .decode_utf8()
@@ -101,7 +92,7 @@ impl MqttSettings {
             ))
         };
         Ok(Broker {
-            host: host.trim_matches(['[', ']']).to_string(),
+            host,
             port: url.port().unwrap_or(1883),
             credentials,
         })
@@ -169,19 +160,16 @@ impl MqttOutlet {
                 closing.clone(),
             );
             let url = settings.url.clone();
-            std::thread::Builder::new()
-                .name(format!("mqtt {stream}"))
-                .spawn(move || {
-                    drive(
-                        connection,
-                        &client,
-                        &status,
-                        &url,
-                        [&queued, &acked],
-                        [&ending, &closing],
-                    )
-                })
-                .map_err(|e| SinkError::new("mqtt", format!("cannot start its thread: {e}")))?
+            super::spawn("mqtt", stream, move || {
+                drive(
+                    connection,
+                    &client,
+                    &status,
+                    &url,
+                    [&queued, &acked],
+                    [&ending, &closing],
+                )
+            })?
         };
         Ok(Self {
             client,

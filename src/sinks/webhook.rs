@@ -16,7 +16,9 @@ use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use super::{Backoff, Channel, DEFAULT_QUEUE, Outlet, SinkError, check_queue};
+use super::{
+    Backoff, Channel, DEFAULT_QUEUE, Outlet, SinkError, check_queue, default_queue, parse_url,
+};
 
 /// How long one delivery attempt may take to connect, and then to send and be answered.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,10 +36,6 @@ pub struct WebhookSettings {
     /// Events waiting while the endpoint is unreachable.
     #[serde(default = "default_queue")]
     pub queue: usize,
-}
-
-fn default_queue() -> usize {
-    DEFAULT_QUEUE
 }
 
 /// Where requests go.
@@ -68,27 +66,23 @@ impl WebhookSettings {
     }
 
     fn endpoint(&self) -> Result<Endpoint, SinkError> {
-        let fail = |message: String| SinkError::new("webhook", message);
-        let url = url::Url::parse(&self.url)
-            .map_err(|e| fail(format!("'{}' is not a URL: {e}", self.url)))?;
-        if url.scheme() != "http" {
-            return Err(fail(format!(
-                "'{}': only http:// is supported (TLS is not built in; use a TLS-terminating \
-                 proxy or sidecar for https endpoints)",
-                url.scheme()
-            )));
-        }
-        let host = url
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| fail(format!("'{}' names no host", self.url)))?;
+        let (url, host) = parse_url(
+            "webhook",
+            &self.url,
+            "http",
+            "TLS is not built in; use a TLS-terminating proxy or sidecar for https endpoints",
+        )?;
         let port = url.port().unwrap_or(80);
         let target = match url.query() {
             Some(query) => format!("{}?{query}", url.path()),
             None => url.path().to_string(),
         };
         Ok(Endpoint {
-            authority: format!("{host}:{port}"),
+            authority: if host.contains(':') {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            },
             target,
         })
     }
@@ -126,19 +120,16 @@ impl WebhookOutlet {
                 deadline.clone(),
                 settings.url.clone(),
             );
-            std::thread::Builder::new()
-                .name(format!("webhook {stream}"))
-                .spawn(move || {
-                    deliver_all(
-                        events,
-                        &endpoint,
-                        &url,
-                        secret.as_deref(),
-                        &deadline,
-                        &dropped,
-                    )
-                })
-                .map_err(|e| SinkError::new("webhook", format!("cannot start its thread: {e}")))?
+            super::spawn("webhook", stream, move || {
+                deliver_all(
+                    events,
+                    &endpoint,
+                    &url,
+                    secret.as_deref(),
+                    &deadline,
+                    &dropped,
+                )
+            })?
         };
         Ok(Self {
             queue,
