@@ -304,6 +304,14 @@ fn the_deployment_stream_lists_are_valid_requests() {
     }
 }
 
+/// The Compose set-up's configuration loads and sends events to its broker.
+#[test]
+fn the_compose_configuration_is_valid() {
+    let config = Config::load("deploy/compose/streamtrack.toml".as_ref()).unwrap();
+    let mqtt = config.sinks.mqtt.expect("an MQTT sink");
+    assert_eq!(mqtt.url, "mqtt://mosquitto:1883");
+}
+
 /// A camera that never answers shows its failed attempts while the stream is connecting,
 /// and the stream still stops on request.
 #[tokio::test]
