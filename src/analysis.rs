@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use image::RgbImage;
 
-use crate::annotate::{Annotation, Annotator};
+use crate::annotate::{self, Annotation, Annotator};
 use crate::detect::Detection;
 use crate::output::{Event, FrameRecord, ResultWriters, TrackRecord};
 use crate::pipeline::FrameStage;
@@ -122,6 +122,7 @@ impl FrameStage for Analysis {
     ) -> anyhow::Result<()> {
         let Some(detections) = detections else {
             // Not analysed (frame skipping): the tracker and speeds do not see it.
+            annotate::draw_zones(canvas, self.zones.config(), self.zones.counts());
             self.annotator.draw(canvas, &self.last_annotations);
             return Ok(());
         };
@@ -181,6 +182,7 @@ impl FrameStage for Analysis {
         events.extend(zone_events.into_iter().map(Event::Zone));
         let ended = self.speeds.take_finished(frame.pts, self.track_idle);
         events.extend(self.record_ended(ended));
+        annotate::draw_zones(canvas, self.zones.config(), self.zones.counts());
         self.annotator.draw(canvas, &annotations);
         self.last_annotations = annotations;
         let record = FrameRecord {

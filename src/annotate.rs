@@ -1,5 +1,6 @@
 //! Drawing results into frames: class-coloured boxes, labels (class, confidence, track id,
-//! speed) in a built-in 8x8 bitmap font, and short motion trails.
+//! speed) in a built-in 8x8 bitmap font, short motion trails, and the counting lines and
+//! areas with their running counts.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -7,6 +8,11 @@ use font8x8::UnicodeFonts;
 use image::{Rgb, RgbImage};
 
 use crate::geometry::BBox;
+use crate::zones::{ZoneCounts, ZonesConfig};
+
+/// Counting lines are drawn in yellow, counting areas in cyan.
+const LINE_COLOUR: Rgb<u8> = Rgb([0xff, 0xd7, 0x00]);
+const AREA_COLOUR: Rgb<u8> = Rgb([0x00, 0xe5, 0xff]);
 
 /// Ultralytics' 20-colour palette, indexed by class id.
 const PALETTE: [[u8; 3]; 20] = [
@@ -124,6 +130,56 @@ impl Annotator {
     }
 }
 
+/// Draws every counting line (labelled `name in N out M`, summed over classes) and area
+/// (outline, labelled `name N`: distinct tracks that entered) of `zones` into `image`.
+pub fn draw_zones(image: &mut RgbImage, zones: &ZonesConfig, counts: &ZoneCounts) {
+    let scale = text_scale(image);
+    let thickness = scale as i32 + 1;
+    for line in &zones.lines {
+        let (from, to) = ((line.from[0], line.from[1]), (line.to[0], line.to[1]));
+        draw_line(image, from, to, LINE_COLOUR, thickness);
+        let (inbound, outbound) = counts.lines.get(&line.name).map_or((0, 0), |classes| {
+            classes
+                .values()
+                .fold((0, 0), |(i, o), c| (i + c.inbound, o + c.outbound))
+        });
+        let text = format!("{} in {inbound} out {outbound}", line.name);
+        draw_label(
+            image,
+            &text,
+            from.0 as i32,
+            from.1 as i32,
+            LINE_COLOUR,
+            scale,
+        );
+    }
+    for area in &zones.areas {
+        let points: Vec<(f32, f32)> = area.polygon.iter().map(|p| (p[0], p[1])).collect();
+        for (i, &p) in points.iter().enumerate() {
+            draw_line(
+                image,
+                p,
+                points[(i + 1) % points.len()],
+                AREA_COLOUR,
+                thickness,
+            );
+        }
+        let entered: u64 = counts
+            .areas
+            .get(&area.name)
+            .map_or(0, |classes| classes.values().sum());
+        let text = format!("{} {entered}", area.name);
+        draw_label(
+            image,
+            &text,
+            points[0].0 as i32,
+            points[0].1 as i32,
+            AREA_COLOUR,
+            scale,
+        );
+    }
+}
+
 /// Text scale: 1 below 720 rows, 2 up to 1440, then 3.
 fn text_scale(image: &RgbImage) -> u32 {
     (image.height() / 720 + 1).min(3)
@@ -236,6 +292,70 @@ mod tests {
                 .iter()
                 .all(|p| *p == colour || *p == Rgb([0, 0, 0]))
         );
+    }
+
+    #[test]
+    fn zones_are_drawn_with_their_counts() {
+        use crate::zones::{AreaConfig, LineConfig, LineCount};
+        let zones = ZonesConfig {
+            lines: vec![LineConfig {
+                name: "stop".into(),
+                from: [10.0, 150.0],
+                to: [190.0, 150.0],
+            }],
+            areas: vec![AreaConfig {
+                name: "pad".into(),
+                polygon: vec![[20.0, 40.0], [180.0, 40.0], [180.0, 120.0], [20.0, 120.0]],
+            }],
+        };
+        let draw = |counts: &ZoneCounts| {
+            let mut image = RgbImage::new(200, 200);
+            draw_zones(&mut image, &zones, counts);
+            image
+        };
+        let none = draw(&ZoneCounts::default());
+        assert_eq!(*none.get_pixel(100, 150), LINE_COLOUR, "the line");
+        assert_eq!(
+            *none.get_pixel(100, 120),
+            AREA_COLOUR,
+            "the area's bottom edge"
+        );
+        assert_eq!(
+            *none.get_pixel(180, 80),
+            AREA_COLOUR,
+            "the area's right edge"
+        );
+        assert_eq!(*none.get_pixel(100, 80), Rgb([0, 0, 0]), "inside untouched");
+
+        let mut counts = ZoneCounts::default();
+        counts.lines.entry("stop".into()).or_default().insert(
+            "car".into(),
+            LineCount {
+                inbound: 3,
+                outbound: 1,
+            },
+        );
+        counts
+            .areas
+            .entry("pad".into())
+            .or_default()
+            .insert("person".into(), 2);
+        let counted = draw(&counts);
+        // Only the two labels change: above the line's start, and at the area's first corner.
+        let changed: Vec<(u32, u32)> = none
+            .enumerate_pixels()
+            .filter(|(x, y, p)| counted.get_pixel(*x, *y) != *p)
+            .map(|(x, y, _)| (x, y))
+            .collect();
+        assert!(!changed.is_empty());
+        assert!(
+            changed
+                .iter()
+                .all(|&(_, y)| (138..150).contains(&y) || (28..52).contains(&y)),
+            "{changed:?}"
+        );
+        assert!(changed.iter().any(|&(_, y)| y < 52), "the area's count");
+        assert!(changed.iter().any(|&(_, y)| y >= 138), "the line's counts");
     }
 
     #[test]

@@ -279,6 +279,11 @@ impl ZoneCounter {
     pub fn counts(&self) -> &ZoneCounts {
         &self.counts
     }
+
+    /// The lines and areas counted.
+    pub fn config(&self) -> &ZonesConfig {
+        &self.config
+    }
 }
 
 /// Distance of `p` from the line through the segment, positive on the right-hand side of
