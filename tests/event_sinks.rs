@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -165,8 +165,11 @@ impl Broker {
             .into_iter()
             .find(|p| Command::new(p).arg("-h").output().is_ok())
             .expect("mosquitto is installed (.ci/run installs it)");
+        // Its log (every connection) would drown the test output.
         let child = Command::new(program)
             .args(["-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .expect("mosquitto starts");
         let deadline = Instant::now() + Duration::from_secs(10);
