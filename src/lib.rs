@@ -22,4 +22,5 @@ pub mod sinks;
 pub mod speed;
 pub mod track;
 pub mod video;
+pub mod warnings;
 pub mod zones;

@@ -549,17 +549,18 @@ fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
 fn read_stream_list(path: &Path) -> anyhow::Result<Vec<streamtrack::server::StreamRequest>> {
     /// Far above any real list; a larger file is not one.
     const MAX_BYTES: u64 = 1 << 20;
-    let size = std::fs::metadata(path)
-        .with_context(|| format!("{}: cannot read the stream list", path.display()))?
-        .len();
-    if size > MAX_BYTES {
+    use std::io::Read as _;
+    // One bounded read: a byte past the limit is enough to refuse the file.
+    let mut text = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_BYTES + 1).read_to_end(&mut text))
+        .with_context(|| format!("{}: cannot read the stream list", path.display()))?;
+    if text.len() as u64 > MAX_BYTES {
         bail!(
-            "{}: {size} bytes is too large for a stream list (at most {MAX_BYTES})",
+            "{}: too large for a stream list (at most {MAX_BYTES} bytes)",
             path.display()
         );
     }
-    let text = std::fs::read(path)
-        .with_context(|| format!("{}: cannot read the stream list", path.display()))?;
     serde_json::from_slice(&text).with_context(|| {
         format!(
             "{}: not a JSON array of stream requests (each like a POST /v1/streams body)",
@@ -574,9 +575,9 @@ fn name_the_stream(outputs: &mut OutputArgs, source: &str) {
     if outputs.stream_id.is_some() {
         return;
     }
-    let name = match video::live::LiveSpec::parse(source) {
-        video::live::LiveSpec::Stdin => "stdin".to_string(),
-        video::live::LiveSpec::Rtsp(url) => url::Url::parse(&url)
+    let name = match LiveSpec::parse(source) {
+        LiveSpec::Stdin => "stdin".to_string(),
+        LiveSpec::Rtsp(url) => url::Url::parse(&url)
             .map(|u| format!("{}{}", u.host_str().unwrap_or(""), u.path()))
             .unwrap_or(url),
         _ => Path::new(source)

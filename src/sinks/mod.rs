@@ -19,6 +19,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
 use crate::output::Event;
+use crate::warnings::WarningCount;
 
 pub use mqtt::MqttSettings;
 pub use webhook::{WebhookSettings, signature};
@@ -157,8 +158,8 @@ pub struct EventSinks {
     seq: u64,
     outlets: Vec<Box<dyn Outlet>>,
     counters: SinkCounters,
-    /// Rate limit of the "queue full" warning.
-    last_warning: Option<Instant>,
+    /// Events turned away by a full queue, warned about at a bounded rate.
+    turned_away: WarningCount,
 }
 
 impl EventSinks {
@@ -185,7 +186,7 @@ impl EventSinks {
             seq: 0,
             outlets,
             counters,
-            last_warning: None,
+            turned_away: WarningCount::default(),
         })
     }
 
@@ -208,18 +209,13 @@ impl EventSinks {
                     self.counters.published.inc();
                 } else {
                     self.counters.dropped.inc();
-                    let now = Instant::now();
-                    if self
-                        .last_warning
-                        .is_none_or(|at| now - at > Duration::from_secs(10))
-                    {
-                        self.last_warning = Some(now);
+                    if let Some(dropped) = self.turned_away.add(1, Instant::now()) {
                         tracing::warn!(
-                            "{}: {} queue full, event {} dropped ({} dropped so far)",
+                            "{}: {dropped} event(s) dropped since the last warning: {} queue \
+                             full (the latest: event {})",
                             self.stream,
                             outlet.name(),
-                            self.seq,
-                            self.counters.dropped.get()
+                            self.seq
                         );
                     }
                 }
@@ -231,6 +227,13 @@ impl EventSinks {
 impl Drop for EventSinks {
     /// Gives the queues [`DRAIN_DEADLINE`] to drain; what is left is counted and logged.
     fn drop(&mut self) {
+        let turned_away = self.turned_away.take_unreported();
+        if turned_away > 0 {
+            tracing::warn!(
+                "{}: {turned_away} more event(s) dropped on full queues",
+                self.stream
+            );
+        }
         let deadline = Instant::now() + DRAIN_DEADLINE;
         for outlet in self.outlets.drain(..) {
             let name = outlet.name();
