@@ -1,5 +1,6 @@
 //! The fused convolution: tiles of output positions, each an im2col block times the weights.
 
+use std::cell::Cell;
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
@@ -7,6 +8,12 @@ use rayon::prelude::*;
 use crate::activation::{Activation, apply_bias_activation};
 use crate::im2col::Window;
 use crate::packed::{PackedWeights, Rows, block_width, multiply_packed};
+use crate::scratch::{prefix, with_reused};
+
+thread_local! {
+    /// Each thread's im2col block, reused across tiles and convolutions.
+    static IM2COL_BLOCK: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
 
 /// One image's feature map, or a block of its channels: `[channels, height, width]`, dense.
 #[derive(Debug, Clone, Copy)]
@@ -93,9 +100,8 @@ pub fn conv2d(
     let tile = tile_width(positions, k_total, block_width());
     let tiles = positions.div_ceil(tile);
     let out_ptr = SharedOut::new(out);
-    (0..tiles)
-        .into_par_iter()
-        .for_each_init(Vec::new, |block, t| {
+    (0..tiles).into_par_iter().for_each(|t| {
+        with_reused(&IM2COL_BLOCK, |block| {
             let start = t * tile;
             let len = tile.min(positions - start);
             // SAFETY: tile `t` writes columns `start..start + len` of each output row and no
@@ -111,7 +117,7 @@ pub fn conv2d(
                         stride: positions,
                     }
                 } else {
-                    block.resize(rows * len, 0.0);
+                    let block = prefix(block, rows * len, 0.0);
                     window.fill(phased, part.channels, start, len, block, 0.0);
                     Rows {
                         ptr: block.as_ptr(),
@@ -138,7 +144,8 @@ pub fn conv2d(
             }
             // SAFETY: as above: this tile's columns of the `c_out` output rows.
             unsafe { bias_activation_tile(dst, positions, len, params.bias, params.activation) };
-        });
+        })
+    });
 }
 
 /// Output positions per tile: enough tiles to keep every thread busy, each tile's im2col

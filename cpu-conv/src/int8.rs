@@ -10,6 +10,7 @@
 //! point's contribution, `zero_point · Σ w`, is subtracted by starting each output row's
 //! accumulators at its negative.
 
+use std::cell::Cell;
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
@@ -18,6 +19,12 @@ use crate::activation::Activation;
 use crate::conv::{FeatureMap, SharedOut, bias_activation_tile, output_size, tile_width};
 use crate::im2col::Window;
 use crate::int8_kernels::{MR, Tile, kernel};
+use crate::scratch::{prefix, with_reused};
+
+thread_local! {
+    /// Each thread's im2col block of quads, reused across tiles and convolutions.
+    static IM2COL_BLOCK: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
+}
 
 /// Affine quantisation to u8: `real = scale * (q - zero_point)`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -316,15 +323,14 @@ pub fn conv2d_int8(
     let kernel = kernel();
     let tile = tile_width(positions, quads, kernel.nr);
     let out_ptr = SharedOut::new(out);
-    (0..positions.div_ceil(tile))
-        .into_par_iter()
-        .for_each_init(Vec::new, |block, t| {
+    (0..positions.div_ceil(tile)).into_par_iter().for_each(|t| {
+        with_reused(&IM2COL_BLOCK, |block| {
             let start = t * tile;
             let len = tile.min(positions - start);
             let (x, x_stride) = if direct {
                 (input.quads[start..].as_ptr(), positions)
             } else {
-                block.resize(quads * len, pad);
+                let block = prefix(block, quads * len, pad);
                 window.fill(&phased, groups, start, len, block, pad);
                 (block.as_ptr(), len)
             };
@@ -355,7 +361,8 @@ pub fn conv2d_int8(
             }
             // SAFETY: as above: this tile's columns of the output rows.
             unsafe { bias_activation_tile(dst, positions, len, params.bias, params.activation) };
-        });
+        })
+    });
 }
 
 #[cfg(test)]

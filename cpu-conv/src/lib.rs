@@ -32,6 +32,7 @@ mod int8;
 mod int8_kernels;
 mod packed;
 mod pool;
+mod scratch;
 mod simd;
 #[cfg(test)]
 mod test_values;

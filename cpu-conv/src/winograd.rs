@@ -9,6 +9,7 @@
 //! the 36 of the direct form (2.25x fewer). Rows of tiles are processed in blocks small
 //! enough for a core's L2 cache, in parallel.
 
+use std::cell::Cell;
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
@@ -17,6 +18,7 @@ use crate::activation::{Activation, apply_bias_activation};
 use crate::conv::{FeatureMap, SharedOut};
 use crate::im2col::deinterleave;
 use crate::packed::{PackedWeights, Rows, multiply_packed};
+use crate::scratch::{prefix, with_reused};
 use crate::simd::avx2_fma;
 
 /// Points of the transformed 4x4 tile.
@@ -113,13 +115,12 @@ pub fn conv3x3_winograd(
     let rows_per_block = grid.rows_per_block(c_in + c_out);
     let blocks = grid.rows.div_ceil(rows_per_block);
     let out_ptr = SharedOut::new(out);
-    (0..blocks)
-        .into_par_iter()
-        .for_each_init(Scratch::default, |scratch, b| {
+    (0..blocks).into_par_iter().for_each(|b| {
+        with_reused(&SCRATCH, |scratch| {
             let first = b * rows_per_block;
             let rows = first..(first + rows_per_block).min(grid.rows);
             let tiles = rows.len() * grid.cols;
-            scratch.resize(c_in, c_out, tiles, grid.cols);
+            scratch.reserve(c_in, c_out, tiles, grid.cols);
             let mut channel = 0;
             for part in inputs {
                 for plane in part.data.chunks_exact(height * width) {
@@ -182,7 +183,13 @@ pub fn conv3x3_winograd(
                 }
                 apply_bias_activation(dst, b, activation);
             }
-        });
+        })
+    });
+}
+
+thread_local! {
+    /// Each thread's buffers, reused across blocks and convolutions.
+    static SCRATCH: Cell<Scratch> = Cell::new(Scratch::default());
 }
 
 /// Per-thread buffers of one block of tiles.
@@ -198,11 +205,13 @@ struct Scratch {
 }
 
 impl Scratch {
-    fn resize(&mut self, c_in: usize, c_out: usize, tiles: usize, cols: usize) {
-        self.input.resize(POINTS * c_in * tiles, 0.0);
-        self.product.resize(POINTS * c_out * tiles, 0.0);
-        self.rows.padded.resize(4 * (2 * cols + 2), 0.0);
-        self.rows.transformed.resize(POINTS * cols, 0.0);
+    /// Grows the buffers to at least what a block of `tiles` tiles needs (never shrinks
+    /// them: the block code indexes them explicitly).
+    fn reserve(&mut self, c_in: usize, c_out: usize, tiles: usize, cols: usize) {
+        prefix(&mut self.input, POINTS * c_in * tiles, 0.0);
+        prefix(&mut self.product, POINTS * c_out * tiles, 0.0);
+        prefix(&mut self.rows.padded, 4 * (2 * cols + 2), 0.0);
+        prefix(&mut self.rows.transformed, POINTS * cols, 0.0);
     }
 }
 
