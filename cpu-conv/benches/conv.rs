@@ -9,7 +9,8 @@
 
 use cpu_conv::{
     Activation, ConvParams, FeatureMap, Int8ConvParams, PackedWeights, QuantParams, QuantizedMap,
-    QuantizedWeights, WinogradWeights, conv2d, conv2d_int8, conv3x3_winograd, output_size,
+    QuantizedWeights, TapWeights, WinogradWeights, conv2d, conv2d_int8, conv3x3_taps,
+    conv3x3_winograd, output_size,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -72,6 +73,12 @@ fn layers(c: &mut Criterion) {
             })
         });
         if k == 3 && s == 1 {
+            let taps = TapWeights::new(&weight, c_out, c_in);
+            c.bench_function(&format!("{name} taps"), |b| {
+                b.iter(|| {
+                    conv3x3_taps(&input, size, size, &taps, &bias, Activation::Silu, &mut out)
+                })
+            });
             let transformed = WinogradWeights::new(&weight, c_out, c_in);
             c.bench_function(&format!("{name} winograd"), |b| {
                 b.iter(|| {

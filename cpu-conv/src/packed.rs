@@ -152,17 +152,39 @@ pub(crate) unsafe fn multiply_packed(
     dst: Rows<*mut f32>,
     accumulate: bool,
 ) {
+    let blocks = 0..a.rows.div_ceil(MR);
     // SAFETY: forwarded from the caller.
-    unsafe { multiply_with(kernel(), a, depth, x, n, dst, accumulate) }
+    unsafe { multiply_with(kernel(), a, blocks, depth, x, n, dst, accumulate) }
 }
 
-/// [`multiply_packed`] with the given micro-kernel.
+/// [`multiply_packed`] for the rows of `a` in its blocks of [`MR`] rows `blocks` only:
+/// `dst` addresses the first of those rows (row `blocks.start * MR` of `a`).
 ///
 /// # Safety
-/// As for [`multiply_packed`]; the CPU runs `kernel`.
+/// As for [`multiply_packed`], with `dst` holding the rows of `blocks` (the last block only
+/// as far as `a.rows()`).
+pub(crate) unsafe fn multiply_packed_blocks(
+    a: &PackedWeights,
+    blocks: Range<usize>,
+    depth: Range<usize>,
+    x: Rows<*const f32>,
+    n: usize,
+    dst: Rows<*mut f32>,
+    accumulate: bool,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe { multiply_with(kernel(), a, blocks, depth, x, n, dst, accumulate) }
+}
+
+/// [`multiply_packed_blocks`] with the given micro-kernel.
+///
+/// # Safety
+/// As for [`multiply_packed_blocks`]; the CPU runs `kernel`.
+#[allow(clippy::too_many_arguments)]
 unsafe fn multiply_with(
     kernel: &Kernel,
     a: &PackedWeights,
+    blocks: Range<usize>,
     depth: Range<usize>,
     x: Rows<*const f32>,
     n: usize,
@@ -170,16 +192,20 @@ unsafe fn multiply_with(
     accumulate: bool,
 ) {
     assert!(depth.end <= a.depth, "depth range");
+    assert!(blocks.end <= a.rows.div_ceil(MR), "row blocks");
     for first_col in (0..n).step_by(kernel.nr) {
-        for block in 0..a.rows.div_ceil(MR) {
+        for block in blocks.clone() {
             let tile = Tile {
                 a: a.data[(block * a.depth + depth.start) * MR..].as_ptr(),
                 depth: depth.len(),
                 // SAFETY (both): in bounds per the caller's contract, `first_col < n` and
-                // `block * MR < a.rows`.
+                // `block` is one of the blocks `dst` holds.
                 x: unsafe { x.ptr.add(first_col) },
                 x_stride: x.stride,
-                dst: unsafe { dst.ptr.add(block * MR * dst.stride + first_col) },
+                dst: unsafe {
+                    dst.ptr
+                        .add((block - blocks.start) * MR * dst.stride + first_col)
+                },
                 dst_stride: dst.stride,
                 rows: MR.min(a.rows - block * MR),
                 cols: kernel.nr.min(n - first_col),
@@ -349,7 +375,7 @@ mod tests {
     use super::*;
 
     /// Every kernel this CPU runs against a plain triple loop, on shapes with row and column
-    /// tails, a depth sub-range, strided views and accumulation.
+    /// tails, a depth sub-range, a sub-range of row blocks, strided views and accumulation.
     #[test]
     fn kernels_match_a_plain_product() {
         let mut kernels = vec![Kernel {
@@ -381,42 +407,53 @@ mod tests {
                 .map(|i| ((i * 5) % 13) as f32 * 0.5)
                 .collect();
             let part = 1.min(depth - 1)..depth;
-            for kernel in &kernels {
-                for accumulate in [false, true] {
-                    let dst_stride = n + 5;
-                    let mut dst = vec![1.0f32; rows * dst_stride];
-                    // SAFETY: the views lie inside the buffers above.
-                    unsafe {
-                        multiply_with(
-                            kernel,
-                            &packed,
-                            part.clone(),
-                            Rows {
-                                ptr: x[part.start * x_stride..].as_ptr(),
-                                stride: x_stride,
-                            },
-                            n,
-                            Rows {
-                                ptr: dst.as_mut_ptr(),
-                                stride: dst_stride,
-                            },
-                            accumulate,
-                        )
-                    };
-                    for r in 0..rows {
-                        for j in 0..dst_stride {
-                            let want = if j < n {
-                                let sum: f32 = part
-                                    .clone()
-                                    .map(|k| values[r * depth + k] * x[k * x_stride + j])
-                                    .sum();
-                                sum + if accumulate { 1.0 } else { 0.0 }
-                            } else {
-                                1.0
-                            };
-                            let nr = kernel.nr;
-                            assert_eq!(dst[r * dst_stride + j], want, "nr {nr}, row {r}, col {j}");
-                        }
+            // All rows, and the rows from the second block of `MR` on (where there is one).
+            let all = 0..rows.div_ceil(MR);
+            let row_ranges = [all.clone(), all.end.min(1)..all.end];
+            for (kernel, blocks, accumulate) in kernels
+                .iter()
+                .flat_map(|k| row_ranges.iter().map(move |b| (k, b.clone())))
+                .flat_map(|(k, b)| [false, true].map(|acc| (k, b.clone(), acc)))
+            {
+                let dst_stride = n + 5;
+                let first_row = (blocks.start * MR).min(rows);
+                let mut dst = vec![1.0f32; rows * dst_stride];
+                // SAFETY: the views lie inside the buffers above.
+                unsafe {
+                    multiply_with(
+                        kernel,
+                        &packed,
+                        blocks.clone(),
+                        part.clone(),
+                        Rows {
+                            ptr: x[part.start * x_stride..].as_ptr(),
+                            stride: x_stride,
+                        },
+                        n,
+                        Rows {
+                            ptr: dst[first_row * dst_stride..].as_mut_ptr(),
+                            stride: dst_stride,
+                        },
+                        accumulate,
+                    )
+                };
+                for r in 0..rows {
+                    for j in 0..dst_stride {
+                        let want = if j < n && r >= first_row {
+                            let sum: f32 = part
+                                .clone()
+                                .map(|k| values[r * depth + k] * x[k * x_stride + j])
+                                .sum();
+                            sum + if accumulate { 1.0 } else { 0.0 }
+                        } else {
+                            1.0
+                        };
+                        let nr = kernel.nr;
+                        assert_eq!(
+                            dst[r * dst_stride + j],
+                            want,
+                            "nr {nr}, blocks {blocks:?}, row {r}, col {j}"
+                        );
                     }
                 }
             }

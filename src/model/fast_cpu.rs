@@ -18,7 +18,7 @@ use burn::module::ParamId;
 use burn::tensor::{DType, Tensor, TensorData};
 use cpu_conv::{
     Activation, ConvParams, DepthwiseParams, FeatureMap, Int8ConvParams, PackedWeights,
-    QuantizedMap, QuantizedWeights, WinogradWeights,
+    QuantizedMap, QuantizedWeights, TapWeights, WinogradWeights,
 };
 
 use super::int8;
@@ -188,7 +188,8 @@ fn to_tensor(data: Vec<f32>, shape: [usize; 4]) -> Tensor<4> {
 }
 
 /// A convolution's weights rearranged for the fast path (Winograd-transformed for 3x3
-/// stride-1 convolutions, packed for the micro-kernels otherwise), made on the first forward
+/// stride-1 convolutions on larger maps, split by tap on small ones, packed for the
+/// micro-kernels otherwise), made on the first forward
 /// and kept with the block. Keyed by the weight parameter's id, so a block whose weights are
 /// replaced remakes it.
 #[derive(Clone, Debug, Default)]
@@ -201,6 +202,7 @@ type Prepared = (ParamId, Arc<ConvWeights>);
 #[derive(Debug)]
 enum ConvWeights {
     Winograd(WinogradWeights),
+    Taps(TapWeights),
     Packed(PackedWeights),
     /// `[channels, kernel, kernel]` as they are.
     Depthwise(Vec<f32>),
@@ -212,6 +214,7 @@ enum ConvWeights {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Layout {
     Winograd,
+    Taps,
     Packed,
     Depthwise,
     Int8,
@@ -221,6 +224,7 @@ impl ConvWeights {
     fn layout(&self) -> Layout {
         match self {
             ConvWeights::Winograd(_) => Layout::Winograd,
+            ConvWeights::Taps(_) => Layout::Taps,
             ConvWeights::Packed(_) => Layout::Packed,
             ConvWeights::Depthwise(_) => Layout::Depthwise,
             ConvWeights::Int8(_) => Layout::Int8,
@@ -254,10 +258,10 @@ impl PreparedWeights {
     }
 }
 
-/// Winograd pays for its transforms on maps larger than 20x20; on 20x20 the two paths are
-/// even and on 10x10 im2col is faster (`cargo bench -p cpu-conv`, 128 channels, im2col vs
-/// Winograd: 0.39 vs 0.37 ms at 20x20, 0.18 vs 0.25 ms at 10x10; 64 channels at 40x40:
-/// 0.43 vs 0.35 ms).
+/// Winograd pays for its transforms on maps larger than 20x20; up to 20x20 the tap-wise
+/// products are fastest (`cargo bench -p cpu-conv`, im2col / taps / Winograd: 128 channels
+/// at 10x10 163 / 115 / 225 µs, at 20x20 374 / 335 / 355 µs; 64 channels at 40x40 407 / 331 /
+/// 286 µs).
 const WINOGRAD_MIN_PIXELS: usize = 20 * 20;
 
 /// `block` applied to the channel concatenation of `parts`, on the fast path; `None` when the
@@ -288,12 +292,12 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
         Layout::Depthwise
     } else if int8_input.is_some() {
         Layout::Int8
-    } else if kernel == 3
-        && block.stride == 1
-        && block.padding == 1
-        && height * width > WINOGRAD_MIN_PIXELS
-    {
-        Layout::Winograd
+    } else if kernel == 3 && block.stride == 1 && block.padding == 1 {
+        if height * width > WINOGRAD_MIN_PIXELS {
+            Layout::Winograd
+        } else {
+            Layout::Taps
+        }
     } else {
         Layout::Packed
     };
@@ -305,6 +309,7 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
             Layout::Depthwise => ConvWeights::Depthwise(weight.to_vec()),
             Layout::Int8 => ConvWeights::Int8(QuantizedWeights::new(weight, c_out, c_in, kernel)),
             Layout::Winograd => ConvWeights::Winograd(WinogradWeights::new(weight, c_out, c_in)),
+            Layout::Taps => ConvWeights::Taps(TapWeights::new(weight, c_out, c_in)),
             Layout::Packed => {
                 ConvWeights::Packed(PackedWeights::new(weight, c_out, c_in * kernel * kernel))
             }
@@ -349,6 +354,9 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
                 activation,
                 out_image,
             ),
+            ConvWeights::Taps(taps) => {
+                cpu_conv::conv3x3_taps(&inputs, height, width, taps, bias, activation, out_image)
+            }
             ConvWeights::Depthwise(weight) => {
                 let params = DepthwiseParams {
                     weight,
