@@ -104,7 +104,7 @@ pub fn conv2d(
     // Items split the output channels only where they read the input in place: with im2col
     // each item would lower its positions again (and one matrix for all of them, built
     // first, falls out of the cache: 485 instead of 375 µs for 128 channels at 20x20).
-    let split = WorkSplit::new(positions, k_total, c_out, direct);
+    let split = WorkSplit::new(positions, k_total, c_out, block_width(), direct);
     let out_ptr = SharedOut::new(out);
     (0..split.items()).into_par_iter().for_each(|item| {
         with_reused(&IM2COL_BLOCK, |block| {
@@ -173,14 +173,16 @@ pub(crate) struct WorkSplit {
 
 impl WorkSplit {
     /// The split for `c_out` output channels over `positions`, each tile reading
-    /// `block_rows` rows of input; `split_channels` allows groups of channels.
+    /// `block_rows` rows of input, for a micro-kernel `nr` columns wide; `split_channels`
+    /// allows groups of channels.
     pub(crate) fn new(
         positions: usize,
         block_rows: usize,
         c_out: usize,
+        nr: usize,
         split_channels: bool,
     ) -> Self {
-        let tile = tile_width(positions, block_rows, block_width());
+        let tile = tile_width(positions, block_rows, nr);
         let tiles = positions.div_ceil(tile);
         let row_blocks = c_out.div_ceil(MR).max(1);
         let wanted = ITEMS_PER_THREAD * rayon::current_num_threads();
@@ -201,7 +203,7 @@ impl WorkSplit {
 
     /// Whether items split the output channels (and so share their positions).
     #[cfg(test)]
-    fn splits_channels(&self) -> bool {
+    pub(crate) fn splits_channels(&self) -> bool {
         self.groups > 1
     }
 
@@ -370,7 +372,7 @@ pub(crate) mod tests {
         check([16, 16, 16, 20, 24], [3, 1, 1], Activation::Silu);
         check([24, 8, 32, 17, 13], [1, 1, 0], Activation::Silu);
         check([64, 32, 40, 5, 7], [1, 1, 0], Activation::Identity);
-        assert!(WorkSplit::new(7 * 9, 48, 100, true).splits_channels());
+        assert!(WorkSplit::new(7 * 9, 48, 100, block_width(), true).splits_channels());
         check([48, 24, 100, 7, 9], [1, 1, 0], Activation::Silu);
     }
 

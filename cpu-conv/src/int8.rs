@@ -16,9 +16,12 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use crate::activation::Activation;
-use crate::conv::{FeatureMap, SharedOut, bias_activation_tile, output_size, tile_width};
+use crate::conv::{FeatureMap, SharedOut, WorkSplit, bias_activation_tile, output_size};
 use crate::im2col::Window;
 use crate::int8_kernels::{MR, Tile, kernel};
+
+// `WorkSplit` groups output channels in blocks of the f32 kernels' height.
+const _: () = assert!(MR == crate::packed::MR);
 use crate::scratch::{prefix, with_reused};
 
 thread_local! {
@@ -321,12 +324,13 @@ pub fn conv2d_int8(
     let phased = window.phases(&input.quads, groups, pad);
     let quads = weight.quads();
     let kernel = kernel();
-    let tile = tile_width(positions, quads, kernel.nr);
+    // Output channels are shared out only where the input is read in place (see `conv2d`).
+    let split = WorkSplit::new(positions, quads, weight.rows, kernel.nr, direct);
     let out_ptr = SharedOut::new(out);
-    (0..positions.div_ceil(tile)).into_par_iter().for_each(|t| {
+    (0..split.items()).into_par_iter().for_each(|item| {
         with_reused(&IM2COL_BLOCK, |block| {
-            let start = t * tile;
-            let len = tile.min(positions - start);
+            let (columns, blocks) = split.item(item);
+            let (start, len) = (columns.start, columns.len());
             let (x, x_stride) = if direct {
                 (input.quads[start..].as_ptr(), positions)
             } else {
@@ -334,16 +338,16 @@ pub fn conv2d_int8(
                 window.fill(&phased, groups, start, len, block, pad);
                 (block.as_ptr(), len)
             };
-            // SAFETY: tile `t` writes columns `start..start + len` of each output row and no
-            // other tile touches them; `out` outlives the parallel loop.
+            // SAFETY: item `item` writes columns `start..start + len` of the output rows of
+            // `blocks` and no other item touches them; `out` outlives the parallel loop.
             let dst = unsafe { out_ptr.get().add(start) };
             for first_col in (0..len).step_by(kernel.nr) {
-                for b in 0..weight.rows.div_ceil(MR) {
+                for b in blocks.clone() {
                     let call = Tile {
                         a: weight.data[b * quads * MR..].as_ptr(),
                         quads,
                         // SAFETY (both): `first_col < len`, inside the input rows and the
-                        // tile's output columns.
+                        // item's output columns.
                         x: unsafe { x.add(first_col) },
                         x_stride,
                         init: init[b * MR..].as_ptr(),
@@ -359,8 +363,17 @@ pub fn conv2d_int8(
                     unsafe { (kernel.run)(&call) };
                 }
             }
-            // SAFETY: as above: this tile's columns of the output rows.
-            unsafe { bias_activation_tile(dst, positions, len, params.bias, params.activation) };
+            let channels = blocks.start * MR..(blocks.end * MR).min(weight.rows);
+            // SAFETY: as above: this item's columns of its output rows.
+            unsafe {
+                bias_activation_tile(
+                    dst.add(channels.start * positions),
+                    positions,
+                    len,
+                    &params.bias[channels],
+                    params.activation,
+                )
+            };
         })
     });
 }
@@ -465,6 +478,8 @@ mod tests {
         check([3, 3, 16, 33, 47], [3, 2, 1], Activation::Silu);
         check([16, 16, 16, 20, 24], [3, 1, 1], Activation::Silu);
         check([24, 8, 32, 17, 13], [1, 1, 0], Activation::Silu);
+        // A 1x1 on a map small enough that the threads split the output channels.
+        assert!(WorkSplit::new(5 * 7, 16, 40, kernel().nr, true).splits_channels());
         check([64, 30, 40, 5, 7], [1, 1, 0], Activation::Identity);
     }
 

@@ -23,6 +23,7 @@
 //! with bias and activation fused.
 //!
 //! [`max_pool_same`] is the stride-1 max-pool of YOLO's SPPF block, separable;
+//! [`upsample_nearest`] the neck's nearest-neighbour upsampling;
 //! [`sigmoid_in_place`] and [`exp_in_place`] are the vectorised activations the detection
 //! head needs.
 
@@ -39,6 +40,7 @@ mod simd;
 mod taps;
 #[cfg(test)]
 mod test_values;
+mod upsample;
 mod winograd;
 
 pub use activation::{Activation, apply_bias_activation, exp_in_place, sigmoid_in_place};
@@ -49,4 +51,5 @@ pub use int8_kernels::int8_kernel_name;
 pub use packed::PackedWeights;
 pub use pool::max_pool_same;
 pub use taps::{TapWeights, conv3x3_taps};
+pub use upsample::upsample_nearest;
 pub use winograd::{WinogradWeights, conv3x3_winograd};

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::activation::{Activation, apply_bias_activation};
 use crate::conv::{FeatureMap, SharedOut, WorkSplit};
-use crate::packed::{MR, PackedWeights, Rows, multiply_packed_blocks};
+use crate::packed::{MR, PackedWeights, Rows, block_width, multiply_packed_blocks};
 use crate::scratch::{prefix, with_reused};
 
 /// Taps of a 3x3 kernel.
@@ -115,7 +115,7 @@ pub fn conv3x3_taps(
             .zip(channels.collect::<Vec<_>>())
             .for_each(|(dst, src)| pad_plane(src, width, dst));
         let padded: &[f32] = padded;
-        let split = WorkSplit::new(positions, TAPS * c_in, c_out, true);
+        let split = WorkSplit::new(positions, TAPS * c_in, c_out, block_width(), true);
         let out_ptr = SharedOut::new(out);
         (0..split.items()).into_par_iter().for_each(|item| {
             with_reused(&PRODUCT, |product| {

@@ -20,6 +20,7 @@ use cpu_conv::{
     Activation, ConvParams, DepthwiseParams, FeatureMap, Int8ConvParams, PackedWeights,
     QuantizedMap, QuantizedWeights, TapWeights, WinogradWeights,
 };
+use rayon::prelude::*;
 
 use super::int8;
 use super::layers::ConvBlock;
@@ -109,6 +110,20 @@ pub(crate) fn max_pool(x: &Tensor<4>, kernel: usize) -> Option<Tensor<4>> {
     Some(to_tensor(out, shape))
 }
 
+/// Nearest-neighbour upsampling of `x` by `scale` on the fast path (Burn's interpolation
+/// took 0.6 ms of an INT8 forward pass at 640).
+pub(crate) fn upsample_nearest(x: &Tensor<4>, scale: usize) -> Option<Tensor<4>> {
+    if !ENABLED.get() || !is_flex(x) || scale == 0 {
+        return None;
+    }
+    let [b, c, h, w] = x.dims();
+    let flex = x.clone().try_into_primitive::<Flex>().ok()?.to_contiguous();
+    let input = dense_f32(&flex)?;
+    let mut out = vec![0.0f32; input.len() * scale * scale];
+    cpu_conv::upsample_nearest(input, b * c, h, w, scale, &mut out);
+    Some(to_tensor(out, [b, c, h * scale, w * scale]))
+}
+
 /// The detection head's output `[B, 4 + nc, N]` from the concatenated box logits
 /// `[B, 4 * reg_max, N]` and class logits `[B, nc, N]`: DFL expectation, distances to
 /// `cx, cy, w, h` around each anchor `(xs, ys)` scaled by its stride, and sigmoid scores.
@@ -149,37 +164,45 @@ pub(crate) fn decode_head(
             box_rows[2 * n + i] = (x2 - x1) * strides[i];
             box_rows[3 * n + i] = (y2 - y1) * strides[i];
         }
-        score_rows.copy_from_slice(&scores[b * classes * n..(b + 1) * classes * n]);
-        cpu_conv::sigmoid_in_place(score_rows);
+        let image_scores = &scores[b * classes * n..(b + 1) * classes * n];
+        score_rows
+            .par_chunks_mut(n)
+            .zip(image_scores.par_chunks(n))
+            .for_each(|(row, logits)| {
+                row.copy_from_slice(logits);
+                cpu_conv::sigmoid_in_place(row);
+            });
     }
     let flex = FlexTensor::from_data(TensorData::new(out, [batch, rows, n]));
     Some(Tensor::from_primitive::<Flex>(flex))
 }
 
 /// Per side (left, top, right, bottom) and anchor, the expected bin of the softmax over the
-/// side's `reg_max` logits: `[4, n]`.
+/// side's `reg_max` logits: `[4, n]`. The sides run in parallel.
 fn dfl_distances(logits: &[f32], reg_max: usize, n: usize) -> Vec<f32> {
     let mut distances = vec![0.0f32; 4 * n];
-    let mut bins = vec![0.0f32; reg_max * n];
-    for (side, dist) in distances.chunks_exact_mut(n).enumerate() {
-        bins.copy_from_slice(&logits[side * reg_max * n..(side + 1) * reg_max * n]);
-        let mut max = vec![f32::NEG_INFINITY; n];
-        for row in bins.chunks_exact(n) {
-            max.iter_mut().zip(row).for_each(|(m, &v)| *m = m.max(v));
-        }
-        for row in bins.chunks_exact_mut(n) {
-            row.iter_mut().zip(&max).for_each(|(v, m)| *v -= m);
-        }
-        cpu_conv::exp_in_place(&mut bins);
-        let mut total = vec![0.0f32; n];
-        for (k, row) in bins.chunks_exact(n).enumerate() {
-            for ((t, d), &e) in total.iter_mut().zip(dist.iter_mut()).zip(row) {
-                *t += e;
-                *d += k as f32 * e;
+    distances
+        .par_chunks_exact_mut(n)
+        .enumerate()
+        .for_each(|(side, dist)| {
+            let mut bins = logits[side * reg_max * n..(side + 1) * reg_max * n].to_vec();
+            let mut max = vec![f32::NEG_INFINITY; n];
+            for row in bins.chunks_exact(n) {
+                max.iter_mut().zip(row).for_each(|(m, &v)| *m = m.max(v));
             }
-        }
-        dist.iter_mut().zip(&total).for_each(|(d, t)| *d /= t);
-    }
+            for row in bins.chunks_exact_mut(n) {
+                row.iter_mut().zip(&max).for_each(|(v, m)| *v -= m);
+            }
+            cpu_conv::exp_in_place(&mut bins);
+            let mut total = vec![0.0f32; n];
+            for (k, row) in bins.chunks_exact(n).enumerate() {
+                for ((t, d), &e) in total.iter_mut().zip(dist.iter_mut()).zip(row) {
+                    *t += e;
+                    *d += k as f32 * e;
+                }
+            }
+            dist.iter_mut().zip(&total).for_each(|(d, t)| *d /= t);
+        });
     distances
 }
 
@@ -463,6 +486,18 @@ mod tests {
             .with_padding([2, 2]);
         let stock = max_pool2d(x.clone(), options);
         let fast = max_pool(&x, 5).expect("fast path taken");
+        assert_eq!(fast.sub(stock).abs().max().into_scalar::<f32>(), 0.0);
+    }
+
+    #[test]
+    fn upsampling_matches_burn() {
+        use burn::tensor::module::interpolate;
+        use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+        let x = random([2, 3, 5, 7], &Device::flex());
+        let options = InterpolateOptions::new(InterpolateMode::Nearest).with_output_size([10, 14]);
+        let stock = interpolate(x.clone(), options);
+        let fast = upsample_nearest(&x, 2).expect("fast path taken");
+        assert_eq!(fast.dims(), stock.dims());
         assert_eq!(fast.sub(stock).abs().max().into_scalar::<f32>(), 0.0);
     }
 

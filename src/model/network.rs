@@ -118,11 +118,13 @@ impl YoloNetwork {
                     let x = single(inputs);
                     let [_, _, h, w] = x.dims();
                     timed(OpKind::Upsample, || {
-                        interpolate(
-                            x,
-                            InterpolateOptions::new(InterpolateMode::Nearest)
-                                .with_output_size([h * m.scale, w * m.scale]),
-                        )
+                        fast_cpu::upsample_nearest(&x, m.scale).unwrap_or_else(|| {
+                            interpolate(
+                                x,
+                                InterpolateOptions::new(InterpolateMode::Nearest)
+                                    .with_output_size([h * m.scale, w * m.scale]),
+                            )
+                        })
                     })
                 }
                 Layer::Concat(m) => timed(OpKind::SplitConcat, || Tensor::cat(inputs, m.dim)),

@@ -1,0 +1,67 @@
+//! Nearest-neighbour upsampling by an integer factor (YOLO's neck), in parallel over planes.
+
+use rayon::prelude::*;
+
+/// Repeats every pixel of each `height x width` plane of `input` into a `scale x scale`
+/// block of `out` (`[channels, height * scale, width * scale]`).
+///
+/// # Panics
+/// When `scale` is 0, or the slices do not hold `channels` planes of their sizes.
+pub fn upsample_nearest(
+    input: &[f32],
+    channels: usize,
+    height: usize,
+    width: usize,
+    scale: usize,
+    out: &mut [f32],
+) {
+    assert!(scale > 0, "scale must be at least 1");
+    let plane = height * width;
+    let out_width = width * scale;
+    assert_eq!(input.len(), channels * plane, "input shape");
+    assert_eq!(out.len(), channels * plane * scale * scale, "output shape");
+    if plane == 0 {
+        return;
+    }
+    out.par_chunks_mut(plane * scale * scale)
+        .zip(input.par_chunks(plane))
+        .for_each(|(dst, src)| {
+            for (rows, line) in dst
+                .chunks_exact_mut(out_width * scale)
+                .zip(src.chunks(width))
+            {
+                let (first, copies) = rows.split_at_mut(out_width);
+                for (block, &v) in first.chunks_exact_mut(scale).zip(line) {
+                    block.fill(v);
+                }
+                for copy in copies.chunks_exact_mut(out_width) {
+                    copy.copy_from_slice(first);
+                }
+            }
+        });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_pixel_becomes_a_block() {
+        // Two 2x3 planes, doubled and tripled.
+        let input: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        for scale in [1, 2, 3] {
+            let (h, w) = (2, 3);
+            let mut out = vec![f32::NAN; 2 * h * w * scale * scale];
+            upsample_nearest(&input, 2, h, w, scale, &mut out);
+            for c in 0..2 {
+                for y in 0..h * scale {
+                    for x in 0..w * scale {
+                        let got = out[(c * h * scale + y) * w * scale + x];
+                        let want = input[(c * h + y / scale) * w + x / scale];
+                        assert_eq!(got, want, "scale {scale} channel {c} ({y}, {x})");
+                    }
+                }
+            }
+        }
+    }
+}
