@@ -97,8 +97,11 @@ pub fn conv2d(
         padding: params.padding,
     };
     let direct = k == 1 && params.stride == 1 && params.padding == 0;
+    // Not a parallel loop of its own: stride 1 borrows the input, and a strided input is
+    // split into phases in parallel inside (a parallel loop that has nothing to do still
+    // wakes the other threads).
     let phased: Vec<_> = inputs
-        .par_iter()
+        .iter()
         .map(|part| window.phases(part.data, part.channels, 0.0))
         .collect();
     // Items split the output channels only where they read the input in place: with im2col

@@ -107,13 +107,13 @@ pub fn conv3x3_taps(
         let padded = prefix(padded, c_in * plane + 2, 0.0);
         let (planes, slack) = padded.split_at_mut(c_in * plane);
         slack.fill(0.0);
+        // On this thread: a small map's copy costs less than waking the others.
         let channels = inputs
             .iter()
             .flat_map(|p| p.data.chunks_exact(height * width));
-        planes
-            .par_chunks_exact_mut(plane)
-            .zip(channels.collect::<Vec<_>>())
-            .for_each(|(dst, src)| pad_plane(src, width, dst));
+        for (dst, src) in planes.chunks_exact_mut(plane).zip(channels) {
+            pad_plane(src, width, dst);
+        }
         let padded: &[f32] = padded;
         let split = WorkSplit::new(positions, TAPS * c_in, c_out, block_width(), true);
         let out_ptr = SharedOut::new(out);
