@@ -231,8 +231,10 @@ pub struct Csp {
 }
 
 impl Csp {
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = self.cv1.forward(x);
+    /// The block applied to the channel concatenation of `parts` (read in place by `cv1` on
+    /// the fast CPU path).
+    pub fn forward_parts(&self, parts: Vec<Tensor<4>>) -> Tensor<4> {
+        let y = self.cv1.forward_parts(parts);
         // The chain's share of cv1's channels: half, unless the layer was pruned unevenly.
         let mut parts = match self.blocks.first() {
             Some(first) => split_tail(y, first.input_channels()),

@@ -102,16 +102,22 @@ impl YoloNetwork {
                     .expect("wiring keeps every output read later")
             }
         };
+        // A channel concatenation that only the next layer reads, and whose first
+        // convolution reads concatenation parts in place: handed on as its parts.
+        let mut pending_parts: Option<Vec<Tensor<4>>> = None;
         for (i, layer) in self.layers.iter().enumerate() {
             let from = &self.wiring.from[i];
-            let inputs: Vec<Tensor<4>> = from
-                .iter()
-                .map(|&src| fetch(&saved, &previous, i, src))
-                .collect();
+            let inputs: Vec<Tensor<4>> = match pending_parts.take() {
+                Some(parts) => parts,
+                None => from
+                    .iter()
+                    .map(|&src| fetch(&saved, &previous, i, src))
+                    .collect(),
+            };
             let output = match layer {
                 Layer::Detect(head) => return head.forward(inputs, [input_h, input_w]),
-                Layer::Conv(m) => m.forward(single(inputs)),
-                Layer::Csp(m) => m.forward(single(inputs)),
+                Layer::Conv(m) => m.forward_parts(inputs),
+                Layer::Csp(m) => m.forward_parts(inputs),
                 Layer::Sppf(m) => m.forward(single(inputs)),
                 Layer::C2psa(m) => m.forward(single(inputs)),
                 Layer::Upsample(m) => {
@@ -127,6 +133,10 @@ impl YoloNetwork {
                         })
                     })
                 }
+                Layer::Concat(m) if m.dim == 1 && self.hands_on_parts(i) => {
+                    pending_parts = Some(inputs);
+                    continue;
+                }
                 Layer::Concat(m) => timed(OpKind::SplitConcat, || Tensor::cat(inputs, m.dim)),
             };
             if self.wiring.keep[i] {
@@ -135,6 +145,17 @@ impl YoloNetwork {
             previous = output;
         }
         unreachable!("architecture ends with a Detect layer")
+    }
+}
+
+impl YoloNetwork {
+    /// Whether layer `i`'s output is read by the next layer alone, and that layer reads
+    /// concatenation parts in place (a convolution, or a CSP block through its first
+    /// convolution).
+    fn hands_on_parts(&self, i: usize) -> bool {
+        !self.wiring.keep[i]
+            && self.wiring.from.get(i + 1) == Some(&vec![i as i64])
+            && matches!(self.layers.get(i + 1), Some(Layer::Conv(_) | Layer::Csp(_)))
     }
 }
 
