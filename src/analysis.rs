@@ -2,11 +2,13 @@
 //! events, write results and draw annotations.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use image::RgbImage;
 
 use crate::annotate::{self, Annotation, Annotator};
 use crate::detect::Detection;
+use crate::live_view::LiveView;
 use crate::output::{Event, FrameRecord, ResultWriters, TrackRecord};
 use crate::pipeline::FrameStage;
 use crate::speed::{SpeedEstimator, SpeedUnit, TrackSummary};
@@ -60,6 +62,8 @@ pub struct Analysis {
     /// Drawn on frames that were not analysed (frame skipping).
     last_annotations: Vec<Annotation>,
     zones: ZoneCounter,
+    /// Shown the line and area counts as they change.
+    live_view: Option<Arc<LiveView>>,
 }
 
 impl Analysis {
@@ -83,7 +87,15 @@ impl Analysis {
             classes: BTreeMap::new(),
             last_annotations: Vec::new(),
             zones: ZoneCounter::default(),
+            live_view: None,
         }
+    }
+
+    /// Shows the line and area counts in `view` as they change.
+    pub fn with_live_view(mut self, view: Arc<LiveView>) -> Self {
+        view.set_counts(self.zones.counts());
+        self.live_view = Some(view);
+        self
     }
 
     /// Counts line crossings and area visits as configured.
@@ -179,6 +191,9 @@ impl FrameStage for Analysis {
         let zone_events = self
             .zones
             .update(frame.index, frame.pts, &positions, &self.names);
+        if let Some(view) = self.live_view.as_ref().filter(|_| !zone_events.is_empty()) {
+            view.set_counts(self.zones.counts());
+        }
         events.extend(zone_events.into_iter().map(Event::Zone));
         let ended = self.speeds.take_finished(frame.pts, self.track_idle);
         events.extend(self.record_ended(ended));

@@ -309,6 +309,7 @@ fn pipeline_fps(
             EncodeSettings::default(),
         )?),
         frames: None,
+        view: None,
     };
     let (tracker, speeds) = settings.tracking_stages(&info);
     let mut detector = FrameDetector::new(detector);

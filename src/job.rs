@@ -4,11 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::Args;
 
 use crate::analysis::ClassTally;
 use crate::config::Config;
+use crate::live_view::LiveView;
 use crate::output::{JsonTap, ResultWriters};
 use crate::pipeline::{self, RunOptions, RunSummary, Sinks};
 use crate::setup::{self, ModelArgs};
@@ -153,15 +155,23 @@ pub struct StreamReport {
     pub names: Vec<String>,
 }
 
-/// Runs `source` with the analysis `model` and `config` describe into `outputs`; `tap`, when
-/// given, receives every JSON line of results as it is produced.
+/// What a stream hands out while it runs, besides its outputs.
+#[derive(Default)]
+pub struct StreamTaps {
+    /// Receives every JSON line of results as it is produced.
+    pub results: Option<JsonTap>,
+    /// Shows the annotated frames and the line and area counts.
+    pub view: Option<Arc<LiveView>>,
+}
+
+/// Runs `source` with the analysis `model` and `config` describe into `outputs` and `taps`.
 pub fn run_stream(
     source: Box<dyn FrameSource>,
     outputs: &OutputArgs,
     model: &ModelArgs,
     config: &Config,
     options: &RunOptions,
-    tap: Option<JsonTap>,
+    taps: StreamTaps,
 ) -> anyhow::Result<StreamReport> {
     let info = source.info().clone();
     let settings = EncodeSettings {
@@ -179,6 +189,7 @@ pub fn run_stream(
             .as_deref()
             .map(PngFrameSink::create)
             .transpose()?,
+        view: taps.view.clone(),
     };
     let calibration = setup::load_calibration(outputs.calibration.as_deref(), config, &info)?;
     let mut writers = ResultWriters::create(
@@ -186,7 +197,7 @@ pub fn run_stream(
         outputs.csv.as_deref(),
         outputs.mot.as_deref(),
     )?;
-    if let Some(tap) = tap {
+    if let Some(tap) = taps.results {
         writers = writers.with_tap(tap);
     }
     let sink_settings = outputs.sink_settings(config);
@@ -210,6 +221,9 @@ pub fn run_stream(
         writers,
         outputs.frame_skip,
     )?;
+    if let Some(view) = taps.view {
+        analysis = analysis.with_live_view(view);
+    }
     let summary = pipeline::run(source, &mut detector, &mut analysis, sinks, options)?;
     Ok(StreamReport {
         summary,

@@ -11,6 +11,7 @@ pub mod detect;
 pub mod eval;
 pub mod geometry;
 pub mod job;
+pub mod live_view;
 pub mod metrics;
 pub mod model;
 pub mod motfile;

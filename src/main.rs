@@ -477,7 +477,14 @@ fn process(mut args: ProcessArgs, config: Config, quiet: bool) -> anyhow::Result
         show_progress: !quiet,
         ..RunOptions::default()
     };
-    let report = job::run_stream(source, &args.outputs, &args.model, &config, &options, None)?;
+    let report = job::run_stream(
+        source,
+        &args.outputs,
+        &args.model,
+        &config,
+        &options,
+        Default::default(),
+    )?;
     print_report(&report, &args.outputs);
     Ok(())
 }
@@ -514,7 +521,14 @@ fn live(mut args: LiveArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
         show_progress: !quiet,
         metrics: StreamMetrics::default(),
     };
-    let report = job::run_stream(source, &args.outputs, &args.model, &config, &options, None)?;
+    let report = job::run_stream(
+        source,
+        &args.outputs,
+        &args.model,
+        &config,
+        &options,
+        Default::default(),
+    )?;
     print_report(&report, &args.outputs);
     Ok(())
 }

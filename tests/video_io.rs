@@ -54,6 +54,7 @@ fn round_trip(input: &Path, expected_frames: u64, fps: f64) -> f64 {
     let sinks = Sinks {
         video: Some(Mp4Sink::create(&output, fps, EncodeSettings::default()).unwrap()),
         frames: None,
+        view: None,
     };
     let summary = pipeline::run(
         source,

@@ -26,6 +26,7 @@ use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::detect::Detection;
+use crate::live_view::LiveView;
 use crate::metrics::StreamMetrics;
 use crate::video::sink::{Mp4Sink, PngFrameSink};
 use crate::video::{Frame, FrameSource, Outage, VideoError};
@@ -75,6 +76,8 @@ pub trait FrameStage: Send {
 pub struct Sinks {
     pub video: Option<Mp4Sink>,
     pub frames: Option<PngFrameSink>,
+    /// Offered every frame; encodes at its own bounded rate while watched.
+    pub view: Option<Arc<LiveView>>,
 }
 
 /// Live-mode settings.
@@ -549,6 +552,9 @@ fn write_frame(
     }
     if let Some(frames) = sinks.frames.as_ref() {
         frames.write(frame, image)?;
+    }
+    if let Some(view) = sinks.view.as_ref() {
+        view.offer_frame(image);
     }
     metrics
         .encode_seconds

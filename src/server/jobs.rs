@@ -309,7 +309,7 @@ fn run_job(state: &AppState, job: &Job, input: PathBuf, request: &JobRequest) {
             &model,
             &state.config.config,
             &options,
-            None,
+            Default::default(),
         )?;
         Ok(JobSummary {
             frames: report.summary.frames_processed,

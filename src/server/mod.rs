@@ -48,6 +48,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/streams/{id}"),
     ("delete", "/v1/streams/{id}"),
     ("get", "/v1/streams/{id}/events"),
+    ("get", "/v1/streams/{id}/mjpeg"),
 ];
 
 /// Largest accepted request body.
@@ -225,7 +226,8 @@ impl AppState {
 
 /// The API's routes on `state`. Every route requires the bearer token when one is set, except
 /// the probes an orchestrator calls without credentials: `/healthz` (liveness) and `/readyz`
-/// (readiness), which reveal nothing but the server's state.
+/// (readiness), which reveal nothing but the server's state, and the built-in page at `/`,
+/// which is static and sends the token with its own calls.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
@@ -245,8 +247,18 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(|| async { "ok" }).fallback(method_not_allowed),
         )
         .route("/readyz", get(readyz).fallback(method_not_allowed))
+        // The page itself is static (it asks for the token and sends it with its calls).
+        .route("/", get(web_page).fallback(method_not_allowed))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// The built-in page: streams, live views, counters, start and stop.
+async fn web_page() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("web/index.html"),
+    )
 }
 
 /// Orders ids such as `job-9` and `job-10` as they were handed out (the number counts up).

@@ -1,8 +1,9 @@
 //! Live streams: `POST /v1/streams` starts analysing a camera, an RTSP URL or a file under
 //! the media root (played in real time); `GET /v1/streams/{id}` reports counters;
 //! `GET /v1/streams/{id}/events` follows the results as server-sent events (one JSON line per
-//! message, the same lines as `--events`); `DELETE /v1/streams/{id}` stops it and returns
-//! the final counts.
+//! message, the same lines as `--events`); `GET /v1/streams/{id}/mjpeg` shows its annotated
+//! frames as multipart MJPEG; `DELETE /v1/streams/{id}` stops it and returns the final
+//! counts.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -23,15 +24,24 @@ use super::AppState;
 use super::error::ApiError;
 use super::jobs::DetectionOverrides;
 use super::worker::Worker;
-use crate::job::{OutputArgs, run_stream};
+use crate::job::{OutputArgs, StreamTaps, run_stream};
+use crate::live_view::LiveView;
 use crate::metrics::StreamMetrics;
 use crate::pipeline::{LiveOptions, Mode, RunOptions};
 use crate::sinks::SinkSettings;
 use crate::video::live::{LiveSourceOptions, LiveSpec, open_live_source};
 use crate::video::rtsp::without_credentials;
+use crate::zones::ZoneCounts;
 
 /// Result lines kept for slow event subscribers before they miss some.
 const EVENT_BACKLOG: usize = 256;
+
+/// Live-view frames per second unless the request says otherwise, and the most it may ask.
+const DEFAULT_VIEW_FPS: f64 = 5.0;
+const MAX_VIEW_FPS: f64 = 30.0;
+
+/// The boundary between the parts of the MJPEG answer.
+const MJPEG_BOUNDARY: &str = "streamtrack-frame";
 
 /// The body of `POST /v1/streams`.
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +64,8 @@ pub struct StreamRequest {
     /// Event sinks for this stream (MQTT, webhook) instead of the configuration's `[sinks]`.
     #[serde(default)]
     pub sinks: Option<SinkSettings>,
+    /// Frames per second of the live view (`/mjpeg`), at most 30; 5 unless given.
+    pub view_fps: Option<f64>,
 }
 
 /// Where a stream is in its life.
@@ -84,6 +96,7 @@ pub struct LiveStream {
     events: Mutex<Option<broadcast::Sender<String>>>,
     worker: Worker,
     record: Option<std::path::PathBuf>,
+    view: Arc<LiveView>,
 }
 
 /// `GET /v1/streams/{id}`'s answer.
@@ -102,6 +115,9 @@ pub struct StreamView {
     /// Failed connection attempts (RTSP), also before the first frame.
     pub connection_failures: u64,
     pub outages: u64,
+    /// Line crossings and area visits so far, per zone and class (when zones are set).
+    #[serde(skip_serializing_if = "ZoneCounts::is_empty")]
+    pub zones: ZoneCounts,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub events_file: Option<std::path::PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -125,6 +141,7 @@ impl LiveStream {
             reconnects: m.reconnects.get(),
             connection_failures: self.connection_failures.get(),
             outages: state.outages,
+            zones: self.view.counts(),
             events_file: self.record.clone(),
             error: state.error,
         }
@@ -171,6 +188,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/streams", post(create).get(list))
         .route("/v1/streams/{id}", get(show).delete(remove))
         .route("/v1/streams/{id}/events", get(events))
+        .route("/v1/streams/{id}/mjpeg", get(mjpeg))
 }
 
 async fn create(
@@ -199,6 +217,12 @@ pub(super) fn start(
     }
     if request.target_fps.is_some_and(|f| f.is_nan() || f <= 0.0) {
         return Err(ApiError::bad_request("target_fps must be positive"));
+    }
+    let view_fps = request.view_fps.unwrap_or(DEFAULT_VIEW_FPS);
+    if !(view_fps > 0.0 && view_fps <= MAX_VIEW_FPS) {
+        return Err(ApiError::bad_request(format!(
+            "view_fps must be above 0 and at most {MAX_VIEW_FPS}"
+        )));
     }
     let spec = match LiveSpec::parse(&request.source) {
         LiveSpec::Stdin => {
@@ -235,6 +259,7 @@ pub(super) fn start(
         events: Mutex::new(Some(sender)),
         worker: Worker::default(),
         record: request.record.then(|| dir.join("events.jsonl")),
+        view: Arc::new(LiveView::new(view_fps)),
     });
     let outputs = OutputArgs {
         events: stream.record.clone(),
@@ -313,6 +338,43 @@ async fn events(
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
 }
 
+/// The stream's annotated frames as `multipart/x-mixed-replace` (MJPEG, what an `<img>`
+/// shows as video), at the stream's `view_fps`; frames are encoded only while someone
+/// watches. The answer ends when the stream does.
+async fn mjpeg(
+    State(state): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let stream = find(&state, &id)?;
+    let watch = stream
+        .view
+        .watch()
+        .ok_or_else(|| ApiError::new(StatusCode::GONE, format!("stream '{id}' has ended")))?;
+    let parts = futures::stream::unfold(watch, |mut watch| async move {
+        let frame = watch.next_frame().await?;
+        let head = format!(
+            "--{MJPEG_BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\nX-Frame-Number: {}\r\n\r\n",
+            frame.jpeg.len(),
+            frame.number
+        );
+        let mut part = Vec::with_capacity(head.len() + frame.jpeg.len() + 2);
+        part.extend_from_slice(head.as_bytes());
+        part.extend_from_slice(&frame.jpeg);
+        part.extend_from_slice(b"\r\n");
+        Some((Ok::<_, Infallible>(part), watch))
+    });
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                format!("multipart/x-mixed-replace; boundary={MJPEG_BOUNDARY}"),
+            ),
+            (header::CACHE_CONTROL, "no-store".to_string()),
+        ],
+        axum::body::Body::from_stream(parts),
+    ))
+}
+
 fn find(state: &AppState, id: &str) -> Result<Arc<LiveStream>, ApiError> {
     state
         .streams
@@ -355,18 +417,30 @@ fn run_live(
             show_progress: false,
             metrics: stream.metrics.clone(),
         };
-        let tap = sender.map(|sender| -> crate::output::JsonTap {
+        let results = sender.map(|sender| -> crate::output::JsonTap {
             Box::new(move |line: &str| {
                 // No subscriber is fine.
                 let _ = sender.send(line.to_string());
             })
         });
+        let taps = StreamTaps {
+            results,
+            view: Some(stream.view.clone()),
+        };
         let model = request.detect.apply(&state.config.model);
-        let report = run_stream(source, outputs, &model, &state.config.config, &options, tap)?;
+        let report = run_stream(
+            source,
+            outputs,
+            &model,
+            &state.config.config,
+            &options,
+            taps,
+        )?;
         Ok(report.summary.outages)
     })();
-    // Ends every subscriber's event stream.
+    // Ends every subscriber's event stream and live view.
     stream.events.lock().expect("events lock").take();
+    stream.view.close();
     let stopped = stream.worker.stop_requested();
     match outcome {
         Ok(outages) => stream.set(|s| {
