@@ -12,12 +12,12 @@ use crate::analysis::ClassTally;
 use crate::config::Config;
 use crate::live_view::LiveView;
 use crate::output::{JsonTap, ResultWriters};
-use crate::pipeline::{self, RunOptions, RunSummary, Sinks};
+use crate::pipeline::{self, Mode, RunOptions, RunSummary, Sinks};
 use crate::setup::{self, ModelArgs};
 use crate::sinks::{EventSinks, MqttSettings, SinkCounters, SinkSettings, WebhookSettings};
 use crate::video::FrameSource;
 use crate::video::encoder::EncodeSettings;
-use crate::video::sink::{Mp4Sink, PngFrameSink};
+use crate::video::sink::{Mp4Layout, Mp4Sink, PngFrameSink};
 use crate::zones::ZoneCounts;
 
 /// What a run writes, and the per-stream analysis settings.
@@ -178,11 +178,17 @@ pub fn run_stream(
         bitrate: outputs.bitrate.or(config.output.bitrate),
         keyframe_interval_s: config.output.keyframe_interval,
     };
+    // Live recordings are fragmented so a crash keeps all but the last keyframe interval;
+    // files processed whole get the plain layout every player reads.
+    let layout = match options.mode {
+        Mode::Live(_) => Mp4Layout::Fragmented,
+        Mode::File => Mp4Layout::Progressive,
+    };
     let sinks = Sinks {
         video: outputs
             .output
             .as_deref()
-            .map(|p| Mp4Sink::create(p, info.fps, settings))
+            .map(|p| Mp4Sink::with_layout(p, info.fps, settings, layout))
             .transpose()?,
         frames: outputs
             .save_frames

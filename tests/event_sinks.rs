@@ -73,7 +73,7 @@ fn webhook_server(answers: Vec<u16>) -> (u16, mpsc::Receiver<Delivery>) {
             let mut body = vec![0; length];
             reader.read_exact(&mut body).unwrap();
             let status = answers[i.min(answers.len() - 1)];
-            write!(stream, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n").unwrap();
+            // Recorded before the answer: once the sink has its 2xx, the test sees the event.
             if (200..300).contains(&status) {
                 let delivery = Delivery {
                     signature,
@@ -84,6 +84,7 @@ fn webhook_server(answers: Vec<u16>) -> (u16, mpsc::Receiver<Delivery>) {
                     return;
                 }
             }
+            write!(stream, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n").unwrap();
         }
     });
     (port, deliveries)

@@ -10,7 +10,7 @@ use image::RgbImage;
 use streamtrack::detect::Detection;
 use streamtrack::pipeline::{self, DetectStage, FrameStage, Sinks};
 use streamtrack::video::encoder::EncodeSettings;
-use streamtrack::video::sink::Mp4Sink;
+use streamtrack::video::sink::{Mp4Layout, Mp4Sink};
 use streamtrack::video::{Frame, open_source};
 
 /// Leaves frames untouched.
@@ -262,4 +262,129 @@ fn damaged_pictures_are_concealed() {
     let frames = decoded_frames("many-flips.mp4", &many);
     eprintln!("300 flipped bits in the media data: {frames} of 1190 pictures");
     assert!(frames >= 1190 / 3, "{frames} of 1190 pictures");
+}
+
+/// The top-level boxes of an MP4 file: (type, start, size).
+fn top_level_boxes(bytes: &[u8]) -> Vec<([u8; 4], usize, usize)> {
+    let (mut at, mut out) = (0, Vec::new());
+    while at + 8 <= bytes.len() {
+        let mut size = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if size == 1 {
+            size = u64::from_be_bytes(bytes[at + 8..at + 16].try_into().unwrap()) as usize;
+        }
+        out.push((bytes[at + 4..at + 8].try_into().unwrap(), at, size));
+        at += size;
+    }
+    out
+}
+
+/// Writes the first `frames` pictures of the traffic video at 25 fps with a keyframe every
+/// `keyframe_s` seconds into `path` in `layout`, then finishes the file unless `crash` (the
+/// writer is forgotten, as a killed process would leave it).
+fn record(path: &Path, frames: usize, keyframe_s: f64, layout: Mp4Layout, crash: bool) {
+    let mut source = open_source(&data("video/traffic-640x360.mp4"), 25.0).unwrap();
+    let settings = EncodeSettings {
+        keyframe_interval_s: keyframe_s,
+        ..EncodeSettings::default()
+    };
+    let mut sink = Mp4Sink::with_layout(path, 25.0, settings, layout).unwrap();
+    for _ in 0..frames {
+        let frame = source.next_frame().unwrap().unwrap();
+        sink.write(&frame, &frame.image).unwrap();
+    }
+    if crash {
+        std::mem::forget(sink);
+    } else {
+        assert_eq!(sink.finish().unwrap(), frames);
+    }
+}
+
+/// Live recordings are fragmented: a fragment per keyframe interval and an `mfra` index at a
+/// normal end; a recording whose process died plays every fragment that reached the disk,
+/// and one cut inside a fragment plays the fragments before it.
+#[test]
+fn fragmented_recordings_survive_a_crash() {
+    let dir = tempdir();
+    let finished = dir.join("finished.mp4");
+    record(&finished, 75, 1.0, Mp4Layout::Fragmented, false);
+    let bytes = std::fs::read(&finished).unwrap();
+    let boxes = top_level_boxes(&bytes);
+    let kinds: Vec<&[u8; 4]> = boxes.iter().map(|(kind, _, _)| kind).collect();
+    assert_eq!(kinds[..2], [b"ftyp", b"moov"]);
+    assert_eq!(*kinds.last().unwrap(), b"mfra");
+    let fragments = kinds.iter().filter(|k| **k == b"moof").count();
+    assert_eq!(fragments, 3, "one fragment per second of 25 frames");
+    assert_eq!(decoded_frames("finished.mp4", &bytes), 75);
+    // The mfra's closing mfro gives the index's size, and each entry points at a moof.
+    let (_, mfra_at, mfra_size) = *boxes.last().unwrap();
+    assert_eq!(mfra_at + mfra_size, bytes.len());
+    let mfro_size = u32::from_be_bytes(bytes[bytes.len() - 4..].try_into().unwrap());
+    assert_eq!(mfro_size as usize, mfra_size);
+    let moofs: Vec<usize> = boxes
+        .iter()
+        .filter(|(kind, _, _)| kind == b"moof")
+        .map(|(_, at, _)| *at)
+        .collect();
+    let tfra = &bytes[mfra_at + 8..];
+    assert_eq!(&tfra[4..8], b"tfra");
+    let entries = u32::from_be_bytes(tfra[20..24].try_into().unwrap()) as usize;
+    let offsets: Vec<usize> = (0..entries)
+        .map(|e| u64::from_be_bytes(tfra[24 + e * 19 + 8..][..8].try_into().unwrap()) as usize)
+        .collect();
+    assert_eq!(offsets, moofs);
+
+    // Killed before finishing: the last, still pending fragment is lost, nothing else.
+    let killed = dir.join("killed.mp4");
+    record(&killed, 60, 1.0, Mp4Layout::Fragmented, true);
+    let bytes = std::fs::read(&killed).unwrap();
+    assert!(
+        top_level_boxes(&bytes)
+            .iter()
+            .all(|(kind, _, _)| kind != b"mfra")
+    );
+    assert_eq!(decoded_frames("killed.mp4", &bytes), 50);
+    // Cut inside the second fragment (power lost mid-write): the first one plays.
+    let second = top_level_boxes(&bytes)
+        .iter()
+        .filter(|(kind, _, _)| kind == b"moof")
+        .nth(1)
+        .map(|(_, at, _)| *at)
+        .unwrap();
+    assert_eq!(decoded_frames("cut.mp4", &bytes[..second + 100]), 25);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Durations past 32 bits of 90 kHz ticks (13.25 hours) are written in the 64-bit versions
+/// of the movie, track and media headers instead of wrapping.
+#[test]
+fn long_recordings_keep_their_duration() {
+    let dir = tempdir();
+    let path = dir.join("long.mp4");
+    let mut source = open_source(&data("video/traffic-640x360.mp4"), 25.0).unwrap();
+    let mut sink = Mp4Sink::create(&path, 25.0, EncodeSettings::default()).unwrap();
+    // Three pictures shown for five hours each: 15 hours.
+    for _ in 0..3 {
+        let mut frame = source.next_frame().unwrap().unwrap();
+        frame.duration = 5.0 * 3600.0;
+        sink.write(&frame, &frame.image.clone()).unwrap();
+    }
+    assert_eq!(sink.finish().unwrap(), 3);
+    let bytes = std::fs::read(&path).unwrap();
+    let find = |kind: &[u8]| bytes.windows(4).position(|w| w == kind).unwrap() + 4;
+    let mdhd = find(b"mdhd");
+    assert_eq!(bytes[mdhd], 1, "mdhd version");
+    // version/flags, creation and modification (8 bytes each), timescale, duration.
+    let timescale = u32::from_be_bytes(bytes[mdhd + 20..mdhd + 24].try_into().unwrap());
+    let duration = u64::from_be_bytes(bytes[mdhd + 24..mdhd + 32].try_into().unwrap());
+    assert_eq!(duration, 15 * 3600 * u64::from(timescale));
+    let mvhd = find(b"mvhd");
+    assert_eq!(bytes[mvhd], 1, "mvhd version");
+    let movie = u64::from_be_bytes(bytes[mvhd + 24..mvhd + 32].try_into().unwrap());
+    assert_eq!(movie, 15 * 3600 * 1000);
+    let mut copy = open_source(&path, 25.0).unwrap();
+    let times: Vec<f64> = std::iter::from_fn(|| copy.next_frame().unwrap())
+        .map(|f| f.pts)
+        .collect();
+    assert_eq!(times, [0.0, 18000.0, 36000.0]);
+    std::fs::remove_dir_all(dir).unwrap();
 }

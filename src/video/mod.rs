@@ -8,6 +8,7 @@ pub mod annexb;
 pub mod damage;
 pub mod decoder;
 pub mod encoder;
+pub mod fragmented_writer;
 pub mod images;
 pub mod jpeg;
 pub mod live;

@@ -2,7 +2,9 @@
 //!
 //! Layout: `ftyp`, `mdat` (samples streamed as they come), then `moov` written by
 //! [`Mp4Writer::finish`]. Timestamps use a 90 kHz timescale, so common frame rates
-//! (25, 30, 30000/1001, 10, ...) have exact durations.
+//! (25, 30, 30000/1001, 10, ...) have exact durations; durations past 32 bits (13 hours at
+//! 90 kHz) are written in the boxes' 64-bit versions. The boxes they share with the
+//! fragmented writer ([`super::fragmented_writer`]) are built here.
 
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
@@ -11,14 +13,38 @@ use std::path::{Path, PathBuf};
 use super::VideoError;
 
 /// Track timescale in ticks per second.
-const TIMESCALE: u32 = 90_000;
+pub(super) const TIMESCALE: u32 = 90_000;
 /// Movie-header timescale (milliseconds).
 const MOVIE_TIMESCALE: u32 = 1_000;
 
-struct SampleEntry {
-    size: u32,
-    duration: u32,
-    is_sync: bool,
+pub(super) struct SampleEntry {
+    pub size: u32,
+    pub duration: u32,
+    pub is_sync: bool,
+}
+
+impl SampleEntry {
+    /// The entry of a sample of `size` bytes displayed for `duration_s` seconds.
+    pub fn new(size: usize, duration_s: f64, is_sync: bool) -> Self {
+        Self {
+            size: size as u32,
+            duration: (duration_s * TIMESCALE as f64)
+                .round()
+                .clamp(1.0, u32::MAX as f64) as u32,
+            is_sync,
+        }
+    }
+}
+
+/// The file-type box both writers start with.
+pub(super) fn ftyp() -> Vec<u8> {
+    mp4_box(b"ftyp", |b| {
+        b.extend_from_slice(b"isom");
+        b.extend_from_slice(&0x200u32.to_be_bytes());
+        for brand in [b"isom", b"iso2", b"avc1", b"mp41"] {
+            b.extend_from_slice(brand);
+        }
+    })
 }
 
 /// Streams H.264 samples into an MP4 file.
@@ -37,13 +63,7 @@ impl Mp4Writer {
     pub fn create(path: &Path, width: u32, height: u32) -> Result<Self, VideoError> {
         let fail = |e: std::io::Error| VideoError::output(path, format!("cannot write: {e}"));
         let mut file = BufWriter::new(File::create(path).map_err(fail)?);
-        let ftyp = mp4_box(b"ftyp", |b| {
-            b.extend_from_slice(b"isom");
-            b.extend_from_slice(&0x200u32.to_be_bytes());
-            for brand in [b"isom", b"iso2", b"avc1", b"mp41"] {
-                b.extend_from_slice(brand);
-            }
-        });
+        let ftyp = ftyp();
         file.write_all(&ftyp).map_err(fail)?;
         let mdat_start = ftyp.len() as u64;
         // 64-bit mdat header: size 1, type, then the real size patched in at the end.
@@ -72,11 +92,8 @@ impl Mp4Writer {
             .write_all(avcc)
             .map_err(|e| VideoError::output(&self.path, format!("cannot write: {e}")))?;
         self.written += avcc.len() as u64;
-        self.samples.push(SampleEntry {
-            size: avcc.len() as u32,
-            duration: (duration_s * TIMESCALE as f64).round().max(1.0) as u32,
-            is_sync,
-        });
+        self.samples
+            .push(SampleEntry::new(avcc.len(), duration_s, is_sync));
         Ok(())
     }
 
@@ -109,8 +126,7 @@ impl Mp4Writer {
         let mut index = Index {
             file,
             mdat_start,
-            width,
-            height,
+            track: Track { width, height },
         };
         if failure.is_some() {
             // Keep the samples wholly on disk.
@@ -162,8 +178,7 @@ impl Mp4Writer {
 struct Index {
     file: File,
     mdat_start: u64,
-    width: u32,
-    height: u32,
+    track: Track,
 }
 
 impl Index {
@@ -180,13 +195,46 @@ impl Index {
     }
 
     fn moov(&self, samples: &[SampleEntry], sps: &[u8], pps: &[u8]) -> Vec<u8> {
+        self.track
+            .moov(samples, sps, pps, Some(self.mdat_start + 16))
+    }
+}
+
+/// The video track's description.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Track {
+    pub width: u32,
+    pub height: u32,
+}
+
+impl Track {
+    /// The movie box for `samples`, stored in one chunk at `chunk_offset`; with no offset,
+    /// the movie box of a fragmented file (no samples of its own, `mvex` announcing the
+    /// fragments).
+    pub fn moov(
+        &self,
+        samples: &[SampleEntry],
+        sps: &[u8],
+        pps: &[u8],
+        chunk_offset: Option<u64>,
+    ) -> Vec<u8> {
         let total: u64 = samples.iter().map(|s| s.duration as u64).sum();
         let movie_duration = total * MOVIE_TIMESCALE as u64 / TIMESCALE as u64;
+        // Version 1 (64-bit times) only where a duration needs it.
+        let long = u8::from(total > u64::from(u32::MAX));
+        let put_time = |b: &mut Vec<u8>, v: u64| {
+            if long == 1 {
+                b.extend_from_slice(&v.to_be_bytes());
+            } else {
+                put32(b, v as u32);
+            }
+        };
         let (w, h) = (self.width, self.height);
-        let mvhd = full_box(b"mvhd", 0, 0, |b| {
-            b.extend_from_slice(&[0; 8]); // creation, modification
+        let mvhd = full_box(b"mvhd", long, 0, |b| {
+            put_time(b, 0); // creation
+            put_time(b, 0); // modification
             put32(b, MOVIE_TIMESCALE);
-            put32(b, movie_duration as u32);
+            put_time(b, movie_duration);
             put32(b, 0x0001_0000); // rate 1.0
             b.extend_from_slice(&[0x01, 0x00]); // volume 1.0
             b.extend_from_slice(&[0; 10]);
@@ -194,21 +242,23 @@ impl Index {
             b.extend_from_slice(&[0; 24]);
             put32(b, 2); // next track id
         });
-        let tkhd = full_box(b"tkhd", 0, 3, |b| {
-            b.extend_from_slice(&[0; 8]);
+        let tkhd = full_box(b"tkhd", long, 3, |b| {
+            put_time(b, 0);
+            put_time(b, 0);
             put32(b, 1); // track id
             put32(b, 0);
-            put32(b, movie_duration as u32);
+            put_time(b, movie_duration);
             b.extend_from_slice(&[0; 8]);
             b.extend_from_slice(&[0; 8]); // layer, alternate group, volume, reserved
             put_matrix(b);
             put32(b, w << 16);
             put32(b, h << 16);
         });
-        let mdhd = full_box(b"mdhd", 0, 0, |b| {
-            b.extend_from_slice(&[0; 8]);
+        let mdhd = full_box(b"mdhd", long, 0, |b| {
+            put_time(b, 0);
+            put_time(b, 0);
             put32(b, TIMESCALE);
-            put32(b, total as u32);
+            put_time(b, total);
             b.extend_from_slice(&[0x55, 0xc4, 0, 0]); // language "und"
         });
         let hdlr = full_box(b"hdlr", 0, 0, |b| {
@@ -226,7 +276,9 @@ impl Index {
         let stbl = mp4_box(b"stbl", |b| {
             b.extend_from_slice(&self.stsd(sps, pps));
             b.extend_from_slice(&stts(samples));
-            b.extend_from_slice(&stss(samples));
+            if chunk_offset.is_some() {
+                b.extend_from_slice(&stss(samples));
+            }
             b.extend_from_slice(&full_box(b"stsc", 0, 0, |b| {
                 let n = samples.len() as u32;
                 put32(b, u32::from(n > 0));
@@ -244,10 +296,12 @@ impl Index {
                 }
             }));
             b.extend_from_slice(&full_box(b"co64", 0, 0, |b| {
-                let n = u32::from(!samples.is_empty());
-                put32(b, n);
-                if n > 0 {
-                    b.extend_from_slice(&(self.mdat_start + 16).to_be_bytes());
+                match chunk_offset.filter(|_| !samples.is_empty()) {
+                    Some(offset) => {
+                        put32(b, 1);
+                        b.extend_from_slice(&offset.to_be_bytes());
+                    }
+                    None => put32(b, 0),
                 }
             }));
         });
@@ -268,6 +322,15 @@ impl Index {
         mp4_box(b"moov", |b| {
             b.extend_from_slice(&mvhd);
             b.extend_from_slice(&trak);
+            if chunk_offset.is_none() {
+                // Track 1's fragment defaults: sample description 1, the rest per sample.
+                let trex = full_box(b"trex", 0, 0, |b| {
+                    for v in [1, 1, 0, 0, 0] {
+                        put32(b, v);
+                    }
+                });
+                b.extend_from_slice(&mp4_box(b"mvex", |b| b.extend_from_slice(&trex)));
+            }
         })
     }
 
@@ -350,7 +413,7 @@ fn stss(samples: &[SampleEntry]) -> Vec<u8> {
     })
 }
 
-fn put32(b: &mut Vec<u8>, v: u32) {
+pub(super) fn put32(b: &mut Vec<u8>, v: u32) {
     b.extend_from_slice(&v.to_be_bytes());
 }
 
@@ -360,7 +423,7 @@ fn put_matrix(b: &mut Vec<u8>) {
     }
 }
 
-fn mp4_box(kind: &[u8; 4], fill: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+pub(super) fn mp4_box(kind: &[u8; 4], fill: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     let mut b = vec![0, 0, 0, 0];
     b.extend_from_slice(kind);
     fill(&mut b);
@@ -369,7 +432,12 @@ fn mp4_box(kind: &[u8; 4], fill: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
     b
 }
 
-fn full_box(kind: &[u8; 4], version: u8, flags: u32, fill: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+pub(super) fn full_box(
+    kind: &[u8; 4],
+    version: u8,
+    flags: u32,
+    fill: impl FnOnce(&mut Vec<u8>),
+) -> Vec<u8> {
     mp4_box(kind, |b| {
         put32(b, (version as u32) << 24 | flags);
         fill(b);

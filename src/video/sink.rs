@@ -5,8 +5,27 @@ use std::path::{Path, PathBuf};
 use image::RgbImage;
 
 use super::encoder::{EncodeSettings, H264Encoder};
+use super::fragmented_writer::FragmentedMp4Writer;
 use super::mp4_writer::Mp4Writer;
 use super::{Frame, VideoError};
+
+/// How an MP4 file is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mp4Layout {
+    /// Samples, then one index at the end (`process`): the most widely playable, but only
+    /// once finished.
+    #[default]
+    Progressive,
+    /// A fragment per keyframe interval, each on the disk before the next (`live`, server
+    /// streams): a crash loses at most the last fragment.
+    Fragmented,
+}
+
+/// The writer of one [`Mp4Layout`].
+enum Writer {
+    Progressive(Mp4Writer),
+    Fragmented(FragmentedMp4Writer),
+}
 
 /// Encodes frames into an MP4 file. The file is complete after [`Mp4Sink::finish`], which
 /// also runs on drop, so an error or an interrupt leaves a playable file of what was written.
@@ -14,13 +33,25 @@ pub struct Mp4Sink {
     path: PathBuf,
     fps: f64,
     settings: EncodeSettings,
-    state: Option<(H264Encoder, Mp4Writer)>,
+    layout: Mp4Layout,
+    state: Option<(H264Encoder, Writer)>,
     finished: bool,
 }
 
 impl Mp4Sink {
-    /// Prepares to write `path`; fails early when the location is not writable.
+    /// Prepares to write `path` in the progressive layout; fails early when the location is
+    /// not writable.
     pub fn create(path: &Path, fps: f64, settings: EncodeSettings) -> Result<Self, VideoError> {
+        Self::with_layout(path, fps, settings, Mp4Layout::Progressive)
+    }
+
+    /// Prepares to write `path` in `layout`; fails early when the location is not writable.
+    pub fn with_layout(
+        path: &Path,
+        fps: f64,
+        settings: EncodeSettings,
+        layout: Mp4Layout,
+    ) -> Result<Self, VideoError> {
         // Probe writability now rather than after the first (possibly slow) frame.
         std::fs::File::create(path)
             .map_err(|e| VideoError::output(path, format!("cannot create the output file: {e}")))?;
@@ -28,6 +59,7 @@ impl Mp4Sink {
             path: path.to_path_buf(),
             fps,
             settings,
+            layout,
             state: None,
             finished: false,
         })
@@ -36,20 +68,39 @@ impl Mp4Sink {
     /// Encodes and appends one frame (cropped to even dimensions for 4:2:0).
     pub fn write(&mut self, frame: &Frame, image: &RgbImage) -> Result<(), VideoError> {
         let (w, h) = (image.width() & !1, image.height() & !1);
-        if self.state.is_none() {
-            let encoder = H264Encoder::new(w, h, self.fps, self.settings)
-                .map_err(|e| VideoError::output(&self.path, e))?;
-            let writer = Mp4Writer::create(&self.path, w, h)?;
-            self.state = Some((encoder, writer));
-        }
-        let (encoder, writer) = self.state.as_mut().expect("initialised above");
-        let sample = if (w, h) == image.dimensions() {
-            encoder.encode(image)
+        let cropped;
+        let image = if (w, h) == image.dimensions() {
+            image
         } else {
-            encoder.encode(&image::imageops::crop_imm(image, 0, 0, w, h).to_image())
+            cropped = image::imageops::crop_imm(image, 0, 0, w, h).to_image();
+            &cropped
+        };
+        let fail = |e| VideoError::output(&self.path, e);
+        let (sample, writer) = match &mut self.state {
+            Some((encoder, writer)) => (encoder.encode(image).map_err(fail)?, writer),
+            None => {
+                let mut encoder = H264Encoder::new(w, h, self.fps, self.settings).map_err(fail)?;
+                let sample = encoder.encode(image).map_err(fail)?;
+                // After the first frame: the fragmented header needs the codec parameters.
+                let writer = match self.layout {
+                    Mp4Layout::Progressive => {
+                        Writer::Progressive(Mp4Writer::create(&self.path, w, h)?)
+                    }
+                    Mp4Layout::Fragmented => Writer::Fragmented(FragmentedMp4Writer::create(
+                        &self.path,
+                        w,
+                        h,
+                        &encoder.sps,
+                        &encoder.pps,
+                    )?),
+                };
+                (sample, &mut self.state.insert((encoder, writer)).1)
+            }
+        };
+        match writer {
+            Writer::Progressive(w) => w.write_sample(&sample.avcc, frame.duration, sample.is_sync),
+            Writer::Fragmented(w) => w.write_sample(&sample.avcc, frame.duration, sample.is_sync),
         }
-        .map_err(|e| VideoError::output(&self.path, e))?;
-        writer.write_sample(&sample.avcc, frame.duration, sample.is_sync)
     }
 
     /// Writes the index; returns the number of frames in the file.
@@ -59,7 +110,10 @@ impl Mp4Sink {
         }
         self.finished = true;
         match self.state.take() {
-            Some((encoder, writer)) => writer.finish(&encoder.sps, &encoder.pps),
+            Some((encoder, Writer::Progressive(writer))) => {
+                writer.finish(&encoder.sps, &encoder.pps)
+            }
+            Some((_, Writer::Fragmented(writer))) => writer.finish(),
             None => {
                 // Nothing was written: leave no empty, unplayable file behind.
                 let _ = std::fs::remove_file(&self.path);
