@@ -29,6 +29,11 @@ pub struct OutputArgs {
     /// Also write every annotated frame as PNG into this folder.
     #[arg(long)]
     pub save_frames: Option<PathBuf>,
+    /// Cut the output video into files of this many seconds; `-o` is then a name pattern
+    /// (`cam1-%Y%m%d-%H%M%S.mp4`, the segment's start in UTC; without fields the time is
+    /// added before the extension).
+    #[arg(long, value_name = "SECONDS")]
+    pub segment: Option<f64>,
     /// Output video bitrate in bits per second (default: from frame size and rate).
     #[arg(long)]
     pub bitrate: Option<u32>,
@@ -184,11 +189,21 @@ pub fn run_stream(
         Mode::Live(_) => Mp4Layout::Fragmented,
         Mode::File => Mp4Layout::Progressive,
     };
+    if let Some(seconds) = outputs.segment {
+        crate::checks::positive("--segment", seconds).map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(
+            outputs.output.is_some(),
+            "--segment cuts the -o video: give -o too"
+        );
+    }
     let sinks = Sinks {
         video: outputs
             .output
             .as_deref()
-            .map(|p| Mp4Sink::with_layout(p, info.fps, settings, layout))
+            .map(|p| match outputs.segment {
+                Some(seconds) => Mp4Sink::segmented(p, seconds, info.fps, settings, layout),
+                None => Mp4Sink::with_layout(p, info.fps, settings, layout),
+            })
             .transpose()?,
         frames: outputs
             .save_frames

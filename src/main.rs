@@ -640,6 +640,11 @@ fn print_report(report: &job::StreamReport, outputs: &OutputArgs) {
         Some(out) if report.summary.frames_written == 0 => {
             eprintln!("no frames: {} was not written", out.display());
         }
+        Some(out) if outputs.segment.is_some() => eprintln!(
+            "wrote segments of {} ({} frames)",
+            out.display(),
+            report.summary.frames_written
+        ),
         Some(out) => eprintln!(
             "wrote {} ({} frames)",
             out.display(),

@@ -1,6 +1,7 @@
 //! The live view: a stream's annotated frames as MJPEG (`GET /v1/streams/{id}/mjpeg`) and
 //! the built-in page at `/`, loaded in a real browser (headless Chromium, Debian's
-//! `chromium`, installed by `.ci/run`) against a running server.
+//! `chromium`, installed by `.ci/run`) against a running server; stream requests with
+//! live-view and recording settings out of range are refused.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -115,6 +116,23 @@ async fn mjpeg_shows_the_annotated_frames_at_the_view_rate() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{fps}: {answer}");
         assert!(
             answer["error"].as_str().unwrap().contains("view_fps"),
+            "{answer}"
+        );
+    }
+    for (request, wanted) in [
+        (
+            json!({"source": "traffic-640x360.mp4", "segment_s": 60}),
+            "set video too",
+        ),
+        (
+            json!({"source": "traffic-640x360.mp4", "video": true, "segment_s": 0}),
+            "segment_s must be a positive number",
+        ),
+    ] {
+        let (status, answer) = call(&app, "POST", "/v1/streams", Some(request)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(wanted),
             "{answer}"
         );
     }

@@ -388,3 +388,47 @@ fn long_recordings_keep_their_duration() {
     assert_eq!(times, [0.0, 18000.0, 36000.0]);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `--segment`: a recording cut into files of a fixed stream time, each starting with a
+/// keyframe and playing on its own, named from the pattern (unique within one second).
+#[test]
+fn segmented_recordings_rotate_and_each_segment_plays_alone() {
+    let dir = tempdir();
+    let pattern = dir.join("cam1-%Y%m%d-%H%M%S.mp4");
+    let mut source = open_source(&data("video/traffic-640x360.mp4"), 25.0).unwrap();
+    let mut sink = Mp4Sink::segmented(
+        &pattern,
+        1.0,
+        25.0,
+        EncodeSettings::default(),
+        Mp4Layout::Fragmented,
+    )
+    .unwrap();
+    for _ in 0..70 {
+        let frame = source.next_frame().unwrap().unwrap();
+        sink.write(&frame, &frame.image).unwrap();
+    }
+    assert_eq!(sink.finish().unwrap(), 70);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 3, "{files:?}");
+    let name = files[0].file_name().unwrap().to_string_lossy().to_string();
+    assert!(
+        name.starts_with("cam1-20") && name.ends_with(".mp4") && name.len() == 24,
+        "{name}"
+    );
+    // (Names that share a second get a suffix, so name order is not always time order.)
+    let mut counts: Vec<usize> = files
+        .iter()
+        .map(|path| {
+            let bytes = std::fs::read(path).unwrap();
+            decoded_frames(&path.file_name().unwrap().to_string_lossy(), &bytes)
+        })
+        .collect();
+    counts.sort();
+    assert_eq!(counts, [20, 25, 25]);
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -56,9 +56,12 @@ pub struct StreamRequest {
     /// Keep the results as JSON lines in the results folder.
     #[serde(default)]
     pub record: bool,
-    /// Also record an annotated MP4.
+    /// Also record an annotated MP4 (fragmented, so a crash keeps all but the last
+    /// keyframe interval).
     #[serde(default)]
     pub video: bool,
+    /// Cut the recording into files of this many seconds, named by their start time.
+    pub segment_s: Option<f64>,
     #[serde(default)]
     pub detect: DetectionOverrides,
     /// Event sinks for this stream (MQTT, webhook) instead of the configuration's `[sinks]`.
@@ -218,6 +221,17 @@ pub(super) fn start(
     if request.target_fps.is_some_and(|f| f.is_nan() || f <= 0.0) {
         return Err(ApiError::bad_request("target_fps must be positive"));
     }
+    if request
+        .segment_s
+        .is_some_and(|s| !(s.is_finite() && s > 0.0))
+    {
+        return Err(ApiError::bad_request("segment_s must be a positive number"));
+    }
+    if request.segment_s.is_some() && !request.video {
+        return Err(ApiError::bad_request(
+            "segment_s cuts the recording: set video too",
+        ));
+    }
     let view_fps = request.view_fps.unwrap_or(DEFAULT_VIEW_FPS);
     if !(view_fps > 0.0 && view_fps <= MAX_VIEW_FPS) {
         return Err(ApiError::bad_request(format!(
@@ -263,7 +277,11 @@ pub(super) fn start(
     });
     let outputs = OutputArgs {
         events: stream.record.clone(),
-        output: request.video.then(|| dir.join("annotated.mp4")),
+        output: request.video.then(|| match request.segment_s {
+            Some(_) => dir.join("annotated-%Y%m%d-%H%M%S.mp4"),
+            None => dir.join("annotated.mp4"),
+        }),
+        segment: request.segment_s,
         frame_skip: request.detect.frame_skip.unwrap_or(0),
         stream_id: Some(id.clone()),
         sinks: request.sinks.clone(),

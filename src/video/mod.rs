@@ -17,6 +17,7 @@ pub mod mp4_source;
 pub mod mp4_writer;
 pub mod raw_source;
 pub mod rtsp;
+pub mod segments;
 pub mod sink;
 pub mod webcam;
 

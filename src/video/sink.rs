@@ -1,12 +1,14 @@
 //! Frame sinks: an H.264 MP4 file and a folder of PNG frames.
 
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use image::RgbImage;
 
 use super::encoder::{EncodeSettings, H264Encoder};
 use super::fragmented_writer::FragmentedMp4Writer;
 use super::mp4_writer::Mp4Writer;
+use super::segments::SegmentNames;
 use super::{Frame, VideoError};
 
 /// How an MP4 file is laid out.
@@ -27,14 +29,26 @@ enum Writer {
     Fragmented(FragmentedMp4Writer),
 }
 
-/// Encodes frames into an MP4 file. The file is complete after [`Mp4Sink::finish`], which
-/// also runs on drop, so an error or an interrupt leaves a playable file of what was written.
+/// A recording cut into files of a fixed length.
+struct Segments {
+    names: SegmentNames,
+    seconds: f64,
+    /// Stream time of the current segment's first frame.
+    started: Option<f64>,
+    /// Frames in the segments already closed.
+    closed_frames: usize,
+}
+
+/// Encodes frames into an MP4 file, or a series of them. The file is complete after
+/// [`Mp4Sink::finish`], which also runs on drop, so an error or an interrupt leaves a
+/// playable file of what was written.
 pub struct Mp4Sink {
     path: PathBuf,
     fps: f64,
     settings: EncodeSettings,
     layout: Mp4Layout,
     state: Option<(H264Encoder, Writer)>,
+    segments: Option<Segments>,
     finished: bool,
 }
 
@@ -61,12 +75,35 @@ impl Mp4Sink {
             settings,
             layout,
             state: None,
+            segments: None,
             finished: false,
         })
     }
 
+    /// Prepares to write segments of `seconds` of stream time each, named from `pattern`
+    /// (see [`SegmentNames`]) with each segment's start time. Every segment starts with a
+    /// keyframe and plays on its own.
+    pub fn segmented(
+        pattern: &Path,
+        seconds: f64,
+        fps: f64,
+        settings: EncodeSettings,
+        layout: Mp4Layout,
+    ) -> Result<Self, VideoError> {
+        let names = SegmentNames::new(pattern);
+        let mut sink = Self::with_layout(&names.next(SystemTime::now()), fps, settings, layout)?;
+        sink.segments = Some(Segments {
+            names,
+            seconds,
+            started: None,
+            closed_frames: 0,
+        });
+        Ok(sink)
+    }
+
     /// Encodes and appends one frame (cropped to even dimensions for 4:2:0).
     pub fn write(&mut self, frame: &Frame, image: &RgbImage) -> Result<(), VideoError> {
+        self.rotate(frame.pts)?;
         let (w, h) = (image.width() & !1, image.height() & !1);
         let cropped;
         let image = if (w, h) == image.dimensions() {
@@ -103,12 +140,39 @@ impl Mp4Sink {
         }
     }
 
-    /// Writes the index; returns the number of frames in the file.
+    /// Closes the current segment and starts the next when the segment's time is up at a
+    /// frame of stream time `pts`.
+    fn rotate(&mut self, pts: f64) -> Result<(), VideoError> {
+        let Some(segments) = self.segments.as_mut() else {
+            return Ok(());
+        };
+        let started = *segments.started.get_or_insert(pts);
+        if pts - started < segments.seconds || self.state.is_none() {
+            return Ok(());
+        }
+        segments.started = Some(pts);
+        let next = segments.names.next(SystemTime::now());
+        let frames = self.close_file()?;
+        tracing::info!("wrote {} ({frames} frames)", self.path.display());
+        if let Some(segments) = self.segments.as_mut() {
+            segments.closed_frames += frames;
+        }
+        self.path = next;
+        Ok(())
+    }
+
+    /// Writes the index; returns the number of frames written (in every segment).
     pub fn finish(&mut self) -> Result<usize, VideoError> {
         if self.finished {
             return Ok(0);
         }
         self.finished = true;
+        let closed = self.segments.as_ref().map_or(0, |s| s.closed_frames);
+        Ok(closed + self.close_file()?)
+    }
+
+    /// Finishes the current file; returns its number of frames.
+    fn close_file(&mut self) -> Result<usize, VideoError> {
         match self.state.take() {
             Some((encoder, Writer::Progressive(writer))) => {
                 writer.finish(&encoder.sps, &encoder.pps)
