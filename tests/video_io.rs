@@ -355,7 +355,8 @@ fn fragmented_recordings_survive_a_crash() {
 }
 
 /// Durations past 32 bits of 90 kHz ticks (13.25 hours) are written in the 64-bit versions
-/// of the movie, track and media headers instead of wrapping.
+/// of the movie, track and media headers instead of wrapping; a finished file has its index
+/// in front.
 #[test]
 fn long_recordings_keep_their_duration() {
     let dir = tempdir();
@@ -370,6 +371,9 @@ fn long_recordings_keep_their_duration() {
     }
     assert_eq!(sink.finish().unwrap(), 3);
     let bytes = std::fs::read(&path).unwrap();
+    // The index is moved in front of the media data when the file is finished.
+    let kinds: Vec<[u8; 4]> = top_level_boxes(&bytes).iter().map(|b| b.0).collect();
+    assert_eq!(kinds, [*b"ftyp", *b"moov", *b"mdat"]);
     let find = |kind: &[u8]| bytes.windows(4).position(|w| w == kind).unwrap() + 4;
     let mdhd = find(b"mdhd");
     assert_eq!(bytes[mdhd], 1, "mdhd version");
@@ -413,14 +417,26 @@ fn segmented_recordings_rotate_and_each_segment_plays_alone() {
         .unwrap()
         .map(|entry| entry.unwrap().path())
         .collect();
-    files.sort();
     assert_eq!(files.len(), 3, "{files:?}");
-    let name = files[0].file_name().unwrap().to_string_lossy().to_string();
-    assert!(
-        name.starts_with("cam1-20") && name.ends_with(".mp4") && name.len() == 24,
-        "{name}"
-    );
-    // (Names that share a second get a suffix, so name order is not always time order.)
+    // `cam1-YYYYMMDD-HHMMSS.mp4`, or `…-N.mp4` for a name already taken that second.
+    for path in &files {
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let digits =
+            |range: std::ops::Range<usize>| name[range].bytes().all(|b| b.is_ascii_digit());
+        let suffix = &name[20..];
+        let numbered = suffix
+            .strip_prefix('-')
+            .and_then(|rest| rest.strip_suffix(".mp4"))
+            .is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n >= 2));
+        assert!(
+            name.starts_with("cam1-20")
+                && digits(5..13)
+                && &name[13..14] == "-"
+                && digits(14..20)
+                && (suffix == ".mp4" || numbered),
+            "{name}"
+        );
+    }
     let mut counts: Vec<usize> = files
         .iter()
         .map(|path| {

@@ -1,13 +1,15 @@
 //! A minimal MP4 muxer for one H.264 video track.
 //!
-//! Layout: `ftyp`, `mdat` (samples streamed as they come), then `moov` written by
-//! [`Mp4Writer::finish`]. Timestamps use a 90 kHz timescale, so common frame rates
+//! Layout while writing: `ftyp`, `mdat` (samples streamed as they come), then `moov` written
+//! by [`Mp4Writer::finish`], which then moves `moov` in front of `mdat` (a copy renamed over
+//! the file) so players streaming it can start early; a file cut short by a full disk keeps
+//! its index at the end. Timestamps use a 90 kHz timescale, so common frame rates
 //! (25, 30, 30000/1001, 10, ...) have exact durations; durations past 32 bits (13 hours at
 //! 90 kHz) are written in the boxes' 64-bit versions. The boxes they share with the
 //! fragmented writer ([`super::fragmented_writer`]) are built here.
 
 use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::VideoError;
@@ -62,7 +64,15 @@ impl Mp4Writer {
     /// Creates `path` and writes the file header.
     pub fn create(path: &Path, width: u32, height: u32) -> Result<Self, VideoError> {
         let fail = |e: std::io::Error| VideoError::output(path, format!("cannot write: {e}"));
-        let mut file = BufWriter::new(File::create(path).map_err(fail)?);
+        // Readable too: `finish` copies the media data when it moves the index to the front.
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(fail)?;
+        let mut file = BufWriter::new(file);
         let ftyp = ftyp();
         file.write_all(&ftyp).map_err(fail)?;
         let mdat_start = ftyp.len() as u64;
@@ -162,7 +172,14 @@ impl Mp4Writer {
             }
         }
         match failure {
-            None => Ok(total),
+            None => {
+                if let Err(e) = index.move_index_to_front(&path, &samples, sps, pps) {
+                    // The file as it is (index at the end) plays everywhere but in players
+                    // that stream it before it is whole.
+                    tracing::warn!("{}: index kept at the end: {e}", path.display());
+                }
+                Ok(total)
+            }
             Some(e) => Err(VideoError::output(
                 &path,
                 format!(
@@ -197,6 +214,42 @@ impl Index {
     fn moov(&self, samples: &[SampleEntry], sps: &[u8], pps: &[u8]) -> Vec<u8> {
         self.track
             .moov(samples, sps, pps, Some(self.mdat_start + 16))
+    }
+
+    /// Rewrites the finished file at `path` as `ftyp`, `moov`, `mdat` ("fast start"), so a
+    /// player reading it over HTTP can start before the whole file has arrived: a copy
+    /// beside it, synced, then renamed over it (an error leaves the original as it was).
+    fn move_index_to_front(
+        &mut self,
+        path: &Path,
+        samples: &[SampleEntry],
+        sps: &[u8],
+        pps: &[u8],
+    ) -> std::io::Result<()> {
+        let data: u64 = samples.iter().map(|s| u64::from(s.size)).sum();
+        let moov_len = self.moov(samples, sps, pps).len() as u64;
+        let mdat_at = self.mdat_start + moov_len;
+        let moov = self.track.moov(samples, sps, pps, Some(mdat_at + 16));
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(".faststart");
+        let staging = path.with_file_name(name);
+        let mut copy = || -> std::io::Result<()> {
+            let mut out = BufWriter::new(File::create(&staging)?);
+            out.write_all(&ftyp())?;
+            out.write_all(&moov)?;
+            self.file.seek(SeekFrom::Start(self.mdat_start))?;
+            let copied = std::io::copy(&mut (&self.file).take(16 + data), &mut out)?;
+            if copied != 16 + data {
+                return Err(std::io::Error::other(
+                    "the media data is shorter than indexed",
+                ));
+            }
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            std::fs::rename(&staging, path)
+        };
+        copy().inspect_err(|_| {
+            let _ = std::fs::remove_file(&staging);
+        })
     }
 }
 
