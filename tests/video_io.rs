@@ -413,7 +413,7 @@ fn segmented_recordings_rotate_and_each_segment_plays_alone() {
         sink.write(&frame, &frame.image).unwrap();
     }
     assert_eq!(sink.finish().unwrap(), 70);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
+    let files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|entry| entry.unwrap().path())
         .collect();
