@@ -59,8 +59,8 @@ pub fn depthwise_conv2d(
         .zip(params.weight.par_chunks_exact(k * k))
         .zip(params.bias)
         .for_each(|(((out, plane), filter), &bias)| {
+            let out = zeroed(out);
             for (oy, row) in out.chunks_exact_mut(out_w).enumerate() {
-                let row = zeroed(row);
                 for (ky, taps) in filter.chunks_exact(k).enumerate() {
                     let Some(iy) = (oy * params.stride + ky)
                         .checked_sub(params.padding)
@@ -73,16 +73,18 @@ pub fn depthwise_conv2d(
                         accumulate_tap(row, line, w, kx, params);
                     }
                 }
-                apply_bias_activation(row, bias, params.activation);
             }
+            // Once per plane: on the small maps of the detection head a row is a few dozen
+            // values, and a call per row cost more than the activation itself.
+            apply_bias_activation(out, bias, params.activation);
         });
 }
 
-/// `row` set to zeros, as the initialised values it now holds.
-fn zeroed(row: &mut [MaybeUninit<f32>]) -> &mut [f32] {
-    row.fill(MaybeUninit::new(0.0));
+/// `values` set to zeros, as the initialised values they now hold.
+fn zeroed(values: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    values.fill(MaybeUninit::new(0.0));
     // SAFETY: every element was just initialised; `MaybeUninit<f32>` has `f32`'s layout.
-    unsafe { &mut *(row as *mut [MaybeUninit<f32>] as *mut [f32]) }
+    unsafe { &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// `row[ox] += w * line[ox * stride + kx - padding]` wherever that lies inside `line`.
