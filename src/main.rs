@@ -362,6 +362,10 @@ struct ServeArgs {
     /// Most live streams running at once; more are refused with 429.
     #[arg(long, default_value_t = streamtrack::server::DEFAULT_MAX_STREAMS)]
     max_streams: usize,
+    /// Finished jobs kept in memory (listed, with their metrics); older ones are forgotten
+    /// (their results stay on disk).
+    #[arg(long, default_value_t = streamtrack::server::DEFAULT_KEEP_JOBS)]
+    keep_jobs: usize,
     /// Close a connection after this many seconds without a byte either way.
     #[arg(long, default_value_t = streamtrack::server::DEFAULT_IDLE_TIMEOUT.as_secs_f64())]
     idle_timeout: f64,
@@ -544,6 +548,7 @@ fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
         model: args.model,
         config,
         max_streams: args.max_streams,
+        keep_jobs: args.keep_jobs,
         idle_timeout: Duration::try_from_secs_f64(args.idle_timeout)
             .ok()
             .filter(|t| !t.is_zero())

@@ -41,6 +41,7 @@ fn server_config(name: &str, token: Option<&str>) -> ServerConfig {
         },
         config: Config::default(),
         max_streams: server::DEFAULT_MAX_STREAMS,
+        keep_jobs: server::DEFAULT_KEEP_JOBS,
         idle_timeout: server::DEFAULT_IDLE_TIMEOUT,
         streams: Vec::new(),
     }
@@ -683,4 +684,77 @@ async fn every_listed_route_is_served() {
             );
         }
     }
+}
+
+/// A long-running server forgets what it no longer needs: finished jobs beyond `keep_jobs`
+/// (oldest first, with their metric series; their results stay on disk), and a deleted
+/// stream's series.
+#[tokio::test]
+async fn finished_jobs_beyond_the_limit_and_deleted_streams_are_forgotten() {
+    let mut config = server_config("forget", None);
+    config.keep_jobs = 1;
+    let server = TestServer::with_config(config);
+    let metrics = || async {
+        let request = Request::get("/metrics").body(Body::empty()).unwrap();
+        String::from_utf8(server.send(request).await.1).unwrap()
+    };
+    let body =
+        json!({"input": "traffic-640x360.mp4", "max_frames": 2, "detect": {"input_size": 64}});
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (status, created) = server
+            .call("POST", "/v1/jobs", Some(&body.to_string()))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        ids.push(created["id"].as_str().unwrap().to_string());
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (_, job) = server
+            .call("GET", &format!("/v1/jobs/{}", ids[1]), None)
+            .await;
+        if job["status"] == "done" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{job}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The second job's worker forgets the first right after the second finishes.
+    let forgotten = loop {
+        let (_, listed) = server.call("GET", "/v1/jobs", None).await;
+        if listed.as_array().unwrap().len() == 1 {
+            break listed;
+        }
+        assert!(Instant::now() < deadline, "{listed}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(forgotten[0]["id"], ids[1].as_str());
+    let (status, _) = server
+        .call("GET", &format!("/v1/jobs/{}", ids[0]), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(server.results.join(&ids[0]).join("events.jsonl").exists());
+    let text = metrics().await;
+    assert!(!text.contains(&format!("job=\"{}\"", ids[0])), "{text}");
+    assert!(
+        text.contains(&format!(
+            "streamtrack_frames_processed_total{{job=\"{}\"}} 2",
+            ids[1]
+        )),
+        "{text}"
+    );
+
+    let stream = json!({"source": "traffic-640x360.mp4"});
+    let (status, created) = server
+        .call("POST", "/v1/streams", Some(&stream.to_string()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    assert!(metrics().await.contains(&format!("stream=\"{id}\"")));
+    let (status, _) = server
+        .call("DELETE", &format!("/v1/streams/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let text = metrics().await;
+    assert!(!text.contains(&format!("stream=\"{id}\"")), "{text}");
 }

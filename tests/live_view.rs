@@ -42,6 +42,7 @@ fn server_config(name: &str) -> ServerConfig {
         },
         config: Config::load(&config_path).unwrap(),
         max_streams: server::DEFAULT_MAX_STREAMS,
+        keep_jobs: server::DEFAULT_KEEP_JOBS,
         idle_timeout: server::DEFAULT_IDLE_TIMEOUT,
         streams: Vec::new(),
     }

@@ -146,6 +146,18 @@ pub struct JobView {
 }
 
 impl Job {
+    pub(super) fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Whether the job has ended (done, failed or cancelled).
+    pub(super) fn is_finished(&self) -> bool {
+        matches!(
+            self.state.lock().expect("job lock").status,
+            JobStatus::Done | JobStatus::Failed | JobStatus::Cancelled
+        )
+    }
+
     /// Cancels the job without waiting (a queued job will not start).
     pub fn cancel(&self) {
         self.worker.request_stop();
@@ -221,7 +233,8 @@ async fn create(
     let (worker_state, worker_job) = (state.clone(), job.clone());
     job.worker
         .start(&id, move || {
-            run_job(&worker_state, &worker_job, input, &request)
+            run_job(&worker_state, &worker_job, input, &request);
+            worker_state.forget_old_jobs();
         })
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let location = format!("/v1/jobs/{id}");

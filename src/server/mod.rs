@@ -24,7 +24,7 @@ use axum::routing::get;
 use prometheus_client::registry::Registry;
 
 use crate::config::Config;
-use crate::metrics::StreamMetrics;
+use crate::metrics::{MetricFamilies, StreamMetrics};
 use crate::setup::ModelArgs;
 use crate::video::rtsp::without_credentials;
 pub use error::ApiError;
@@ -69,6 +69,8 @@ pub struct ServerConfig {
     pub config: Config,
     /// Most live streams running at once; further `POST /v1/streams` get 429.
     pub max_streams: usize,
+    /// Finished jobs kept in memory; the oldest beyond this are forgotten.
+    pub keep_jobs: usize,
     /// A connection with no byte moving either way for this long is closed.
     pub idle_timeout: std::time::Duration,
     /// Streams started with the server, as if each had been posted to `/v1/streams`.
@@ -77,6 +79,7 @@ pub struct ServerConfig {
 
 /// Defaults of the limits in [`ServerConfig`].
 pub const DEFAULT_MAX_STREAMS: usize = 16;
+pub const DEFAULT_KEEP_JOBS: usize = 100;
 pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Shared by every request.
@@ -87,6 +90,8 @@ pub struct AppState {
     jobs: Mutex<HashMap<String, Arc<jobs::Job>>>,
     streams: Mutex<HashMap<String, Arc<streams::LiveStream>>>,
     registry: Mutex<Registry>,
+    /// Every job's and stream's metrics, registered in `registry`.
+    metrics: MetricFamilies,
     /// Jobs run one after another (they would only slow each other down).
     job_slot: Arc<Mutex<()>>,
     next_id: AtomicU64,
@@ -101,20 +106,21 @@ impl AppState {
         std::fs::create_dir_all(&config.results_dir)
             .map_err(|e| anyhow::anyhow!("{}: cannot create: {e}", config.results_dir.display()))?;
         let first_id = first_free_id(&config.results_dir)?;
+        let mut registry = Registry::with_prefix("streamtrack");
+        let metrics = MetricFamilies::default();
+        metrics.register(&mut registry);
         Ok(Arc::new(Self {
             config,
             media_root,
             jobs: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),
-            registry: Mutex::new(Registry::with_prefix("streamtrack")),
+            registry: Mutex::new(registry),
+            metrics,
             job_slot: Arc::new(Mutex::new(())),
             next_id: AtomicU64::new(first_id),
         }))
     }
 
-    /// A fresh id such as `job-3` or `stream-4`, with its results folder created: ids go on
-    /// from the highest one in the results folder, so a restarted server never writes into
-    /// an earlier run's results.
     /// Starts the streams of the configuration, in order; the first one refused stops the
     /// lot (with the streams started before it still running: the caller stops them).
     pub fn start_configured_streams(self: &Arc<Self>) -> anyhow::Result<()> {
@@ -132,6 +138,9 @@ impl AppState {
         Ok(())
     }
 
+    /// A fresh id such as `job-3` or `stream-4`, with its results folder created: ids go on
+    /// from the highest one in the results folder, so a restarted server never writes into
+    /// an earlier run's results.
     fn new_id(&self, kind: &str) -> Result<(String, PathBuf), ApiError> {
         loop {
             let id = format!("{kind}-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
@@ -149,12 +158,28 @@ impl AppState {
         }
     }
 
-    /// Metrics for a new job or stream, registered under its id.
+    /// Metrics for a new job or stream, exposed under its id.
     fn new_metrics(&self, kind: &'static str, id: &str) -> StreamMetrics {
-        let metrics = StreamMetrics::default();
-        let mut registry = self.registry.lock().expect("registry lock");
-        metrics.register(registry.sub_registry_with_label((kind.into(), id.to_string().into())));
-        metrics
+        self.metrics.series(kind, id)
+    }
+
+    /// Forgets the finished jobs beyond the newest `keep_jobs` (their results stay on
+    /// disk), with their metrics.
+    pub(super) fn forget_old_jobs(&self) {
+        let mut jobs = self.jobs.lock().expect("jobs lock");
+        let mut finished: Vec<String> = jobs
+            .values()
+            .filter(|job| job.is_finished())
+            .map(|job| job.id().to_string())
+            .collect();
+        if finished.len() <= self.config.keep_jobs {
+            return;
+        }
+        finished.sort_by(|a, b| creation_order(a, b));
+        for id in &finished[..finished.len() - self.config.keep_jobs] {
+            jobs.remove(id);
+            self.metrics.remove("job", id);
+        }
     }
 
     /// Resolves a client-given path against the media root, refusing anything outside it.

@@ -327,8 +327,11 @@ async fn remove(
     tokio::task::spawn_blocking(move || stopping.stop_and_wait())
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    // The final counters are read before the stream's series leave the metrics.
+    let view = stream.view();
     state.streams.lock().expect("streams lock").remove(&id);
-    Ok(Json(stream.view()))
+    state.metrics.remove("stream", &id);
+    Ok(Json(view))
 }
 
 async fn events(
