@@ -3,6 +3,7 @@
 //! by `process`, `live`, `bench`, `agree` and the HTTP server.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
@@ -10,7 +11,7 @@ use clap::Args;
 use crate::analysis::Analysis;
 use crate::config::Config;
 use crate::detect::Detector;
-use crate::model::{ComputeDevice, DeviceChoice, YoloModel};
+use crate::model::{ComputeDevice, DeviceChoice, ModelCache, YoloModel};
 use crate::output::ResultWriters;
 use crate::pipeline::detect_stage::FrameDetector;
 use crate::speed::{Calibration, SpeedEstimator};
@@ -47,6 +48,9 @@ pub struct ModelArgs {
     /// Frames per network call when several are waiting (file input; default 1).
     #[arg(long)]
     pub batch: Option<usize>,
+    /// Loaded models to share (the server's): a model already there is not loaded again.
+    #[arg(skip)]
+    pub models: Option<Arc<ModelCache>>,
 }
 
 impl ModelArgs {
@@ -96,7 +100,10 @@ pub fn build_detector_on(
 ) -> anyhow::Result<(Detector, Vec<String>)> {
     let path = resolve_model_path(args.model.as_deref(), config)?;
     tracing::info!("device: {}", device.description);
-    let mut model = YoloModel::load(&path, device)?;
+    let mut model = match &args.models {
+        Some(models) => models.get_or_load(&path, device)?,
+        None => YoloModel::load(&path, device)?,
+    };
     if let Some(size) = args.input_size {
         model
             .set_input_size(size)

@@ -758,3 +758,43 @@ async fn finished_jobs_beyond_the_limit_and_deleted_streams_are_forgotten() {
     let text = metrics().await;
     assert!(!text.contains(&format!("stream=\"{id}\"")), "{text}");
 }
+
+/// Streams on the same model share one loaded copy of it.
+#[tokio::test]
+async fn streams_share_one_loaded_model() {
+    let config = server_config("shared-model", None);
+    let results = config.results_dir.clone();
+    let state = AppState::new(config).unwrap();
+    let server = TestServer {
+        app: server::router(state.clone()),
+        results,
+    };
+    let body = json!({"source": "traffic-640x360.mp4", "target_fps": 2.0});
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let (status, created) = server
+            .call("POST", "/v1/streams", Some(&body.to_string()))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        ids.push(created["id"].as_str().unwrap().to_string());
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for id in &ids {
+        loop {
+            let (_, view) = server.call("GET", &format!("/v1/streams/{id}"), None).await;
+            if view["frames_processed"].as_u64().unwrap_or(0) > 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{view}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let models = state
+        .config
+        .model
+        .models
+        .as_ref()
+        .expect("the server's model cache");
+    assert_eq!(models.len(), 1);
+    state.stop_all();
+}

@@ -11,6 +11,7 @@ pub mod preprocess;
 pub mod profile;
 pub mod prune;
 mod quantize;
+mod shared;
 pub mod survivors;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ use serde::{Deserialize, Serialize};
 pub use device::{ComputeDevice, DeviceChoice};
 use layers::WeightSource;
 use network::YoloNetwork;
+pub use shared::ModelCache;
 pub use survivors::Survivors;
 
 /// Why a model could not be loaded or saved.

@@ -25,6 +25,7 @@ use prometheus_client::registry::Registry;
 
 use crate::config::Config;
 use crate::metrics::{MetricFamilies, StreamMetrics};
+use crate::model::ModelCache;
 use crate::setup::ModelArgs;
 use crate::video::rtsp::without_credentials;
 pub use error::ApiError;
@@ -99,7 +100,12 @@ pub struct AppState {
 
 impl AppState {
     /// Checks the media root exists and prepares the results folder.
-    pub fn new(config: ServerConfig) -> anyhow::Result<Arc<Self>> {
+    pub fn new(mut config: ServerConfig) -> anyhow::Result<Arc<Self>> {
+        // Every job and stream on the same model file and device shares one loaded copy.
+        config
+            .model
+            .models
+            .get_or_insert_with(|| Arc::new(ModelCache::default()));
         let media_root = config.media_root.canonicalize().map_err(|e| {
             anyhow::anyhow!("{}: media root unusable: {e}", config.media_root.display())
         })?;
