@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use image::RgbImage;
 
@@ -64,6 +65,19 @@ pub struct Analysis {
     zones: ZoneCounter,
     /// Shown the line and area counts as they change.
     live_view: Option<Arc<LiveView>>,
+    /// Where the time of the last analysed frame went, when asked for (`bench`).
+    stage_times: Option<StageTimes>,
+}
+
+/// Time spent in each part of [`Analysis`]'s work on one frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimes {
+    /// The tracker.
+    pub track: Duration,
+    /// The speed estimator.
+    pub speed: Duration,
+    /// Events, zone counting, drawing and writing the results.
+    pub annotate: Duration,
 }
 
 impl Analysis {
@@ -88,7 +102,20 @@ impl Analysis {
             last_annotations: Vec::new(),
             zones: ZoneCounter::default(),
             live_view: None,
+            stage_times: None,
         }
+    }
+
+    /// Times the parts of each analysed frame (see [`Analysis::last_stage_times`]).
+    pub fn with_stage_times(mut self) -> Self {
+        self.stage_times = Some(StageTimes::default());
+        self
+    }
+
+    /// Where the time of the last analysed frame went, when [`Analysis::with_stage_times`]
+    /// asked for it.
+    pub fn last_stage_times(&self) -> Option<StageTimes> {
+        self.stage_times
     }
 
     /// Shows the line and area counts in `view` as they change.
@@ -138,12 +165,15 @@ impl FrameStage for Analysis {
             self.annotator.draw(canvas, &self.last_annotations);
             return Ok(());
         };
+        let started = Instant::now();
         let tracks = self.tracker.update(detections, frame.pts);
+        let tracked = Instant::now();
         let measured: Vec<_> = tracks
             .iter()
             .map(|t| t.with_detection_box(detections))
             .collect();
         let speeds = self.speeds.update(frame.pts, &measured);
+        let measured_at = Instant::now();
         let unit = self.unit();
         let limit = self.speeds.calibration().and_then(|c| c.speed_limit);
         let mut events = Vec::new();
@@ -206,6 +236,13 @@ impl FrameStage for Analysis {
             tracks: records,
         };
         self.writers.write_frame(&record, &events)?;
+        if let Some(times) = self.stage_times.as_mut() {
+            *times = StageTimes {
+                track: tracked - started,
+                speed: measured_at - tracked,
+                annotate: measured_at.elapsed(),
+            };
+        }
         Ok(())
     }
 

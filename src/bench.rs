@@ -2,27 +2,28 @@
 //!
 //! Every stage (decode, preprocess, network, NMS, tracker, speed, annotate, encode) is timed
 //! frame by frame after a warm-up; the network stage ends with the output read back to the
-//! host, so GPU work is finished before its timer stops. The same frames are then run
+//! host, so GPU work is finished before its timer stops. Tracking, speed and annotation are
+//! the [`Analysis`] that `process` and `live` run, timed from inside (annotate covers events,
+//! zone counting, drawing and the result writers). The same frames are then run
 //! through the real three-thread pipeline for the end-to-end rate.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::analysis::Analysis;
-use crate::annotate::{Annotation, Annotator};
 use crate::detect::Detector;
 use crate::model::profile::{self, OpKind};
 use crate::output::ResultWriters;
 use crate::pipeline::detect_stage::FrameDetector;
-use crate::pipeline::{self, Sinks};
+use crate::pipeline::{self, FrameStage, Sinks};
 use crate::speed::{Calibration, SpeedConfig, SpeedEstimator};
 use crate::track::{Tracker, TrackerConfig};
 use crate::video::encoder::EncodeSettings;
 use crate::video::sink::Mp4Sink;
-use crate::video::{self, FirstFrames, Frame, FrameSource, StreamInfo};
+use crate::video::{self, FirstFrames, FrameSource, StreamInfo};
 
 /// The stages timed, in pipeline order.
 pub const STAGES: [&str; 8] = [
@@ -49,20 +50,6 @@ pub struct BenchSettings {
     pub calibration: Option<Calibration>,
     /// Also record a per-operation profile of the network (CPU devices only).
     pub op_profile: bool,
-}
-
-impl BenchSettings {
-    /// A fresh tracker and speed estimator for a stream described by `info`.
-    fn tracking_stages(&self, info: &StreamInfo) -> (Tracker, SpeedEstimator) {
-        (
-            Tracker::new(self.tracker.clone(), info.fps),
-            SpeedEstimator::new(
-                self.calibration.clone(),
-                self.speed.clone(),
-                (info.width, info.height),
-            ),
-        )
-    }
 }
 
 /// Median and 99th percentile of one stage, in milliseconds.
@@ -119,7 +106,10 @@ pub fn run(
     let source = video::open_source(&settings.video, video::DEFAULT_RAW_FPS)?;
     let info = source.info().clone();
     let scratch = ScratchFile::new("stages");
-    let mut stages = StageRun::new(names.clone(), &info, settings, &scratch.path)?;
+    let mut stages = StageRun {
+        analysis: analysis(names.clone(), settings, &info)?.with_stage_times(),
+        sink: Mp4Sink::create(&scratch.path, info.fps, EncodeSettings::default())?,
+    };
     let mut samples = vec![Vec::new(); STAGES.len()];
     let mut source = source;
     for i in 0..settings.warmup + settings.frames {
@@ -169,32 +159,13 @@ pub fn run(
     })
 }
 
-/// The per-frame state of the stage-by-stage run.
+/// The per-frame state of the stage-by-stage run: the analysis `process` and `live` run.
 struct StageRun {
-    names: Vec<String>,
-    tracker: Tracker,
-    speeds: SpeedEstimator,
-    annotator: Annotator,
+    analysis: Analysis,
     sink: Mp4Sink,
 }
 
 impl StageRun {
-    fn new(
-        names: Vec<String>,
-        info: &StreamInfo,
-        settings: &BenchSettings,
-        scratch: &Path,
-    ) -> anyhow::Result<Self> {
-        let (tracker, speeds) = settings.tracking_stages(info);
-        Ok(Self {
-            names,
-            tracker,
-            speeds,
-            annotator: Annotator::new(),
-            sink: Mp4Sink::create(scratch, info.fps, EncodeSettings::default())?,
-        })
-    }
-
     /// Runs one frame through every stage; `None` at the end of the video.
     fn frame(
         &mut self,
@@ -210,35 +181,37 @@ impl StageRun {
         let detections = lap(&mut t[3], || detector.postprocess(&output, &letterboxes))
             .pop()
             .expect("one image");
-        let tracks = lap(&mut t[4], || self.tracker.update(&detections, frame.pts));
-        let speeds = lap(&mut t[5], || self.speeds.update(frame.pts, &tracks));
-        let canvas = lap(&mut t[6], || self.annotate(&frame, &tracks, &speeds));
+        let mut canvas = frame.image.clone();
+        self.analysis
+            .process(&frame, Some(&detections), &mut canvas)?;
+        let times = self
+            .analysis
+            .last_stage_times()
+            .expect("stage times were asked for");
+        (t[4], t[5], t[6]) = (times.track, times.speed, times.annotate);
         lap(&mut t[7], || self.sink.write(&frame, &canvas))?;
         Ok(Some(t))
     }
+}
 
-    fn annotate(
-        &mut self,
-        frame: &Frame,
-        tracks: &[crate::track::TrackedObject],
-        speeds: &[Option<f64>],
-    ) -> image::RgbImage {
-        let annotations: Vec<Annotation> = tracks
-            .iter()
-            .zip(speeds)
-            .map(|(t, s)| Annotation {
-                bbox: t.bbox,
-                class_id: t.class_id,
-                class_name: self.names.get(t.class_id).cloned().unwrap_or_default(),
-                score: t.score,
-                track_id: Some(t.track_id),
-                speed: s.map(|v| (v as f32, "km/h")),
-            })
-            .collect();
-        let mut canvas = frame.image.clone();
-        self.annotator.draw(&mut canvas, &annotations);
-        canvas
-    }
+/// The analysis after the network for a stream described by `info`, as `process` builds
+/// it from the benchmark's tracker, speed and calibration settings.
+fn analysis(
+    names: Vec<String>,
+    settings: &BenchSettings,
+    info: &StreamInfo,
+) -> anyhow::Result<Analysis> {
+    Ok(Analysis::new(
+        names,
+        Tracker::new(settings.tracker.clone(), info.fps),
+        SpeedEstimator::new(
+            settings.calibration.clone(),
+            settings.speed.clone(),
+            (info.width, info.height),
+        ),
+        settings.tracker.track_buffer,
+        ResultWriters::create(None, None, None)?,
+    ))
 }
 
 /// Runs `f`, adding its wall time to `slot`.
@@ -311,15 +284,8 @@ fn pipeline_fps(
         frames: None,
         view: None,
     };
-    let (tracker, speeds) = settings.tracking_stages(&info);
     let mut detector = FrameDetector::new(detector);
-    let mut analysis = Analysis::new(
-        names,
-        tracker,
-        speeds,
-        settings.tracker.track_buffer,
-        ResultWriters::create(None, None, None)?,
-    );
+    let mut analysis = analysis(names, settings, &info)?;
     let summary = pipeline::run(
         Box::new(source),
         &mut detector,

@@ -1,5 +1,5 @@
 //! Commands end to end on the real videos: `process` with the flags that trade accuracy for
-//! speed (`--input-size`, `--frame-skip`), and `agree` on the INT8 export.
+//! speed (`--input-size`, `--frame-skip`), `agree` on the INT8 export, and `bench`.
 
 mod common;
 
@@ -119,4 +119,48 @@ fn int8_export_agrees_with_the_float_model_on_video_frames() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// `bench` times every stage, the analysis ones inside the same analysis `process` runs,
+/// and the real pipeline after them.
+#[test]
+fn bench_reports_every_stage_and_the_pipeline() {
+    let out = Command::new(env!("CARGO_BIN_EXE_streamtrack"))
+        .args(["-q", "bench", "--json", "--device", "cpu", "--frames", "8"])
+        .args(["--warmup", "2", "-m"])
+        .arg(data("models/yolo11n-coco-320.onnx"))
+        .arg(data("video/traffic-640x360.mp4"))
+        .output()
+        .expect("binary runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let reports: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let report = &reports[0];
+    assert_eq!(report["frames"], 8, "{report}");
+    let stages: Vec<&str> = report["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, streamtrack::bench::STAGES, "{report}");
+    for stage in report["stages"].as_array().unwrap() {
+        let median = stage["median_ms"].as_f64().unwrap();
+        assert!(median.is_finite() && median >= 0.0, "{stage}");
+    }
+    // The tracker and the drawing do real work on a street full of cars.
+    for busy in ["network", "track", "annotate", "encode"] {
+        let stage = report["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["stage"] == busy)
+            .unwrap();
+        assert!(stage["median_ms"].as_f64().unwrap() > 0.0, "{stage}");
+    }
+    assert!(report["pipeline_fps"].as_f64().unwrap() > 0.0, "{report}");
 }
