@@ -111,9 +111,12 @@ pub fn conv2d(
     let out_ptr = SharedOut::new(out);
     (0..split.items()).into_par_iter().for_each(|item| {
         with_reused(&IM2COL_BLOCK, |block| {
-            let (columns, blocks) = split.item(item);
+            let WorkItem {
+                columns,
+                blocks,
+                channels,
+            } = split.item(item);
             let (start, len) = (columns.start, columns.len());
-            let channels = blocks.start * MR..(blocks.end * MR).min(c_out);
             // SAFETY: item `item` writes columns `start..start + len` of output rows
             // `channels` and no other item touches them; `out` outlives the parallel loop.
             let dst = unsafe { out_ptr.get().add(channels.start * positions + start) };
@@ -169,6 +172,7 @@ pub fn conv2d(
 pub(crate) struct WorkSplit {
     positions: usize,
     tile: usize,
+    c_out: usize,
     row_blocks: usize,
     blocks_per_group: usize,
     groups: usize,
@@ -198,6 +202,7 @@ impl WorkSplit {
         Self {
             positions,
             tile,
+            c_out,
             row_blocks,
             blocks_per_group,
             groups: row_blocks.div_ceil(blocks_per_group),
@@ -215,16 +220,29 @@ impl WorkSplit {
         self.positions.div_ceil(self.tile) * self.groups
     }
 
-    /// The output positions and the blocks of output channels of item `item`.
-    pub(crate) fn item(&self, item: usize) -> (Range<usize>, Range<usize>) {
+    /// What item `item` computes.
+    pub(crate) fn item(&self, item: usize) -> WorkItem {
         let (t, g) = (item / self.groups, item % self.groups);
         let start = t * self.tile;
         let first_block = g * self.blocks_per_group;
-        (
-            start..(start + self.tile).min(self.positions),
-            first_block..(first_block + self.blocks_per_group).min(self.row_blocks),
-        )
+        let blocks = first_block..(first_block + self.blocks_per_group).min(self.row_blocks);
+        WorkItem {
+            columns: start..(start + self.tile).min(self.positions),
+            channels: blocks.start * MR..(blocks.end * MR).min(self.c_out),
+            blocks,
+        }
     }
+}
+
+/// One item of a [`WorkSplit`].
+#[derive(Debug, Clone)]
+pub(crate) struct WorkItem {
+    /// Output positions.
+    pub columns: Range<usize>,
+    /// Blocks of [`MR`] output channels.
+    pub blocks: Range<usize>,
+    /// The output channels of those blocks.
+    pub channels: Range<usize>,
 }
 
 /// Output positions per tile: enough tiles to keep every thread busy, each tile's im2col

@@ -16,7 +16,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use crate::activation::Activation;
-use crate::conv::{FeatureMap, SharedOut, WorkSplit, bias_activation_tile, output_size};
+use crate::conv::{FeatureMap, SharedOut, WorkItem, WorkSplit, bias_activation_tile, output_size};
 use crate::im2col::Window;
 use crate::int8_kernels::{MR, Tile, kernel};
 
@@ -329,7 +329,11 @@ pub fn conv2d_int8(
     let out_ptr = SharedOut::new(out);
     (0..split.items()).into_par_iter().for_each(|item| {
         with_reused(&IM2COL_BLOCK, |block| {
-            let (columns, blocks) = split.item(item);
+            let WorkItem {
+                columns,
+                blocks,
+                channels,
+            } = split.item(item);
             let (start, len) = (columns.start, columns.len());
             let (x, x_stride) = if direct {
                 (input.quads[start..].as_ptr(), positions)
@@ -363,7 +367,6 @@ pub fn conv2d_int8(
                     unsafe { (kernel.run)(&call) };
                 }
             }
-            let channels = blocks.start * MR..(blocks.end * MR).min(weight.rows);
             // SAFETY: as above: this item's columns of its output rows.
             unsafe {
                 bias_activation_tile(

@@ -152,9 +152,8 @@ pub(crate) unsafe fn multiply_packed(
     dst: Rows<*mut f32>,
     accumulate: bool,
 ) {
-    let blocks = 0..a.rows.div_ceil(MR);
-    // SAFETY: forwarded from the caller.
-    unsafe { multiply_with(kernel(), a, blocks, depth, x, n, dst, accumulate) }
+    // SAFETY: forwarded from the caller; `dst` holds every block's rows.
+    unsafe { multiply_packed_blocks(a, 0..a.rows.div_ceil(MR), depth, x, n, dst, accumulate) }
 }
 
 /// [`multiply_packed`] for the rows of `a` in its blocks of [`MR`] rows `blocks` only:

@@ -17,8 +17,8 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use crate::activation::{Activation, apply_bias_activation};
-use crate::conv::{FeatureMap, SharedOut, WorkSplit};
-use crate::packed::{MR, PackedWeights, Rows, block_width, multiply_packed_blocks};
+use crate::conv::{FeatureMap, SharedOut, WorkItem, WorkSplit};
+use crate::packed::{PackedWeights, Rows, block_width, multiply_packed_blocks};
 use crate::scratch::{prefix, with_reused};
 
 /// Taps of a 3x3 kernel.
@@ -119,9 +119,12 @@ pub fn conv3x3_taps(
         let out_ptr = SharedOut::new(out);
         (0..split.items()).into_par_iter().for_each(|item| {
             with_reused(&PRODUCT, |product| {
-                let (columns, blocks) = split.item(item);
+                let WorkItem {
+                    columns,
+                    blocks,
+                    channels,
+                } = split.item(item);
                 let (start, len) = (columns.start, columns.len());
-                let channels = blocks.start * MR..(blocks.end * MR).min(c_out);
                 let product = prefix(product, channels.len() * len, 0.0);
                 for (tap, weights) in weights.taps.iter().enumerate() {
                     let offset = (tap / 3) * padded_width + tap % 3;
@@ -193,52 +196,16 @@ fn pad_plane(src: &[f32], width: usize, dst: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conv::{ConvParams, conv2d};
-    use crate::test_values::{values, written};
+    use crate::test_values::max_difference_from_im2col;
     use proptest::prelude::*;
 
-    /// Largest difference between the tap-wise and the im2col path (itself tested against a
-    /// direct f64 convolution) on a `[c_in, h, w]` input split in two blocks at `split`.
-    fn max_difference([c_in, split, c_out, h, w]: [usize; 5], activation: Activation) -> f32 {
-        let x = values(c_in * h * w, 1);
-        let weight = values(c_out * c_in * 9, 2);
-        let bias = values(c_out, 3);
-        let split = split.min(c_in);
-        let (a, b) = x.split_at(split * h * w);
-        let parts = [
-            FeatureMap {
-                data: a,
-                channels: split,
-            },
-            FeatureMap {
-                data: b,
-                channels: c_in - split,
-            },
-        ];
-        let packed = PackedWeights::new(&weight, c_out, c_in * 9);
-        let params = ConvParams {
-            weight: &packed,
-            bias: &bias,
-            kernel: 3,
-            stride: 1,
-            padding: 1,
-            activation,
-        };
-        let want = written(c_out * h * w, |out| conv2d(&parts, h, w, &params, out));
-        let taps = TapWeights::new(&weight, c_out, c_in);
-        let got = written(c_out * h * w, |out| {
-            conv3x3_taps(&parts, h, w, &taps, &bias, activation, out)
-        });
-        got.iter()
-            .zip(&want)
-            .map(|(g, w)| (g - w).abs() / (1.0 + w.abs()))
-            .fold(0.0, |worst, d| {
-                if d.is_nan() {
-                    f32::INFINITY
-                } else {
-                    worst.max(d)
-                }
-            })
+    /// [`max_difference_from_im2col`] of the tap-wise path.
+    fn max_difference(shape: [usize; 5], activation: Activation) -> f32 {
+        let [c_in, _, c_out, h, w] = shape;
+        max_difference_from_im2col(shape, activation, |parts, weight, bias, out| {
+            let taps = TapWeights::new(weight, c_out, c_in);
+            conv3x3_taps(parts, h, w, &taps, bias, activation, out)
+        })
     }
 
     #[test]

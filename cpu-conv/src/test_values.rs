@@ -1,5 +1,5 @@
-//! Reproducible pseudo-random test inputs in [-1, 1), shared by the kernels' tests, and the
-//! output buffers they run into.
+//! Reproducible pseudo-random test inputs in [-1, 1), shared by the kernels' tests, the
+//! output buffers they run into, and the comparison of the 3x3 paths with im2col.
 
 use std::mem::MaybeUninit;
 
@@ -46,4 +46,43 @@ pub(crate) fn split_channels(
             channels: channels - cut,
         },
     ]
+}
+
+/// Largest relative difference `|got - want| / (1 + |want|)` (infinite where `got` is NaN)
+/// between a 3x3, stride-1, padding-1 convolution computed by `run` and the im2col path
+/// (itself tested against a direct f64 convolution), on a `[c_in, h, w]` input given as two
+/// channel blocks split at `split`. `run` gets the blocks, the row-major
+/// `[c_out, c_in, 3, 3]` weights, the bias and the output.
+pub(crate) fn max_difference_from_im2col(
+    [c_in, split, c_out, h, w]: [usize; 5],
+    activation: crate::Activation,
+    run: impl FnOnce(&[crate::FeatureMap], &[f32], &[f32], &mut [MaybeUninit<f32>]),
+) -> f32 {
+    let x = values(c_in * h * w, 1);
+    let weight = values(c_out * c_in * 9, 2);
+    let bias = values(c_out, 3);
+    let parts = split_channels(&x, c_in, split, h * w);
+    let packed = crate::PackedWeights::new(&weight, c_out, c_in * 9);
+    let params = crate::ConvParams {
+        weight: &packed,
+        bias: &bias,
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+        activation,
+    };
+    let want = written(c_out * h * w, |out| {
+        crate::conv2d(&parts, h, w, &params, out)
+    });
+    let got = written(c_out * h * w, |out| run(&parts, &weight, &bias, out));
+    got.iter()
+        .zip(&want)
+        .map(|(g, w)| (g - w).abs() / (1.0 + w.abs()))
+        .fold(0.0, |worst, d| {
+            if d.is_nan() {
+                f32::INFINITY
+            } else {
+                worst.max(d)
+            }
+        })
 }

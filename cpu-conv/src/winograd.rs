@@ -416,53 +416,16 @@ fn transform_output(grid: &TileGrid, m: [&[f32]; POINTS], columns: &mut [f32], d
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conv::{ConvParams, conv2d};
-    use crate::test_values::{values, written};
+    use crate::test_values::max_difference_from_im2col;
     use proptest::prelude::*;
 
-    /// Largest difference between Winograd and the im2col path (itself tested against a
-    /// direct f64 convolution) on a `[c_in, h, w]` input split in two blocks at `split`.
+    /// [`max_difference_from_im2col`] of the Winograd path.
     fn max_difference(shape: [usize; 5], activation: Activation) -> f32 {
-        let [c_in, split, c_out, h, w] = shape;
-        let x = values(c_in * h * w, 1);
-        let weight = values(c_out * c_in * 9, 2);
-        let bias = values(c_out, 3);
-        let split = split.min(c_in);
-        let (a, b) = x.split_at(split * h * w);
-        let parts = [
-            FeatureMap {
-                data: a,
-                channels: split,
-            },
-            FeatureMap {
-                data: b,
-                channels: c_in - split,
-            },
-        ];
-        let packed = PackedWeights::new(&weight, c_out, c_in * 9);
-        let params = ConvParams {
-            weight: &packed,
-            bias: &bias,
-            kernel: 3,
-            stride: 1,
-            padding: 1,
-            activation,
-        };
-        let want = written(c_out * h * w, |out| conv2d(&parts, h, w, &params, out));
-        let transformed = WinogradWeights::new(&weight, c_out, c_in);
-        let got = written(c_out * h * w, |out| {
-            conv3x3_winograd(&parts, h, w, &transformed, &bias, activation, out)
-        });
-        got.iter()
-            .zip(&want)
-            .map(|(g, w)| (g - w).abs() / (1.0 + w.abs()))
-            .fold(0.0, |worst, d| {
-                if d.is_nan() {
-                    f32::INFINITY
-                } else {
-                    worst.max(d)
-                }
-            })
+        let [c_in, _, c_out, h, w] = shape;
+        max_difference_from_im2col(shape, activation, |parts, weight, bias, out| {
+            let transformed = WinogradWeights::new(weight, c_out, c_in);
+            conv3x3_winograd(parts, h, w, &transformed, bias, activation, out)
+        })
     }
 
     #[test]
