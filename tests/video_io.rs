@@ -278,20 +278,29 @@ fn top_level_boxes(bytes: &[u8]) -> Vec<([u8; 4], usize, usize)> {
     out
 }
 
-/// Writes the first `frames` pictures of the traffic video at 25 fps with a keyframe every
+/// Writes the first `frames` pictures of the traffic video (25 fps) into `sink`, each shown
+/// for `duration_s` seconds where given.
+fn write_traffic(sink: &mut Mp4Sink, frames: usize, duration_s: Option<f64>) {
+    let mut source = open_source(&data("video/traffic-640x360.mp4"), 25.0).unwrap();
+    for _ in 0..frames {
+        let mut frame = source.next_frame().unwrap().unwrap();
+        if let Some(duration) = duration_s {
+            frame.duration = duration;
+        }
+        sink.write(&frame, &frame.image).unwrap();
+    }
+}
+
+/// Writes the first `frames` pictures of the traffic video with a keyframe every
 /// `keyframe_s` seconds into `path` in `layout`, then finishes the file unless `crash` (the
 /// writer is forgotten, as a killed process would leave it).
 fn record(path: &Path, frames: usize, keyframe_s: f64, layout: Mp4Layout, crash: bool) {
-    let mut source = open_source(&data("video/traffic-640x360.mp4"), 25.0).unwrap();
     let settings = EncodeSettings {
         keyframe_interval_s: keyframe_s,
         ..EncodeSettings::default()
     };
     let mut sink = Mp4Sink::with_layout(path, 25.0, settings, layout).unwrap();
-    for _ in 0..frames {
-        let frame = source.next_frame().unwrap().unwrap();
-        sink.write(&frame, &frame.image).unwrap();
-    }
+    write_traffic(&mut sink, frames, None);
     if crash {
         std::mem::forget(sink);
     } else {
@@ -361,14 +370,9 @@ fn fragmented_recordings_survive_a_crash() {
 fn long_recordings_keep_their_duration() {
     let dir = tempdir();
     let path = dir.join("long.mp4");
-    let mut source = open_source(&data("video/traffic-640x360.mp4"), 25.0).unwrap();
     let mut sink = Mp4Sink::create(&path, 25.0, EncodeSettings::default()).unwrap();
     // Three pictures shown for five hours each: 15 hours.
-    for _ in 0..3 {
-        let mut frame = source.next_frame().unwrap().unwrap();
-        frame.duration = 5.0 * 3600.0;
-        sink.write(&frame, &frame.image.clone()).unwrap();
-    }
+    write_traffic(&mut sink, 3, Some(5.0 * 3600.0));
     assert_eq!(sink.finish().unwrap(), 3);
     let bytes = std::fs::read(&path).unwrap();
     // The index is moved in front of the media data when the file is finished.
@@ -399,7 +403,6 @@ fn long_recordings_keep_their_duration() {
 fn segmented_recordings_rotate_and_each_segment_plays_alone() {
     let dir = tempdir();
     let pattern = dir.join("cam1-%Y%m%d-%H%M%S.mp4");
-    let mut source = open_source(&data("video/traffic-640x360.mp4"), 25.0).unwrap();
     let mut sink = Mp4Sink::segmented(
         &pattern,
         1.0,
@@ -408,10 +411,7 @@ fn segmented_recordings_rotate_and_each_segment_plays_alone() {
         Mp4Layout::Fragmented,
     )
     .unwrap();
-    for _ in 0..70 {
-        let frame = source.next_frame().unwrap().unwrap();
-        sink.write(&frame, &frame.image).unwrap();
-    }
+    write_traffic(&mut sink, 70, None);
     assert_eq!(sink.finish().unwrap(), 70);
     let files: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()

@@ -10,7 +10,7 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use super::VideoError;
-use super::mp4_writer::{SampleEntry, Track, ftyp, full_box, mp4_box, put32};
+use super::mp4_writer::{SampleEntry, Track, container, ftyp, full_box, put32};
 
 /// A fragment is closed at the next keyframe, or once it holds this many bytes (a stream
 /// with rare keyframes still reaches the disk regularly).
@@ -103,10 +103,7 @@ impl FragmentedMp4Writer {
         // `mfro` closes the index with the size of the whole `mfra` (16 more bytes).
         let mfra_size = 8 + tfra.len() as u32 + 16;
         let mfro = full_box(b"mfro", 0, 0, |b| put32(b, mfra_size));
-        let mfra = mp4_box(b"mfra", |b| {
-            b.extend_from_slice(&tfra);
-            b.extend_from_slice(&mfro);
-        });
+        let mfra = container(b"mfra", &[&tfra, &mfro]);
         self.write_through(&mfra)?;
         Ok(self.samples)
     }
@@ -161,15 +158,8 @@ impl FragmentedMp4Writer {
                 put32(b, if s.is_sync { SYNC_SAMPLE } else { OTHER_SAMPLE });
             }
         });
-        let traf = mp4_box(b"traf", |b| {
-            b.extend_from_slice(&tfhd);
-            b.extend_from_slice(&tfdt);
-            b.extend_from_slice(&trun);
-        });
-        let moof = mp4_box(b"moof", |b| {
-            b.extend_from_slice(&mfhd);
-            b.extend_from_slice(&traf);
-        });
+        let traf = container(b"traf", &[&tfhd, &tfdt, &trun]);
+        let moof = container(b"moof", &[&mfhd, &traf]);
         debug_assert_eq!(moof.len(), moof_len);
         moof
     }

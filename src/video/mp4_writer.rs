@@ -325,7 +325,7 @@ impl Track {
             put32(b, 1);
             b.extend_from_slice(&full_box(b"url ", 0, 1, |_| {}));
         });
-        let dinf = mp4_box(b"dinf", |b| b.extend_from_slice(&dref));
+        let dinf = container(b"dinf", &[&dref]);
         let stbl = mp4_box(b"stbl", |b| {
             b.extend_from_slice(&self.stsd(sps, pps));
             b.extend_from_slice(&stts(samples));
@@ -358,20 +358,9 @@ impl Track {
                 }
             }));
         });
-        let minf = mp4_box(b"minf", |b| {
-            b.extend_from_slice(&vmhd);
-            b.extend_from_slice(&dinf);
-            b.extend_from_slice(&stbl);
-        });
-        let mdia = mp4_box(b"mdia", |b| {
-            b.extend_from_slice(&mdhd);
-            b.extend_from_slice(&hdlr);
-            b.extend_from_slice(&minf);
-        });
-        let trak = mp4_box(b"trak", |b| {
-            b.extend_from_slice(&tkhd);
-            b.extend_from_slice(&mdia);
-        });
+        let minf = container(b"minf", &[&vmhd, &dinf, &stbl]);
+        let mdia = container(b"mdia", &[&mdhd, &hdlr, &minf]);
+        let trak = container(b"trak", &[&tkhd, &mdia]);
         mp4_box(b"moov", |b| {
             b.extend_from_slice(&mvhd);
             b.extend_from_slice(&trak);
@@ -382,7 +371,7 @@ impl Track {
                         put32(b, v);
                     }
                 });
-                b.extend_from_slice(&mp4_box(b"mvex", |b| b.extend_from_slice(&trex)));
+                b.extend_from_slice(&container(b"mvex", &[&trex]));
             }
         })
     }
@@ -483,6 +472,13 @@ pub(super) fn mp4_box(kind: &[u8; 4], fill: impl FnOnce(&mut Vec<u8>)) -> Vec<u8
     let size = b.len() as u32;
     b[..4].copy_from_slice(&size.to_be_bytes());
     b
+}
+
+/// A box holding `children`, in order.
+pub(super) fn container(kind: &[u8; 4], children: &[&[u8]]) -> Vec<u8> {
+    mp4_box(kind, |b| {
+        children.iter().for_each(|child| b.extend_from_slice(child))
+    })
 }
 
 pub(super) fn full_box(
