@@ -481,16 +481,7 @@ fn process(mut args: ProcessArgs, config: Config, quiet: bool) -> anyhow::Result
         show_progress: !quiet,
         ..RunOptions::default()
     };
-    let report = job::run_stream(
-        source,
-        &args.outputs,
-        &args.model,
-        &config,
-        &options,
-        Default::default(),
-    )?;
-    print_report(&report, &args.outputs);
-    Ok(())
+    run_and_report(source, &args.outputs, &args.model, &config, &options)
 }
 
 fn live(mut args: LiveArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
@@ -525,16 +516,7 @@ fn live(mut args: LiveArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
         show_progress: !quiet,
         metrics: StreamMetrics::default(),
     };
-    let report = job::run_stream(
-        source,
-        &args.outputs,
-        &args.model,
-        &config,
-        &options,
-        Default::default(),
-    )?;
-    print_report(&report, &args.outputs);
-    Ok(())
+    run_and_report(source, &args.outputs, &args.model, &config, &options)
 }
 
 fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
@@ -635,6 +617,19 @@ fn log_stream(name: &str, info: &video::StreamInfo) {
             .map(|n| format!(", {n} frames"))
             .unwrap_or_default()
     );
+}
+
+/// Runs one stream from the command line and prints its summary.
+fn run_and_report(
+    source: Box<dyn video::FrameSource>,
+    outputs: &OutputArgs,
+    model: &ModelArgs,
+    config: &Config,
+    options: &RunOptions,
+) -> anyhow::Result<()> {
+    let report = job::run_stream(source, outputs, model, config, options, Default::default())?;
+    print_report(&report, outputs);
+    Ok(())
 }
 
 /// The end-of-run summary on stderr: counts, latency, outputs, tracks and zone totals.
