@@ -2,6 +2,9 @@
 //! server-sent events and metrics, authentication, bad requests, unknown ids, oversize
 //! bodies, paths outside the media root, and the OpenAPI document.
 
+#[path = "common/api.rs"]
+mod api;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -61,24 +64,22 @@ impl TestServer {
     }
 
     async fn send(&self, request: Request<Body>) -> (StatusCode, Vec<u8>) {
-        let response = self.app.clone().oneshot(request).await.unwrap();
-        let status = response.status();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        (status, body.to_vec())
+        api::send(&self.app, request).await
     }
 
     async fn call(&self, method: &str, uri: &str, body: Option<&str>) -> (StatusCode, Value) {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
-        if body.is_some() {
-            request = request.header(header::CONTENT_TYPE, "application/json");
-        }
-        let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
-        let (status, bytes) = self.send(request.body(body).unwrap()).await;
-        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, value)
+        api::call(&self.app, TOKEN, method, uri, body).await
+    }
+
+    /// [`api::poll`] on this server.
+    async fn poll(
+        &self,
+        uri: &str,
+        timeout: Duration,
+        waiting_for: &str,
+        done: impl FnMut(&Value) -> bool,
+    ) -> Value {
+        api::poll(&self.app, TOKEN, uri, timeout, waiting_for, done).await
     }
 }
 
@@ -325,19 +326,13 @@ async fn a_camera_that_never_connects_reports_its_attempts() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let uri = format!("/v1/streams/{}", created["id"].as_str().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, view) = server.call("GET", &uri, None).await;
-        assert_eq!(view["status"], "connecting", "{view}");
-        if view["connection_failures"].as_u64().unwrap() >= 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no failed attempt reported: {view}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let waiting = "no failed attempt reported";
+    server
+        .poll(&uri, Duration::from_secs(30), waiting, |view| {
+            assert_eq!(view["status"], "connecting", "{view}");
+            view["connection_failures"].as_u64().unwrap() >= 2
+        })
+        .await;
     let (status, stopped) = server.call("DELETE", &uri, None).await;
     assert_eq!(status, StatusCode::OK, "{stopped}");
 }
@@ -502,19 +497,12 @@ async fn a_job_runs_to_completion_and_writes_its_results() {
         .map(|j| j["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, [id.as_str()], "{listed}");
-    let started = Instant::now();
-    let job = loop {
-        let (status, job) = server.call("GET", &format!("/v1/jobs/{id}"), None).await;
-        assert_eq!(status, StatusCode::OK);
-        if !["queued", "running"].contains(&job["status"].as_str().unwrap()) {
-            break job;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "job still running: {job}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let uri = format!("/v1/jobs/{id}");
+    let job = server
+        .poll(&uri, Duration::from_secs(300), "job still running", |job| {
+            !["queued", "running"].contains(&job["status"].as_str().unwrap())
+        })
+        .await;
     assert_eq!(job["status"], "done", "{job}");
     assert_eq!(job["progress"]["frames"], 12);
     assert_eq!(job["progress"]["total"], 12);
@@ -709,25 +697,19 @@ async fn finished_jobs_beyond_the_limit_and_deleted_streams_are_forgotten() {
         ids.push(created["id"].as_str().unwrap().to_string());
     }
     let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let (_, job) = server
-            .call("GET", &format!("/v1/jobs/{}", ids[1]), None)
-            .await;
-        if job["status"] == "done" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{job}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let uri = format!("/v1/jobs/{}", ids[1]);
+    server
+        .poll(&uri, Duration::from_secs(300), "second job", |job| {
+            job["status"] == "done"
+        })
+        .await;
     // The second job's worker forgets the first right after the second finishes.
-    let forgotten = loop {
-        let (_, listed) = server.call("GET", "/v1/jobs", None).await;
-        if listed.as_array().unwrap().len() == 1 {
-            break listed;
-        }
-        assert!(Instant::now() < deadline, "{listed}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    let forgotten = server
+        .poll("/v1/jobs", left, "first job not forgotten", |listed| {
+            listed.as_array().unwrap().len() == 1
+        })
+        .await;
     assert_eq!(forgotten[0]["id"], ids[1].as_str());
     let (status, _) = server
         .call("GET", &format!("/v1/jobs/{}", ids[0]), None)
@@ -780,14 +762,13 @@ async fn streams_share_one_loaded_model() {
     }
     let deadline = Instant::now() + Duration::from_secs(120);
     for id in &ids {
-        loop {
-            let (_, view) = server.call("GET", &format!("/v1/streams/{id}"), None).await;
-            if view["frames_processed"].as_u64().unwrap_or(0) > 0 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{view}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let uri = format!("/v1/streams/{id}");
+        server
+            .poll(&uri, left, "no frame processed", |view| {
+                view["frames_processed"].as_u64().unwrap_or(0) > 0
+            })
+            .await;
     }
     let models = state
         .config

@@ -3,6 +3,9 @@
 //! `chromium`, installed by `.ci/run`) against a running server; stream requests with
 //! live-view and recording settings out of range are refused.
 
+#[path = "common/api.rs"]
+mod api;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -10,7 +13,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
-use serde_json::{Value, json};
+use serde_json::json;
 use streamtrack::config::Config;
 use streamtrack::server::{self, AppState, ServerConfig};
 use streamtrack::setup::ModelArgs;
@@ -46,33 +49,6 @@ fn server_config(name: &str) -> ServerConfig {
         idle_timeout: server::DEFAULT_IDLE_TIMEOUT,
         streams: Vec::new(),
     }
-}
-
-async fn call(
-    app: &axum::Router,
-    method: &str,
-    uri: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut request = Request::builder()
-        .method(method)
-        .uri(uri)
-        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
-    if body.is_some() {
-        request = request.header(header::CONTENT_TYPE, "application/json");
-    }
-    let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
-    let response = app
-        .clone()
-        .oneshot(request.body(body).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
 }
 
 /// One part of a multipart MJPEG answer: its frame number and JPEG bytes.
@@ -113,7 +89,14 @@ async fn mjpeg_shows_the_annotated_frames_at_the_view_rate() {
     let app = server::router(state.clone());
     for fps in [0.0, 31.0, -1.0] {
         let request = json!({"source": "traffic-640x360.mp4", "view_fps": fps});
-        let (status, answer) = call(&app, "POST", "/v1/streams", Some(request)).await;
+        let (status, answer) = api::call(
+            &app,
+            TOKEN,
+            "POST",
+            "/v1/streams",
+            Some(&request.to_string()),
+        )
+        .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{fps}: {answer}");
         assert!(
             answer["error"].as_str().unwrap().contains("view_fps"),
@@ -130,18 +113,32 @@ async fn mjpeg_shows_the_annotated_frames_at_the_view_rate() {
             "segment_s must be a positive number",
         ),
     ] {
-        let (status, answer) = call(&app, "POST", "/v1/streams", Some(request)).await;
+        let (status, answer) = api::call(
+            &app,
+            TOKEN,
+            "POST",
+            "/v1/streams",
+            Some(&request.to_string()),
+        )
+        .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
         assert!(
             answer["error"].as_str().unwrap().contains(wanted),
             "{answer}"
         );
     }
-    let (status, _) = call(&app, "GET", "/v1/streams/stream-9/mjpeg", None).await;
+    let (status, _) = api::call(&app, TOKEN, "GET", "/v1/streams/stream-9/mjpeg", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     let request = json!({"source": "traffic-640x360.mp4", "view_fps": 10.0});
-    let (status, stream) = call(&app, "POST", "/v1/streams", Some(request)).await;
+    let (status, stream) = api::call(
+        &app,
+        TOKEN,
+        "POST",
+        "/v1/streams",
+        Some(&request.to_string()),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED, "{stream}");
     let id = stream["id"].as_str().unwrap().to_string();
     let request = Request::get(format!("/v1/streams/{id}/mjpeg"))
@@ -182,7 +179,7 @@ async fn mjpeg_shows_the_annotated_frames_at_the_view_rate() {
     assert!(spread >= Duration::from_millis(250), "{spread:?}");
 
     // Stopping the stream ends the answer.
-    let (status, _) = call(&app, "DELETE", &format!("/v1/streams/{id}"), None).await;
+    let (status, _) = api::call(&app, TOKEN, "DELETE", &format!("/v1/streams/{id}"), None).await;
     assert_eq!(status, StatusCode::OK);
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(frame) = body.frame().await {
@@ -227,22 +224,27 @@ async fn the_built_in_page_shows_live_streams_in_a_browser() {
     }));
 
     let request = json!({"source": "traffic-640x360.mp4", "view_fps": 15.0});
-    let (status, stream) = call(&app, "POST", "/v1/streams", Some(request)).await;
+    let (status, stream) = api::call(
+        &app,
+        TOKEN,
+        "POST",
+        "/v1/streams",
+        Some(&request.to_string()),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED, "{stream}");
     let id = stream["id"].as_str().unwrap().to_string();
     // Wait for the first vehicles to enter the area, so the page has zone counts to show.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (_, view) = call(&app, "GET", &format!("/v1/streams/{id}"), None).await;
-        if view["zones"]["areas"]["road"].is_object() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no vehicle entered the area: {view}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let uri = format!("/v1/streams/{id}");
+    api::poll(
+        &app,
+        TOKEN,
+        &uri,
+        Duration::from_secs(120),
+        "no vehicle entered the area",
+        |view| view["zones"]["areas"]["road"].is_object(),
+    )
+    .await;
 
     // The page reads the token from the address's fragment. Chromium's virtual time runs
     // the page's timers (refresh every second) quickly while the live view's frames arrive
