@@ -234,8 +234,10 @@ fn decoded_frames(name: &str, bytes: &[u8]) -> usize {
 
 /// Damaged H.264 data is concealed from earlier pictures instead of losing every picture up
 /// to the next IDR: one flipped byte in the first IDR of the traffic video lost 128 of its
-/// 1190 pictures before (58 now), and 300 random flips across the video lost all of them
-/// (437 come out now).
+/// 1190 pictures before concealment, and 300 random flips across the video lost all of them.
+/// Now 600 come out, nearly all of its 604 I and P pictures (B pictures whose references were
+/// concealed are what openh264 gives up on); 440 came out before pictures whose slices broke
+/// off were finished with an access unit delimiter.
 #[test]
 fn damaged_pictures_are_concealed() {
     let original = std::fs::read(data("video/traffic-640x360.mp4")).unwrap();
@@ -261,7 +263,7 @@ fn damaged_pictures_are_concealed() {
     }
     let frames = decoded_frames("many-flips.mp4", &many);
     eprintln!("300 flipped bits in the media data: {frames} of 1190 pictures");
-    assert!(frames >= 1190 / 3, "{frames} of 1190 pictures");
+    assert!(frames >= 1190 / 2, "{frames} of 1190 pictures");
 }
 
 /// The top-level boxes of an MP4 file: (type, start, size).

@@ -8,16 +8,23 @@
 //! earlier pictures along its neighbours' motion, and the picture is kept (the `openh264`
 //! crate's own decode call drops every picture whose decoding state is not clean, so access
 //! units go through its raw API here, and the YUV 4:2:0 planes are converted to RGB by the
-//! `yuv420` crate).
+//! `yuv420` crate). A picture whose slice broke off is finished with an access unit
+//! delimiter, so it is concealed and output with its own access unit instead of being lost.
+//! What openh264 cannot conceal is skipped per picture: CABAC B pictures whose references
+//! were themselves concealed (openh264 refuses to decode those until the next clean IDR).
 
 use image::RgbImage;
 use openh264::OpenH264API;
 use openh264::decoder::{DecodedYUV, Decoder, DecoderConfig, Flush};
 use openh264::formats::YUVSource;
 use openh264_sys2::{
-    DECODER_OPTION_ERROR_CON_IDC, ERROR_CON_SLICE_MV_COPY_CROSS_IDR, SBufferInfo, dsErrorFree,
+    DECODER_OPTION_ERROR_CON_IDC, DECODING_STATE, ERROR_CON_SLICE_MV_COPY_CROSS_IDR, SBufferInfo,
+    dsDataErrorConcealed, dsErrorFree,
 };
 use yuv420::Planes;
+
+/// An access unit delimiter NAL unit (type 9, any primary picture type).
+const ACCESS_UNIT_DELIMITER: [u8; 6] = [0, 0, 0, 1, 0x09, 0xf0];
 
 /// A decoded picture and its presentation time in seconds.
 pub type Picture = (f64, RgbImage);
@@ -75,26 +82,26 @@ impl H264Decoder {
         self.pending.insert(at, pts);
         let length = std::os::raw::c_int::try_from(annexb.len())
             .map_err(|_| format!("an access unit of {} bytes is too large", annexb.len()))?;
-        let mut planes = [std::ptr::null_mut::<u8>(); 3];
-        // SAFETY: a plain C struct of integers, pointers and a union of them; all zero is
-        // its initial state.
-        let mut info: SBufferInfo = unsafe { std::mem::zeroed() };
-        // SAFETY: the decoder is initialised, `annexb` is readable for `length` bytes during
-        // the call, and `planes`/`info` are where the decoder writes its output.
-        let state = unsafe {
-            self.decoder.raw_api().decode_frame_no_delay(
-                annexb.as_ptr(),
-                length,
-                planes.as_mut_ptr(),
-                &raw mut info,
-            )
-        };
-        // SAFETY: with a ready buffer, the planes are the decoder's picture as `info`
-        // describes it, valid until the next call.
-        if let Some(image) = (info.iBufferStatus == 1)
-            .then(|| unsafe { picture_to_rgb(&planes, &info) })
-            .flatten()
-        {
+        // SAFETY: `annexb` is readable for `length` bytes.
+        let (mut state, mut image) = unsafe { self.decode_raw(annexb.as_ptr(), length, true) };
+        if image.is_none() && state != dsErrorFree {
+            // A picture whose slices broke off waits for its missing slices; an access unit
+            // delimiter ends it, and the decoder conceals the missing part and outputs it.
+            // (The no-delay call would clear that output again, so this one delays.)
+            // SAFETY: the delimiter is a static of `length` bytes.
+            let (_, concealed) = unsafe {
+                self.decode_raw(
+                    ACCESS_UNIT_DELIMITER.as_ptr(),
+                    ACCESS_UNIT_DELIMITER.len() as std::os::raw::c_int,
+                    false,
+                )
+            };
+            if concealed.is_some() {
+                state |= dsDataErrorConcealed;
+                image = concealed;
+            }
+        }
+        if let Some(image) = image {
             if state != dsErrorFree {
                 self.concealed += 1;
             }
@@ -107,6 +114,43 @@ impl H264Decoder {
             self.pending.remove(i);
         }
         Err(format!("corrupt H.264 data (decoding state {state:#x})"))
+    }
+
+    /// One call into the decoder: its decoding state and the picture it output, if any.
+    /// `no_delay` decodes the data as a whole access unit now; otherwise the decoder may wait
+    /// for what follows.
+    ///
+    /// # Safety
+    /// `data` is readable for `length` bytes.
+    unsafe fn decode_raw(
+        &mut self,
+        data: *const u8,
+        length: std::os::raw::c_int,
+        no_delay: bool,
+    ) -> (DECODING_STATE, Option<RgbImage>) {
+        let mut planes = [std::ptr::null_mut::<u8>(); 3];
+        // SAFETY: a plain C struct of integers, pointers and a union of them; all zero is
+        // its initial state.
+        let mut info: SBufferInfo = unsafe { std::mem::zeroed() };
+        // SAFETY: the decoder is initialised; its raw calls are made below under the same
+        // conditions the crate's own calls meet.
+        let api = unsafe { self.decoder.raw_api() };
+        // SAFETY: the decoder is initialised, `data` is readable for `length` bytes during
+        // the call (the caller's promise), and `planes`/`info` are where the decoder writes
+        // its output.
+        let state = unsafe {
+            if no_delay {
+                api.decode_frame_no_delay(data, length, planes.as_mut_ptr(), &raw mut info)
+            } else {
+                api.decode_frame2(data, length, planes.as_mut_ptr(), &raw mut info)
+            }
+        };
+        // SAFETY: with a ready buffer, the planes are the decoder's picture as `info`
+        // describes it, valid until the next call.
+        let image = (info.iBufferStatus == 1)
+            .then(|| unsafe { picture_to_rgb(&planes, &info) })
+            .flatten();
+        (state, image)
     }
 
     /// Pictures output with concealed damage since the last call.
