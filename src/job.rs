@@ -6,14 +6,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use clap::Args;
-
 use crate::analysis::ClassTally;
 use crate::config::Config;
 use crate::live_view::LiveView;
 use crate::output::{JsonTap, ResultWriters};
 use crate::pipeline::{self, Mode, RunOptions, RunSummary, Sinks};
-use crate::setup::{self, ModelArgs};
+use crate::setup::{self, DetectorSpec};
 use crate::sinks::{EventSinks, MqttSettings, SinkCounters, SinkSettings, WebhookSettings};
 use crate::video::FrameSource;
 use crate::video::encoder::EncodeSettings;
@@ -21,59 +19,45 @@ use crate::video::sink::{Mp4Layout, Mp4Sink, PngFrameSink};
 use crate::zones::ZoneCounts;
 
 /// What a run writes, and the per-stream analysis settings.
-#[derive(Args, Clone, Debug, Default)]
-pub struct OutputArgs {
+#[derive(Clone, Debug, Default)]
+pub struct OutputSpec {
     /// Output annotated video (.mp4).
-    #[arg(long, short)]
     pub output: Option<PathBuf>,
     /// Also write every annotated frame as PNG into this folder.
-    #[arg(long)]
     pub save_frames: Option<PathBuf>,
     /// Cut the output video into files of this many seconds; `-o` is then a name pattern
     /// (`cam1-%Y%m%d-%H%M%S.mp4`, the segment's start in UTC; without fields the time is
     /// added before the extension).
-    #[arg(long, value_name = "SECONDS")]
     pub segment: Option<f64>,
     /// Output video bitrate in bits per second (default: from frame size and rate).
-    #[arg(long)]
     pub bitrate: Option<u32>,
     /// Per-frame tracks and events as JSON lines.
-    #[arg(long)]
     pub events: Option<PathBuf>,
     /// Per-frame tracks as CSV.
-    #[arg(long)]
     pub csv: Option<PathBuf>,
     /// Tracks in MOTChallenge format.
-    #[arg(long)]
     pub mot: Option<PathBuf>,
     /// Camera calibration (TOML) enabling speed estimation.
-    #[arg(long)]
     pub calibration: Option<PathBuf>,
     /// Analyse one frame in N+1 (the others are written with the last annotations).
-    #[arg(long, default_value_t = 0)]
     pub frame_skip: u64,
     /// Publish events to this MQTT broker: mqtt://[user:password@]host[:port] (overrides
     /// `[sinks.mqtt] url`).
-    #[arg(long)]
     pub mqtt: Option<String>,
     /// POST every event as JSON to this URL: http://host[:port]/path (overrides
     /// `[sinks.webhook] url`).
-    #[arg(long)]
     pub webhook: Option<String>,
     /// Sign webhook bodies with HMAC-SHA256 and this secret (overrides `[sinks.webhook]
     /// secret`).
-    #[arg(long, env = "STREAMTRACK_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
     /// The stream's name in MQTT topics and event bodies (default: the input's file name).
-    #[arg(long)]
     pub stream_id: Option<String>,
     /// Event sinks given as settings (the HTTP API's per-stream `sinks`); the flags above
     /// override their URLs.
-    #[arg(skip)]
     pub sinks: Option<SinkSettings>,
 }
 
-impl OutputArgs {
+impl OutputSpec {
     /// Refuses outputs that would overwrite `input` or each other (by file identity, so
     /// another path to the same file counts too): writing an output truncates its file
     /// before the input has been read.
@@ -172,8 +156,8 @@ pub struct StreamTaps {
 /// Runs `source` with the analysis `model` and `config` describe into `outputs` and `taps`.
 pub fn run_stream(
     source: Box<dyn FrameSource>,
-    outputs: &OutputArgs,
-    model: &ModelArgs,
+    outputs: &OutputSpec,
+    model: &DetectorSpec,
     config: &Config,
     options: &RunOptions,
     taps: StreamTaps,

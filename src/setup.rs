@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Args;
 
 use crate::analysis::Analysis;
 use crate::config::Config;
@@ -18,42 +17,33 @@ use crate::speed::{Calibration, SpeedEstimator};
 use crate::track::Tracker;
 use crate::video::StreamInfo;
 
-/// Model and detection flags shared by the commands that run the network.
-#[derive(Args, Clone, Debug, Default)]
-pub struct ModelArgs {
+/// Which model to run and how to filter its detections: what the command line's model flags
+/// and an API request's detector settings both become.
+#[derive(Clone, Debug, Default)]
+pub struct DetectorSpec {
     /// Model: an Ultralytics YOLOv8/YOLO11 detection export (.onnx) or an imported .bpk.
-    #[arg(long, short)]
     pub model: Option<PathBuf>,
     /// Where the network runs: auto, gpu, cpu or cpu-burn (Burn's stock CPU kernels).
-    #[arg(long)]
     pub device: Option<DeviceChoice>,
     /// Confidence threshold (default 0.25).
-    #[arg(long)]
     pub conf: Option<f32>,
     /// NMS IoU threshold (default 0.7).
-    #[arg(long)]
     pub iou: Option<f32>,
     /// Maximum detections per frame (default 300).
-    #[arg(long)]
     pub max_det: Option<usize>,
     /// Suppress overlapping boxes across classes.
-    #[arg(long)]
     pub agnostic_nms: bool,
     /// Keep only these classes, by name or id, comma-separated (e.g. car,bus,7).
-    #[arg(long, value_delimiter = ',')]
     pub classes: Vec<String>,
     /// Network input size in pixels, a multiple of 32 (default: the model's export size).
-    #[arg(long)]
     pub input_size: Option<usize>,
     /// Frames per network call when several are waiting (file input; default 1).
-    #[arg(long)]
     pub batch: Option<usize>,
     /// Loaded models to share (the server's): a model already there is not loaded again.
-    #[arg(skip)]
     pub models: Option<Arc<ModelCache>>,
 }
 
-impl ModelArgs {
+impl DetectorSpec {
     /// `path` with every other flag at its default (the config file still applies).
     pub fn for_model(path: &Path, input_size: Option<usize>) -> Self {
         Self {
@@ -64,8 +54,8 @@ impl ModelArgs {
     }
 }
 
-/// `--model`, then the config file, then `STREAMTRACK_MODEL`, then `models/default.onnx`,
-/// then the shared sample model.
+/// The model given (`--model` or a request's), then the config file's, then
+/// `STREAMTRACK_MODEL`, then `models/default.onnx`.
 pub fn resolve_model_path(flag: Option<&Path>, config: &Config) -> anyhow::Result<PathBuf> {
     let candidates = [
         flag.map(Path::to_path_buf),
@@ -75,16 +65,14 @@ pub fn resolve_model_path(flag: Option<&Path>, config: &Config) -> anyhow::Resul
     if let Some(chosen) = candidates.into_iter().flatten().next() {
         return Ok(chosen);
     }
-    ["models/default.onnx", "../shared/data/models/yolov8n-coco-640.onnx"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
+    Some(PathBuf::from("models/default.onnx"))
+        .filter(|p| p.exists())
         .context("no model given: pass --model, set `model` in the config file or STREAMTRACK_MODEL, or place models/default.onnx")
 }
 
 /// Loads the model and resolves thresholds; returns the detector and display names.
 pub fn build_detector(
-    args: &ModelArgs,
+    args: &DetectorSpec,
     config: &Config,
 ) -> anyhow::Result<(Detector, Vec<String>)> {
     let device =
@@ -94,7 +82,7 @@ pub fn build_detector(
 
 /// [`build_detector`] on a device already chosen.
 pub fn build_detector_on(
-    args: &ModelArgs,
+    args: &DetectorSpec,
     config: &Config,
     device: ComputeDevice,
 ) -> anyhow::Result<(Detector, Vec<String>)> {
@@ -150,7 +138,7 @@ pub struct StreamAnalysis {
 /// Detector, tracker, speeds (when calibrated), zone counting and the result writers for
 /// one stream; one frame in `frame_skip + 1` is analysed.
 pub fn build_analysis(
-    model: &ModelArgs,
+    model: &DetectorSpec,
     config: &Config,
     info: &StreamInfo,
     calibration: Option<Calibration>,

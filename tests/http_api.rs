@@ -15,7 +15,7 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use streamtrack::config::Config;
 use streamtrack::server::{self, AppState, ServerConfig};
-use streamtrack::setup::ModelArgs;
+use streamtrack::setup::DetectorSpec;
 use tower::ServiceExt;
 
 const TOKEN: &str = "test-token";
@@ -37,10 +37,10 @@ fn server_config(name: &str, token: Option<&str>) -> ServerConfig {
         token: token.map(str::to_string),
         media_root: "../shared/data/video".into(),
         results_dir: results_dir(name),
-        model: ModelArgs {
+        model: DetectorSpec {
             model: Some("../shared/data/models/yolo11n-coco-320.onnx".into()),
             device: Some("cpu".parse().unwrap()),
-            ..ModelArgs::default()
+            ..DetectorSpec::default()
         },
         config: Config::default(),
         max_streams: server::DEFAULT_MAX_STREAMS,

@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use serde_json::json;
 use streamtrack::config::Config;
 use streamtrack::server::{self, AppState, ServerConfig};
-use streamtrack::setup::ModelArgs;
+use streamtrack::setup::DetectorSpec;
 use tower::ServiceExt;
 
 const TOKEN: &str = "view-token";
@@ -38,10 +38,10 @@ fn server_config(name: &str) -> ServerConfig {
         token: Some(TOKEN.to_string()),
         media_root: "../shared/data/video".into(),
         results_dir: dir.join("results"),
-        model: ModelArgs {
+        model: DetectorSpec {
             model: Some("../shared/data/models/yolo11n-coco-320.onnx".into()),
             device: Some("cpu".parse().unwrap()),
-            ..ModelArgs::default()
+            ..DetectorSpec::default()
         },
         config: Config::load(&config_path).unwrap(),
         max_streams: server::DEFAULT_MAX_STREAMS,

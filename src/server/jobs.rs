@@ -16,10 +16,10 @@ use serde::{Deserialize, Serialize};
 use super::AppState;
 use super::error::ApiError;
 use super::worker::Worker;
-use crate::job::{OutputArgs, run_stream};
+use crate::job::{OutputSpec, run_stream};
 use crate::metrics::StreamMetrics;
 use crate::pipeline::RunOptions;
-use crate::setup::ModelArgs;
+use crate::setup::DetectorSpec;
 use crate::video::{self, FirstFrames};
 
 /// The body of `POST /v1/jobs`.
@@ -65,7 +65,7 @@ impl DetectionOverrides {
     }
 
     /// The server's model settings with these overrides applied.
-    pub fn apply(&self, base: &ModelArgs) -> ModelArgs {
+    pub fn apply(&self, base: &DetectorSpec) -> DetectorSpec {
         let mut model = base.clone();
         model.conf = self.conf.or(model.conf);
         model.input_size = self.input_size.or(model.input_size);
@@ -301,14 +301,14 @@ fn run_job(state: &AppState, job: &Job, input: PathBuf, request: &JobRequest) {
         }
         let total = source.info().frame_count;
         job.set(|s| s.total_frames = total);
-        let outputs = OutputArgs {
+        let outputs = OutputSpec {
             output: job.results.video.clone(),
             events: Some(job.results.events.clone()),
             csv: job.results.csv.clone(),
             frame_skip: request.detect.frame_skip.unwrap_or(0),
             // The configuration's `[sinks]`, if any, name the job's events after it.
             stream_id: Some(job.id.clone()),
-            ..OutputArgs::default()
+            ..OutputSpec::default()
         };
         let model = request.detect.apply(&state.config.model);
         let options = RunOptions {

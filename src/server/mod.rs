@@ -26,7 +26,7 @@ use prometheus_client::registry::Registry;
 use crate::config::Config;
 use crate::metrics::{MetricFamilies, StreamMetrics};
 use crate::model::ModelCache;
-use crate::setup::ModelArgs;
+use crate::setup::DetectorSpec;
 use crate::video::rtsp::without_credentials;
 pub use error::ApiError;
 pub use streams::StreamRequest;
@@ -66,7 +66,7 @@ pub struct ServerConfig {
     /// Each job writes its results into a folder here named after its id.
     pub results_dir: PathBuf,
     /// Model and detection settings (requests may override a few).
-    pub model: ModelArgs,
+    pub model: DetectorSpec,
     pub config: Config,
     /// Most live streams running at once; further `POST /v1/streams` get 429.
     pub max_streams: usize,

@@ -24,7 +24,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::jobs::DetectionOverrides;
 use super::worker::Worker;
-use crate::job::{OutputArgs, StreamTaps, run_stream};
+use crate::job::{OutputSpec, StreamTaps, run_stream};
 use crate::live_view::LiveView;
 use crate::metrics::StreamMetrics;
 use crate::pipeline::{LiveOptions, Mode, RunOptions};
@@ -275,7 +275,7 @@ pub(super) fn start(
         record: request.record.then(|| dir.join("events.jsonl")),
         view: Arc::new(LiveView::new(view_fps)),
     });
-    let outputs = OutputArgs {
+    let outputs = OutputSpec {
         events: stream.record.clone(),
         output: request.video.then(|| match request.segment_s {
             Some(_) => dir.join("annotated-%Y%m%d-%H%M%S.mp4"),
@@ -285,7 +285,7 @@ pub(super) fn start(
         frame_skip: request.detect.frame_skip.unwrap_or(0),
         stream_id: Some(id.clone()),
         sinks: request.sinks.clone(),
-        ..OutputArgs::default()
+        ..OutputSpec::default()
     };
     let (worker_state, worker_stream) = (state.clone(), stream.clone());
     stream
@@ -412,7 +412,7 @@ fn run_live(
     stream: &LiveStream,
     spec: &LiveSpec,
     request: &StreamRequest,
-    outputs: &OutputArgs,
+    outputs: &OutputSpec,
 ) {
     let source_options = LiveSourceOptions {
         realtime: true,

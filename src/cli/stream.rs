@@ -1,0 +1,248 @@
+//! `process` and `live`: one stream from its source to its outputs, and the report printed
+//! at its end.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Args;
+use streamtrack::analysis::ClassTally;
+use streamtrack::config::Config;
+use streamtrack::job::{self, OutputSpec};
+use streamtrack::metrics::StreamMetrics;
+use streamtrack::pipeline::{LiveOptions, Mode, RunOptions};
+use streamtrack::setup::DetectorSpec;
+use streamtrack::video::live::{LiveSourceOptions, LiveSpec, open_live_source};
+use streamtrack::video::rtsp::RtspOptions;
+use streamtrack::video;
+
+use super::flags::{ModelFlags, OutputFlags};
+
+#[derive(Args)]
+pub struct ProcessArgs {
+    /// Input: MP4 file, raw H.264 (.h264, or - for stdin), image or folder of images.
+    input: PathBuf,
+    /// Frame rate assumed for raw H.264 input, which carries no timestamps.
+    #[arg(long, default_value_t = video::DEFAULT_RAW_FPS)]
+    fps: f64,
+    #[command(flatten)]
+    outputs: OutputFlags,
+    #[command(flatten)]
+    model: ModelFlags,
+}
+
+#[derive(Args)]
+pub struct LiveArgs {
+    /// Source: a camera (`0` or `/dev/video0`), `rtsp://…` (credentials in the URL are
+    /// sent only if the camera asks), `-` for raw H.264 on stdin, or a video file.
+    #[arg(long, short)]
+    source: String,
+    /// Play a file at its own frame rate, like a camera (otherwise it is read as fast as
+    /// possible and the newest frame wins).
+    #[arg(long)]
+    realtime: bool,
+    /// Play a file over and over (with --realtime: a camera that never ends).
+    #[arg(long = "loop")]
+    looped: bool,
+    /// Analyse at most this many frames per second; the others are skipped.
+    #[arg(long)]
+    target_fps: Option<f64>,
+    /// Drop frames that waited longer than this many milliseconds for the analysis.
+    #[arg(long)]
+    max_latency: Option<u64>,
+    /// Stop after this many seconds (default: until the source ends or Ctrl-C).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Frame rate assumed for raw H.264 on stdin.
+    #[arg(long, default_value_t = video::DEFAULT_RAW_FPS)]
+    fps: f64,
+    /// Camera resolution to ask for, e.g. 1280x720.
+    #[arg(long, value_parser = parse_size)]
+    camera_size: Option<(u32, u32)>,
+    /// RTSP: seconds without a frame before the stream counts as lost.
+    #[arg(long, default_value_t = 5.0)]
+    stall_timeout: f64,
+    /// RTSP: give up after this many failed reconnection attempts in a row (default: never).
+    #[arg(long)]
+    max_reconnects: Option<u32>,
+    #[command(flatten)]
+    outputs: OutputFlags,
+    #[command(flatten)]
+    model: ModelFlags,
+}
+
+/// Parses `WIDTHxHEIGHT`.
+pub fn parse_size(text: &str) -> Result<(u32, u32), String> {
+    let (w, h) = text
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("'{text}' is not WIDTHxHEIGHT"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .map_err(|e| format!("'{text}': {e}"))
+    };
+    Ok((parse(w)?, parse(h)?))
+}
+
+pub fn process(args: ProcessArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
+    let mut outputs = OutputSpec::from(args.outputs);
+    require_outputs(&outputs)?;
+    name_the_stream(&mut outputs, &args.input.to_string_lossy());
+    outputs.check_paths(&args.input)?;
+    let source = video::open_source(&args.input, args.fps)?;
+    log_stream(&args.input.display().to_string(), source.info());
+    let options = RunOptions {
+        stop: crate::cli::signals::stop_on_signals()?,
+        show_progress: !quiet,
+        ..RunOptions::default()
+    };
+    let model = args.model.into_spec(&config);
+    run_and_report(source, &outputs, &model, &config, &options)
+}
+
+pub fn live(args: LiveArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
+    let mut outputs = OutputSpec::from(args.outputs);
+    require_outputs(&outputs)?;
+    name_the_stream(&mut outputs, &args.source);
+    outputs.check_paths(Path::new(&args.source))?;
+    if args.target_fps.is_some_and(|f| f.is_nan() || f <= 0.0) {
+        bail!("--target-fps must be positive");
+    }
+    let stop = crate::cli::signals::stop_on_signals()?;
+    let source_options = LiveSourceOptions {
+        realtime: args.realtime,
+        looped: args.looped,
+        raw_fps: args.fps,
+        camera_size: args.camera_size,
+        rtsp: RtspOptions {
+            stall_timeout: Duration::from_secs_f64(args.stall_timeout.max(0.1)),
+            max_reconnects: args.max_reconnects,
+            ..RtspOptions::default()
+        },
+    };
+    let spec = LiveSpec::parse(&args.source);
+    let source = open_live_source(&spec, &source_options, stop.clone())?;
+    log_stream(&args.source, source.info());
+    let options = RunOptions {
+        mode: Mode::Live(LiveOptions {
+            target_fps: args.target_fps,
+            max_latency: args.max_latency.map(Duration::from_millis),
+            duration: args.duration.map(Duration::from_secs_f64),
+        }),
+        stop,
+        show_progress: !quiet,
+        metrics: StreamMetrics::default(),
+    };
+    let model = args.model.into_spec(&config);
+    run_and_report(source, &outputs, &model, &config, &options)
+}
+
+/// Without `--stream-id`, events name the stream after the source: a file's stem, a URL's
+/// host and path (`cam1_stream`), `camera0`, `stdin`.
+pub fn name_the_stream(outputs: &mut OutputSpec, source: &str) {
+    if outputs.stream_id.is_some() {
+        return;
+    }
+    let name = match LiveSpec::parse(source) {
+        LiveSpec::Stdin => "stdin".to_string(),
+        LiveSpec::Rtsp(url) => url::Url::parse(&url)
+            .map(|u| format!("{}{}", u.host_str().unwrap_or(""), u.path()))
+            .unwrap_or(url),
+        _ => Path::new(source)
+            .file_stem()
+            .map_or_else(|| source.to_string(), |s| s.to_string_lossy().into_owned()),
+    };
+    let name: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    outputs.stream_id = Some(name.trim_matches('_').to_string());
+}
+
+pub fn require_outputs(outputs: &OutputSpec) -> anyhow::Result<()> {
+    if !outputs.writes_anything() {
+        bail!(
+            "nothing to write: give --output FILE.mp4, --save-frames DIR, --events, --csv or --mot"
+        );
+    }
+    Ok(())
+}
+
+pub fn log_stream(name: &str, info: &video::StreamInfo) {
+    tracing::info!(
+        "{name}: {}x{}, {:.2} fps{}",
+        info.width,
+        info.height,
+        info.fps,
+        info.frame_count
+            .map(|n| format!(", {n} frames"))
+            .unwrap_or_default()
+    );
+}
+
+/// Runs one stream from the command line and prints its summary.
+pub fn run_and_report(
+    source: Box<dyn video::FrameSource>,
+    outputs: &OutputSpec,
+    model: &DetectorSpec,
+    config: &Config,
+    options: &RunOptions,
+) -> anyhow::Result<()> {
+    let report = job::run_stream(source, outputs, model, config, options, Default::default())?;
+    print_report(&report, outputs);
+    Ok(())
+}
+
+/// The end-of-run summary on stderr: counts, latency, outputs, tracks and zone totals.
+pub fn print_report(report: &job::StreamReport, outputs: &OutputSpec) {
+    eprintln!("{}", report.summary.describe());
+    match &outputs.output {
+        // No frame reached the video: the sink created no file.
+        Some(out) if report.summary.frames_written == 0 => {
+            eprintln!("no frames: {} was not written", out.display());
+        }
+        Some(out) if outputs.segment.is_some() => eprintln!(
+            "wrote segments of {} ({} frames)",
+            out.display(),
+            report.summary.frames_written
+        ),
+        Some(out) => eprintln!(
+            "wrote {} ({} frames)",
+            out.display(),
+            report.summary.frames_written
+        ),
+        None => {}
+    }
+    print_track_summary(&report.classes, &report.names);
+    for (line, classes) in &report.zones.lines {
+        for (class, count) in classes {
+            eprintln!(
+                "line {line}: {class} in {} out {}",
+                count.inbound, count.outbound
+            );
+        }
+    }
+    for (area, classes) in &report.zones.areas {
+        for (class, count) in classes {
+            eprintln!("area {area}: {class} {count} entered");
+        }
+    }
+}
+
+/// Per-class track counts and speeds at the end of a run.
+pub fn print_track_summary(classes: &BTreeMap<usize, ClassTally>, names: &[String]) {
+    for (&class, tally) in classes {
+        let speed = match (tally.mean_speed(), tally.max_speed) {
+            (Some(mean), Some(max)) => format!(", mean speed {mean:.1}, max {max:.1}"),
+            _ => String::new(),
+        };
+        eprintln!("{}: {} tracks{speed}", names[class], tally.tracks);
+    }
+}
