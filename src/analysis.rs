@@ -9,8 +9,9 @@ use image::RgbImage;
 
 use crate::annotate::{self, Annotation, Annotator};
 use crate::detect::Detection;
+use crate::events::Event;
 use crate::live_view::LiveView;
-use crate::output::{Event, FrameRecord, ResultWriters, TrackRecord};
+use crate::output::{FrameRecord, ResultWriters, TrackRecord};
 use crate::pipeline::FrameStage;
 use crate::speed::{SpeedEstimator, SpeedUnit, TrackSummary};
 use crate::track::Tracker;

@@ -9,6 +9,7 @@ pub mod compress;
 pub mod config;
 pub mod detect;
 pub mod eval;
+pub mod events;
 pub mod geometry;
 pub mod job;
 pub mod live_view;

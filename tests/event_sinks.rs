@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{Client, Event as MqttEvent, MqttOptions, Packet, QoS};
 use serde_json::Value;
-use streamtrack::output::Event;
+use streamtrack::events::Event;
 use streamtrack::sinks::{
     EventSinks, MqttSettings, SinkCounters, SinkSettings, WebhookSettings, signature,
 };

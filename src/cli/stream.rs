@@ -13,9 +13,9 @@ use streamtrack::job::{self, OutputSpec};
 use streamtrack::metrics::StreamMetrics;
 use streamtrack::pipeline::{LiveOptions, Mode, RunOptions};
 use streamtrack::setup::DetectorSpec;
+use streamtrack::video;
 use streamtrack::video::live::{LiveSourceOptions, LiveSpec, open_live_source};
 use streamtrack::video::rtsp::RtspOptions;
-use streamtrack::video;
 
 use super::flags::{ModelFlags, OutputFlags};
 

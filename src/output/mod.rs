@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::events::Event;
 use crate::geometry::BBox;
 use crate::sinks::EventSinks;
-use crate::speed::TrackSummary;
-use crate::zones::{ZoneCounts, ZoneEvent};
 
 /// One tracked object in one frame.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -40,30 +39,6 @@ pub struct FrameRecord {
     /// Presentation time, seconds.
     pub time: f64,
     pub tracks: Vec<TrackRecord>,
-}
-
-/// Something that happened, reported once.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum Event {
-    /// A track's speed went above the calibration's `speed_limit`.
-    SpeedLimit {
-        frame: u64,
-        time: f64,
-        id: u64,
-        speed: f64,
-        limit: f64,
-        unit: &'static str,
-    },
-    /// A track left the scene (or the stream ended); its summary.
-    TrackEnd(TrackSummary),
-    /// A live source was lost and came back.
-    Outage(crate::video::Outage),
-    /// Line and area totals at the end of a run.
-    ZoneCounts(ZoneCounts),
-    /// A line crossing, area entry or exit, tagged as the zone counter tags it.
-    #[serde(untagged)]
-    Zone(ZoneEvent),
 }
 
 /// A failure writing results. The I/O error is part of the message, not a separate source,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::metrics::counter::Counter;
 use serde::{Deserialize, Serialize};
 
-use crate::output::Event;
+use crate::events::Event;
 use crate::warnings::WarningCount;
 
 pub use mqtt::MqttSettings;
