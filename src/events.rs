@@ -30,3 +30,28 @@ pub enum Event {
     #[serde(untagged)]
     Zone(ZoneEvent),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A zone event keeps the zone counter's own tag: one `event` key, no wrapper.
+    #[test]
+    fn zone_events_serialise_as_the_counter_tags_them() {
+        let crossing = Event::Zone(ZoneEvent::LineCrossing {
+            frame: 7,
+            time: 0.28,
+            line: "gate".into(),
+            id: 3,
+            class: 2,
+            direction: crate::zones::Direction::In,
+        });
+        assert_eq!(
+            serde_json::to_value(&crossing).unwrap(),
+            serde_json::json!({
+                "event": "line_crossing", "frame": 7, "time": 0.28, "line": "gate",
+                "id": 3, "class": 2, "direction": "in"
+            })
+        );
+    }
+}

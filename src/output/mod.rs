@@ -247,26 +247,6 @@ fn csv_field(text: &str) -> String {
 mod tests {
     use super::*;
 
-    /// A zone event keeps the zone counter's own tag: one `event` key, no wrapper.
-    #[test]
-    fn zone_events_serialise_as_the_counter_tags_them() {
-        let crossing = Event::Zone(ZoneEvent::LineCrossing {
-            frame: 7,
-            time: 0.28,
-            line: "gate".into(),
-            id: 3,
-            class: 2,
-            direction: crate::zones::Direction::In,
-        });
-        assert_eq!(
-            serde_json::to_value(&crossing).unwrap(),
-            serde_json::json!({
-                "event": "line_crossing", "frame": 7, "time": 0.28, "line": "gate",
-                "id": 3, "class": 2, "direction": "in"
-            })
-        );
-    }
-
     #[test]
     fn every_format_gets_the_frame() {
         let dir = std::env::temp_dir().join(format!("streamtrack-out-{}", std::process::id()));
