@@ -8,6 +8,7 @@ pub mod checks;
 pub mod compress;
 pub mod config;
 pub mod detect;
+pub mod engine;
 pub mod eval;
 pub mod events;
 pub mod geometry;

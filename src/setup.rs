@@ -10,6 +10,7 @@ use anyhow::Context;
 use crate::analysis::Analysis;
 use crate::config::Config;
 use crate::detect::Detector;
+use crate::engine::SharedDetector;
 use crate::model::{ComputeDevice, DeviceChoice, ModelCache, YoloModel};
 use crate::output::ResultWriters;
 use crate::pipeline::detect_stage::FrameDetector;
@@ -41,6 +42,9 @@ pub struct DetectorSpec {
     pub batch: Option<usize>,
     /// Loaded models to share (the server's): a model already there is not loaded again.
     pub models: Option<Arc<ModelCache>>,
+    /// A detector already serving other streams: this stream's frames join its batches
+    /// (every other field is then already applied in it).
+    pub shared: Option<SharedDetector>,
 }
 
 impl DetectorSpec {
@@ -145,7 +149,13 @@ pub fn build_analysis(
     writers: ResultWriters,
     frame_skip: u64,
 ) -> anyhow::Result<StreamAnalysis> {
-    let (detector, names) = build_detector(model, config)?;
+    let (detector, names) = match &model.shared {
+        Some(shared) => (FrameDetector::new(shared.clone()), shared.names().to_vec()),
+        None => {
+            let (detector, names) = build_detector(model, config)?;
+            (FrameDetector::new(detector), names)
+        }
+    };
     let tracker = Tracker::new(config.tracker.clone(), info.fps);
     let speeds = SpeedEstimator::new(calibration, config.speed.clone(), (info.width, info.height));
     let analysis = Analysis::new(
@@ -156,7 +166,7 @@ pub fn build_analysis(
         writers,
     )
     .with_zones(config.zones.clone());
-    let mut detector = FrameDetector::new(detector).with_frame_skip(frame_skip);
+    let mut detector = detector.with_frame_skip(frame_skip);
     if let Some(batch) = model.batch {
         detector = detector.with_max_batch(batch);
     }

@@ -164,3 +164,48 @@ fn bench_reports_every_stage_and_the_pipeline() {
     }
     assert!(report["pipeline_fps"].as_f64().unwrap() > 0.0, "{report}");
 }
+
+/// `live` with two sources in one process: one model whose network calls take the frames
+/// of both streams, each stream's events in its own file named after its source; with
+/// several sources, an output path without `{stream}` is refused before anything starts.
+#[test]
+fn live_runs_several_sources_on_one_model() {
+    let dir = std::env::temp_dir().join(format!("streamtrack-sources-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let live = |events: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_streamtrack"))
+            .args(["live", "--device", "cpu", "--duration", "3", "-m"])
+            .arg(data("models/yolo11n-coco-320.onnx"))
+            .arg("--source")
+            .arg(data("video/traffic-640x360.mp4"))
+            .arg("--source")
+            .arg(data("video/traffic-640x360.mp4"))
+            .arg("--events")
+            .arg(events)
+            .output()
+            .expect("binary runs")
+    };
+    let out = live(&dir.join("{stream}.jsonl"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("frames of 2 streams in"), "{stderr}");
+    assert_eq!(
+        stderr.matches("loaded ").count(),
+        1,
+        "one model load: {stderr}"
+    );
+    for name in ["traffic-640x360", "traffic-640x360-2"] {
+        let events = std::fs::read_to_string(dir.join(format!("{name}.jsonl"))).unwrap();
+        assert!(events.contains("\"tracks\":[{"), "{name}: {events}");
+    }
+
+    let out = live(&dir.join("all.jsonl"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--events must contain {stream}"),
+        "{stderr}"
+    );
+    assert!(!dir.join("all.jsonl").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -60,6 +60,7 @@ impl ModelFlags {
             input_size: self.input_size,
             batch: self.batch,
             models: None,
+            shared: None,
         }
     }
 }

@@ -1,18 +1,21 @@
 //! `process` and `live`: one stream from its source to its outputs, and the report printed
 //! at its end.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::bail;
 use clap::Args;
 use streamtrack::analysis::ClassTally;
 use streamtrack::config::Config;
+use streamtrack::engine::{BatchSettings, SharedDetector};
 use streamtrack::job::{self, OutputSpec};
 use streamtrack::metrics::StreamMetrics;
 use streamtrack::pipeline::{LiveOptions, Mode, RunOptions};
-use streamtrack::setup::DetectorSpec;
+use streamtrack::setup::{self, DetectorSpec};
 use streamtrack::video;
 use streamtrack::video::live::{LiveSourceOptions, LiveSpec, open_live_source};
 use streamtrack::video::rtsp::RtspOptions;
@@ -35,9 +38,11 @@ pub struct ProcessArgs {
 #[derive(Args)]
 pub struct LiveArgs {
     /// Source: a camera (`0` or `/dev/video0`), `rtsp://…` (credentials in the URL are
-    /// sent only if the camera asks), `-` for raw H.264 on stdin, or a video file.
-    #[arg(long, short)]
-    source: String,
+    /// sent only if the camera asks), `-` for raw H.264 on stdin, or a video file. Repeat
+    /// the flag to analyse several sources in one process with one loaded model; every
+    /// output path then contains `{stream}`, which becomes each stream's name.
+    #[arg(long, short, required = true)]
+    source: Vec<String>,
     /// Play a file at its own frame rate, like a camera (otherwise it is read as fast as
     /// possible and the newest frame wins).
     #[arg(long)]
@@ -66,6 +71,11 @@ pub struct LiveArgs {
     /// RTSP: give up after this many failed reconnection attempts in a row (default: never).
     #[arg(long)]
     max_reconnects: Option<u32>,
+    /// Several sources: how many milliseconds a frame may wait for frames of other streams
+    /// to join its network call (at most `--batch` frames, default one per source). 0 batches
+    /// only the frames already waiting.
+    #[arg(long, value_name = "MS", default_value_t = 0.0)]
+    batch_wait: f64,
     #[command(flatten)]
     outputs: OutputFlags,
     #[command(flatten)]
@@ -102,14 +112,16 @@ pub fn process(args: ProcessArgs, config: Config, quiet: bool) -> anyhow::Result
 }
 
 pub fn live(args: LiveArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
-    let mut outputs = OutputSpec::from(args.outputs);
+    let outputs = OutputSpec::from(args.outputs);
     require_outputs(&outputs)?;
-    name_the_stream(&mut outputs, &args.source);
-    outputs.check_paths(Path::new(&args.source))?;
     if args.target_fps.is_some_and(|f| f.is_nan() || f <= 0.0) {
         bail!("--target-fps must be positive");
     }
-    let stop = crate::cli::signals::stop_on_signals()?;
+    if !(args.batch_wait.is_finite() && args.batch_wait >= 0.0) {
+        bail!("--batch-wait must be zero or more milliseconds");
+    }
+    let streams = stream_outputs(&args.source, &outputs)?;
+    let signalled = crate::cli::signals::stop_on_signals()?;
     let source_options = LiveSourceOptions {
         realtime: args.realtime,
         looped: args.looped,
@@ -121,22 +133,185 @@ pub fn live(args: LiveArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
             ..RtspOptions::default()
         },
     };
-    let spec = LiveSpec::parse(&args.source);
-    let source = open_live_source(&spec, &source_options, stop.clone())?;
-    log_stream(&args.source, source.info());
-    let options = RunOptions {
-        mode: Mode::Live(LiveOptions {
-            target_fps: args.target_fps,
-            max_latency: args.max_latency.map(Duration::from_millis),
-            duration: args.duration.map(Duration::from_secs_f64),
-        }),
-        stop,
-        show_progress: !quiet,
-        metrics: StreamMetrics::default(),
+    let mode = Mode::Live(LiveOptions {
+        target_fps: args.target_fps,
+        max_latency: args.max_latency.map(Duration::from_millis),
+        duration: args.duration.map(Duration::from_secs_f64),
+    });
+    let mut model = args.model.into_spec(&config);
+    let several = streams.len() > 1;
+    if several {
+        // One network for all: each stream's frames join the batches of the others.
+        let (detector, names) = setup::build_detector(&model, &config)?;
+        let settings = BatchSettings {
+            max_batch: model.batch.unwrap_or(streams.len()),
+            max_wait: Duration::from_secs_f64(args.batch_wait / 1000.0),
+        };
+        model.shared = Some(SharedDetector::start(detector, names, settings)?);
+    }
+    let run = |source: &str, outputs: &OutputSpec, stop: Arc<AtomicBool>| -> anyhow::Result<()> {
+        let spec = LiveSpec::parse(source);
+        let opened = open_live_source(&spec, &source_options, stop.clone())?;
+        log_stream(source, opened.info());
+        let options = RunOptions {
+            mode: mode.clone(),
+            stop,
+            // One progress bar per stream would overwrite each other's line.
+            show_progress: !quiet && !several,
+            metrics: StreamMetrics::default(),
+        };
+        let report = job::run_stream(
+            opened,
+            outputs,
+            &model,
+            &config,
+            &options,
+            Default::default(),
+        )?;
+        if several {
+            eprintln!("stream {}:", outputs.stream_id.as_deref().unwrap_or(source));
+        }
+        print_report(&report, outputs);
+        Ok(())
     };
-    let model = args.model.into_spec(&config);
-    run_and_report(source, &outputs, &model, &config, &options)
+    if !several {
+        return run(&streams[0].0, &streams[0].1, signalled);
+    }
+    // A stream that ends sets its own flag (a run does, however it ends); a signal sets all.
+    let flags: Vec<Arc<AtomicBool>> = streams.iter().map(|_| Arc::default()).collect();
+    let finished = AtomicUsize::new(0);
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while finished.load(Ordering::Acquire) < streams.len() {
+                if signalled.load(Ordering::Relaxed) {
+                    flags
+                        .iter()
+                        .for_each(|flag| flag.store(true, Ordering::Relaxed));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let running: Vec<_> = streams
+            .iter()
+            .zip(&flags)
+            .map(|((source, outputs), stop)| {
+                let (run, finished) = (&run, &finished);
+                scope.spawn(move || {
+                    let _counted = CountedOnDrop(finished);
+                    run(source, outputs, stop.clone()).map_err(|e| {
+                        let failure = format!("{source}: {e:#}");
+                        // Said now: the other streams may run for a long time yet.
+                        tracing::error!("{failure}");
+                        failure
+                    })
+                })
+            })
+            .collect();
+        running
+            .into_iter()
+            .filter_map(|stream| match stream.join() {
+                Ok(result) => result.err(),
+                Err(_) => Some("a stream's thread panicked".to_string()),
+            })
+            .collect()
+    });
+    if let Some(shared) = &model.shared {
+        let counts = shared.counts();
+        tracing::info!(
+            "{} frames of {} streams in {} network calls",
+            counts.frames.load(Ordering::Relaxed),
+            streams.len(),
+            counts.calls.load(Ordering::Relaxed)
+        );
+    }
+    if !failures.is_empty() {
+        bail!(
+            "{} of {} streams failed: {}",
+            failures.len(),
+            streams.len(),
+            failures.join("; ")
+        );
+    }
+    Ok(())
 }
+
+/// Counts a stream as finished when dropped, which happens however its thread ends.
+struct CountedOnDrop<'a>(&'a AtomicUsize);
+
+impl Drop for CountedOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// Each source with its own outputs: named after the source (`-2`, `-3`... where names
+/// repeat), `{stream}` in every output path replaced by that name. With several sources
+/// every output path must contain `{stream}`, so no two streams write one file.
+fn stream_outputs(
+    sources: &[String],
+    outputs: &OutputSpec,
+) -> anyhow::Result<Vec<(String, OutputSpec)>> {
+    let several = sources.len() > 1;
+    if several {
+        if outputs.stream_id.is_some() {
+            bail!(
+                "--stream-id names one stream: with several sources each is named after its source"
+            );
+        }
+        let paths = [
+            ("-o/--output", &outputs.output),
+            ("--save-frames", &outputs.save_frames),
+            ("--events", &outputs.events),
+            ("--csv", &outputs.csv),
+            ("--mot", &outputs.mot),
+        ];
+        for (flag, path) in paths {
+            if let Some(path) = path
+                && !path.to_string_lossy().contains(STREAM_FIELD)
+            {
+                bail!(
+                    "{}: with several sources, {flag} must contain {STREAM_FIELD} (the stream's name)",
+                    path.display()
+                );
+            }
+        }
+    }
+    let mut named: Vec<(String, OutputSpec)> = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for source in sources {
+        let mut stream = outputs.clone();
+        name_the_stream(&mut stream, source);
+        let base = stream.stream_id.clone().unwrap_or_default();
+        let count = seen.entry(base.clone()).or_default();
+        *count += 1;
+        let name = match *count {
+            1 => base,
+            n => format!("{base}-{n}"),
+        };
+        if named
+            .iter()
+            .any(|(_, other)| other.stream_id.as_deref() == Some(&name))
+        {
+            bail!("{source}: two sources would both be named {name}");
+        }
+        let with_name = |path: &Option<PathBuf>| {
+            path.as_ref()
+                .map(|p| PathBuf::from(p.to_string_lossy().replace(STREAM_FIELD, &name)))
+        };
+        stream.output = with_name(&stream.output);
+        stream.save_frames = with_name(&stream.save_frames);
+        stream.events = with_name(&stream.events);
+        stream.csv = with_name(&stream.csv);
+        stream.mot = with_name(&stream.mot);
+        stream.stream_id = Some(name);
+        stream.check_paths(Path::new(source))?;
+        named.push((source.clone(), stream));
+    }
+    Ok(named)
+}
+
+/// The field of an output path that becomes the stream's name.
+const STREAM_FIELD: &str = "{stream}";
 
 /// Without `--stream-id`, events name the stream after the source: a file's stem, a URL's
 /// host and path (`cam1_stream`), `camera0`, `stdin`.

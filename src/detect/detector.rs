@@ -16,6 +16,20 @@ pub struct Detector {
     survivor_capacity: usize,
 }
 
+/// What the pipeline's inference stage calls: a batch of frames in, their detections out.
+/// A [`Detector`] of the stream's own, or a handle on one that batches frames of several
+/// streams (`engine::SharedDetector`).
+pub trait DetectBatch: Send {
+    /// Detections of each image, in its original pixels.
+    fn detect_batch(&mut self, images: &[&RgbImage]) -> Vec<Vec<Detection>>;
+}
+
+impl DetectBatch for Detector {
+    fn detect_batch(&mut self, images: &[&RgbImage]) -> Vec<Vec<Detection>> {
+        Detector::detect_batch(self, images)
+    }
+}
+
 /// The network's output as the detector reads it back.
 pub enum HeadOutput {
     /// The whole `[batch, 4 + nc, anchors]` output (CPU backends).

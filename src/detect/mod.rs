@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::geometry::BBox;
 
 pub use decode::{Candidate, decode_candidates, decode_survivors};
-pub use detector::{Detector, HeadOutput};
+pub use detector::{DetectBatch, Detector, HeadOutput};
 pub use nms::non_max_suppression;
 
 /// One detected object in original-image pixels.

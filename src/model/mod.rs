@@ -95,6 +95,19 @@ impl RawOutput {
 #[derive(Debug, Clone)]
 pub struct NetworkInput(Tensor<4>);
 
+impl NetworkInput {
+    /// The batches of `inputs` as one batch, in order.
+    ///
+    /// # Panics
+    /// When `inputs` is empty or their image sizes differ.
+    pub fn cat(inputs: Vec<NetworkInput>) -> Self {
+        Self(Tensor::cat(
+            inputs.into_iter().map(|input| input.0).collect(),
+            0,
+        ))
+    }
+}
+
 /// A loaded YOLO detector network on a device.
 #[derive(Debug, Clone)]
 pub struct YoloModel {

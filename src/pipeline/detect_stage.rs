@@ -2,12 +2,12 @@
 //! leaving out the frames that frame skipping does not analyse.
 
 use super::DetectStage;
-use crate::detect::{Detection, Detector};
+use crate::detect::{DetectBatch, Detection};
 use crate::video::Frame;
 
-/// [`Detector`] behind the pipeline's inference thread.
+/// A detector (the stream's own or a shared one) behind the pipeline's inference thread.
 pub struct FrameDetector {
-    detector: Detector,
+    detector: Box<dyn DetectBatch>,
     /// Every `stride`-th frame is detected.
     stride: u64,
     max_batch: usize,
@@ -18,9 +18,9 @@ impl FrameDetector {
     /// on the CPU the convolutions already use every core for one frame, and on an NVIDIA
     /// H200 batches of 4 gave the same pipeline throughput as single frames (the network is
     /// not the bottleneck there) at a higher latency.
-    pub fn new(detector: Detector) -> Self {
+    pub fn new(detector: impl DetectBatch + 'static) -> Self {
         Self {
-            detector,
+            detector: Box::new(detector),
             stride: 1,
             max_batch: 1,
         }
