@@ -129,3 +129,22 @@ fn streams_sharing_a_detector_get_what_they_get_alone() {
     assert_ne!(alone[0], alone[1]);
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A handle counts itself and its clones, not the scheduler thread: what a server needs to
+/// know that no stream uses a network any more.
+#[test]
+fn handles_count_only_handles() {
+    let model = DetectorSpec::for_model(&data("models/yolo11n-coco-320.onnx"), None);
+    let (detector, names) =
+        setup::build_detector_on(&model, &Config::default(), ComputeDevice::cpu()).unwrap();
+    let settings = BatchSettings {
+        max_batch: 4,
+        max_wait: std::time::Duration::ZERO,
+    };
+    let shared = SharedDetector::start(detector, names, settings).unwrap();
+    assert_eq!(shared.handles(), 1);
+    let other = shared.clone();
+    assert_eq!(shared.handles(), 2);
+    drop(other);
+    assert_eq!(shared.handles(), 1);
+}

@@ -741,7 +741,8 @@ async fn finished_jobs_beyond_the_limit_and_deleted_streams_are_forgotten() {
     assert!(!text.contains(&format!("stream=\"{id}\"")), "{text}");
 }
 
-/// Streams on the same model share one loaded copy of it.
+/// Streams on the same model share one loaded copy of it, and streams with the same detector
+/// settings one network that batches their frames.
 #[tokio::test]
 async fn streams_share_one_loaded_model() {
     let config = server_config("shared-model", None);
@@ -777,5 +778,6 @@ async fn streams_share_one_loaded_model() {
         .as_ref()
         .expect("the server's model cache");
     assert_eq!(models.len(), 1);
+    assert_eq!(state.shared_networks(), 1);
     state.stop_all();
 }

@@ -48,6 +48,8 @@ struct Request {
 pub struct SharedDetector {
     /// Network calls and the frames they took, so far.
     counts: Arc<BatchCounts>,
+    /// Counts the handles (the scheduler thread holds none).
+    handle: Arc<()>,
     /// For letterboxing on the caller's thread (weights are shared, not copied).
     model: YoloModel,
     /// Display names of the classes.
@@ -81,6 +83,7 @@ impl SharedDetector {
             .spawn(move || schedule(detector, &queue, max_batch, settings.max_wait, &counted))?;
         Ok(Self {
             counts,
+            handle: Arc::default(),
             model,
             names: names.into(),
             requests,
@@ -90,6 +93,11 @@ impl SharedDetector {
     /// Display names of the classes.
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    /// Handles on this detector alive, this one included.
+    pub fn handles(&self) -> usize {
+        Arc::strong_count(&self.handle)
     }
 
     /// Network calls and frames so far.

@@ -24,6 +24,7 @@ use axum::routing::get;
 use prometheus_client::registry::Registry;
 
 use crate::config::Config;
+use crate::engine::{BatchSettings, SharedDetector};
 use crate::metrics::{MetricFamilies, StreamMetrics};
 use crate::model::ModelCache;
 use crate::setup::DetectorSpec;
@@ -95,6 +96,9 @@ pub struct AppState {
     metrics: MetricFamilies,
     /// Jobs run one after another (they would only slow each other down).
     job_slot: Arc<Mutex<()>>,
+    /// One network per detector setting that running streams use: their frames are
+    /// batched together (see [`AppState::shared_detector`]).
+    detectors: Mutex<HashMap<String, SharedDetector>>,
     next_id: AtomicU64,
 }
 
@@ -123,8 +127,56 @@ impl AppState {
             registry: Mutex::new(registry),
             metrics,
             job_slot: Arc::new(Mutex::new(())),
+            detectors: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(first_id),
         }))
+    }
+
+    /// `model` with the network that streams of the same detector settings share: their
+    /// frames go into its batches (at most one per running stream, without waiting for
+    /// more). A network no stream holds any more is stopped here, so varied settings do not
+    /// pile up threads.
+    pub fn shared_detector(&self, mut model: DetectorSpec) -> anyhow::Result<DetectorSpec> {
+        let key = format!(
+            "{:?}",
+            (
+                &model.model,
+                model.device,
+                model.input_size,
+                model.conf,
+                model.iou,
+                model.max_det,
+                model.agnostic_nms,
+                &model.classes,
+            )
+        );
+        let mut detectors = self.detectors.lock().unwrap_or_else(|e| e.into_inner());
+        detectors.retain(|_, shared| shared.handles() > 1);
+        let shared = match detectors.get(&key) {
+            Some(shared) => shared.clone(),
+            None => {
+                let (detector, names) = crate::setup::build_detector(&model, &self.config.config)?;
+                let settings = BatchSettings {
+                    max_batch: self.config.max_streams.max(1),
+                    max_wait: std::time::Duration::ZERO,
+                };
+                let shared = SharedDetector::start(detector, names, settings)?;
+                tracing::info!("started a network for the streams with detector settings {key}");
+                detectors.insert(key, shared.clone());
+                shared
+            }
+        };
+        model.shared = Some(shared);
+        Ok(model)
+    }
+
+    /// Networks shared by running streams (one per detector setting in use).
+    pub fn shared_networks(&self) -> usize {
+        let detectors = self.detectors.lock().unwrap_or_else(|e| e.into_inner());
+        detectors
+            .values()
+            .filter(|shared| shared.handles() > 1)
+            .count()
     }
 
     /// Starts the streams of the configuration, in order; the first one refused stops the

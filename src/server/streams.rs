@@ -448,7 +448,7 @@ fn run_live(
             results,
             view: Some(stream.view.clone()),
         };
-        let model = request.detect.apply(&state.config.model);
+        let model = state.shared_detector(request.detect.apply(&state.config.model))?;
         let report = run_stream(
             source,
             outputs,
