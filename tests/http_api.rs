@@ -781,3 +781,80 @@ async fn streams_share_one_loaded_model() {
     assert_eq!(state.shared_networks(), 1);
     state.stop_all();
 }
+
+/// A stream brings its own zones, tracker settings and calibration (the server's
+/// configuration has none): its counters show its area, its tracks get speeds, a speed limit
+/// under every vehicle's speed raises events, and the calibration is kept beside its
+/// results. Unusable settings are refused with the part named.
+#[tokio::test]
+async fn a_stream_brings_its_own_zones_tracker_and_calibration() {
+    let server = TestServer::new("per-stream", None);
+    for (bad, part) in [
+        (
+            json!({"tracker": {"high_thresh": 2.0}}),
+            "tracker: high_thresh",
+        ),
+        (
+            json!({"zones": {"areas": [{"name": "a", "polygon": [[0, 0], [9, 9]]}]}}),
+            "zones: ",
+        ),
+        (
+            json!({"calibration": {"image_points": [[0, 0]]}}),
+            "calibration: ",
+        ),
+    ] {
+        let mut body = bad.clone();
+        body["source"] = json!("traffic-640x360.mp4");
+        let (status, answer) = server
+            .call("POST", "/v1/streams", Some(&body.to_string()))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().starts_with(part),
+            "{bad}: {answer}"
+        );
+    }
+
+    let body = json!({
+        "source": "traffic-640x360.mp4",
+        "record": true,
+        "zones": {"areas": [{"name": "road", "polygon": [[0, 120], [640, 120], [640, 360], [0, 360]]}]},
+        "tracker": {"track_buffer": 0.5},
+        "calibration": {"metres_per_pixel": 0.05, "speed_limit": 1.0},
+    });
+    let (status, created) = server
+        .call("POST", "/v1/streams", Some(&body.to_string()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    let uri = format!("/v1/streams/{id}");
+    let view = server
+        .poll(
+            &uri,
+            Duration::from_secs(120),
+            "no entry into the area",
+            |view| {
+                view["zones"]["areas"]["road"]
+                    .as_object()
+                    .is_some_and(|classes| !classes.is_empty())
+            },
+        )
+        .await;
+    assert_eq!(view["status"], "running", "{view}");
+    let events = server.results.join(&id).join("events.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = std::fs::read_to_string(&events).unwrap_or_default();
+        if text.contains("\"speed_limit\"") {
+            assert!(text.contains("\"speed\":"), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no speed-limit event: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let kept = std::fs::read_to_string(server.results.join(&id).join("calibration.toml")).unwrap();
+    assert!(kept.contains("metres_per_pixel = 0.05"), "{kept}");
+    let (status, stopped) = server.call("DELETE", &uri, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stopped["status"], "stopped", "{stopped}");
+}

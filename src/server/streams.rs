@@ -24,14 +24,17 @@ use super::AppState;
 use super::error::ApiError;
 use super::jobs::DetectionOverrides;
 use super::worker::Worker;
+use crate::config::Config;
 use crate::job::{OutputSpec, StreamTaps, run_stream};
 use crate::live_view::LiveView;
 use crate::metrics::StreamMetrics;
 use crate::pipeline::{LiveOptions, Mode, RunOptions};
 use crate::sinks::SinkSettings;
+use crate::speed::{Calibration, CalibrationFile};
+use crate::track::TrackerConfig;
 use crate::video::live::{LiveSourceOptions, LiveSpec, open_live_source};
 use crate::video::rtsp::without_credentials;
-use crate::zones::ZoneCounts;
+use crate::zones::{ZoneCounts, ZonesConfig};
 
 /// Result lines kept for slow event subscribers before they miss some.
 const EVENT_BACKLOG: usize = 256;
@@ -69,6 +72,29 @@ pub struct StreamRequest {
     pub sinks: Option<SinkSettings>,
     /// Frames per second of the live view (`/mjpeg`), at most 30; 5 unless given.
     pub view_fps: Option<f64>,
+    /// Counting lines and areas of this camera instead of the configuration's `[zones]`.
+    pub zones: Option<ZonesConfig>,
+    /// Tracker settings of this stream instead of the configuration's `[tracker]` (keys left
+    /// out take ByteTrack's defaults).
+    pub tracker: Option<TrackerConfig>,
+    /// This camera's calibration (the calibration file's keys) instead of the
+    /// configuration's: speeds are measured with it.
+    pub calibration: Option<CalibrationFile>,
+}
+
+impl StreamRequest {
+    /// The configuration this stream runs with: the server's, with the stream's own zones
+    /// and tracker settings in place of the server's.
+    fn stream_config(&self, server: &Config) -> Config {
+        let mut config = server.clone();
+        if let Some(zones) = &self.zones {
+            config.zones = zones.clone();
+        }
+        if let Some(tracker) = &self.tracker {
+            config.tracker = tracker.clone();
+        }
+        config
+    }
 }
 
 /// Where a stream is in its life.
@@ -207,12 +233,43 @@ async fn create(
     ))
 }
 
+/// Writes `calibration` as a calibration file at `path`.
+fn write_calibration(
+    calibration: &CalibrationFile,
+    path: &std::path::Path,
+) -> Result<std::path::PathBuf, ApiError> {
+    toml::to_string(calibration)
+        .map_err(|e| e.to_string())
+        .and_then(|text| std::fs::write(path, text).map_err(|e| e.to_string()))
+        .map(|()| path.to_path_buf())
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{}: cannot write the calibration: {e}", path.display()),
+            )
+        })
+}
+
 /// Checks `request` and starts its stream, as `POST /v1/streams` and `serve --streams` do.
 pub(super) fn start(
     state: &Arc<AppState>,
     request: StreamRequest,
 ) -> Result<Arc<LiveStream>, ApiError> {
     request.detect.validate()?;
+    if let Some(zones) = &request.zones {
+        zones
+            .validate()
+            .map_err(|e| ApiError::bad_request(format!("zones: {e}")))?;
+    }
+    if let Some(tracker) = &request.tracker {
+        tracker
+            .validate()
+            .map_err(|e| ApiError::bad_request(format!("tracker: {e}")))?;
+    }
+    if let Some(calibration) = &request.calibration {
+        Calibration::from_file(calibration.clone())
+            .map_err(|e| ApiError::bad_request(format!("calibration: {e}")))?;
+    }
     if let Some(sinks) = &request.sinks {
         sinks
             .validate()
@@ -275,8 +332,16 @@ pub(super) fn start(
         record: request.record.then(|| dir.join("events.jsonl")),
         view: Arc::new(LiveView::new(view_fps)),
     });
+    // The stream's own calibration goes beside its results, where the run reads it (and
+    // where it stays as a record of what the speeds were measured with).
+    let calibration = request
+        .calibration
+        .as_ref()
+        .map(|calibration| write_calibration(calibration, &dir.join("calibration.toml")))
+        .transpose()?;
     let outputs = OutputSpec {
         events: stream.record.clone(),
+        calibration,
         output: request.video.then(|| match request.segment_s {
             Some(_) => dir.join("annotated-%Y%m%d-%H%M%S.mp4"),
             None => dir.join("annotated.mp4"),
@@ -453,7 +518,7 @@ fn run_live(
             source,
             outputs,
             &model,
-            &state.config.config,
+            &request.stream_config(&state.config.config),
             &options,
             taps,
         )?;

@@ -4,5 +4,5 @@ pub mod calibration;
 pub mod estimator;
 pub mod homography;
 
-pub use calibration::{Calibration, SpeedUnit};
+pub use calibration::{Calibration, CalibrationFile, SpeedUnit};
 pub use estimator::{MotionModel, SpeedConfig, SpeedEstimator, TrackSummary};
