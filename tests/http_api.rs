@@ -45,6 +45,7 @@ fn server_config(name: &str, token: Option<&str>) -> ServerConfig {
         config: Config::default(),
         max_streams: server::DEFAULT_MAX_STREAMS,
         keep_jobs: server::DEFAULT_KEEP_JOBS,
+        max_jobs: server::DEFAULT_MAX_JOBS,
         idle_timeout: server::DEFAULT_IDLE_TIMEOUT,
         streams: Vec::new(),
     }
@@ -857,4 +858,52 @@ async fn a_stream_brings_its_own_zones_tracker_and_calibration() {
     let (status, stopped) = server.call("DELETE", &uri, None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(stopped["status"], "stopped", "{stopped}");
+}
+
+/// With `max_jobs` 2, two jobs run at once and a third waits queued until one of them ends.
+#[tokio::test]
+async fn jobs_run_concurrently_up_to_the_limit() {
+    let mut config = server_config("max-jobs", None);
+    config.max_jobs = 2;
+    let server = TestServer::with_config(config);
+    let body =
+        json!({"input": "traffic-640x360.mp4", "max_frames": 300, "detect": {"input_size": 160}});
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (status, created) = server
+            .call("POST", "/v1/jobs", Some(&body.to_string()))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        ids.push(created["id"].as_str().unwrap().to_string());
+    }
+    let statuses = |jobs: &Value| -> Vec<String> {
+        ids.iter()
+            .map(|id| {
+                let job = jobs
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|job| job["id"] == id.as_str())
+                    .unwrap();
+                job["status"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    let jobs = server
+        .poll(
+            "/v1/jobs",
+            Duration::from_secs(120),
+            "two jobs running",
+            |jobs| statuses(jobs).iter().filter(|s| *s == "running").count() == 2,
+        )
+        .await;
+    assert!(statuses(&jobs).contains(&"queued".to_string()), "{jobs}");
+    server
+        .poll(
+            "/v1/jobs",
+            Duration::from_secs(300),
+            "every job done",
+            |jobs| statuses(jobs).iter().all(|s| s == "done"),
+        )
+        .await;
 }

@@ -46,6 +46,7 @@ fn server_config(name: &str) -> ServerConfig {
         config: Config::load(&config_path).unwrap(),
         max_streams: server::DEFAULT_MAX_STREAMS,
         keep_jobs: server::DEFAULT_KEEP_JOBS,
+        max_jobs: server::DEFAULT_MAX_JOBS,
         idle_timeout: server::DEFAULT_IDLE_TIMEOUT,
         streams: Vec::new(),
     }

@@ -31,6 +31,9 @@ pub struct ServeArgs {
     /// (their results stay on disk).
     #[arg(long, default_value_t = streamtrack::server::DEFAULT_KEEP_JOBS)]
     keep_jobs: usize,
+    /// Jobs processed at once; more wait in the queue.
+    #[arg(long, default_value_t = streamtrack::server::DEFAULT_MAX_JOBS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=64))]
+    max_jobs: usize,
     /// Close a connection after this many seconds without a byte either way.
     #[arg(long, default_value_t = streamtrack::server::DEFAULT_IDLE_TIMEOUT.as_secs_f64())]
     idle_timeout: f64,
@@ -54,6 +57,7 @@ pub fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
         config,
         max_streams: args.max_streams,
         keep_jobs: args.keep_jobs,
+        max_jobs: args.max_jobs,
         idle_timeout: Duration::try_from_secs_f64(args.idle_timeout)
             .ok()
             .filter(|t| !t.is_zero())

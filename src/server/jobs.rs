@@ -3,7 +3,7 @@
 //! `DELETE /v1/jobs/{id}` cancels (the outputs keep what was processed).
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -285,13 +285,57 @@ fn find(state: &AppState, id: &str) -> Result<Arc<Job>, ApiError> {
         .ok_or_else(|| ApiError::not_found("job", id))
 }
 
+/// Turns to run a job: a counting semaphore of `max_jobs` slots.
+pub(super) struct JobSlots {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+/// A job's turn, given back when dropped.
+pub(super) struct Turn<'a>(&'a JobSlots);
+
+impl JobSlots {
+    pub(super) fn new(slots: usize) -> Self {
+        Self {
+            free: Mutex::new(slots.max(1)),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Waits for a free slot; `None` as soon as `cancelled` says so (checked at least every
+    /// 100 ms), so a cancelled job leaves the queue at once.
+    fn take(&self, cancelled: impl Fn() -> bool) -> Option<Turn<'_>> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if cancelled() {
+                return None;
+            }
+            if *free > 0 {
+                *free -= 1;
+                return Some(Turn(self));
+            }
+            free = self
+                .freed
+                .wait_timeout(free, std::time::Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.0.freed.notify_one();
+    }
+}
+
 /// The worker: waits its turn, then processes the file into the results folder.
 fn run_job(state: &AppState, job: &Job, input: PathBuf, request: &JobRequest) {
-    let _turn = state.job_slot.lock().unwrap_or_else(|e| e.into_inner());
-    if job.worker.stop_requested() {
+    let Some(_turn) = state.job_slots.take(|| job.worker.stop_requested()) else {
         job.set(|s| s.status = JobStatus::Cancelled);
         return;
-    }
+    };
     job.set(|s| s.status = JobStatus::Running);
     tracing::info!("{}: processing {}", job.id, input.display());
     let outcome = (|| -> anyhow::Result<JobSummary> {

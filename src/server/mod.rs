@@ -73,6 +73,8 @@ pub struct ServerConfig {
     pub max_streams: usize,
     /// Finished jobs kept in memory; the oldest beyond this are forgotten.
     pub keep_jobs: usize,
+    /// Jobs processed at once; the others wait their turn, queued.
+    pub max_jobs: usize,
     /// A connection with no byte moving either way for this long is closed.
     pub idle_timeout: std::time::Duration,
     /// Streams started with the server, as if each had been posted to `/v1/streams`.
@@ -82,6 +84,9 @@ pub struct ServerConfig {
 /// Defaults of the limits in [`ServerConfig`].
 pub const DEFAULT_MAX_STREAMS: usize = 16;
 pub const DEFAULT_KEEP_JOBS: usize = 100;
+/// One job at a time: on a CPU a job already uses every core, and two would only slow each
+/// other down; on a GPU more may pay.
+pub const DEFAULT_MAX_JOBS: usize = 1;
 pub const DEFAULT_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Shared by every request.
@@ -94,8 +99,8 @@ pub struct AppState {
     registry: Mutex<Registry>,
     /// Every job's and stream's metrics, registered in `registry`.
     metrics: MetricFamilies,
-    /// Jobs run one after another (they would only slow each other down).
-    job_slot: Arc<Mutex<()>>,
+    /// Turns to run a job, `max_jobs` of them.
+    job_slots: jobs::JobSlots,
     /// One network per detector setting that running streams use: their frames are
     /// batched together (see [`AppState::shared_detector`]).
     detectors: Mutex<HashMap<String, SharedDetector>>,
@@ -120,13 +125,13 @@ impl AppState {
         let metrics = MetricFamilies::default();
         metrics.register(&mut registry);
         Ok(Arc::new(Self {
+            job_slots: jobs::JobSlots::new(config.max_jobs),
             config,
             media_root,
             jobs: Mutex::new(HashMap::new()),
             streams: Mutex::new(HashMap::new()),
             registry: Mutex::new(registry),
             metrics,
-            job_slot: Arc::new(Mutex::new(())),
             detectors: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(first_id),
         }))
