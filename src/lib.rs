@@ -11,12 +11,13 @@ pub mod detect;
 pub mod engine;
 pub mod eval;
 pub mod events;
+pub mod formats;
 pub mod geometry;
 pub mod job;
 pub mod live_view;
 pub mod metrics;
 pub mod model;
-pub mod motfile;
+
 pub mod output;
 pub mod pipeline;
 pub mod server;

@@ -288,15 +288,15 @@ fn mot_files() {
     let samples = mutate::samples([det, seqinfo], tags);
     let (ran, accepted) = mutate::run(&exclusive, "mot", &samples, 300, TEXT_LIMITS, |bytes| {
         through_file("case.txt", bytes, |path| {
-            use streamtrack::motfile;
-            let rows = motfile::read_rows(path);
-            let info = motfile::read_seqinfo(path);
+            use streamtrack::formats::mot;
+            let rows = mot::read_rows(path);
+            let info = mot::read_seqinfo(path);
             if let (Ok(rows), Ok(info)) = (&rows, &info) {
-                motfile::by_frame(rows, info.length);
+                mot::by_frame(rows, info.length);
             }
             if let Ok(rows) = &rows {
-                let frames = motfile::by_frame(rows, 1);
-                assert!(frames.len() <= motfile::MAX_FRAME as usize);
+                let frames = mot::by_frame(rows, 1);
+                assert!(frames.len() <= mot::MAX_FRAME as usize);
             }
             rows.is_ok() || info.is_ok()
         })

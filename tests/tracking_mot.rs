@@ -6,7 +6,7 @@ mod common;
 
 use common::data;
 use streamtrack::eval::mot::{MotCounts, evaluate};
-use streamtrack::motfile::{read_rows, read_seqinfo};
+use streamtrack::formats::mot::{read_rows, read_seqinfo};
 use streamtrack::track::{TrackerConfig, track_mot_rows};
 
 /// Combined figures of the four MOT17 sequences under `config`.

@@ -1,12 +1,13 @@
 //! `detect`: detections on images, folders or videos, as a summary, JSON and YOLO labels.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
 use streamtrack::annotate::{Annotation, Annotator};
 use streamtrack::config::Config;
 use streamtrack::detect::Detection;
+use streamtrack::formats::{detection_json, yolo_labels};
 use streamtrack::setup;
 use streamtrack::video::{self, images};
 
@@ -28,26 +29,6 @@ pub struct DetectArgs {
     save_dir: Option<PathBuf>,
     #[command(flatten)]
     model: ModelFlags,
-}
-
-/// One image's detections in the reference JSON shape.
-pub fn detections_json(
-    image: &str,
-    imgsz: u32,
-    detections: &[Detection],
-    names: &[String],
-) -> serde_json::Value {
-    let round = |v: f32, places: i32| (v as f64 * 10f64.powi(places)).round() / 10f64.powi(places);
-    serde_json::json!({
-        "image": image,
-        "imgsz": imgsz,
-        "detections": detections.iter().map(|d| serde_json::json!({
-            "xyxy": [round(d.bbox.x1, 3), round(d.bbox.y1, 3), round(d.bbox.x2, 3), round(d.bbox.y2, 3)],
-            "conf": round(d.score, 5),
-            "cls": d.class_id,
-            "name": names[d.class_id],
-        })).collect::<Vec<_>>(),
-    })
 }
 
 pub fn detect(args: DetectArgs, config: Config) -> anyhow::Result<()> {
@@ -90,7 +71,7 @@ pub fn detect(args: DetectArgs, config: Config) -> anyhow::Result<()> {
                     stem
                 };
                 if let Some(dir) = &args.labels {
-                    write_yolo_labels(
+                    yolo_labels::write(
                         &dir.join(format!("{stem}.txt")),
                         &detections,
                         frame.image.dimensions(),
@@ -115,7 +96,12 @@ pub fn detect(args: DetectArgs, config: Config) -> anyhow::Result<()> {
                         .map(|n| n.to_string_lossy().to_string())
                         .unwrap_or_default()
                 };
-                records.push(detections_json(&name, imgsz, &detections, &names));
+                records.push(detection_json::image_detections(
+                    &name,
+                    imgsz,
+                    &detections,
+                    &names,
+                ));
             }
         }
     }
@@ -152,28 +138,4 @@ pub fn summary_line(detections: &[Detection], names: &[String]) -> String {
         .map(|(c, n)| format!("{n} {}", names[*c]))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-pub fn write_yolo_labels(
-    path: &Path,
-    detections: &[Detection],
-    (w, h): (u32, u32),
-) -> anyhow::Result<()> {
-    let (w, h) = (w as f32, h as f32);
-    let lines: String = detections
-        .iter()
-        .map(|d| {
-            let (cx, cy) = d.bbox.centre();
-            format!(
-                "{} {:.6} {:.6} {:.6} {:.6} {:.5}\n",
-                d.class_id,
-                cx / w,
-                cy / h,
-                d.bbox.width() / w,
-                d.bbox.height() / h,
-                d.score
-            )
-        })
-        .collect();
-    std::fs::write(path, lines).with_context(|| format!("{}: cannot write", path.display()))
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use streamtrack::config::Config;
-use streamtrack::motfile;
+use streamtrack::formats::mot;
 
 #[derive(Subcommand)]
 pub enum EvalCommand {
@@ -67,18 +67,18 @@ pub fn eval_mot(args: EvalMotArgs, config: Config) -> anyhow::Result<()> {
     );
     for seq in &args.sequences {
         let dir = args.gt_root.join(seq);
-        let info = motfile::read_seqinfo(&dir.join("seqinfo.ini"))?;
+        let info = mot::read_seqinfo(&dir.join("seqinfo.ini"))?;
         let res_path = args.res.join(format!("{seq}.txt"));
         if args.track {
-            let dets = motfile::read_rows(&dir.join("det.txt"))?;
-            motfile::write_results(
+            let dets = mot::read_rows(&dir.join("det.txt"))?;
+            mot::write_results(
                 &res_path,
                 &streamtrack::track::track_mot_rows(&dets, &info, &config.tracker),
             )?;
         }
         let counts = evaluate(
-            &motfile::read_rows(&dir.join("gt.txt"))?,
-            &motfile::read_rows(&res_path)?,
+            &mot::read_rows(&dir.join("gt.txt"))?,
+            &mot::read_rows(&res_path)?,
             info.length,
         );
         print_mot_row(seq, &counts.summary());

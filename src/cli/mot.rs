@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use streamtrack::config::Config;
-use streamtrack::motfile;
+use streamtrack::formats::mot;
 
 #[derive(Args)]
 pub struct TrackArgs {
@@ -20,10 +20,10 @@ pub struct TrackArgs {
 }
 
 pub fn track(args: TrackArgs, config: Config) -> anyhow::Result<()> {
-    let info = motfile::read_seqinfo(&args.seqinfo)?;
-    let detections = motfile::read_rows(&args.det)?;
+    let info = mot::read_seqinfo(&args.seqinfo)?;
+    let detections = mot::read_rows(&args.det)?;
     let results = streamtrack::track::track_mot_rows(&detections, &info, &config.tracker);
-    motfile::write_results(&args.output, &results)?;
+    mot::write_results(&args.output, &results)?;
     let ids: std::collections::HashSet<i64> = results.iter().map(|r| r.id).collect();
     report!(
         "{} frames, {} tracks, {} boxes -> {}",

@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
 use clap::Args;
 use streamtrack::config::Config;
+use streamtrack::eval::detection::DetectionEval;
+use streamtrack::formats::yolo_labels;
 use streamtrack::setup;
 use streamtrack::video::images;
 
@@ -20,7 +21,6 @@ pub struct ValArgs {
 }
 
 pub fn val(args: ValArgs, config: Config) -> anyhow::Result<()> {
-    use streamtrack::eval::detection::{DetectionEval, Label};
     // Validation scores the whole precision-recall curve: keep low-confidence boxes.
     let mut model = args.model.into_spec(&config);
     model.conf = Some(model.conf.unwrap_or(0.001));
@@ -29,7 +29,6 @@ pub fn val(args: ValArgs, config: Config) -> anyhow::Result<()> {
     let mut eval = DetectionEval::new();
     for file in &files {
         let image = images::read_image(file)?;
-        let (w, h) = (image.width() as f32, image.height() as f32);
         let stem = file
             .file_stem()
             .unwrap_or_default()
@@ -37,37 +36,7 @@ pub fn val(args: ValArgs, config: Config) -> anyhow::Result<()> {
             .to_string();
         let label_path = args.data.join("labels").join(format!("{stem}.txt"));
         let text = std::fs::read_to_string(&label_path).unwrap_or_default();
-        let mut labels = Vec::new();
-        for (n, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            let v: Vec<f32> = line
-                .split_whitespace()
-                .map(str::parse)
-                .collect::<Result<_, _>>()
-                .with_context(|| {
-                    format!("{}:{}: not a YOLO label line", label_path.display(), n + 1)
-                })?;
-            if v.len() < 5 || v[0] < 0.0 || v[0] as usize >= names.len() {
-                bail!(
-                    "{}:{}: expected 'class cx cy w h' with a class below {}",
-                    label_path.display(),
-                    n + 1,
-                    names.len()
-                );
-            }
-            labels.push(Label {
-                bbox: streamtrack::geometry::BBox::from_cxcywh(
-                    v[1] * w,
-                    v[2] * h,
-                    v[3] * w,
-                    v[4] * h,
-                ),
-                class_id: v[0] as usize,
-            });
-        }
+        let labels = yolo_labels::parse(&text, &label_path, names.len(), image.dimensions())?;
         eval.add_image(&detector.detect(&image), &labels);
     }
     let m = eval.metrics();

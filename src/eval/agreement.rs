@@ -5,8 +5,9 @@
 
 use std::path::PathBuf;
 
-use super::detection::{DetectionEval, DetectionMetrics, Label};
+use super::detection::{DetectionEval, DetectionMetrics};
 use crate::detect::Detector;
+use crate::formats::yolo_labels::Label;
 use crate::video::{self, VideoError};
 
 /// Agreement over evenly spaced frames of each video.

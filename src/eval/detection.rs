@@ -2,20 +2,13 @@
 //! confidence of maximum mean F1, mAP50 and mAP50-95 with COCO 101-point interpolation.
 
 use crate::detect::Detection;
-use crate::geometry::BBox;
+use crate::formats::yolo_labels::Label;
 
 /// IoU thresholds 0.50, 0.55, ..., 0.95.
 const IOU_THRESHOLDS: usize = 10;
 
 fn iou_threshold(k: usize) -> f32 {
     0.5 + 0.05 * k as f32
-}
-
-/// A ground-truth object.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Label {
-    pub bbox: BBox,
-    pub class_id: usize,
 }
 
 /// Accumulates predictions and labels over a dataset.
@@ -226,6 +219,7 @@ fn smooth(y: &[f64], fraction: f64) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::geometry::BBox;
 
     fn det(x: f32, score: f32) -> Detection {
         Detection {

@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 
+use crate::formats::mot::MotRow;
 use crate::geometry::BBox;
-use crate::motfile::MotRow;
 use crate::track::assignment::linear_sum_assignment;
 
 const EPS: f64 = f64::EPSILON;
@@ -53,9 +53,9 @@ impl SequenceData {
     /// Preprocesses ground truth and tracker rows of a sequence of `length` frames.
     /// Distractor removal runs when the ground truth carries classes (MOT16/17/20).
     pub fn new(gt_rows: &[MotRow], tracker_rows: &[MotRow], length: u32) -> Self {
-        let gt_frames = crate::motfile::by_frame(gt_rows, length);
+        let gt_frames = crate::formats::mot::by_frame(gt_rows, length);
         let length = gt_frames.len() as u32;
-        let tr_frames = crate::motfile::by_frame(tracker_rows, length);
+        let tr_frames = crate::formats::mot::by_frame(tracker_rows, length);
         // MOT16/17/20 ground truth has a class on every row (MOT15's has world coordinates).
         let with_classes = !gt_rows.is_empty()
             && gt_rows

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::detect::Detection;
-use crate::motfile::{self, MotRow};
+use crate::formats::mot::{self, MotRow};
 use crate::speed::{Calibration, SpeedConfig, SpeedEstimator};
 use crate::track::assignment::assign_with_limit;
 use crate::track::{Tracker, TrackerConfig};
@@ -112,13 +112,13 @@ pub fn compare_sequence(
     speed: &SpeedConfig,
     frame_step: u32,
 ) -> anyhow::Result<SpeedErrors> {
-    let info = motfile::read_seqinfo(&dir.join("seqinfo.ini"))?;
+    let info = mot::read_seqinfo(&dir.join("seqinfo.ini"))?;
     let calibration = Calibration::load(&dir.join("calibration.toml"))?;
     calibration
         .check_image_size(info.width, info.height)
         .map_err(|e| anyhow::anyhow!("{}: {e}", dir.join("calibration.toml").display()))?;
-    let dets = motfile::by_frame(&motfile::read_rows(&dir.join("det.txt"))?, info.length);
-    let gt = motfile::by_frame(&motfile::read_rows(&dir.join("gt.txt"))?, info.length);
+    let dets = mot::by_frame(&mot::read_rows(&dir.join("det.txt"))?, info.length);
+    let gt = mot::by_frame(&mot::read_rows(&dir.join("gt.txt"))?, info.length);
     let gt_speed = read_gt_speed(&dir.join("gt_speed.csv"))?;
     let mut first_frame: HashMap<i64, u32> = HashMap::new();
     for row in gt.iter().flatten() {

@@ -206,7 +206,7 @@ impl ResultWriters {
         }
         if let Some(out) = self.mot.as_mut() {
             for t in &record.tracks {
-                let row = crate::motfile::MotRow {
+                let row = crate::formats::mot::MotRow {
                     frame: record.frame as u32 + 1,
                     id: t.id as i64,
                     bbox: t.bbox(),
@@ -214,7 +214,7 @@ impl ResultWriters {
                     class: None,
                     visibility: None,
                 };
-                out.line(&crate::motfile::result_line(&row));
+                out.line(&crate::formats::mot::result_line(&row));
             }
             out.flush()?;
         }

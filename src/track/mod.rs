@@ -157,20 +157,23 @@ impl Tracker {
 /// Runs the tracker over MOTChallenge detection rows of a sequence and returns result rows
 /// (`frame, id, box, score`), frame by frame.
 pub fn track_mot_rows(
-    detections: &[crate::motfile::MotRow],
-    info: &crate::motfile::SeqInfo,
+    detections: &[crate::formats::mot::MotRow],
+    info: &crate::formats::mot::SeqInfo,
     config: &TrackerConfig,
-) -> Vec<crate::motfile::MotRow> {
+) -> Vec<crate::formats::mot::MotRow> {
     let mut tracker = Tracker::new(config.clone(), info.frame_rate);
     let mut out = Vec::new();
-    for (f, rows) in crate::motfile::by_frame(detections, info.length)
+    for (f, rows) in crate::formats::mot::by_frame(detections, info.length)
         .iter()
         .enumerate()
     {
         let frame = f as u32 + 1;
-        let dets: Vec<Detection> = rows.iter().map(crate::motfile::MotRow::detection).collect();
+        let dets: Vec<Detection> = rows
+            .iter()
+            .map(crate::formats::mot::MotRow::detection)
+            .collect();
         for t in tracker.update(&dets, f as f64 / info.frame_rate) {
-            out.push(crate::motfile::MotRow {
+            out.push(crate::formats::mot::MotRow {
                 frame,
                 id: t.track_id as i64,
                 bbox: t.bbox,
