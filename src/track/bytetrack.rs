@@ -39,6 +39,12 @@ struct Track {
     /// The filter just after the last match, and that match's measurement: where an
     /// observation-centric re-update starts from.
     last_observation: (Gaussian, Measurement),
+    /// Centres of the latest matches, newest last, with their frames (at most
+    /// [`OCM_DELTA_FRAMES`] + 1): where the momentum term measures directions from.
+    recent_centres: Vec<(u64, [f64; 2])>,
+    /// Unit direction of motion over the latest matches (OC-SORT's "inertia"), once the
+    /// track has moved.
+    direction: Option<[f64; 2]>,
 }
 
 impl Track {
@@ -72,12 +78,87 @@ impl Track {
             kalman::update(&mut self.kf, det.measurement, noise_scale);
         }
         self.last_observation = (self.kf.clone(), det.measurement);
+        let centre = [det.measurement[0], det.measurement[1]];
+        if let Some(direction) = unit(self.momentum_origin(frame), centre) {
+            self.direction = Some(direction);
+        }
+        self.recent_centres.push((frame, centre));
+        if self.recent_centres.len() > OCM_DELTA_FRAMES as usize + 1 {
+            self.recent_centres.remove(0);
+        }
         self.state = State::Tracked;
         self.activated = true;
         self.score = det.score;
         self.class_id = det.class_id;
         self.detection_index = det.index;
         self.end_frame = frame;
+    }
+}
+
+impl Track {
+    /// Where directions of motion are measured from at `frame`: the match
+    /// [`OCM_DELTA_FRAMES`] frames earlier, else the nearest to that of the later ones, else
+    /// the latest (as OC-SORT picks its previous observation).
+    fn momentum_origin(&self, frame: u64) -> [f64; 2] {
+        (1..=OCM_DELTA_FRAMES)
+            .rev()
+            .find_map(|dt| {
+                let wanted = frame.checked_sub(dt)?;
+                self.recent_centres
+                    .iter()
+                    .find(|(f, _)| *f == wanted)
+                    .map(|(_, c)| *c)
+            })
+            .or_else(|| self.recent_centres.last().map(|(_, c)| *c))
+            .unwrap_or([self.last_observation.1[0], self.last_observation.1[1]])
+    }
+}
+
+/// The unit vector from `from` to `to`, if they differ.
+fn unit(from: [f64; 2], to: [f64; 2]) -> Option<[f64; 2]> {
+    let (dx, dy) = (to[0] - from[0], to[1] - from[1]);
+    let length = dx.hypot(dy);
+    (length > 1e-6).then(|| [dx / length, dy / length])
+}
+
+/// How many frames back OC-SORT's momentum term measures a track's direction of motion
+/// (its `delta_t`).
+const OCM_DELTA_FRAMES: u64 = 3;
+
+/// OC-SORT's momentum term (OCM) on a first-association cost matrix: each pair a gate
+/// already admits gets cheaper the better the direction from the track's recent position to
+/// the detection agrees with the track's direction of motion (by up to `weight / 2`, times
+/// the detection's score), dearer the worse it agrees; costs stay inside the gate.
+fn add_momentum(
+    cost: &mut [f64],
+    tracks: &[Track],
+    dets: &[Candidate],
+    weight: f64,
+    frame: u64,
+    gate: f64,
+) {
+    if weight == 0.0 || dets.is_empty() {
+        return;
+    }
+    for (row, track) in cost.chunks_exact_mut(dets.len()).zip(tracks) {
+        let Some(direction) = track.direction else {
+            continue;
+        };
+        let origin = track.momentum_origin(frame);
+        for (c, det) in row.iter_mut().zip(dets) {
+            if *c >= gate {
+                continue;
+            }
+            let centre = [det.measurement[0], det.measurement[1]];
+            let Some(towards) = unit(origin, centre) else {
+                continue;
+            };
+            let cosine = (direction[0] * towards[0] + direction[1] * towards[1]).clamp(-1.0, 1.0);
+            // (pi/2 - angle) / pi: 0.5 along the motion, -0.5 against it.
+            let agreement = (std::f64::consts::FRAC_PI_2 - cosine.acos()) / std::f64::consts::PI;
+            let adjusted = *c - weight * agreement * det.score as f64;
+            *c = adjusted.clamp(0.0, gate.next_down());
+        }
     }
 }
 
@@ -183,7 +264,15 @@ impl ByteTracker {
         let mut lost_now: Vec<Track> = Vec::new();
 
         // First association: pool x high-score detections.
-        let cost = iou_cost(&pool, &high, cfg.fuse_score);
+        let mut cost = iou_cost(&pool, &high, cfg.fuse_score);
+        add_momentum(
+            &mut cost,
+            &pool,
+            &high,
+            cfg.ocm.into(),
+            frame,
+            cfg.match_thresh.into(),
+        );
         let first = assign_with_limit(&cost, pool.len(), high.len(), cfg.match_thresh as f64);
         let mut pool_slots: Vec<Option<Track>> = pool.into_iter().map(Some).collect();
         for &(ti, di) in &first.matches {
@@ -245,6 +334,8 @@ impl ByteTracker {
             activated.push(Track {
                 id,
                 last_observation: (kf.clone(), det.measurement),
+                recent_centres: vec![(frame, [det.measurement[0], det.measurement[1]])],
+                direction: None,
                 kf,
                 state: State::Tracked,
                 activated: frame == 1,
@@ -356,6 +447,46 @@ mod tests {
             .enumerate()
             .map(|(i, dets)| tracker.update(dets, i as f64 / fps, next_id))
             .collect()
+    }
+
+    /// The momentum term: for a track moving right, a detection ahead of it costs less and
+    /// one behind it more than their IoU alone says, by at most half the weight times the
+    /// score; pairs the gate refuses stay refused, and a track without motion is left alone.
+    #[test]
+    fn momentum_favours_detections_along_the_motion() {
+        let mut tracker = ByteTracker::new(TrackerConfig::default(), 30.0);
+        let mut next_id = 1;
+        let frames: Vec<Vec<Detection>> = (0..6).map(|i| vec![det(5.0 * i as f32, 0.9)]).collect();
+        run(&mut tracker, &frames, 30.0, &mut next_id);
+        let moving = tracker.tracked[0].clone();
+        assert_eq!(
+            moving.direction.map(|d| d.map(|v| v.round())),
+            Some([1.0, 0.0])
+        );
+        let still = Track {
+            direction: None,
+            ..moving.clone()
+        };
+        let dets = [
+            Candidate::new(0, &det(40.0, 0.9)),
+            Candidate::new(1, &det(10.0, 0.9)),
+            Candidate::new(2, &det(400.0, 0.9)),
+        ];
+        let gate = 0.8;
+        let plain = iou_cost(&[moving.clone(), still.clone()], &dets, true);
+        let mut cost = plain.clone();
+        add_momentum(&mut cost, &[moving, still], &dets, 0.2, 7, gate);
+        assert!(
+            cost[0] < plain[0] && plain[0] - cost[0] <= 0.1 * 0.9 + 1e-9,
+            "{cost:?}"
+        );
+        assert!(
+            cost[1] > plain[1] && cost[1] - plain[1] <= 0.1 * 0.9 + 1e-9,
+            "{cost:?}"
+        );
+        assert!(cost[..2].iter().all(|&c| c < gate));
+        assert_eq!(cost[2], plain[2], "outside the gate");
+        assert_eq!(cost[3..], plain[3..], "no motion, no momentum");
     }
 
     /// An object moving 5 px a frame vanishes for five frames and comes back having moved

@@ -43,6 +43,10 @@ pub struct TrackerConfig {
     /// last observation to the new one (OC-SORT's observation-centric re-update) instead of
     /// correcting the drifted prediction once.
     pub oru: bool,
+    /// Weight of OC-SORT's momentum term in the first association: a match whose direction
+    /// from the track's position three frames ago agrees with the track's direction of
+    /// motion costs less (0.2 in OC-SORT; 0 leaves it out).
+    pub ocm: f32,
 }
 
 impl Default for TrackerConfig {
@@ -58,6 +62,7 @@ impl Default for TrackerConfig {
             report_new_tracks: false,
             nsa: false,
             oru: false,
+            ocm: 0.0,
         }
     }
 }
@@ -70,6 +75,7 @@ impl TrackerConfig {
         in_range("low_thresh", self.low_thresh.into(), 0.0, 1.0)?;
         in_range("new_track_thresh", self.new_track_thresh.into(), 0.0, 1.0)?;
         in_range("match_thresh", self.match_thresh.into(), 0.0, 1.0)?;
+        in_range("ocm", self.ocm.into(), 0.0, 1.0)?;
         at_least("track_buffer", self.track_buffer, 0.0)
     }
 }
