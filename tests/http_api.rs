@@ -72,6 +72,17 @@ impl TestServer {
         api::call(&self.app, TOKEN, method, uri, body).await
     }
 
+    /// Posts `body` to `uri` `count` times; the ids created.
+    async fn create_many(&self, uri: &str, body: &Value, count: usize) -> Vec<String> {
+        let mut ids = Vec::new();
+        for _ in 0..count {
+            let (status, created) = self.call("POST", uri, Some(&body.to_string())).await;
+            assert_eq!(status, StatusCode::CREATED, "{created}");
+            ids.push(created["id"].as_str().unwrap().to_string());
+        }
+        ids
+    }
+
     /// [`api::poll`] on this server.
     async fn poll(
         &self,
@@ -689,14 +700,7 @@ async fn finished_jobs_beyond_the_limit_and_deleted_streams_are_forgotten() {
     };
     let body =
         json!({"input": "traffic-640x360.mp4", "max_frames": 2, "detect": {"input_size": 64}});
-    let mut ids = Vec::new();
-    for _ in 0..2 {
-        let (status, created) = server
-            .call("POST", "/v1/jobs", Some(&body.to_string()))
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{created}");
-        ids.push(created["id"].as_str().unwrap().to_string());
-    }
+    let ids = server.create_many("/v1/jobs", &body, 2).await;
     let deadline = Instant::now() + Duration::from_secs(300);
     let uri = format!("/v1/jobs/{}", ids[1]);
     server
@@ -754,14 +758,7 @@ async fn streams_share_one_loaded_model() {
         results,
     };
     let body = json!({"source": "traffic-640x360.mp4", "target_fps": 2.0});
-    let mut ids = Vec::new();
-    for _ in 0..2 {
-        let (status, created) = server
-            .call("POST", "/v1/streams", Some(&body.to_string()))
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{created}");
-        ids.push(created["id"].as_str().unwrap().to_string());
-    }
+    let ids = server.create_many("/v1/streams", &body, 2).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     for id in &ids {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -868,14 +865,7 @@ async fn jobs_run_concurrently_up_to_the_limit() {
     let server = TestServer::with_config(config);
     let body =
         json!({"input": "traffic-640x360.mp4", "max_frames": 300, "detect": {"input_size": 160}});
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        let (status, created) = server
-            .call("POST", "/v1/jobs", Some(&body.to_string()))
-            .await;
-        assert_eq!(status, StatusCode::CREATED, "{created}");
-        ids.push(created["id"].as_str().unwrap().to_string());
-    }
+    let ids = server.create_many("/v1/jobs", &body, 3).await;
     let statuses = |jobs: &Value| -> Vec<String> {
         ids.iter()
             .map(|id| {
