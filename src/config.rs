@@ -32,6 +32,58 @@ pub struct Config {
     pub zones: ZonesConfig,
     /// Where events are published besides the result files (MQTT, webhooks).
     pub sinks: SinkSettings,
+    /// The cameras `live` runs when no `--source` is given (`[[streams]]`).
+    pub streams: Vec<StreamSection>,
+}
+
+/// `[[streams]]`: one camera of a `live` run, with what differs from the rest of the file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSection {
+    /// As `live --source`.
+    pub source: String,
+    /// The stream's name in outputs, events and `{stream}` (default: from the source).
+    pub name: Option<String>,
+    /// Annotated video, JSON lines, CSV, MOTChallenge tracks of this stream.
+    pub output: Option<PathBuf>,
+    pub events: Option<PathBuf>,
+    pub csv: Option<PathBuf>,
+    pub mot: Option<PathBuf>,
+    /// This camera's calibration file instead of the top-level `calibration`.
+    pub calibration: Option<PathBuf>,
+    /// This camera's lines and areas instead of `[zones]`.
+    pub zones: Option<ZonesConfig>,
+    /// This stream's tracker settings instead of `[tracker]`.
+    pub tracker: Option<TrackerConfig>,
+}
+
+impl StreamSection {
+    /// The configuration this stream runs with: `config` with the stream's zones and tracker
+    /// settings in place of its own.
+    pub fn apply(&self, config: &Config) -> Config {
+        let mut config = config.clone();
+        if let Some(zones) = &self.zones {
+            config.zones = zones.clone();
+        }
+        if let Some(tracker) = &self.tracker {
+            config.tracker = tracker.clone();
+        }
+        config.streams.clear();
+        config
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.source.trim().is_empty() {
+            return Err("source must not be empty".into());
+        }
+        if let Some(zones) = &self.zones {
+            zones.validate().map_err(|e| format!("zones: {e}"))?;
+        }
+        if let Some(tracker) = &self.tracker {
+            tracker.validate().map_err(|e| format!("tracker: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// `[detect]`: thresholds and class selection.
@@ -189,6 +241,17 @@ impl Config {
         ];
         for (name, result) in sections {
             result.map_err(|e| format!("[{name}] {e}"))?;
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, stream) in self.streams.iter().enumerate() {
+            stream
+                .validate()
+                .map_err(|e| format!("[[streams]] {}: {e}", i + 1))?;
+            if let Some(name) = &stream.name
+                && !names.insert(name)
+            {
+                return Err(format!("[[streams]] {}: the name {name} is taken", i + 1));
+            }
         }
         Ok(())
     }

@@ -209,3 +209,70 @@ fn live_runs_several_sources_on_one_model() {
     assert!(!dir.join("all.jsonl").exists());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `live` with the cameras of the configuration file: each `[[streams]]` entry its own
+/// name, outputs and zones (here one has an area and writes its counts, the other has none);
+/// a stream without a source is refused with the entry named.
+#[test]
+fn live_runs_the_streams_of_the_configuration() {
+    let dir =
+        std::env::temp_dir().join(format!("streamtrack-config-streams-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let video = data("video/traffic-640x360.mp4");
+    let config = dir.join("cameras.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[streams]]
+source = "{video}"
+name = "north"
+events = "{dir}/north.jsonl"
+[streams.zones]
+areas = [{{ name = "road", polygon = [[0, 120], [640, 120], [640, 360], [0, 360]] }}]
+
+[[streams]]
+source = "{video}"
+name = "south"
+events = "{dir}/south.jsonl"
+"#,
+            video = video.display(),
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_streamtrack"))
+        .arg("--config")
+        .arg(&config)
+        .args(["live", "--device", "cpu", "--duration", "3", "-m"])
+        .arg(data("models/yolo11n-coco-320.onnx"))
+        .output()
+        .expect("binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let north = std::fs::read_to_string(dir.join("north.jsonl")).unwrap();
+    let south = std::fs::read_to_string(dir.join("south.jsonl")).unwrap();
+    assert!(
+        north.contains("\"zone_counts\"") && north.contains("\"road\""),
+        "{north}"
+    );
+    assert!(
+        south.contains("\"tracks\":[{") && !south.contains("\"road\""),
+        "{south}"
+    );
+
+    std::fs::write(&config, "[[streams]]\nsource = \"\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_streamtrack"))
+        .arg("--config")
+        .arg(&config)
+        .args(["live", "--duration", "1"])
+        .output()
+        .expect("binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("[[streams]] 1: source must not be empty"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Args;
 use streamtrack::analysis::ClassTally;
-use streamtrack::config::Config;
+use streamtrack::config::{Config, StreamSection};
 use streamtrack::engine::{BatchSettings, SharedDetector};
 use streamtrack::job::{self, OutputSpec};
 use streamtrack::metrics::StreamMetrics;
@@ -40,8 +40,9 @@ pub struct LiveArgs {
     /// Source: a camera (`0` or `/dev/video0`), `rtsp://…` (credentials in the URL are
     /// sent only if the camera asks), `-` for raw H.264 on stdin, or a video file. Repeat
     /// the flag to analyse several sources in one process with one loaded model; every
-    /// output path then contains `{stream}`, which becomes each stream's name.
-    #[arg(long, short, required = true)]
+    /// output path then contains `{stream}`, which becomes each stream's name. Without it,
+    /// the configuration file's `[[streams]]` are run.
+    #[arg(long, short)]
     source: Vec<String>,
     /// Play a file at its own frame rate, like a camera (otherwise it is read as fast as
     /// possible and the newest frame wins).
@@ -113,14 +114,13 @@ pub fn process(args: ProcessArgs, config: Config, quiet: bool) -> anyhow::Result
 
 pub fn live(args: LiveArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
     let outputs = OutputSpec::from(args.outputs);
-    require_outputs(&outputs)?;
     if args.target_fps.is_some_and(|f| f.is_nan() || f <= 0.0) {
         bail!("--target-fps must be positive");
     }
     if !(args.batch_wait.is_finite() && args.batch_wait >= 0.0) {
         bail!("--batch-wait must be zero or more milliseconds");
     }
-    let streams = stream_outputs(&args.source, &outputs)?;
+    let streams = plan_streams(&args.source, &outputs, &config)?;
     let signalled = crate::cli::signals::stop_on_signals()?;
     let source_options = LiveSourceOptions {
         realtime: args.realtime,
@@ -149,7 +149,12 @@ pub fn live(args: LiveArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
         };
         model.shared = Some(SharedDetector::start(detector, names, settings)?);
     }
-    let run = |source: &str, outputs: &OutputSpec, stop: Arc<AtomicBool>| -> anyhow::Result<()> {
+    let run = |plan: &StreamPlan, stop: Arc<AtomicBool>| -> anyhow::Result<()> {
+        let StreamPlan {
+            source,
+            outputs,
+            config,
+        } = plan;
         let spec = LiveSpec::parse(source);
         let opened = open_live_source(&spec, &source_options, stop.clone())?;
         log_stream(source, opened.info());
@@ -164,7 +169,7 @@ pub fn live(args: LiveArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
             opened,
             outputs,
             &model,
-            &config,
+            config,
             &options,
             Default::default(),
         )?;
@@ -175,7 +180,7 @@ pub fn live(args: LiveArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
         Ok(())
     };
     if !several {
-        return run(&streams[0].0, &streams[0].1, signalled);
+        return run(&streams[0], signalled);
     }
     // A stream that ends sets its own flag (a run does, however it ends); a signal sets all.
     let flags: Vec<Arc<AtomicBool>> = streams.iter().map(|_| Arc::default()).collect();
@@ -194,12 +199,12 @@ pub fn live(args: LiveArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
         let running: Vec<_> = streams
             .iter()
             .zip(&flags)
-            .map(|((source, outputs), stop)| {
+            .map(|(plan, stop)| {
                 let (run, finished) = (&run, &finished);
                 scope.spawn(move || {
                     let _counted = CountedOnDrop(finished);
-                    run(source, outputs, stop.clone()).map_err(|e| {
-                        let failure = format!("{source}: {e:#}");
+                    run(plan, stop.clone()).map_err(|e| {
+                        let failure = format!("{}: {e:#}", plan.source);
                         // Said now: the other streams may run for a long time yet.
                         tracing::error!("{failure}");
                         failure
@@ -244,15 +249,41 @@ impl Drop for CountedOnDrop<'_> {
     }
 }
 
-/// Each source with its own outputs: named after the source (`-2`, `-3`... where names
-/// repeat), `{stream}` in every output path replaced by that name. With several sources
-/// every output path must contain `{stream}`, so no two streams write one file.
-fn stream_outputs(
+/// One stream of a `live` run: its source, what it writes, and the configuration it runs
+/// with (its own zones and tracker settings where `[[streams]]` gives them).
+struct StreamPlan {
+    source: String,
+    outputs: OutputSpec,
+    config: Config,
+}
+
+/// The streams of a `live` run: the `--source` flags, or else the configuration's
+/// `[[streams]]`. Each is named after its source unless its section names it (`-2`, `-3`...
+/// where names repeat), takes the output flags with `{stream}` replaced by its name, and a
+/// section's own outputs and calibration in their place. With several streams every output
+/// flag must contain `{stream}`, so no two streams write one file.
+fn plan_streams(
     sources: &[String],
     outputs: &OutputSpec,
-) -> anyhow::Result<Vec<(String, OutputSpec)>> {
-    let several = sources.len() > 1;
-    if several {
+    config: &Config,
+) -> anyhow::Result<Vec<StreamPlan>> {
+    let sections: Vec<StreamSection> = match (sources.is_empty(), config.streams.is_empty()) {
+        (true, true) => bail!("no source: give --source, or [[streams]] in the configuration file"),
+        (false, false) => {
+            bail!(
+                "--source and the configuration's [[streams]] both name sources: give one or the other"
+            )
+        }
+        (true, false) => config.streams.clone(),
+        (false, true) => sources
+            .iter()
+            .map(|source| StreamSection {
+                source: source.clone(),
+                ..StreamSection::default()
+            })
+            .collect(),
+    };
+    if sections.len() > 1 {
         if outputs.stream_id.is_some() {
             bail!(
                 "--stream-id names one stream: with several sources each is named after its source"
@@ -276,38 +307,51 @@ fn stream_outputs(
             }
         }
     }
-    let mut named: Vec<(String, OutputSpec)> = Vec::new();
+    let mut plans: Vec<StreamPlan> = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
-    for source in sources {
+    for section in &sections {
+        let source = &section.source;
         let mut stream = outputs.clone();
-        name_the_stream(&mut stream, source);
-        let base = stream.stream_id.clone().unwrap_or_default();
-        let count = seen.entry(base.clone()).or_default();
-        *count += 1;
-        let name = match *count {
-            1 => base,
-            n => format!("{base}-{n}"),
+        let name = match &section.name {
+            Some(name) => name.clone(),
+            None => {
+                name_the_stream(&mut stream, source);
+                let base = stream.stream_id.clone().unwrap_or_default();
+                let count = seen.entry(base.clone()).or_default();
+                *count += 1;
+                match *count {
+                    1 => base,
+                    n => format!("{base}-{n}"),
+                }
+            }
         };
-        if named
+        if plans
             .iter()
-            .any(|(_, other)| other.stream_id.as_deref() == Some(&name))
+            .any(|other| other.outputs.stream_id.as_deref() == Some(&name))
         {
             bail!("{source}: two sources would both be named {name}");
         }
-        let with_name = |path: &Option<PathBuf>| {
-            path.as_ref()
+        let with_name = |own: &Option<PathBuf>, flag: &Option<PathBuf>| {
+            own.as_ref()
+                .or(flag.as_ref())
                 .map(|p| PathBuf::from(p.to_string_lossy().replace(STREAM_FIELD, &name)))
         };
-        stream.output = with_name(&stream.output);
-        stream.save_frames = with_name(&stream.save_frames);
-        stream.events = with_name(&stream.events);
-        stream.csv = with_name(&stream.csv);
-        stream.mot = with_name(&stream.mot);
+        stream.output = with_name(&section.output, &outputs.output);
+        stream.save_frames = with_name(&None, &outputs.save_frames);
+        stream.events = with_name(&section.events, &outputs.events);
+        stream.csv = with_name(&section.csv, &outputs.csv);
+        stream.mot = with_name(&section.mot, &outputs.mot);
+        stream.calibration = section.calibration.clone().or(stream.calibration);
         stream.stream_id = Some(name);
+        require_outputs(&stream).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
         stream.check_paths(Path::new(source))?;
-        named.push((source.clone(), stream));
+        plans.push(StreamPlan {
+            source: source.clone(),
+            outputs: stream,
+            config: section.apply(config),
+        });
     }
-    Ok(named)
+    Ok(plans)
 }
 
 /// The field of an output path that becomes the stream's name.
