@@ -310,35 +310,60 @@ fn mqtt_events_reach_a_real_broker_including_those_queued_while_it_was_unreachab
     );
 }
 
-/// Forwards connections from a port of its own to `target` while its gate is open; while
-/// shut it closes them at once, like a broker that is down. Open connections end when the
-/// target ends them.
-fn gated_forwarder(target: u16) -> (u16, Arc<AtomicBool>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let open = Arc::new(AtomicBool::new(true));
-    let gate = open.clone();
-    thread::spawn(move || {
-        for client in listener.incoming() {
-            let client = client.unwrap();
-            if !gate.load(Ordering::SeqCst) {
-                continue;
-            }
-            let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
-                continue;
-            };
-            for (mut from, mut to) in [
-                (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                (server, client),
-            ] {
+/// A forwarder in front of the broker, with two switches: `open` (while off, new connections
+/// are closed at once, like a broker that is down) and `swallow` (while on, what clients send
+/// is dropped: publishes go out but are never acknowledged).
+struct Forwarder {
+    port: u16,
+    open: Arc<AtomicBool>,
+    swallow: Arc<AtomicBool>,
+}
+
+impl Forwarder {
+    fn start(target: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (open, swallow) = (
+            Arc::new(AtomicBool::new(true)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (gate, drop_sent) = (open.clone(), swallow.clone());
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                let client = client.unwrap();
+                if !gate.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let (mut from_client, mut to_server) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let drop_sent = drop_sent.clone();
                 thread::spawn(move || {
-                    let _ = std::io::copy(&mut from, &mut to);
-                    let _ = to.shutdown(std::net::Shutdown::Both);
+                    let mut buffer = [0u8; 4096];
+                    while let Ok(n @ 1..) = from_client.read(&mut buffer) {
+                        if !drop_sent.load(Ordering::SeqCst)
+                            && to_server.write_all(&buffer[..n]).is_err()
+                        {
+                            break;
+                        }
+                    }
+                    let _ = to_server.shutdown(std::net::Shutdown::Both);
+                });
+                let (mut from_server, to_client) = (server, client);
+                thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_server, &mut &to_client);
+                    let _ = to_client.shutdown(std::net::Shutdown::Both);
                 });
             }
+        });
+        Self {
+            port,
+            open,
+            swallow,
         }
-    });
-    (port, open)
+    }
 }
 
 /// Sequence numbers of the event messages that arrive on `messages` until `last` has come
@@ -363,19 +388,23 @@ fn sequence_numbers(
     seen
 }
 
-/// The broker killed in the middle of a stream and started again: the events published
-/// while it was down wait in the sink's queue and arrive once it is back. Over QoS 1 an event
-/// may arrive twice; deduplicated by their per-stream sequence numbers, exactly the 50
-/// events published arrive, in order of first arrival, and none is counted as dropped.
+/// The broker killed in the middle of a stream and started again, without the session it
+/// had: the publishes it never acknowledged (sent just before the kill) and the events
+/// published while it was down all arrive once it is back. Over QoS 1 an event may arrive
+/// twice; deduplicated by their per-stream sequence numbers, exactly the 50 events published
+/// arrive, in order of first arrival, and none is counted as dropped.
 #[test]
 fn mqtt_events_survive_a_broker_killed_and_restarted_mid_stream() {
     let port = free_port();
     let broker = Broker::start(port);
-    // The sink goes through a gate, so that it reaches the restarted broker only once the
-    // test's subscriber is back on it (what the broker gets before that, nobody hears).
-    let (gate_port, gate) = gated_forwarder(port);
+    // The sink goes through the forwarder, so that it reaches the restarted broker only once
+    // the test's subscriber is back on it (what the broker gets before that, nobody hears).
+    let forwarder = Forwarder::start(port);
     let settings = SinkSettings {
-        mqtt: Some(MqttSettings::new(&format!("mqtt://127.0.0.1:{gate_port}"))),
+        mqtt: Some(MqttSettings::new(&format!(
+            "mqtt://127.0.0.1:{}",
+            forwarder.port
+        ))),
         ..SinkSettings::default()
     };
     let messages = subscribe(port, "streamtrack/+/events");
@@ -387,15 +416,22 @@ fn mqtt_events_survive_a_broker_killed_and_restarted_mid_stream() {
     let mut seen = sequence_numbers(&messages, 20, Duration::from_secs(20));
     assert!(seen.contains(&20), "before the kill: {seen:?}");
 
-    gate.store(false, Ordering::SeqCst);
+    // Sent, never acknowledged: the broker dies with them unanswered.
+    forwarder.swallow.store(true, Ordering::SeqCst);
+    for id in 21..=25 {
+        sinks.publish(&[speed_event(id)]);
+    }
+    thread::sleep(Duration::from_millis(500));
+    forwarder.open.store(false, Ordering::SeqCst);
     drop(broker);
-    for id in 21..=40 {
+    for id in 26..=40 {
         sinks.publish(&[speed_event(id)]);
         thread::sleep(Duration::from_millis(10));
     }
     let _broker = Broker::start(port);
     let messages = subscribe(port, "streamtrack/+/events");
-    gate.store(true, Ordering::SeqCst);
+    forwarder.swallow.store(false, Ordering::SeqCst);
+    forwarder.open.store(true, Ordering::SeqCst);
     for id in 41..=50 {
         sinks.publish(&[speed_event(id)]);
     }

@@ -5,11 +5,12 @@
 //! queue; a thread drives the connection and reconnects with backoff while the broker is
 //! unreachable.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rumqttc::{Client, Connection, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use rumqttc::{Client, Connection, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, Request};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -199,10 +200,22 @@ fn drive(
     let mut backoff = Backoff::new();
     let mut reported_down = false;
     let mut connected_before = false;
-    for notification in connection.iter() {
+    // What the client still had to deliver when the connection was lost: its unacknowledged
+    // publishes and the requests it had taken from the queue. rumqttc drops them when the
+    // broker comes back without the session (a restarted broker keeps none), so they are
+    // given back to it then.
+    let mut undelivered: VecDeque<Request> = VecDeque::new();
+    while let Ok(notification) = connection.recv() {
         match notification {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff.reset();
+                let pending = &mut connection.eventloop.pending;
+                if !ack.session_present && pending.is_empty() {
+                    while let Some(request) = undelivered.pop_back() {
+                        pending.push_front(request);
+                    }
+                }
+                undelivered.clear();
                 if reported_down {
                     tracing::info!("MQTT broker {url} reachable again");
                     reported_down = false;
@@ -226,6 +239,7 @@ fn drive(
                 if closing.load(Ordering::Relaxed) {
                     break;
                 }
+                undelivered.clone_from(&connection.eventloop.pending);
                 if !reported_down {
                     tracing::warn!(
                         "MQTT broker {url} unreachable ({error}); events wait in the queue"
