@@ -61,13 +61,7 @@ impl StreamSection {
     /// The configuration this stream runs with: `config` with the stream's zones and tracker
     /// settings in place of its own.
     pub fn apply(&self, config: &Config) -> Config {
-        let mut config = config.clone();
-        if let Some(zones) = &self.zones {
-            config.zones = zones.clone();
-        }
-        if let Some(tracker) = &self.tracker {
-            config.tracker = tracker.clone();
-        }
+        let mut config = config.for_one_stream(self.zones.as_ref(), self.tracker.as_ref());
         config.streams.clear();
         config
     }
@@ -212,6 +206,23 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// This configuration for one stream of several: with the stream's own zones and tracker
+    /// settings, where it has them, in place of these.
+    pub fn for_one_stream(
+        &self,
+        zones: Option<&ZonesConfig>,
+        tracker: Option<&TrackerConfig>,
+    ) -> Config {
+        let mut config = self.clone();
+        if let Some(zones) = zones {
+            config.zones = zones.clone();
+        }
+        if let Some(tracker) = tracker {
+            config.tracker = tracker.clone();
+        }
+        config
+    }
+
     /// Reads a TOML configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let fail = |message: String| ConfigError::File {

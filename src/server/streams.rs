@@ -86,14 +86,7 @@ impl StreamRequest {
     /// The configuration this stream runs with: the server's, with the stream's own zones
     /// and tracker settings in place of the server's.
     fn stream_config(&self, server: &Config) -> Config {
-        let mut config = server.clone();
-        if let Some(zones) = &self.zones {
-            config.zones = zones.clone();
-        }
-        if let Some(tracker) = &self.tracker {
-            config.tracker = tracker.clone();
-        }
-        config
+        server.for_one_stream(self.zones.as_ref(), self.tracker.as_ref())
     }
 }
 
