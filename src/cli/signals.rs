@@ -22,10 +22,12 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
 /// The signal that stopped the run, 0 while none came.
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
 
-/// Starts listening for SIGINT and SIGTERM; returns the flag the first one sets.
-pub fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
+/// Starts listening for SIGINT and SIGTERM; returns one flag for each of `runs` runs, all of
+/// which the first signal sets (each run may also set its own when it ends, without
+/// stopping the others).
+pub fn stop_on_signals(runs: usize) -> anyhow::Result<Vec<Arc<AtomicBool>>> {
+    let stops: Vec<Arc<AtomicBool>> = (0..runs).map(|_| Arc::default()).collect();
+    let flags = stops.clone();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -50,7 +52,9 @@ pub fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
                         None => {
                             first = Some(Instant::now());
                             RECEIVED.store(number, Ordering::SeqCst);
-                            flag.store(true, Ordering::SeqCst);
+                            for flag in &flags {
+                                flag.store(true, Ordering::SeqCst);
+                            }
                             eprintln!(
                                 "\ninterrupted: finishing the frames in flight and finalising outputs"
                             );
@@ -69,7 +73,7 @@ pub fn stop_on_signals() -> anyhow::Result<Arc<AtomicBool>> {
                 }
             })
         })?;
-    Ok(stop)
+    Ok(stops)
 }
 
 /// The exit status for a run that ended: `128 + signal` when a signal stopped it.

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::bail;
@@ -104,12 +104,12 @@ pub fn process(args: ProcessArgs, config: Config, quiet: bool) -> anyhow::Result
     let source = video::open_source(&args.input, args.fps)?;
     log_stream(&args.input.display().to_string(), source.info());
     let options = RunOptions {
-        stop: crate::cli::signals::stop_on_signals()?,
+        stop: crate::cli::signals::stop_on_signals(1)?.remove(0),
         show_progress: !quiet,
         ..RunOptions::default()
     };
     let model = args.model.into_spec(&config);
-    run_and_report(source, &outputs, &model, &config, &options)
+    run_and_report(source, &outputs, &model, &config, &options, None)
 }
 
 pub fn live(args: LiveArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
@@ -121,7 +121,9 @@ pub fn live(args: LiveArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
         bail!("--batch-wait must be zero or more milliseconds");
     }
     let streams = plan_streams(&args.source, &outputs, &config)?;
-    let signalled = crate::cli::signals::stop_on_signals()?;
+    // One flag per stream: a stream that ends sets its own (a run does, however it ends),
+    // a signal sets them all.
+    let stops = crate::cli::signals::stop_on_signals(streams.len())?;
     let source_options = LiveSourceOptions {
         realtime: args.realtime,
         looped: args.looped,
@@ -165,45 +167,20 @@ pub fn live(args: LiveArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
             show_progress: !quiet && !several,
             metrics: StreamMetrics::default(),
         };
-        let report = job::run_stream(
-            opened,
-            outputs,
-            &model,
-            config,
-            &options,
-            Default::default(),
-        )?;
-        if several {
-            eprintln!("stream {}:", outputs.stream_id.as_deref().unwrap_or(source));
-        }
-        print_report(&report, outputs);
-        Ok(())
+        let heading = several.then(|| outputs.stream_id.as_deref().unwrap_or(source));
+        run_and_report(opened, outputs, &model, config, &options, heading)
     };
     if !several {
-        return run(&streams[0], signalled);
+        return run(&streams[0], stops[0].clone());
     }
-    // A stream that ends sets its own flag (a run does, however it ends); a signal sets all.
-    let flags: Vec<Arc<AtomicBool>> = streams.iter().map(|_| Arc::default()).collect();
-    let finished = AtomicUsize::new(0);
     let failures: Vec<String> = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while finished.load(Ordering::Acquire) < streams.len() {
-                if signalled.load(Ordering::Relaxed) {
-                    flags
-                        .iter()
-                        .for_each(|flag| flag.store(true, Ordering::Relaxed));
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
         let running: Vec<_> = streams
             .iter()
-            .zip(&flags)
+            .zip(stops)
             .map(|(plan, stop)| {
-                let (run, finished) = (&run, &finished);
+                let run = &run;
                 scope.spawn(move || {
-                    let _counted = CountedOnDrop(finished);
-                    run(plan, stop.clone()).map_err(|e| {
+                    run(plan, stop).map_err(|e| {
                         let failure = format!("{}: {e:#}", plan.source);
                         // Said now: the other streams may run for a long time yet.
                         tracing::error!("{failure}");
@@ -238,15 +215,6 @@ pub fn live(args: LiveArgs, config: Config, quiet: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Counts a stream as finished when dropped, which happens however its thread ends.
-struct CountedOnDrop<'a>(&'a AtomicUsize);
-
-impl Drop for CountedOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::Release);
-    }
 }
 
 /// One stream of a `live` run: its source, what it writes, and the configuration it runs
@@ -406,15 +374,19 @@ pub fn log_stream(name: &str, info: &video::StreamInfo) {
     );
 }
 
-/// Runs one stream from the command line and prints its summary.
+/// Runs one stream from the command line and prints its summary, under `heading` if given.
 pub fn run_and_report(
     source: Box<dyn video::FrameSource>,
     outputs: &OutputSpec,
     model: &DetectorSpec,
     config: &Config,
     options: &RunOptions,
+    heading: Option<&str>,
 ) -> anyhow::Result<()> {
     let report = job::run_stream(source, outputs, model, config, options, Default::default())?;
+    if let Some(heading) = heading {
+        eprintln!("stream {heading}:");
+    }
     print_report(&report, outputs);
     Ok(())
 }
