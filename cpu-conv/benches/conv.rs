@@ -1,6 +1,7 @@
 //! The fused convolutions on YOLOv8n layer shapes at 640 input, one image: the im2col path
-//! on every shape, the INT8 path (quantising the f32 input included) beside it, and
-//! Winograd F(2x2, 3x3) on the 3x3 stride-1 ones. Then the
+//! on every shape, the INT8 path (quantising the f32 input included) beside it, the
+//! tap-wise indirect product on the 3x3 ones, and Winograd F(2x2, 3x3) on the 3x3 stride-1
+//! ones. Then the
 //! matrix product alone, single-threaded, on the products those layers run: our packed
 //! micro-kernels against the `gemm` crate (the general packed GEMM that Burn's CPU backend
 //! uses) in the same run, so the figures compare as a ratio.
@@ -8,17 +9,19 @@
 //! Run with `cargo bench -p cpu-conv`.
 
 use cpu_conv::{
-    Activation, ConvParams, FeatureMap, Int8ConvParams, PackedWeights, QuantParams, QuantizedMap,
-    QuantizedWeights, TapWeights, WinogradWeights, conv2d, conv2d_int8, conv3x3_taps,
-    conv3x3_winograd, output_size,
+    Activation, ConvParams, DepthwiseParams, FeatureMap, Int8ConvParams, PackedWeights,
+    QuantParams, QuantizedMap, QuantizedWeights, WinogradWeights, conv2d, conv2d_int8,
+    conv3x3_taps, conv3x3_winograd, depthwise_conv2d, output_size,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 
-/// `(name, c_in, c_out, size, kernel, stride)` of representative YOLOv8n layers (and two
+/// `(name, c_in, c_out, size, kernel, stride)` of representative YOLOv8n layers (and three
 /// small maps of YOLO11n at 320).
-const LAYERS: [(&str, usize, usize, usize, usize, usize); 11] = [
+const LAYERS: [(&str, usize, usize, usize, usize, usize); 13] = [
     ("stem 3->16 3x3/2 @640", 3, 16, 640, 3, 2),
     ("down 16->32 3x3/2 @320", 16, 32, 320, 3, 2),
+    ("down 64->128 3x3/2 @80", 64, 128, 80, 3, 2),
+    ("down 128->256 3x3/2 @20", 128, 256, 20, 3, 2),
     ("c2f 16->16 3x3 @160", 16, 16, 160, 3, 1),
     ("c2f 32->32 3x3 @80", 32, 32, 80, 3, 1),
     ("head 64->80 3x3 @80", 64, 80, 80, 3, 1),
@@ -72,13 +75,12 @@ fn layers(c: &mut Criterion) {
                 conv2d_int8(&quantized, size, size, &int8_params, &mut out)
             })
         });
-        if k == 3 && s == 1 {
-            let taps = TapWeights::new(&weight, c_out, c_in);
+        if k == 3 {
             c.bench_function(&format!("{name} taps"), |b| {
-                b.iter(|| {
-                    conv3x3_taps(&input, size, size, &taps, &bias, Activation::Silu, &mut out)
-                })
+                b.iter(|| conv3x3_taps(&input, size, size, &params, &mut out))
             });
+        }
+        if k == 3 && s == 1 {
             let transformed = WinogradWeights::new(&weight, c_out, c_in);
             c.bench_function(&format!("{name} winograd"), |b| {
                 b.iter(|| {
@@ -164,5 +166,30 @@ fn activation(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, layers, products, activation);
+/// YOLO11n's depthwise 3x3 convolutions (its classification branch) at 320 input: the
+/// largest map and the smallest.
+fn depthwise(c: &mut Criterion) {
+    for (channels, size) in [(80, 40), (128, 10)] {
+        let x: Vec<f32> = (0..channels * size * size)
+            .map(|i| (i % 17) as f32 * 0.03)
+            .collect();
+        let weight: Vec<f32> = (0..channels * 9).map(|i| (i % 7) as f32 * 0.01).collect();
+        let bias = vec![0.1f32; channels];
+        let params = DepthwiseParams {
+            weight: &weight,
+            bias: &bias,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+            activation: Activation::Silu,
+        };
+        let input = [FeatureMap { data: &x, channels }];
+        let mut out = vec![std::mem::MaybeUninit::uninit(); channels * size * size];
+        c.bench_function(&format!("depthwise {channels} 3x3 @{size}"), |b| {
+            b.iter(|| depthwise_conv2d(&input, size, size, &params, &mut out))
+        });
+    }
+}
+
+criterion_group!(benches, layers, products, depthwise, activation);
 criterion_main!(benches);

@@ -8,9 +8,10 @@
 //! directly), multiplies it, then adds the bias and applies the activation while the tile is
 //! still in cache. [`conv3x3_winograd`] computes 3x3 stride-1 convolutions as Winograd
 //! F(2x2, 3x3) (2.25x fewer multiplications) from weights transformed once
-//! ([`WinogradWeights`]); on small maps, where Winograd's transforms do not pay,
-//! [`conv3x3_taps`] computes them as nine products read straight from a padded copy of the
-//! input ([`TapWeights`]). Layout is NCHW, one image at a time, so feature maps move between
+//! ([`WinogradWeights`]); on small maps, where Winograd's transforms do not pay, and for
+//! stride 2, [`conv3x3_taps`] computes 3x3 convolutions as one indirect product read straight
+//! from a padded (for stride 2, phase-split) copy of the input, with the im2col weights.
+//! Layout is NCHW, one image at a time, so feature maps move between
 //! layers without layout conversions; an input may be given as several channel blocks (the
 //! parts of a concatenation), which are read in place instead of being copied together first.
 //!
@@ -50,6 +51,6 @@ pub use int8::{Int8ConvParams, QuantParams, QuantizedMap, QuantizedWeights, conv
 pub use int8_kernels::int8_kernel_name;
 pub use packed::PackedWeights;
 pub use pool::max_pool_same;
-pub use taps::{TapWeights, conv3x3_taps};
+pub use taps::conv3x3_taps;
 pub use upsample::upsample_nearest;
 pub use winograd::{WinogradWeights, conv3x3_winograd};

@@ -76,15 +76,48 @@ impl PackedWeights {
     }
 }
 
+/// How a micro-kernel finds input row `k` from row 0's column 0.
+pub(crate) trait InputRows: Copy {
+    /// Column 0 of row `k`, from `x` (row 0's).
+    ///
+    /// # Safety
+    /// `k` is below the tile's depth.
+    unsafe fn row(self, x: *const f32, k: usize) -> *const f32;
+}
+
+/// Rows a fixed number of values apart (a dense matrix or a view of one).
+#[derive(Clone, Copy)]
+struct Strided(usize);
+
+impl InputRows for Strided {
+    #[inline(always)]
+    unsafe fn row(self, x: *const f32, k: usize) -> *const f32 {
+        x.wrapping_add(k * self.0)
+    }
+}
+
+/// Row `k` at `x + offsets[k]`: an indirect product, whose rows are runs of a convolution's
+/// input at each channel's and tap's own offset (no im2col copy).
+#[derive(Clone, Copy)]
+struct Offsets(*const usize);
+
+impl InputRows for Offsets {
+    #[inline(always)]
+    unsafe fn row(self, x: *const f32, k: usize) -> *const f32 {
+        // SAFETY: the tile's offsets hold one value per depth step, and `k` is one.
+        x.wrapping_add(unsafe { *self.0.add(k) })
+    }
+}
+
 /// One micro-kernel call: an output block of `rows x cols` (at most `MR x NR`) over `depth`
 /// steps.
-struct Tile {
+struct Tile<R> {
     /// The block's first weight of the first depth step; step `k` at `a + k * MR`.
     a: *const f32,
     depth: usize,
-    /// Column 0 of input row 0; row `k` at `x + k * x_stride`.
+    /// Column 0 of input row 0; row `k` at `x_rows.row(x, k)`.
     x: *const f32,
-    x_stride: usize,
+    x_rows: R,
     /// Output row 0; row `r` at `dst + r * dst_stride`.
     dst: *mut f32,
     dst_stride: usize,
@@ -97,7 +130,8 @@ struct Tile {
 /// A micro-kernel and its block width.
 struct Kernel {
     nr: usize,
-    run: unsafe fn(&Tile),
+    run: unsafe fn(&Tile<Strided>),
+    run_indirect: unsafe fn(&Tile<Offsets>),
 }
 
 /// The fastest micro-kernel this CPU runs, picked on first use.
@@ -110,18 +144,21 @@ fn kernel() -> &'static Kernel {
                 return Kernel {
                     nr: x86::NR_AVX512,
                     run: x86::tile_avx512,
+                    run_indirect: x86::tile_avx512,
                 };
             }
             if crate::simd::avx2_fma() {
                 return Kernel {
                     nr: x86::NR_AVX2,
                     run: x86::tile_avx2,
+                    run_indirect: x86::tile_avx2,
                 };
             }
         }
         Kernel {
             nr: NR_PORTABLE,
             run: tile_portable,
+            run_indirect: tile_portable,
         }
     })
 }
@@ -171,48 +208,96 @@ pub(crate) unsafe fn multiply_packed_blocks(
     dst: Rows<*mut f32>,
     accumulate: bool,
 ) {
+    let kernel = kernel();
+    let x_rows = (x.ptr, Strided(x.stride));
     // SAFETY: forwarded from the caller.
-    unsafe { multiply_with(kernel(), a, blocks, depth, x, n, dst, accumulate) }
+    unsafe {
+        multiply_with(
+            kernel.nr, kernel.run, a, blocks, depth, x_rows, n, dst, accumulate,
+        )
+    }
 }
 
-/// [`multiply_packed_blocks`] with the given micro-kernel.
+/// `dst[rows of blocks x n] = a[blocks, ..] · x`, where row `k` of `x` is the `n` values at
+/// `x + offsets[k]` (one offset per depth step of `a`): an indirect product, single-threaded.
+/// `dst` addresses row `blocks.start * MR` of `a`, as for [`multiply_packed_blocks`].
 ///
 /// # Safety
-/// As for [`multiply_packed_blocks`]; the CPU runs `kernel`.
+/// Every `x + offsets[k]` must address `n` readable values, and `dst` the rows of `blocks`
+/// (the last block only as far as `a.rows()`), each of `n` writable values, not overlapping
+/// `x`'s.
+///
+/// # Panics
+/// When `offsets` does not hold one offset per depth step of `a`.
+pub(crate) unsafe fn multiply_indirect_blocks(
+    a: &PackedWeights,
+    blocks: Range<usize>,
+    x: *const f32,
+    offsets: &[usize],
+    n: usize,
+    dst: Rows<*mut f32>,
+) {
+    assert_eq!(offsets.len(), a.depth, "one offset per depth step");
+    let kernel = kernel();
+    let x_rows = (x, Offsets(offsets.as_ptr()));
+    let depth = 0..a.depth;
+    // SAFETY: forwarded from the caller; `offsets` covers the whole depth.
+    unsafe {
+        multiply_with(
+            kernel.nr,
+            kernel.run_indirect,
+            a,
+            blocks,
+            depth,
+            x_rows,
+            n,
+            dst,
+            false,
+        )
+    }
+}
+
+/// [`multiply_packed_blocks`] with the micro-kernel `run` of block width `nr`, over input
+/// rows found from `x` (row 0's column 0 and how to find the others).
+///
+/// # Safety
+/// As for [`multiply_packed_blocks`]; the CPU runs `run`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn multiply_with(
-    kernel: &Kernel,
+unsafe fn multiply_with<R: InputRows>(
+    nr: usize,
+    run: unsafe fn(&Tile<R>),
     a: &PackedWeights,
     blocks: Range<usize>,
     depth: Range<usize>,
-    x: Rows<*const f32>,
+    x: (*const f32, R),
     n: usize,
     dst: Rows<*mut f32>,
     accumulate: bool,
 ) {
     assert!(depth.end <= a.depth, "depth range");
     assert!(blocks.end <= a.rows.div_ceil(MR), "row blocks");
-    for first_col in (0..n).step_by(kernel.nr) {
+    let (x, x_rows) = x;
+    for first_col in (0..n).step_by(nr) {
         for block in blocks.clone() {
             let tile = Tile {
                 a: a.data[(block * a.depth + depth.start) * MR..].as_ptr(),
                 depth: depth.len(),
                 // SAFETY (both): in bounds per the caller's contract, `first_col < n` and
                 // `block` is one of the blocks `dst` holds.
-                x: unsafe { x.ptr.add(first_col) },
-                x_stride: x.stride,
+                x: unsafe { x.add(first_col) },
+                x_rows,
                 dst: unsafe {
                     dst.ptr
                         .add((block - blocks.start) * MR * dst.stride + first_col)
                 },
                 dst_stride: dst.stride,
                 rows: MR.min(a.rows - block * MR),
-                cols: kernel.nr.min(n - first_col),
+                cols: nr.min(n - first_col),
                 accumulate,
             };
             // SAFETY: the tile addresses `rows x cols` of `dst` and `depth x cols` of `x`
             // inside the caller's views, and `depth * MR` packed weights.
-            unsafe { (kernel.run)(&tile) };
+            unsafe { run(&tile) };
         }
     }
 }
@@ -223,14 +308,14 @@ const NR_PORTABLE: usize = 16;
 ///
 /// # Safety
 /// The tile's pointers address what its fields say.
-unsafe fn tile_portable(t: &Tile) {
+unsafe fn tile_portable<R: InputRows>(t: &Tile<R>) {
     let mut acc = [[0.0f32; NR_PORTABLE]; MR];
     for k in 0..t.depth {
         // SAFETY: per the tile's contract.
         let (a, x) = unsafe {
             (
                 std::slice::from_raw_parts(t.a.add(k * MR), MR),
-                std::slice::from_raw_parts(t.x.add(k * t.x_stride), t.cols),
+                std::slice::from_raw_parts(t.x_rows.row(t.x, k), t.cols),
             )
         };
         for (row, &w) in acc.iter_mut().zip(a) {
@@ -256,7 +341,7 @@ mod x86 {
 
     use std::arch::x86_64::*;
 
-    use super::{MR, Tile};
+    use super::{InputRows, MR, Tile};
     use crate::simd::tail::{masks8, masks16};
 
     pub(super) const NR_AVX512: usize = 48;
@@ -269,13 +354,13 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX-512F; the tile's pointers address what its fields say.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn tile_avx512(t: &Tile) {
+    pub(super) unsafe fn tile_avx512<R: InputRows>(t: &Tile<R>) {
         // SAFETY: forwarded from the caller.
         unsafe {
             match t.cols.div_ceil(16) {
-                0 | 1 => tile_avx512_vectors::<1>(t),
-                2 => tile_avx512_vectors::<2>(t),
-                _ => tile_avx512_vectors::<3>(t),
+                0 | 1 => tile_avx512_vectors::<1, R>(t),
+                2 => tile_avx512_vectors::<2, R>(t),
+                _ => tile_avx512_vectors::<3, R>(t),
             }
         }
     }
@@ -285,11 +370,13 @@ mod x86 {
     /// # Safety
     /// As for [`tile_avx512`], with `t.cols <= 16 * VECTORS`.
     #[target_feature(enable = "avx512f")]
-    unsafe fn tile_avx512_vectors<const VECTORS: usize>(t: &Tile) {
+    unsafe fn tile_avx512_vectors<const VECTORS: usize, R: InputRows>(t: &Tile<R>) {
         let masks = masks16::<VECTORS>(t.cols);
         let mut acc = [[_mm512_setzero_ps(); VECTORS]; MR];
-        let (mut a, mut x) = (t.a, t.x);
-        for _ in 0..t.depth {
+        let mut a = t.a;
+        for k in 0..t.depth {
+            // SAFETY: `k` is below the tile's depth.
+            let x = unsafe { t.x_rows.row(t.x, k) };
             // SAFETY: masked lanes are not read; the others lie inside the tile's row.
             let xv: [__m512; VECTORS] = std::array::from_fn(|v| unsafe {
                 _mm512_maskz_loadu_ps(masks[v], x.wrapping_add(16 * v))
@@ -302,7 +389,6 @@ mod x86 {
                 }
             }
             a = a.wrapping_add(MR);
-            x = x.wrapping_add(t.x_stride);
         }
         for (r, row) in acc.iter().enumerate().take(t.rows) {
             let out = t.dst.wrapping_add(r * t.dst_stride);
@@ -327,15 +413,17 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX2 and FMA; the tile's pointers address what its fields say.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn tile_avx2(t: &Tile) {
+    pub(super) unsafe fn tile_avx2<R: InputRows>(t: &Tile<R>) {
         const VECTORS: usize = 3;
         const ROWS: usize = 4;
         // SAFETY: the function runs on a CPU with AVX2.
         let masks = unsafe { masks8::<VECTORS>(t.cols) };
         for first in (0..t.rows).step_by(ROWS) {
             let mut acc = [[_mm256_setzero_ps(); VECTORS]; ROWS];
-            let (mut a, mut x) = (t.a.wrapping_add(first), t.x);
-            for _ in 0..t.depth {
+            let mut a = t.a.wrapping_add(first);
+            for k in 0..t.depth {
+                // SAFETY: `k` is below the tile's depth.
+                let x = unsafe { t.x_rows.row(t.x, k) };
                 // SAFETY: masked lanes are not read; the others lie inside the tile's row.
                 let xv: [__m256; VECTORS] = std::array::from_fn(|v| unsafe {
                     _mm256_maskload_ps(x.wrapping_add(8 * v), masks[v])
@@ -348,7 +436,6 @@ mod x86 {
                     }
                 }
                 a = a.wrapping_add(MR);
-                x = x.wrapping_add(t.x_stride);
             }
             for (r, row) in acc.iter().enumerate().take(t.rows - first) {
                 let out = t.dst.wrapping_add((first + r) * t.dst_stride);
@@ -373,13 +460,12 @@ mod x86 {
 mod tests {
     use super::*;
 
-    /// Every kernel this CPU runs against a plain triple loop, on shapes with row and column
-    /// tails, a depth sub-range, a sub-range of row blocks, strided views and accumulation.
-    #[test]
-    fn kernels_match_a_plain_product() {
+    /// Every micro-kernel this CPU runs: portable, AVX2 + FMA, AVX-512.
+    fn every_kernel() -> Vec<Kernel> {
         let mut kernels = vec![Kernel {
             nr: NR_PORTABLE,
             run: tile_portable,
+            run_indirect: tile_portable,
         }];
         #[cfg(target_arch = "x86_64")]
         {
@@ -387,15 +473,78 @@ mod tests {
                 kernels.push(Kernel {
                     nr: x86::NR_AVX2,
                     run: x86::tile_avx2,
+                    run_indirect: x86::tile_avx2,
                 });
             }
             if crate::simd::avx512f() {
                 kernels.push(Kernel {
                     nr: x86::NR_AVX512,
                     run: x86::tile_avx512,
+                    run_indirect: x86::tile_avx512,
                 });
             }
         }
+        kernels
+    }
+
+    /// Every kernel's indirect product against a plain triple loop: rows of `x` taken in a
+    /// scrambled order (and some twice), with row and column tails and a sub-range of row
+    /// blocks.
+    #[test]
+    fn indirect_products_match_a_plain_product() {
+        for kernel in every_kernel() {
+            for (rows, depth, n) in [(8, 5, 48), (13, 17, 101), (3, 1, 7), (20, 27, 60)] {
+                let values: Vec<f32> = (0..rows * depth)
+                    .map(|i| ((i * 7) % 11) as f32 - 5.0)
+                    .collect();
+                let packed = PackedWeights::new(&values, rows, depth);
+                let x_rows = depth + 2;
+                let x_stride = n + 3;
+                let x: Vec<f32> = (0..x_rows * x_stride)
+                    .map(|i| ((i * 5) % 13) as f32 * 0.5)
+                    .collect();
+                let offsets: Vec<usize> = (0..depth)
+                    .map(|k| (k * 5 + 1) % x_rows * x_stride + k % 3)
+                    .collect();
+                let blocks = 1.min(rows.div_ceil(MR) - 1)..rows.div_ceil(MR);
+                let first_row = blocks.start * MR;
+                let mut dst = vec![f32::NAN; (rows - first_row) * n];
+                // SAFETY: every offset plus `n` lies inside `x` (`k % 3 <= 2 < 3` spare
+                // values per row); `dst` holds the rows of `blocks`.
+                unsafe {
+                    multiply_with(
+                        kernel.nr,
+                        kernel.run_indirect,
+                        &packed,
+                        blocks.clone(),
+                        0..depth,
+                        (x.as_ptr(), Offsets(offsets.as_ptr())),
+                        n,
+                        Rows {
+                            ptr: dst.as_mut_ptr(),
+                            stride: n,
+                        },
+                        false,
+                    )
+                };
+                for r in first_row..rows {
+                    for j in 0..n {
+                        let want: f32 = (0..depth)
+                            .map(|k| values[r * depth + k] * x[offsets[k] + j])
+                            .sum();
+                        let got = dst[(r - first_row) * n + j];
+                        assert_eq!(got, want, "nr {}, row {r}, col {j}", kernel.nr);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every kernel this CPU runs against a plain triple loop, on shapes with row and column
+    /// tails, a depth sub-range, a sub-range of row blocks, strided views and accumulation.
+    #[test]
+    fn kernels_match_a_plain_product() {
+        let kernels = every_kernel();
         for (rows, depth, n) in [(8, 5, 48), (13, 17, 101), (3, 1, 7), (80, 64, 80)] {
             let values: Vec<f32> = (0..rows * depth)
                 .map(|i| ((i * 7) % 11) as f32 - 5.0)
@@ -420,14 +569,12 @@ mod tests {
                 // SAFETY: the views lie inside the buffers above.
                 unsafe {
                     multiply_with(
-                        kernel,
+                        kernel.nr,
+                        kernel.run,
                         &packed,
                         blocks.clone(),
                         part.clone(),
-                        Rows {
-                            ptr: x[part.start * x_stride..].as_ptr(),
-                            stride: x_stride,
-                        },
+                        (x[part.start * x_stride..].as_ptr(), Strided(x_stride)),
                         n,
                         Rows {
                             ptr: dst[first_row * dst_stride..].as_mut_ptr(),

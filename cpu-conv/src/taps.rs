@@ -1,91 +1,134 @@
-//! 3x3 stride-1 convolutions as nine accumulated matrix products, one per kernel tap, read
-//! straight from a zero-padded copy of the input instead of an im2col matrix.
+//! 3x3 convolutions with padding 1 and stride 1 or 2 as one indirect matrix product per
+//! tile, read straight from a zero-padded copy of the input instead of an im2col matrix.
 //!
-//! With the input padded by one pixel on every side into planes `width + 2` wide, output
-//! pixel `(y, x)` and tap `(ky, kx)` read padded pixel `(y + ky, x + kx)`. Numbering the
-//! output on the padded width too (position `p = y * (width + 2) + x`), that is padded
-//! value `p + ky * (width + 2) + kx`: for a run of consecutive positions, each tap reads a
-//! run of consecutive values of every channel, at one fixed offset. So each tap is a plain
-//! product of its `[c_out, c_in]` weights with the padded planes, read in place; the two
-//! extra positions per row (`x = width, width + 1`) are computed and dropped. Nothing is
-//! gathered per tile, which is what im2col costs on the small maps (10x10, 20x20) where
-//! Winograd's transforms do not pay either.
+//! Stride 1: with the input padded by one pixel on every side into planes `width + 2`
+//! wide, output pixel `(y, x)` and tap `(ky, kx)` read padded pixel `(y + ky, x + kx)`.
+//! Numbering the output on the padded width too (position `p = y * (width + 2) + x`), that
+//! is padded value `p + ky * (width + 2) + kx`: for a run of consecutive positions, each
+//! channel's tap reads a run of consecutive values at one fixed offset. The two extra
+//! positions per row (`x = width, width + 1`) are computed and dropped.
+//!
+//! Stride 2: the padded input is split into its four phases (even or odd rows times even or
+//! odd columns), each a plane `out_w + 1` wide. Output pixel `(y, x)` and tap `(ky, kx)`
+//! read padded pixel `(2y + ky, 2x + kx)`, which is pixel `(y + ky / 2, x + kx / 2)` of
+//! phase `(ky % 2, kx % 2)`: again a fixed offset per channel and tap for a run of
+//! positions numbered on the phase width, with one extra position per row.
+//!
+//! So the whole convolution is the product of the `[c_out, c_in * 9]` weights (packed as
+//! for im2col) with a matrix whose row `(ci, tap)` is the padded copy read from that
+//! channel's and tap's offset: the micro-kernels take one offset per depth step
+//! (`multiply_indirect_blocks`) and keep every output block in registers over all
+//! `9 * c_in` steps. Nothing is gathered per tile, which is what im2col costs; the copy is
+//! the size of the input.
 
 use std::cell::Cell;
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use crate::activation::{Activation, apply_bias_activation};
-use crate::conv::{FeatureMap, SharedOut, WorkItem, WorkSplit};
-use crate::packed::{PackedWeights, Rows, block_width, multiply_packed_blocks};
+use crate::activation::apply_bias_activation;
+use crate::conv::{ConvParams, FeatureMap, SharedOut, WorkItem, WorkSplit, output_size};
+use crate::packed::{Rows, block_width, multiply_indirect_blocks};
 use crate::scratch::{prefix, with_reused};
 
 /// Taps of a 3x3 kernel.
 const TAPS: usize = 9;
 
 thread_local! {
-    /// The calling thread's padded copy of the input.
+    /// The calling thread's padded (and for stride 2, phase-split) copy of the input.
     static PADDED: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
     /// Each thread's product of one tile, `[c_out, tile]`.
     static PRODUCT: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
-/// 3x3 weights split by tap for [`conv3x3_taps`]: one packed `[c_out, c_in]` matrix per tap.
-#[derive(Debug, Clone)]
-pub struct TapWeights {
-    taps: Vec<PackedWeights>,
-    c_out: usize,
-    c_in: usize,
+/// Where a stride's padded copy keeps each channel: `phases` planes (one per row and column
+/// phase) of `plane_height x plane_width` values per channel.
+#[derive(Debug, Clone, Copy)]
+struct PaddedLayout {
+    stride: usize,
+    plane_height: usize,
+    plane_width: usize,
 }
 
-impl TapWeights {
-    /// Splits row-major `[c_out, c_in, 3, 3]` weights.
-    ///
-    /// # Panics
-    /// When `weight` does not hold `c_out * c_in * 9` values.
-    pub fn new(weight: &[f32], c_out: usize, c_in: usize) -> Self {
-        assert_eq!(weight.len(), c_out * c_in * TAPS, "weight shape");
-        let taps = (0..TAPS)
-            .map(|tap| {
-                PackedWeights::from_fn(c_out, c_in, |co, ci| weight[(co * c_in + ci) * TAPS + tap])
-            })
-            .collect();
-        Self { taps, c_out, c_in }
+impl PaddedLayout {
+    fn new(stride: usize, out_h: usize, out_w: usize) -> Self {
+        // Taps reach `2 / stride` planes' rows and columns past an output's own.
+        Self {
+            stride,
+            plane_height: out_h + 2 / stride,
+            plane_width: out_w + 2 / stride,
+        }
     }
 
-    /// Output channels.
-    pub fn c_out(&self) -> usize {
-        self.c_out
+    fn plane(&self) -> usize {
+        self.plane_height * self.plane_width
     }
 
-    /// Input channels.
-    pub fn c_in(&self) -> usize {
-        self.c_in
+    fn channel(&self) -> usize {
+        self.stride * self.stride * self.plane()
+    }
+
+    /// Where depth step `(ci, tap)` reads, for position 0.
+    fn offset(&self, ci: usize, tap: usize) -> usize {
+        let (ky, kx, s) = (tap / 3, tap % 3, self.stride);
+        let phase = (ky % s) * s + kx % s;
+        ci * self.channel() + phase * self.plane() + (ky / s) * self.plane_width + kx / s
+    }
+
+    /// Fills `dst` (one channel) from the `height x width` plane `src`.
+    fn fill(&self, src: &[f32], width: usize, dst: &mut [f32]) {
+        if self.stride == 1 {
+            return pad_plane(src, width, dst);
+        }
+        // Stride 2: the padding, then each input line dealt out to the column phases of its
+        // row phase. Input pixel `(y, x)` is padded pixel `(y + 1, x + 1)`, so it goes to
+        // phase `((y + 1) % 2, (x + 1) % 2)` at `((y + 1) / 2, (x + 1) / 2)`.
+        dst.fill(0.0);
+        let plane = self.plane();
+        let phase_width = self.plane_width;
+        for (y, line) in src.chunks_exact(width).enumerate() {
+            let padded_row = y + 1;
+            let (py, i) = (padded_row % 2, padded_row / 2);
+            let row = |px: usize| (2 * py + px) * plane + i * phase_width;
+            let (left, right) = dst.split_at_mut(row(1));
+            let odd_columns = &mut left[row(0)..][..phase_width];
+            let even_columns = &mut right[..phase_width];
+            for (j, pair) in line.chunks_exact(2).enumerate() {
+                even_columns[j] = pair[0];
+                odd_columns[j + 1] = pair[1];
+            }
+            if width % 2 == 1 {
+                even_columns[width / 2] = line[width - 1];
+            }
+        }
     }
 }
 
-/// Computes `activation(conv3x3(inputs, weights) + bias)` with stride 1 and padding 1 for
-/// one image into `out` (`[c_out, height, width]`). `inputs` are the channel blocks of the
-/// input in order, all `height x width`.
+/// Input values from which the padded copy is made in parallel: below, waking the other
+/// threads costs more than the copy.
+const PARALLEL_COPY_VALUES: usize = 1 << 16;
+
+/// Computes `activation(conv3x3(inputs, weights) + bias)` with padding 1 and stride 1 or 2
+/// for one image into `out` (`[c_out, out_h, out_w]`). `inputs` are the channel blocks of
+/// the input in order, all `height x width`.
 ///
 /// # Panics
-/// When a slice's length does not match the shapes given.
+/// When a slice's length does not match the shapes given, or the kernel, stride or padding
+/// is not one this path computes.
 pub fn conv3x3_taps(
     inputs: &[FeatureMap],
     height: usize,
     width: usize,
-    weights: &TapWeights,
-    bias: &[f32],
-    activation: Activation,
+    params: &ConvParams,
     out: &mut [MaybeUninit<f32>],
 ) {
-    let (c_in, c_out) = (weights.c_in, weights.c_out);
-    assert_eq!(
-        inputs.iter().map(|p| p.channels).sum::<usize>(),
-        c_in,
-        "input channels"
+    assert!(
+        params.kernel == 3 && params.padding == 1 && matches!(params.stride, 1 | 2),
+        "3x3 kernel, padding 1, stride 1 or 2"
     );
+    let c_in: usize = inputs.iter().map(|p| p.channels).sum();
+    let c_out = params.weight.rows();
+    assert_eq!(params.weight.depth(), TAPS * c_in, "weight shape");
     for part in inputs {
         assert_eq!(
             part.data.len(),
@@ -93,26 +136,38 @@ pub fn conv3x3_taps(
             "input shape"
         );
     }
-    assert_eq!(bias.len(), c_out, "bias shape");
-    assert_eq!(out.len(), c_out * height * width, "output shape");
-    if height == 0 || width == 0 {
+    assert_eq!(params.bias.len(), c_out, "bias shape");
+    let (out_h, out_w) = output_size(height, width, 3, params.stride, 1);
+    assert_eq!(out.len(), c_out * out_h * out_w, "output shape");
+    if height == 0 || width == 0 || c_in == 0 {
         return;
     }
-    let padded_width = width + 2;
-    let plane = (height + 2) * padded_width;
-    let positions = height * padded_width;
+    let layout = PaddedLayout::new(params.stride, out_h, out_w);
+    let row_width = layout.plane_width;
+    let positions = out_h * row_width;
+    let offsets: Vec<usize> = (0..c_in)
+        .flat_map(|ci| (0..TAPS).map(move |tap| layout.offset(ci, tap)))
+        .collect();
+    // The last taps of the last (dropped) positions read a little past the last plane.
+    let read_end = offsets.iter().max().map_or(0, |&o| o + positions);
     with_reused(&PADDED, |padded| {
-        // The last tap of the last positions (dropped ones) reads two values past the
-        // last plane.
-        let padded = prefix(padded, c_in * plane + 2, 0.0);
-        let (planes, slack) = padded.split_at_mut(c_in * plane);
+        let copied = c_in * layout.channel();
+        let padded = prefix(padded, copied.max(read_end), 0.0);
+        let (planes, slack) = padded.split_at_mut(copied);
         slack.fill(0.0);
-        // On this thread: a small map's copy costs less than waking the others.
         let channels = inputs
             .iter()
             .flat_map(|p| p.data.chunks_exact(height * width));
-        for (dst, src) in planes.chunks_exact_mut(plane).zip(channels) {
-            pad_plane(src, width, dst);
+        if c_in * height * width < PARALLEL_COPY_VALUES {
+            for (dst, src) in planes.chunks_exact_mut(layout.channel()).zip(channels) {
+                layout.fill(src, width, dst);
+            }
+        } else {
+            let channels: Vec<&[f32]> = channels.collect();
+            planes
+                .par_chunks_exact_mut(layout.channel())
+                .zip(channels)
+                .for_each(|(dst, src)| layout.fill(src, width, dst));
         }
         let padded: &[f32] = padded;
         let split = WorkSplit::new(positions, TAPS * c_in, c_out, block_width(), true);
@@ -126,44 +181,38 @@ pub fn conv3x3_taps(
                 } = split.item(item);
                 let (start, len) = (columns.start, columns.len());
                 let product = prefix(product, channels.len() * len, 0.0);
-                for (tap, weights) in weights.taps.iter().enumerate() {
-                    let offset = (tap / 3) * padded_width + tap % 3;
-                    // SAFETY: rows `ci` of `x` are `len` values from `start + offset` of
-                    // plane `ci`, inside `padded` (the slack covers the last plane's
-                    // overrun); `product` holds a row of `len` for each of `channels`.
-                    unsafe {
-                        multiply_packed_blocks(
-                            weights,
-                            blocks.clone(),
-                            0..c_in,
-                            Rows {
-                                ptr: padded.as_ptr().add(start + offset),
-                                stride: plane,
-                            },
-                            len,
-                            Rows {
-                                ptr: product.as_mut_ptr(),
-                                stride: len,
-                            },
-                            tap > 0,
-                        );
-                    }
+                // SAFETY: every offset plus the item's last position lies inside `padded`
+                // (`read_end`); `product` holds a row of `len` for each of `channels`.
+                unsafe {
+                    multiply_indirect_blocks(
+                        params.weight,
+                        blocks.clone(),
+                        padded.as_ptr().add(start),
+                        &offsets,
+                        len,
+                        Rows {
+                            ptr: product.as_mut_ptr(),
+                            stride: len,
+                        },
+                    );
                 }
-                let rows = product.chunks_exact_mut(len).zip(&bias[channels.clone()]);
+                let rows = product
+                    .chunks_exact_mut(len)
+                    .zip(&params.bias[channels.clone()]);
                 for (co, (row, &b)) in channels.zip(rows) {
-                    apply_bias_activation(row, b, activation);
+                    apply_bias_activation(row, b, params.activation);
                     // The positions of the tile that are output pixels, row by row.
                     let mut p = start;
                     while p < start + len {
-                        let (y, x) = (p / padded_width, p % padded_width);
-                        let run = (padded_width - x).min(start + len - p);
-                        let kept = run.min(width.saturating_sub(x));
+                        let (y, x) = (p / row_width, p % row_width);
+                        let run = (row_width - x).min(start + len - p);
+                        let kept = run.min(out_w.saturating_sub(x));
                         if kept > 0 {
                             let from = &row[p - start..][..kept];
                             // SAFETY: output pixels `(y, x..x + kept)` of channel `co` are
                             // this item's alone; `out` outlives the parallel loop.
                             unsafe {
-                                let to = out_ptr.get().add((co * height + y) * width + x);
+                                let to = out_ptr.get().add((co * out_h + y) * out_w + x);
                                 std::ptr::copy_nonoverlapping(from.as_ptr(), to, kept);
                             }
                         }
@@ -196,31 +245,44 @@ fn pad_plane(src: &[f32], width: usize, dst: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Activation;
+    use crate::PackedWeights;
     use crate::test_values::max_difference_from_im2col;
     use proptest::prelude::*;
 
     /// [`max_difference_from_im2col`] of the tap-wise path.
-    fn max_difference(shape: [usize; 5], activation: Activation) -> f32 {
+    fn max_difference(shape: [usize; 5], stride: usize, activation: Activation) -> f32 {
         let [c_in, _, c_out, h, w] = shape;
-        max_difference_from_im2col(shape, activation, |parts, weight, bias, out| {
-            let taps = TapWeights::new(weight, c_out, c_in);
-            conv3x3_taps(parts, h, w, &taps, bias, activation, out)
+        max_difference_from_im2col(shape, stride, activation, |parts, weight, bias, out| {
+            let packed = PackedWeights::new(weight, c_out, c_in * TAPS);
+            let params = ConvParams {
+                weight: &packed,
+                bias,
+                kernel: 3,
+                stride,
+                padding: 1,
+                activation,
+            };
+            conv3x3_taps(parts, h, w, &params, out)
         })
     }
 
     #[test]
     fn yolo_shapes_match_the_im2col_path() {
-        // The small maps of YOLO's last stages, a head convolution reading two blocks, odd
-        // sizes, a map of one pixel.
+        // The small maps of YOLO's last stages, a head convolution reading two blocks, the
+        // stem (3 channels), odd sizes, a map of one pixel; each at stride 1 and 2.
         for (shape, act) in [
             ([128, 128, 128, 10, 10], Activation::Silu),
             ([64, 32, 80, 20, 20], Activation::Silu),
+            ([3, 3, 16, 64, 48], Activation::Silu),
             ([32, 8, 24, 17, 13], Activation::Identity),
             ([5, 2, 3, 1, 1], Activation::Silu),
             ([7, 3, 9, 3, 2], Activation::Identity),
         ] {
-            let diff = max_difference(shape, act);
-            assert!(diff < 1e-5, "{shape:?}: {diff}");
+            for stride in [1, 2] {
+                let diff = max_difference(shape, stride, act);
+                assert!(diff < 1e-5, "{shape:?} stride {stride}: {diff}");
+            }
         }
     }
 
@@ -229,10 +291,10 @@ mod tests {
         #[test]
         fn random_shapes_match_the_im2col_path(
             c_in in 1usize..24, split in 0usize..24, c_out in 1usize..24,
-            h in 1usize..23, w in 1usize..23, silu in any::<bool>(),
+            h in 1usize..23, w in 1usize..23, stride in 1usize..3, silu in any::<bool>(),
         ) {
             let act = if silu { Activation::Silu } else { Activation::Identity };
-            let diff = max_difference([c_in, split, c_out, h, w], act);
+            let diff = max_difference([c_in, split, c_out, h, w], stride, act);
             prop_assert!(diff < 1e-5, "{diff}");
         }
     }

@@ -49,12 +49,13 @@ pub(crate) fn split_channels(
 }
 
 /// Largest relative difference `|got - want| / (1 + |want|)` (infinite where `got` is NaN)
-/// between a 3x3, stride-1, padding-1 convolution computed by `run` and the im2col path
+/// between a 3x3, padding-1 convolution of `stride` computed by `run` and the im2col path
 /// (itself tested against a direct f64 convolution), on a `[c_in, h, w]` input given as two
 /// channel blocks split at `split`. `run` gets the blocks, the row-major
 /// `[c_out, c_in, 3, 3]` weights, the bias and the output.
 pub(crate) fn max_difference_from_im2col(
     [c_in, split, c_out, h, w]: [usize; 5],
+    stride: usize,
     activation: crate::Activation,
     run: impl FnOnce(&[crate::FeatureMap], &[f32], &[f32], &mut [MaybeUninit<f32>]),
 ) -> f32 {
@@ -67,14 +68,14 @@ pub(crate) fn max_difference_from_im2col(
         weight: &packed,
         bias: &bias,
         kernel: 3,
-        stride: 1,
+        stride,
         padding: 1,
         activation,
     };
-    let want = written(c_out * h * w, |out| {
-        crate::conv2d(&parts, h, w, &params, out)
-    });
-    let got = written(c_out * h * w, |out| run(&parts, &weight, &bias, out));
+    let (out_h, out_w) = crate::output_size(h, w, 3, stride, 1);
+    let len = c_out * out_h * out_w;
+    let want = written(len, |out| crate::conv2d(&parts, h, w, &params, out));
+    let got = written(len, |out| run(&parts, &weight, &bias, out));
     got.iter()
         .zip(&want)
         .map(|(g, w)| (g - w).abs() / (1.0 + w.abs()))

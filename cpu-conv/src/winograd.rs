@@ -422,7 +422,7 @@ mod tests {
     /// [`max_difference_from_im2col`] of the Winograd path.
     fn max_difference(shape: [usize; 5], activation: Activation) -> f32 {
         let [c_in, _, c_out, h, w] = shape;
-        max_difference_from_im2col(shape, activation, |parts, weight, bias, out| {
+        max_difference_from_im2col(shape, 1, activation, |parts, weight, bias, out| {
             let transformed = WinogradWeights::new(weight, c_out, c_in);
             conv3x3_winograd(parts, h, w, &transformed, bias, activation, out)
         })

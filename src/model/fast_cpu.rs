@@ -1,6 +1,7 @@
 //! The fast CPU path: on the Flex backend, [`ConvBlock`]s run through the `cpu-conv` kernels
-//! (Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions, im2col and micro-kernels over
-//! weights packed once for the rest, with bias and SiLU fused, parallel over output tiles)
+//! (Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions on larger maps, the tap-wise indirect
+//! product for the other 3x3 ones, im2col for the rest, all with micro-kernels over weights
+//! packed once and bias and SiLU fused, parallel over output tiles)
 //! on the Flex tensors' own storage, without layout conversions, and read the parts of a
 //! channel concatenation in place; SPPF's max-pools and the detection head's DFL decoding and
 //! sigmoid run as plain vectorised loops. Convolutions that an INT8 plan names
@@ -18,7 +19,7 @@ use burn::module::ParamId;
 use burn::tensor::{DType, Tensor, TensorData};
 use cpu_conv::{
     Activation, ConvParams, DepthwiseParams, FeatureMap, Int8ConvParams, PackedWeights,
-    QuantizedMap, QuantizedWeights, TapWeights, WinogradWeights,
+    QuantizedMap, QuantizedWeights, WinogradWeights,
 };
 use rayon::prelude::*;
 
@@ -211,10 +212,9 @@ fn to_tensor(data: Vec<f32>, shape: [usize; 4]) -> Tensor<4> {
 }
 
 /// A convolution's weights rearranged for the fast path (Winograd-transformed for 3x3
-/// stride-1 convolutions on larger maps, split by tap on small ones, packed for the
-/// micro-kernels otherwise), made on the first forward
-/// and kept with the block. Keyed by the weight parameter's id, so a block whose weights are
-/// replaced remakes it.
+/// stride-1 convolutions on larger maps, packed for the micro-kernels otherwise), made on
+/// the first forward and kept with the block. Keyed by the weight parameter's id, so a block
+/// whose weights are replaced remakes it.
 #[derive(Clone, Debug, Default)]
 pub struct PreparedWeights(Arc<Mutex<Option<Prepared>>>);
 
@@ -225,7 +225,6 @@ type Prepared = (ParamId, Arc<ConvWeights>);
 #[derive(Debug)]
 enum ConvWeights {
     Winograd(WinogradWeights),
-    Taps(TapWeights),
     Packed(PackedWeights),
     /// `[channels, kernel, kernel]` as they are.
     Depthwise(Vec<f32>),
@@ -237,7 +236,6 @@ enum ConvWeights {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Layout {
     Winograd,
-    Taps,
     Packed,
     Depthwise,
     Int8,
@@ -247,7 +245,6 @@ impl ConvWeights {
     fn layout(&self) -> Layout {
         match self {
             ConvWeights::Winograd(_) => Layout::Winograd,
-            ConvWeights::Taps(_) => Layout::Taps,
             ConvWeights::Packed(_) => Layout::Packed,
             ConvWeights::Depthwise(_) => Layout::Depthwise,
             ConvWeights::Int8(_) => Layout::Int8,
@@ -282,9 +279,9 @@ impl PreparedWeights {
 }
 
 /// Winograd pays for its transforms on maps larger than 20x20; up to 20x20 the tap-wise
-/// products are fastest (`cargo bench -p cpu-conv`, im2col / taps / Winograd: 128 channels
-/// at 10x10 163 / 115 / 225 µs, at 20x20 374 / 335 / 355 µs; 64 channels at 40x40 407 / 331 /
-/// 286 µs).
+/// indirect product is fastest (`cargo bench -p cpu-conv`, im2col / taps / Winograd: 128
+/// channels at 10x10 159 / 92 / 227 µs, at 20x20 381 / 326 / 356 µs; 64 channels at 40x40
+/// 407 / 292 / 292 µs).
 const WINOGRAD_MIN_PIXELS: usize = 20 * 20;
 
 /// `block` applied to the channel concatenation of `parts`, on the fast path; `None` when the
@@ -319,7 +316,7 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
         if height * width > WINOGRAD_MIN_PIXELS {
             Layout::Winograd
         } else {
-            Layout::Taps
+            Layout::Packed
         }
     } else {
         Layout::Packed
@@ -332,7 +329,6 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
             Layout::Depthwise => ConvWeights::Depthwise(weight.to_vec()),
             Layout::Int8 => ConvWeights::Int8(QuantizedWeights::new(weight, c_out, c_in, kernel)),
             Layout::Winograd => ConvWeights::Winograd(WinogradWeights::new(weight, c_out, c_in)),
-            Layout::Taps => ConvWeights::Taps(TapWeights::new(weight, c_out, c_in)),
             Layout::Packed => {
                 ConvWeights::Packed(PackedWeights::new(weight, c_out, c_in * kernel * kernel))
             }
@@ -377,9 +373,6 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
                 activation,
                 out_image,
             ),
-            ConvWeights::Taps(taps) => {
-                cpu_conv::conv3x3_taps(&inputs, height, width, taps, bias, activation, out_image)
-            }
             ConvWeights::Depthwise(weight) => {
                 let params = DepthwiseParams {
                     weight,
@@ -400,7 +393,14 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
                     padding: block.padding,
                     activation,
                 };
-                cpu_conv::conv2d(&inputs, height, width, &params, out_image)
+                // 3x3 convolutions that Winograd does not take: tap-wise (stride 2: 1.3x to
+                // 1.6x faster than im2col on YOLOv8n's and YOLO11n's downsampling layers at
+                // 80x80 and 20x20, even on the stem).
+                if kernel == 3 && block.padding == 1 && matches!(block.stride, 1 | 2) {
+                    cpu_conv::conv3x3_taps(&inputs, height, width, &params, out_image)
+                } else {
+                    cpu_conv::conv2d(&inputs, height, width, &params, out_image)
+                }
             }
         }
     }
