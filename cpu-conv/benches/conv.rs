@@ -15,9 +15,9 @@ use cpu_conv::{
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 
-/// `(name, c_in, c_out, size, kernel, stride)` of representative YOLOv8n layers (and three
-/// small maps of YOLO11n at 320).
-const LAYERS: [(&str, usize, usize, usize, usize, usize); 13] = [
+/// `(name, c_in, c_out, size, kernel, stride)` of representative YOLOv8n layers (and five
+/// maps of YOLO11n at 320).
+const LAYERS: [(&str, usize, usize, usize, usize, usize); 15] = [
     ("stem 3->16 3x3/2 @640", 3, 16, 640, 3, 2),
     ("down 16->32 3x3/2 @320", 16, 32, 320, 3, 2),
     ("down 64->128 3x3/2 @80", 64, 128, 80, 3, 2),
@@ -29,6 +29,8 @@ const LAYERS: [(&str, usize, usize, usize, usize, usize); 13] = [
     ("c2f 128->128 3x3 @20", 128, 128, 20, 3, 1),
     ("c3k2 64->64 3x3 @40", 64, 64, 40, 3, 1),
     ("c3k2 128->128 3x3 @10", 128, 128, 10, 3, 1),
+    ("c3k2 16->8 3x3 @80", 16, 8, 80, 3, 1),
+    ("c3k2 32->16 3x3 @40", 32, 16, 40, 3, 1),
     ("c2f cv2 48->32 1x1 @160", 48, 32, 160, 1, 1),
     ("sppf cv2 512->256 1x1 @20", 512, 256, 20, 1, 1),
 ];

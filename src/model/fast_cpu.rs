@@ -278,11 +278,16 @@ impl PreparedWeights {
     }
 }
 
-/// Winograd pays for its transforms on maps larger than 20x20; up to 20x20 the tap-wise
-/// indirect product is fastest (`cargo bench -p cpu-conv`, im2col / taps / Winograd: 128
-/// channels at 10x10 159 / 92 / 227 µs, at 20x20 381 / 326 / 356 µs; 64 channels at 40x40
-/// 407 / 292 / 292 µs).
-const WINOGRAD_MIN_PIXELS: usize = 20 * 20;
+/// Whether a 3x3 stride-1 convolution of `c_in -> c_out` channels on a map of `pixels` runs
+/// as Winograd rather than the tap-wise indirect product. Winograd pays for its transforms
+/// on maps larger than 20x20, and at 40x40 only with more channels than 64 -> 64
+/// (`cargo bench -p cpu-conv`, im2col / taps / Winograd: 128 -> 128 at 10x10 159 / 92 /
+/// 227 µs, at 20x20 381 / 326 / 356 µs; at 40x40 64 -> 64 407 / 292 / 292 µs, 32 -> 16 90 /
+/// 54 / 85 µs, 64 -> 32 276 / 171 / 213 µs, 128 -> 64 756 / 582 / 434 µs; at 80x80
+/// 32 -> 32 382 / 421 / 279 µs).
+fn winograd_pays(pixels: usize, c_in: usize, c_out: usize) -> bool {
+    pixels > 40 * 40 || (pixels > 20 * 20 && c_in * c_out > 64 * 64)
+}
 
 /// `block` applied to the channel concatenation of `parts`, on the fast path; `None` when the
 /// tensors are not on the Flex backend or the block is a grouped convolution other than a
@@ -313,7 +318,7 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
     } else if int8_input.is_some() {
         Layout::Int8
     } else if kernel == 3 && block.stride == 1 && block.padding == 1 {
-        if height * width > WINOGRAD_MIN_PIXELS {
+        if winograd_pays(height * width, c_in, c_out) {
             Layout::Winograd
         } else {
             Layout::Packed
