@@ -19,6 +19,8 @@ use crate::activation::Activation;
 use crate::conv::{FeatureMap, SharedOut, WorkItem, WorkSplit, bias_activation_tile, output_size};
 use crate::im2col::Window;
 use crate::int8_kernels::{MR, Tile, kernel};
+use crate::packed::{Offsets, Strided};
+use crate::taps::PaddedLayout;
 
 // `WorkSplit` groups output channels in blocks of the f32 kernels' height.
 const _: () = assert!(MR == crate::packed::MR);
@@ -27,6 +29,10 @@ use crate::scratch::{prefix, with_reused};
 thread_local! {
     /// Each thread's im2col block of quads, reused across tiles and convolutions.
     static IM2COL_BLOCK: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
+    /// The calling thread's padded copy of a 3x3 convolution's input quads.
+    static PADDED_QUADS: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
+    /// Each thread's dequantised product of one tile, `[c_out, tile]`.
+    static PRODUCT: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
 /// Affine quantisation to u8: `real = scale * (q - zero_point)`.
@@ -320,6 +326,16 @@ pub fn conv2d_int8(
         padding: params.padding,
     };
     let pad = input.params.zero_quad();
+    if k == 3 && params.padding == 1 && taps_pay(params.stride, height * width, weight) {
+        let epilogue = Epilogue {
+            init: &init,
+            scale: &scale,
+            bias: params.bias,
+            activation: params.activation,
+        };
+        let layout = PaddedLayout::new(height, width, params.stride);
+        return conv3x3_taps_int8(input, height * width, layout, weight, epilogue, out);
+    }
     let direct = k == 1 && params.stride == 1 && params.padding == 0;
     let phased = window.phases(&input.quads, groups, pad);
     let quads = weight.quads();
@@ -353,7 +369,7 @@ pub fn conv2d_int8(
                         // SAFETY (both): `first_col < len`, inside the input rows and the
                         // item's output columns.
                         x: unsafe { x.add(first_col) },
-                        x_stride,
+                        x_rows: Strided(x_stride),
                         init: init[b * MR..].as_ptr(),
                         scale: scale[b * MR..].as_ptr(),
                         dst: unsafe { dst.add(b * MR * positions + first_col) },
@@ -378,6 +394,96 @@ pub fn conv2d_int8(
                 )
             };
         })
+    });
+}
+
+/// Whether a 3x3, padding-1 convolution of `stride` on a map of `pixels` runs tap-wise
+/// (one indirect product over a padded copy) rather than through im2col blocks: always at
+/// stride 2, at stride 1 on maps up to 40x40 and for few channels (`cargo bench -p cpu-conv
+/// -- int8`, im2col / taps: 64 -> 128 stride 2 at 80x80 272 / 198 µs, 128 -> 256 stride 2 at
+/// 20x20 111 / 67 µs, 64 -> 64 at 40x40 130 / 115 µs, 16 -> 8 at 80x80 52 / 41 µs; but
+/// 64 -> 80 at 80x80 446-467 / 483-578 µs).
+fn taps_pay(stride: usize, pixels: usize, weight: &QuantizedWeights) -> bool {
+    match stride {
+        2 => true,
+        1 => pixels <= 40 * 40 || weight.channels * weight.rows <= 16 * 16,
+        _ => false,
+    }
+}
+
+/// What turns a convolution's i32 accumulators into its f32 output: each output channel's
+/// accumulator start (the zero-point correction) and scale, then its bias and activation.
+#[derive(Clone, Copy)]
+struct Epilogue<'a> {
+    init: &'a [i32],
+    scale: &'a [f32],
+    bias: &'a [f32],
+    activation: Activation,
+}
+
+/// [`conv2d_int8`] for 3x3, padding-1 convolutions of stride 1 or 2: one indirect product
+/// per tile over a padded (for stride 2, phase-split) copy of the quads, padded with the
+/// zero point, as the f32 path's `conv3x3_taps` does, instead of an im2col block per tile.
+fn conv3x3_taps_int8(
+    input: &QuantizedMap,
+    plane: usize,
+    layout: PaddedLayout,
+    weight: &QuantizedWeights,
+    epilogue: Epilogue,
+    out: &mut [MaybeUninit<f32>],
+) {
+    if plane == 0 {
+        return;
+    }
+    let groups: Vec<&[u32]> = input.quads.chunks_exact(plane).collect();
+    let positions = layout.positions();
+    // Weight quad `(group, tap)` is depth step `group * 9 + tap`, as the offsets go.
+    let offsets = layout.offsets(groups.len());
+    let quads = weight.quads();
+    debug_assert_eq!(offsets.len(), quads);
+    let kernel = kernel();
+    with_reused(&PADDED_QUADS, |buffer| {
+        let padded = layout.copy(&groups, &offsets, input.params.zero_quad(), buffer);
+        let split = WorkSplit::new(positions, quads, weight.rows, kernel.nr, true);
+        let out = SharedOut::new(out);
+        (0..split.items()).into_par_iter().for_each(|item| {
+            with_reused(&PRODUCT, |product| {
+                let WorkItem {
+                    columns,
+                    blocks,
+                    channels,
+                } = split.item(item);
+                let (start, len) = (columns.start, columns.len());
+                let product = prefix(product, channels.len() * len, 0.0);
+                for first_col in (0..len).step_by(kernel.nr) {
+                    for b in blocks.clone() {
+                        let call = Tile {
+                            a: weight.data[b * quads * MR..].as_ptr(),
+                            quads,
+                            // SAFETY: every offset plus the item's last position lies inside
+                            // `padded` (`PaddedLayout::copy`).
+                            x: unsafe { padded.as_ptr().add(start + first_col) },
+                            x_rows: Offsets(offsets.as_ptr()),
+                            init: epilogue.init[b * MR..].as_ptr(),
+                            scale: epilogue.scale[b * MR..].as_ptr(),
+                            // In bounds: `product` has a row of `len` per channel of `blocks`.
+                            dst: product[(b - blocks.start) * MR * len + first_col..].as_mut_ptr(),
+                            dst_stride: len,
+                            rows: MR.min(weight.rows - b * MR),
+                            cols: kernel.nr.min(len - first_col),
+                        };
+                        // SAFETY: the input rows hold `len` quads from `start`, the weights
+                        // `quads * MR` quads from block `b`, `init`/`scale` `MR` values each,
+                        // `product` the tile's rows; the kernel runs on this CPU.
+                        unsafe { (kernel.run_indirect)(&call) };
+                    }
+                }
+                let bias = (epilogue.bias, epilogue.activation);
+                // SAFETY: the item's positions of its channels are its own; `out` outlives
+                // the parallel loop.
+                unsafe { layout.finish_tile(product, (start, len), channels, bias, out) };
+            })
+        });
     });
 }
 
@@ -480,6 +586,8 @@ mod tests {
     fn yolo_shapes_match_the_integer_reference() {
         check([3, 3, 16, 33, 47], [3, 2, 1], Activation::Silu);
         check([16, 16, 16, 20, 24], [3, 1, 1], Activation::Silu);
+        // A map over 40x40 with more channels: through im2col blocks, not tap-wise.
+        check([32, 16, 24, 45, 41], [3, 1, 1], Activation::Silu);
         check([24, 8, 32, 17, 13], [1, 1, 0], Activation::Silu);
         // A 1x1 on a map small enough that the threads split the output channels.
         assert!(WorkSplit::new(5 * 7, 16, 40, kernel().nr, true).splits_channels());

@@ -17,18 +17,20 @@
 
 use std::sync::OnceLock;
 
+use crate::packed::{InputRows, Offsets, Strided};
+
 /// Output rows per register block.
 pub(crate) const MR: usize = 8;
 
 /// One micro-kernel call: an output block of `rows x cols` (at most `MR x NR`) over `quads`
 /// depth steps.
-pub(crate) struct Tile {
+pub(crate) struct Tile<R> {
     /// The block's first weight quad of the first step; step `q` at `a + q * MR`.
     pub a: *const u32,
     pub quads: usize,
-    /// Column 0 of input row 0; row `q` at `x + q * x_stride`.
+    /// Column 0 of input row 0; row `q` at `x_rows.row(x, q)`.
     pub x: *const u32,
-    pub x_stride: usize,
+    pub x_rows: R,
     /// `MR` starting values of the accumulators (the zero-point correction) and `MR` scales.
     pub init: *const i32,
     pub scale: *const f32,
@@ -43,7 +45,8 @@ pub(crate) struct Tile {
 pub(crate) struct Kernel {
     pub name: &'static str,
     pub nr: usize,
-    pub run: unsafe fn(&Tile),
+    pub run: unsafe fn(&Tile<Strided>),
+    pub run_indirect: unsafe fn(&Tile<Offsets>),
 }
 
 /// Every micro-kernel this CPU can run, fastest first (the portable one last).
@@ -57,6 +60,7 @@ pub(crate) fn available() -> Vec<Kernel> {
                 name: "avx512-vnni",
                 nr: x86::NR_VNNI512,
                 run: x86::tile_vnni512,
+                run_indirect: x86::tile_vnni512,
             });
         }
         if has!("avx2") && has!("avxvnni") {
@@ -64,6 +68,7 @@ pub(crate) fn available() -> Vec<Kernel> {
                 name: "avx-vnni",
                 nr: x86::NR_AVX_VNNI,
                 run: x86::tile_avx_vnni,
+                run_indirect: x86::tile_avx_vnni,
             });
         }
         if has!("avx2") {
@@ -71,6 +76,7 @@ pub(crate) fn available() -> Vec<Kernel> {
                 name: "avx2",
                 nr: x86::NR_AVX2,
                 run: x86::tile_avx2,
+                run_indirect: x86::tile_avx2,
             });
         }
     }
@@ -78,6 +84,7 @@ pub(crate) fn available() -> Vec<Kernel> {
         name: "portable",
         nr: NR_PORTABLE,
         run: tile_portable,
+        run_indirect: tile_portable,
     });
     kernels
 }
@@ -106,7 +113,7 @@ const NR_PORTABLE: usize = 16;
 ///
 /// # Safety
 /// The tile's pointers address what its fields say.
-unsafe fn tile_portable(t: &Tile) {
+unsafe fn tile_portable<R: InputRows>(t: &Tile<R>) {
     // SAFETY: per the tile's contract.
     let (init, scale) = unsafe {
         (
@@ -120,7 +127,7 @@ unsafe fn tile_portable(t: &Tile) {
         let (a, x) = unsafe {
             (
                 std::slice::from_raw_parts(t.a.add(q * MR), MR),
-                std::slice::from_raw_parts(t.x.add(q * t.x_stride), t.cols),
+                std::slice::from_raw_parts(t.x_rows.row(t.x, q), t.cols),
             )
         };
         for (row, &w) in acc.iter_mut().zip(a) {
@@ -146,6 +153,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{MR, Tile};
+    use crate::packed::InputRows;
     use crate::simd::tail::{masks8, masks16};
 
     pub(super) const NR_VNNI512: usize = 48;
@@ -159,13 +167,13 @@ mod x86 {
     /// The CPU has AVX-512F/BW and AVX-512 VNNI; the tile's pointers address what its fields
     /// say.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn tile_vnni512(t: &Tile) {
+    pub(super) unsafe fn tile_vnni512<R: InputRows>(t: &Tile<R>) {
         // SAFETY: forwarded from the caller.
         unsafe {
             match t.cols.div_ceil(16) {
-                0 | 1 => tile_vnni512_vectors::<1>(t),
-                2 => tile_vnni512_vectors::<2>(t),
-                _ => tile_vnni512_vectors::<3>(t),
+                0 | 1 => tile_vnni512_vectors::<1, R>(t),
+                2 => tile_vnni512_vectors::<2, R>(t),
+                _ => tile_vnni512_vectors::<3, R>(t),
             }
         }
     }
@@ -175,13 +183,15 @@ mod x86 {
     /// # Safety
     /// As for [`tile_vnni512`], with `t.cols <= 16 * VECTORS`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn tile_vnni512_vectors<const VECTORS: usize>(t: &Tile) {
+    unsafe fn tile_vnni512_vectors<const VECTORS: usize, R: InputRows>(t: &Tile<R>) {
         let masks = masks16::<VECTORS>(t.cols);
         // SAFETY: `init` holds `MR` values.
         let mut acc: [[__m512i; VECTORS]; MR] =
             std::array::from_fn(|r| [_mm512_set1_epi32(unsafe { *t.init.add(r) }); VECTORS]);
-        let (mut a, mut x) = (t.a, t.x);
-        for _ in 0..t.quads {
+        let mut a = t.a;
+        for q in 0..t.quads {
+            // SAFETY: `q` is below the tile's depth.
+            let x = unsafe { t.x_rows.row(t.x, q) };
             // SAFETY: masked lanes are not read; the others lie inside the tile's row.
             let xv: [__m512i; VECTORS] = std::array::from_fn(|v| unsafe {
                 _mm512_maskz_loadu_epi32(masks[v], x.wrapping_add(16 * v).cast())
@@ -194,7 +204,6 @@ mod x86 {
                 }
             }
             a = a.wrapping_add(MR);
-            x = x.wrapping_add(t.x_stride);
         }
         for (r, row) in acc.iter().enumerate().take(t.rows) {
             // SAFETY: `scale` holds `MR` values.
@@ -295,9 +304,9 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX2 and AVX-VNNI; the tile's pointers address what its fields say.
     #[target_feature(enable = "avx2,avxvnni")]
-    pub(super) unsafe fn tile_avx_vnni(t: &Tile) {
+    pub(super) unsafe fn tile_avx_vnni<R: InputRows>(t: &Tile<R>) {
         // SAFETY: forwarded from the caller.
-        unsafe { tile_256::<AvxVnni, 3>(t) }
+        unsafe { tile_256::<AvxVnni, 3, R>(t) }
     }
 
     /// 8 x 16 with AVX2.
@@ -305,9 +314,9 @@ mod x86 {
     /// # Safety
     /// The CPU has AVX2; the tile's pointers address what its fields say.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn tile_avx2(t: &Tile) {
+    pub(super) unsafe fn tile_avx2<R: InputRows>(t: &Tile<R>) {
         // SAFETY: forwarded from the caller.
-        unsafe { tile_256::<Avx2, 2>(t) }
+        unsafe { tile_256::<Avx2, 2, R>(t) }
     }
 
     /// `MR x (8 * VECTORS)` as two passes of 4 rows (16 registers hold 4 rows of
@@ -317,7 +326,7 @@ mod x86 {
     /// Called only from a function compiled for the CPU features `D` needs; the tile's
     /// pointers address what its fields say.
     #[inline(always)]
-    unsafe fn tile_256<D: Dot256, const VECTORS: usize>(t: &Tile) {
+    unsafe fn tile_256<D: Dot256, const VECTORS: usize, R: InputRows>(t: &Tile<R>) {
         const ROWS: usize = 4;
         // SAFETY (whole body): the intrinsics run on a CPU with the features `D` needs (the
         // caller's contract); loads and stores stay inside the tile as its fields say.
@@ -326,8 +335,9 @@ mod x86 {
             for first in (0..t.rows).step_by(ROWS) {
                 let mut acc: [[__m256i; VECTORS]; ROWS] =
                     std::array::from_fn(|r| [_mm256_set1_epi32(*t.init.add(first + r)); VECTORS]);
-                let (mut a, mut x) = (t.a.wrapping_add(first), t.x);
-                for _ in 0..t.quads {
+                let mut a = t.a.wrapping_add(first);
+                for q in 0..t.quads {
+                    let x = t.x_rows.row(t.x, q);
                     let xv: [D::Input; VECTORS] = std::array::from_fn(|v| {
                         D::input(_mm256_maskload_epi32(
                             x.wrapping_add(8 * v).cast(),
@@ -341,7 +351,6 @@ mod x86 {
                         }
                     }
                     a = a.wrapping_add(MR);
-                    x = x.wrapping_add(t.x_stride);
                 }
                 for (r, row) in acc.iter().enumerate().take(t.rows - first) {
                     let scale = _mm256_set1_ps(*t.scale.add(first + r));
@@ -360,9 +369,27 @@ mod x86 {
 mod tests {
     use super::*;
 
+    impl Tile<Strided> {
+        /// The same tile with its input rows found by `x_rows` instead.
+        fn with_rows<R>(&self, x_rows: R) -> Tile<R> {
+            Tile {
+                a: self.a,
+                quads: self.quads,
+                x: self.x,
+                x_rows,
+                init: self.init,
+                scale: self.scale,
+                dst: self.dst,
+                dst_stride: self.dst_stride,
+                rows: self.rows,
+                cols: self.cols,
+            }
+        }
+    }
+
     /// Every kernel this CPU runs against plain integer arithmetic, bit for bit, on blocks
     /// with row and column tails, extreme values (255 x -127 in every byte of a quad, where a
-    /// 16-bit pair sum would saturate) and strided input rows.
+    /// 16-bit pair sum would saturate) and input rows by stride and by offset.
     #[test]
     fn kernels_are_exact() {
         let kernels = available();
@@ -402,27 +429,38 @@ mod tests {
                         (init[r] + sum) as f32 * scale[r]
                     })
                     .collect();
+                // The rows by stride, and the same rows through an offset per step.
+                let offsets: Vec<usize> = (0..quads).map(|q| q * x_stride).collect();
                 for kernel in &kernels {
-                    let mut dst = vec![f32::NAN; rows * cols];
-                    let tile = Tile {
-                        a: a.as_ptr(),
-                        quads,
-                        x: x.as_ptr(),
-                        x_stride,
-                        init: init.as_ptr(),
-                        scale: scale.as_ptr(),
-                        dst: dst.as_mut_ptr(),
-                        dst_stride: cols,
-                        rows,
-                        cols: cols.min(kernel.nr),
-                    };
-                    // SAFETY: the tile lies inside the buffers above; `available` lists only
-                    // kernels this CPU runs.
-                    unsafe { (kernel.run)(&tile) };
-                    for r in 0..rows {
-                        for c in 0..cols.min(kernel.nr) {
-                            let (got, want) = (dst[r * cols + c], want[r * cols + c]);
-                            assert_eq!(got.to_bits(), want.to_bits(), "{} r{r} c{c}", kernel.name);
+                    for indirect in [false, true] {
+                        let mut dst = vec![f32::NAN; rows * cols];
+                        let tile = Tile {
+                            a: a.as_ptr(),
+                            quads,
+                            x: x.as_ptr(),
+                            x_rows: Strided(x_stride),
+                            init: init.as_ptr(),
+                            scale: scale.as_ptr(),
+                            dst: dst.as_mut_ptr(),
+                            dst_stride: cols,
+                            rows,
+                            cols: cols.min(kernel.nr),
+                        };
+                        // SAFETY: the tile lies inside the buffers above, by stride or by
+                        // offset; `available` lists only kernels this CPU runs.
+                        unsafe {
+                            if indirect {
+                                (kernel.run_indirect)(&tile.with_rows(Offsets(offsets.as_ptr())))
+                            } else {
+                                (kernel.run)(&tile)
+                            }
+                        };
+                        for r in 0..rows {
+                            for c in 0..cols.min(kernel.nr) {
+                                let (got, want) = (dst[r * cols + c], want[r * cols + c]);
+                                let name = kernel.name;
+                                assert_eq!(got.to_bits(), want.to_bits(), "{name} r{r} c{c}");
+                            }
                         }
                     }
                 }

@@ -76,22 +76,22 @@ impl PackedWeights {
     }
 }
 
-/// How a micro-kernel finds input row `k` from row 0's column 0.
+/// How a micro-kernel (f32 or INT8) finds input row `k` from row 0's column 0.
 pub(crate) trait InputRows: Copy {
     /// Column 0 of row `k`, from `x` (row 0's).
     ///
     /// # Safety
     /// `k` is below the tile's depth.
-    unsafe fn row(self, x: *const f32, k: usize) -> *const f32;
+    unsafe fn row<T>(self, x: *const T, k: usize) -> *const T;
 }
 
 /// Rows a fixed number of values apart (a dense matrix or a view of one).
 #[derive(Clone, Copy)]
-struct Strided(usize);
+pub(crate) struct Strided(pub usize);
 
 impl InputRows for Strided {
     #[inline(always)]
-    unsafe fn row(self, x: *const f32, k: usize) -> *const f32 {
+    unsafe fn row<T>(self, x: *const T, k: usize) -> *const T {
         x.wrapping_add(k * self.0)
     }
 }
@@ -99,11 +99,11 @@ impl InputRows for Strided {
 /// Row `k` at `x + offsets[k]`: an indirect product, whose rows are runs of a convolution's
 /// input at each channel's and tap's own offset (no im2col copy).
 #[derive(Clone, Copy)]
-struct Offsets(*const usize);
+pub(crate) struct Offsets(pub *const usize);
 
 impl InputRows for Offsets {
     #[inline(always)]
-    unsafe fn row(self, x: *const f32, k: usize) -> *const f32 {
+    unsafe fn row<T>(self, x: *const T, k: usize) -> *const T {
         // SAFETY: the tile's offsets hold one value per depth step, and `k` is one.
         x.wrapping_add(unsafe { *self.0.add(k) })
     }

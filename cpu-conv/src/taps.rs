@@ -23,16 +23,17 @@
 
 use std::cell::Cell;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::activation::apply_bias_activation;
+use crate::activation::{Activation, apply_bias_activation};
 use crate::conv::{ConvParams, FeatureMap, SharedOut, WorkItem, WorkSplit, output_size};
 use crate::packed::{Rows, block_width, multiply_indirect_blocks};
 use crate::scratch::{prefix, with_reused};
 
 /// Taps of a 3x3 kernel.
-const TAPS: usize = 9;
+pub(crate) const TAPS: usize = 9;
 
 thread_local! {
     /// The calling thread's padded (and for stride 2, phase-split) copy of the input.
@@ -41,23 +42,42 @@ thread_local! {
     static PRODUCT: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
-/// Where a stride's padded copy keeps each channel: `phases` planes (one per row and column
-/// phase) of `plane_height x plane_width` values per channel.
+/// Where a stride's padded copy keeps each channel: `stride²` planes (one per row and
+/// column phase) of `plane_height x plane_width` values per channel. Generic over the values
+/// (f32, or the INT8 path's quads, padded with their zero point).
 #[derive(Debug, Clone, Copy)]
-struct PaddedLayout {
+pub(crate) struct PaddedLayout {
     stride: usize,
     plane_height: usize,
     plane_width: usize,
+    width: usize,
+    out_h: usize,
+    out_w: usize,
 }
 
 impl PaddedLayout {
-    fn new(stride: usize, out_h: usize, out_w: usize) -> Self {
+    /// The layout for a 3x3, padding-1 convolution of `stride` (1 or 2) over a
+    /// `height x width` input.
+    ///
+    /// # Panics
+    /// When the stride is neither 1 nor 2.
+    pub(crate) fn new(height: usize, width: usize, stride: usize) -> Self {
+        assert!(matches!(stride, 1 | 2), "stride 1 or 2");
+        let (out_h, out_w) = output_size(height, width, 3, stride, 1);
         // Taps reach `2 / stride` planes' rows and columns past an output's own.
         Self {
             stride,
             plane_height: out_h + 2 / stride,
             plane_width: out_w + 2 / stride,
+            width,
+            out_h,
+            out_w,
         }
+    }
+
+    /// Output positions, numbered on the padded width (with the dropped extra columns).
+    pub(crate) fn positions(&self) -> usize {
+        self.out_h * self.plane_width
     }
 
     fn plane(&self) -> usize {
@@ -68,22 +88,65 @@ impl PaddedLayout {
         self.stride * self.stride * self.plane()
     }
 
-    /// Where depth step `(ci, tap)` reads, for position 0.
-    fn offset(&self, ci: usize, tap: usize) -> usize {
-        let (ky, kx, s) = (tap / 3, tap % 3, self.stride);
-        let phase = (ky % s) * s + kx % s;
-        ci * self.channel() + phase * self.plane() + (ky / s) * self.plane_width + kx / s
+    /// Where each depth step `(channel, tap)` of `channels` channels reads, for position 0,
+    /// channel-major.
+    pub(crate) fn offsets(&self, channels: usize) -> Vec<usize> {
+        let s = self.stride;
+        (0..channels)
+            .flat_map(|c| {
+                (0..TAPS).map(move |tap| {
+                    let (ky, kx) = (tap / 3, tap % 3);
+                    let phase = (ky % s) * s + kx % s;
+                    c * self.channel() + phase * self.plane() + (ky / s) * self.plane_width + kx / s
+                })
+            })
+            .collect()
+    }
+
+    /// The padded copy of `planes` (each `height x width`) in `buffer`, with `pad` around
+    /// them and in the slack past them that `offsets` (from [`Self::offsets`]) read for the
+    /// last, dropped positions.
+    pub(crate) fn copy<'a, T: Copy + Send + Sync>(
+        &self,
+        planes: &[&[T]],
+        offsets: &[usize],
+        pad: T,
+        buffer: &'a mut Vec<T>,
+    ) -> &'a [T] {
+        let read_end = offsets.iter().max().map_or(0, |&o| o + self.positions());
+        let copied = planes.len() * self.channel();
+        let padded = prefix(buffer, copied.max(read_end), pad);
+        let (channels, slack) = padded.split_at_mut(copied);
+        slack.fill(pad);
+        let values: usize = planes.iter().map(|p| p.len()).sum();
+        // On this thread for small maps: the copy costs less than waking the others.
+        if values < PARALLEL_COPY_VALUES {
+            for (dst, src) in channels.chunks_exact_mut(self.channel()).zip(planes) {
+                self.fill(src, dst, pad);
+            }
+        } else {
+            channels
+                .par_chunks_exact_mut(self.channel())
+                .zip(planes)
+                .for_each(|(dst, src)| self.fill(src, dst, pad));
+        }
+        padded
     }
 
     /// Fills `dst` (one channel) from the `height x width` plane `src`.
-    fn fill(&self, src: &[f32], width: usize, dst: &mut [f32]) {
+    fn fill<T: Copy>(&self, src: &[T], dst: &mut [T], pad: T) {
+        let width = self.width;
+        dst.fill(pad);
         if self.stride == 1 {
-            return pad_plane(src, width, dst);
+            let rows = dst[self.plane_width..].chunks_exact_mut(self.plane_width);
+            for (line, src) in rows.zip(src.chunks_exact(width)) {
+                line[1..=width].copy_from_slice(src);
+            }
+            return;
         }
-        // Stride 2: the padding, then each input line dealt out to the column phases of its
-        // row phase. Input pixel `(y, x)` is padded pixel `(y + 1, x + 1)`, so it goes to
-        // phase `((y + 1) % 2, (x + 1) % 2)` at `((y + 1) / 2, (x + 1) / 2)`.
-        dst.fill(0.0);
+        // Stride 2: each input line dealt out to the column phases of its row phase. Input
+        // pixel `(y, x)` is padded pixel `(y + 1, x + 1)`, so it goes to phase
+        // `((y + 1) % 2, (x + 1) % 2)` at `((y + 1) / 2, (x + 1) / 2)`.
         let plane = self.plane();
         let phase_width = self.plane_width;
         for (y, line) in src.chunks_exact(width).enumerate() {
@@ -99,6 +162,44 @@ impl PaddedLayout {
             }
             if width % 2 == 1 {
                 even_columns[width / 2] = line[width - 1];
+            }
+        }
+    }
+
+    /// Adds the bias, applies the activation and stores the output pixels of one tile:
+    /// `product` holds a row of `len` positions from `start` for each of `channels`.
+    ///
+    /// # Safety
+    /// `out` is the `[c_out, out_h, out_w]` output, whose pixels of `channels` at these
+    /// positions no one else writes meanwhile.
+    pub(crate) unsafe fn finish_tile(
+        &self,
+        product: &mut [f32],
+        (start, len): (usize, usize),
+        channels: Range<usize>,
+        (bias, activation): (&[f32], Activation),
+        out: SharedOut,
+    ) {
+        let row_width = self.plane_width;
+        let rows = product.chunks_exact_mut(len).zip(&bias[channels.clone()]);
+        for (co, (row, &b)) in channels.zip(rows) {
+            apply_bias_activation(row, b, activation);
+            // The positions of the tile that are output pixels, row by row.
+            let mut p = start;
+            while p < start + len {
+                let (y, x) = (p / row_width, p % row_width);
+                let run = (row_width - x).min(start + len - p);
+                let kept = run.min(self.out_w.saturating_sub(x));
+                if kept > 0 {
+                    let from = &row[p - start..][..kept];
+                    // SAFETY: output pixels `(y, x..x + kept)` of channel `co`, this
+                    // caller's alone.
+                    unsafe {
+                        let to = out.get().add((co * self.out_h + y) * self.out_w + x);
+                        std::ptr::copy_nonoverlapping(from.as_ptr(), to, kept);
+                    }
+                }
+                p += run;
             }
         }
     }
@@ -137,41 +238,25 @@ pub fn conv3x3_taps(
         );
     }
     assert_eq!(params.bias.len(), c_out, "bias shape");
-    let (out_h, out_w) = output_size(height, width, 3, params.stride, 1);
-    assert_eq!(out.len(), c_out * out_h * out_w, "output shape");
+    let layout = PaddedLayout::new(height, width, params.stride);
+    assert_eq!(
+        out.len(),
+        c_out * layout.out_h * layout.out_w,
+        "output shape"
+    );
     if height == 0 || width == 0 || c_in == 0 {
         return;
     }
-    let layout = PaddedLayout::new(params.stride, out_h, out_w);
-    let row_width = layout.plane_width;
-    let positions = out_h * row_width;
-    let offsets: Vec<usize> = (0..c_in)
-        .flat_map(|ci| (0..TAPS).map(move |tap| layout.offset(ci, tap)))
+    let positions = layout.positions();
+    let offsets = layout.offsets(c_in);
+    let planes: Vec<&[f32]> = inputs
+        .iter()
+        .flat_map(|p| p.data.chunks_exact(height * width))
         .collect();
-    // The last taps of the last (dropped) positions read a little past the last plane.
-    let read_end = offsets.iter().max().map_or(0, |&o| o + positions);
-    with_reused(&PADDED, |padded| {
-        let copied = c_in * layout.channel();
-        let padded = prefix(padded, copied.max(read_end), 0.0);
-        let (planes, slack) = padded.split_at_mut(copied);
-        slack.fill(0.0);
-        let channels = inputs
-            .iter()
-            .flat_map(|p| p.data.chunks_exact(height * width));
-        if c_in * height * width < PARALLEL_COPY_VALUES {
-            for (dst, src) in planes.chunks_exact_mut(layout.channel()).zip(channels) {
-                layout.fill(src, width, dst);
-            }
-        } else {
-            let channels: Vec<&[f32]> = channels.collect();
-            planes
-                .par_chunks_exact_mut(layout.channel())
-                .zip(channels)
-                .for_each(|(dst, src)| layout.fill(src, width, dst));
-        }
-        let padded: &[f32] = padded;
+    with_reused(&PADDED, |buffer| {
+        let padded = layout.copy(&planes, &offsets, 0.0, buffer);
         let split = WorkSplit::new(positions, TAPS * c_in, c_out, block_width(), true);
-        let out_ptr = SharedOut::new(out);
+        let out = SharedOut::new(out);
         (0..split.items()).into_par_iter().for_each(|item| {
             with_reused(&PRODUCT, |product| {
                 let WorkItem {
@@ -182,11 +267,12 @@ pub fn conv3x3_taps(
                 let (start, len) = (columns.start, columns.len());
                 let product = prefix(product, channels.len() * len, 0.0);
                 // SAFETY: every offset plus the item's last position lies inside `padded`
-                // (`read_end`); `product` holds a row of `len` for each of `channels`.
+                // (`PaddedLayout::copy`); `product` holds a row of `len` for each of
+                // `channels`.
                 unsafe {
                     multiply_indirect_blocks(
                         params.weight,
-                        blocks.clone(),
+                        blocks,
                         padded.as_ptr().add(start),
                         &offsets,
                         len,
@@ -196,56 +282,18 @@ pub fn conv3x3_taps(
                         },
                     );
                 }
-                let rows = product
-                    .chunks_exact_mut(len)
-                    .zip(&params.bias[channels.clone()]);
-                for (co, (row, &b)) in channels.zip(rows) {
-                    apply_bias_activation(row, b, params.activation);
-                    // The positions of the tile that are output pixels, row by row.
-                    let mut p = start;
-                    while p < start + len {
-                        let (y, x) = (p / row_width, p % row_width);
-                        let run = (row_width - x).min(start + len - p);
-                        let kept = run.min(out_w.saturating_sub(x));
-                        if kept > 0 {
-                            let from = &row[p - start..][..kept];
-                            // SAFETY: output pixels `(y, x..x + kept)` of channel `co` are
-                            // this item's alone; `out` outlives the parallel loop.
-                            unsafe {
-                                let to = out_ptr.get().add((co * out_h + y) * out_w + x);
-                                std::ptr::copy_nonoverlapping(from.as_ptr(), to, kept);
-                            }
-                        }
-                        p += run;
-                    }
-                }
+                let epilogue = (params.bias, params.activation);
+                // SAFETY: the item's positions of its channels are its own; `out` outlives
+                // the parallel loop.
+                unsafe { layout.finish_tile(product, (start, len), channels, epilogue, out) };
             })
         });
     });
 }
 
-/// Copies one `width`-wide plane into `dst` (`(height + 2) x (width + 2)`) with a border of
-/// zeros.
-fn pad_plane(src: &[f32], width: usize, dst: &mut [f32]) {
-    let padded_width = width + 2;
-    let (top, rest) = dst.split_at_mut(padded_width);
-    top.fill(0.0);
-    let (rows, bottom) = rest.split_at_mut(rest.len() - padded_width);
-    bottom.fill(0.0);
-    for (line, src) in rows
-        .chunks_exact_mut(padded_width)
-        .zip(src.chunks_exact(width))
-    {
-        line[0] = 0.0;
-        line[1..=width].copy_from_slice(src);
-        line[width + 1] = 0.0;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Activation;
     use crate::PackedWeights;
     use crate::test_values::max_difference_from_im2col;
     use proptest::prelude::*;
