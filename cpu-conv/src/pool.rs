@@ -2,6 +2,10 @@
 
 use rayon::prelude::*;
 
+/// Values per piece of parallel work at least: SPPF's planes (20x20 at 640) are far less
+/// work each than handing one to another thread.
+const MIN_VALUES_PER_TASK: usize = 8192;
+
 /// `kernel x kernel` max-pool with stride 1 and `kernel / 2` padding (padding never wins)
 /// over each `height x width` plane of `input`, into `out` of the same shape.
 ///
@@ -20,31 +24,39 @@ pub fn max_pool_same(
     assert_eq!(input.len(), channels * plane, "input shape");
     assert_eq!(out.len(), channels * plane, "output shape");
     let r = kernel / 2;
+    if plane == 0 {
+        return;
+    }
     out.par_chunks_mut(plane)
         .zip(input.par_chunks(plane))
-        .for_each(|(dst, src)| {
-            // Rows first, into `dst`; then columns, through one column of scratch.
-            for (d, s) in dst.chunks_mut(width).zip(src.chunks(width)) {
-                for (x, v) in d.iter_mut().enumerate() {
-                    *v = window_max(&s[x.saturating_sub(r)..(x + r + 1).min(width)]);
+        .with_min_len(MIN_VALUES_PER_TASK.div_ceil(plane))
+        .for_each_init(Vec::new, |rows, (dst, src)| {
+            // Rows first, into a scratch plane; then columns, whole rows at a time, into
+            // `dst`. Each pass takes the maximum with the plane shifted by each offset in
+            // turn, so the loops run over contiguous values and vectorise.
+            rows.clear();
+            rows.extend_from_slice(src);
+            for (d, s) in rows.chunks_exact_mut(width).zip(src.chunks_exact(width)) {
+                for shift in 1..=r.min(width - 1) {
+                    max_into(&mut d[..width - shift], &s[shift..]);
+                    max_into(&mut d[shift..], &s[..width - shift]);
                 }
             }
-            let mut column = vec![0.0; height];
-            for x in 0..width {
-                column
-                    .iter_mut()
-                    .enumerate()
-                    .for_each(|(y, c)| *c = dst[y * width + x]);
-                for y in 0..height {
-                    let rows = &column[y.saturating_sub(r)..(y + r + 1).min(height)];
-                    dst[y * width + x] = window_max(rows);
-                }
+            dst.copy_from_slice(rows);
+            for shift in 1..=r.min(height - 1) {
+                let reach = shift * width;
+                max_into(&mut dst[..plane - reach], &rows[reach..]);
+                max_into(&mut dst[reach..], &rows[..plane - reach]);
             }
         });
 }
 
-fn window_max(values: &[f32]) -> f32 {
-    values.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+/// `into[i] = max(into[i], from[i])`, written as a comparison so that it vectorises (NaN in
+/// `from` is skipped, as `f32::max` skips it).
+fn max_into(into: &mut [f32], from: &[f32]) {
+    for (a, &b) in into.iter_mut().zip(from) {
+        *a = if b > *a { b } else { *a };
+    }
 }
 
 #[cfg(test)]
@@ -53,7 +65,13 @@ mod tests {
 
     #[test]
     fn matches_a_direct_window_scan() {
-        let (c, h, w, k) = (3, 7, 9, 5);
+        // SPPF's pool, and windows wider than the plane.
+        for (c, h, w, k) in [(3, 7, 9, 5), (2, 3, 2, 5), (1, 1, 4, 9)] {
+            check(c, h, w, k);
+        }
+    }
+
+    fn check(c: usize, h: usize, w: usize, k: usize) {
         let input: Vec<f32> = (0..c * h * w)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.1)
             .collect();

@@ -31,14 +31,28 @@ pub fn upsample_nearest(
                 .zip(src.chunks(width))
             {
                 let (first, copies) = rows.split_at_mut(out_width);
-                for (block, &v) in first.chunks_exact_mut(scale).zip(line) {
-                    block.fill(v);
+                match scale {
+                    2 => spread::<2>(line, first),
+                    _ => {
+                        for (block, &v) in first.chunks_exact_mut(scale).zip(line) {
+                            block.fill(v);
+                        }
+                    }
                 }
                 for copy in copies.chunks_exact_mut(out_width) {
                     copy.copy_from_slice(first);
                 }
             }
         });
+}
+
+/// Each value of `line` written `S` times into `out`: with `S` known, a loop the compiler
+/// vectorises (YOLO upsamples by 2; a `fill` call per pixel took 3 % of an INT8 forward pass).
+fn spread<const S: usize>(line: &[f32], out: &mut [f32]) {
+    for (block, &v) in out.chunks_exact_mut(S).zip(line) {
+        let block: &mut [f32; S] = block.try_into().expect("chunks of S");
+        *block = [v; S];
+    }
 }
 
 #[cfg(test)]

@@ -189,7 +189,10 @@ fn dfl_distances(logits: &[f32], reg_max: usize, n: usize) -> Vec<f32> {
             let mut bins = logits[side * reg_max * n..(side + 1) * reg_max * n].to_vec();
             let mut max = vec![f32::NEG_INFINITY; n];
             for row in bins.chunks_exact(n) {
-                max.iter_mut().zip(row).for_each(|(m, &v)| *m = m.max(v));
+                // A comparison rather than `f32::max`, whose NaN rules keep it scalar.
+                max.iter_mut()
+                    .zip(row)
+                    .for_each(|(m, &v)| *m = if v > *m { v } else { *m });
             }
             for row in bins.chunks_exact_mut(n) {
                 row.iter_mut().zip(&max).for_each(|(v, m)| *v -= m);
