@@ -81,16 +81,21 @@ pub fn letterbox_into(image: &RgbImage, input: (u32, u32), out: &mut [f32]) -> L
     let (plane_r, rest) = out.split_at_mut(w * h);
     let (plane_g, plane_b) = rest.split_at_mut(w * h);
     let planes: [&mut [f32]; 3] = [plane_r, plane_g, plane_b];
+    let (rw, rh) = (rw as usize, rh as usize);
     planes.into_par_iter().enumerate().for_each(|(c, plane)| {
-        for (y, row) in plane.chunks_mut(w).enumerate() {
-            let inside_y = y >= top && y < top + rh as usize;
-            for (x, value) in row.iter_mut().enumerate() {
-                *value = if inside_y && x >= left && x < left + rw as usize {
-                    let idx = ((y - top) * rw as usize + (x - left)) * 3 + c;
-                    level_to_unit(resized[idx])
-                } else {
-                    pad
-                };
+        for (y, row) in plane.chunks_exact_mut(w).enumerate() {
+            // Row by row: the padding as runs, the picture's channel `c` from its row.
+            let Some(ry) = y.checked_sub(top).filter(|&ry| ry < rh) else {
+                row.fill(pad);
+                continue;
+            };
+            let (before, rest) = row.split_at_mut(left);
+            let (inside, after) = rest.split_at_mut(rw);
+            before.fill(pad);
+            after.fill(pad);
+            let pixels = resized[ry * rw * 3..(ry + 1) * rw * 3].chunks_exact(3);
+            for (value, pixel) in inside.iter_mut().zip(pixels) {
+                *value = level_to_unit(pixel[c]);
             }
         }
     });
