@@ -1,9 +1,12 @@
 //! Nearest-neighbour upsampling by an integer factor (YOLO's neck), in parallel over planes.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 /// Repeats every pixel of each `height x width` plane of `input` into a `scale x scale`
-/// block of `out` (`[channels, height * scale, width * scale]`).
+/// block of `out` (`[channels, height * scale, width * scale]`, every element written, so it
+/// may start uninitialised).
 ///
 /// # Panics
 /// When `scale` is 0, or the slices do not hold `channels` planes of their sizes.
@@ -13,7 +16,7 @@ pub fn upsample_nearest(
     height: usize,
     width: usize,
     scale: usize,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
     assert!(scale > 0, "scale must be at least 1");
     let plane = height * width;
@@ -35,7 +38,7 @@ pub fn upsample_nearest(
                     2 => spread::<2>(line, first),
                     _ => {
                         for (block, &v) in first.chunks_exact_mut(scale).zip(line) {
-                            block.fill(v);
+                            block.fill(MaybeUninit::new(v));
                         }
                     }
                 }
@@ -48,10 +51,10 @@ pub fn upsample_nearest(
 
 /// Each value of `line` written `S` times into `out`: with `S` known, a loop the compiler
 /// vectorises (YOLO upsamples by 2; a `fill` call per pixel took 3 % of an INT8 forward pass).
-fn spread<const S: usize>(line: &[f32], out: &mut [f32]) {
+fn spread<const S: usize>(line: &[f32], out: &mut [MaybeUninit<f32>]) {
     for (block, &v) in out.chunks_exact_mut(S).zip(line) {
-        let block: &mut [f32; S] = block.try_into().expect("chunks of S");
-        *block = [v; S];
+        let block: &mut [MaybeUninit<f32>; S] = block.try_into().expect("chunks of S");
+        *block = [MaybeUninit::new(v); S];
     }
 }
 
@@ -65,8 +68,9 @@ mod tests {
         let input: Vec<f32> = (0..12).map(|v| v as f32).collect();
         for scale in [1, 2, 3] {
             let (h, w) = (2, 3);
-            let mut out = vec![f32::NAN; 2 * h * w * scale * scale];
-            upsample_nearest(&input, 2, h, w, scale, &mut out);
+            let out = crate::test_values::written(2 * h * w * scale * scale, |out| {
+                upsample_nearest(&input, 2, h, w, scale, out)
+            });
             for c in 0..2 {
                 for y in 0..h * scale {
                     for x in 0..w * scale {

@@ -120,8 +120,18 @@ pub(crate) fn upsample_nearest(x: &Tensor<4>, scale: usize) -> Option<Tensor<4>>
     let [b, c, h, w] = x.dims();
     let flex = x.clone().try_into_primitive::<Flex>().ok()?.to_contiguous();
     let input = dense_f32(&flex)?;
-    let mut out = vec![0.0f32; input.len() * scale * scale];
-    cpu_conv::upsample_nearest(input, b * c, h, w, scale, &mut out);
+    let len = input.len() * scale * scale;
+    let mut out = Vec::with_capacity(len);
+    cpu_conv::upsample_nearest(
+        input,
+        b * c,
+        h,
+        w,
+        scale,
+        &mut out.spare_capacity_mut()[..len],
+    );
+    // SAFETY: the upsampling wrote all `len` values.
+    unsafe { out.set_len(len) };
     Some(to_tensor(out, [b, c, h * scale, w * scale]))
 }
 
