@@ -109,3 +109,26 @@ fn nsa_kalman_raises_pooled_hota() {
         without.hota
     );
 }
+
+/// `kind = "ocsort"` is ByteTrack with OC-SORT's re-update and its momentum at 0.2: the same
+/// tracks as switching both on by hand, and other tracks than plain ByteTrack's.
+#[test]
+fn the_oc_sort_kind_is_bytetrack_with_both_oc_sort_terms() {
+    let dir = data("mot/MOT17-02");
+    let info = read_seqinfo(&dir.join("seqinfo.ini")).unwrap();
+    let detections = read_rows(&dir.join("det.txt")).unwrap();
+    let tracks = |config: &TrackerConfig| track_mot_rows(&detections, &info, config);
+    let kind: TrackerConfig = toml::from_str("kind = \"ocsort\"").unwrap();
+    let by_hand = TrackerConfig {
+        oru: true,
+        ocm: 0.2,
+        ..TrackerConfig::default()
+    };
+    let of_kind = tracks(&kind);
+    assert_eq!(of_kind, tracks(&by_hand));
+    assert_ne!(of_kind, tracks(&TrackerConfig::default()));
+    // An explicit weight still counts; an unknown tracker is refused.
+    let weighted: TrackerConfig = toml::from_str("kind = \"ocsort\"\nocm = 0.1").unwrap();
+    assert_eq!(weighted.momentum_weight(), 0.1);
+    assert!(toml::from_str::<TrackerConfig>("kind = \"sort\"").is_err());
+}

@@ -62,7 +62,7 @@ impl Track {
             1.0
         };
         let gap = frame.saturating_sub(self.end_frame);
-        if cfg.oru && self.state == State::Lost && gap > 1 {
+        if cfg.re_updates_lost_tracks() && self.state == State::Lost && gap > 1 {
             // OC-SORT's observation-centric re-update: the prediction drifted while the
             // track was lost, so the filter goes back to its last observation and follows a
             // straight line from there to this one, one virtual observation per frame.
@@ -269,7 +269,7 @@ impl ByteTracker {
             &mut cost,
             &pool,
             &high,
-            cfg.ocm.into(),
+            cfg.momentum_weight().into(),
             frame,
             cfg.match_thresh.into(),
         );

@@ -19,6 +19,9 @@ pub use bytetrack::ByteTracker;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrackerConfig {
+    /// The tracker: plain ByteTrack (the reference's behaviour), or ByteTrack with OC-SORT's
+    /// observation-centric additions switched on.
+    pub kind: TrackerKind,
     /// Detections at or above this score take part in the first association.
     pub high_thresh: f32,
     /// Detections above this (and below `high_thresh`) take part in the second association.
@@ -49,9 +52,26 @@ pub struct TrackerConfig {
     pub ocm: f32,
 }
 
+/// Which tracker [`TrackerConfig::kind`] selects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrackerKind {
+    /// ByteTrack as Ultralytics runs it; `nsa`, `oru` and `ocm` add to it one by one.
+    #[default]
+    ByteTrack,
+    /// ByteTrack's two associations with OC-SORT's observation-centric re-update and its
+    /// momentum term at OC-SORT's weight 0.2 (`oru` is then on, and `ocm`, where set above
+    /// 0, gives the weight).
+    OcSort,
+}
+
+/// OC-SORT's published momentum weight, which `kind = "ocsort"` uses unless `ocm` is set.
+const OC_SORT_MOMENTUM: f32 = 0.2;
+
 impl Default for TrackerConfig {
     fn default() -> Self {
         Self {
+            kind: TrackerKind::ByteTrack,
             high_thresh: 0.25,
             low_thresh: 0.1,
             new_track_thresh: 0.25,
@@ -77,6 +97,21 @@ impl TrackerConfig {
         in_range("match_thresh", self.match_thresh.into(), 0.0, 1.0)?;
         in_range("ocm", self.ocm.into(), 0.0, 1.0)?;
         at_least("track_buffer", self.track_buffer, 0.0)
+    }
+
+    /// Whether a lost track matched again re-runs its filter along its gap (`oru`, or the
+    /// OC-SORT kind).
+    pub fn re_updates_lost_tracks(&self) -> bool {
+        self.oru || self.kind == TrackerKind::OcSort
+    }
+
+    /// The momentum term's weight in the first association: `ocm` where set, else OC-SORT's
+    /// for the OC-SORT kind, else none.
+    pub fn momentum_weight(&self) -> f32 {
+        match self.kind {
+            TrackerKind::OcSort if self.ocm == 0.0 => OC_SORT_MOMENTUM,
+            _ => self.ocm,
+        }
     }
 }
 
