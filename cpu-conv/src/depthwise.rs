@@ -19,6 +19,7 @@ use rayon::prelude::*;
 use crate::activation::{Activation, apply_bias_activation};
 use crate::conv::{FeatureMap, output_size};
 use crate::scratch::{prefix, with_reused};
+use crate::taps::pad_plane;
 
 thread_local! {
     /// The calling thread's zero-padded copy of one plane.
@@ -144,7 +145,7 @@ fn padded_plane_stride1(
     with_reused(&PADDED, |padded| {
         with_reused(&SUMS, |sums| {
             let padded = prefix(padded, padded_len + k, 0.0);
-            pad_plane(plane, [height, width], pad, padded);
+            pad_plane(plane, [height, width], (pad, 0.0), padded);
             let sums = prefix(sums, positions, 0.0);
             accumulate_taps(sums, padded, filter, k, padded_width);
             apply_bias_activation(sums, bias, params.activation);
@@ -231,24 +232,6 @@ fn accumulate_taps_with(
                 .zip(taps)
                 .for_each(|(s, &x)| *s = multiply_add(x, w, *s));
         }
-    }
-}
-
-/// Copies the `[height, width]` `plane` into `padded` with `pad` zeros around it; whatever
-/// `padded` holds past the padded plane is zeroed too.
-fn pad_plane(plane: &[f32], [height, width]: [usize; 2], pad: usize, padded: &mut [f32]) {
-    let padded_width = width + 2 * pad;
-    let (top, rest) = padded.split_at_mut(pad * padded_width);
-    top.fill(0.0);
-    let (rows, bottom) = rest.split_at_mut(height * padded_width);
-    bottom.fill(0.0);
-    for (line, src) in rows
-        .chunks_exact_mut(padded_width)
-        .zip(plane.chunks_exact(width))
-    {
-        line[..pad].fill(0.0);
-        line[pad..pad + width].copy_from_slice(src);
-        line[pad + width..].fill(0.0);
     }
 }
 

@@ -12,6 +12,7 @@
 
 use std::cell::Cell;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -19,7 +20,7 @@ use crate::activation::Activation;
 use crate::conv::{FeatureMap, SharedOut, WorkItem, WorkSplit, bias_activation_tile, output_size};
 use crate::im2col::Window;
 use crate::int8_kernels::{MR, Tile, kernel};
-use crate::packed::{Offsets, Strided};
+use crate::packed::{InputRows, Offsets, Strided};
 use crate::taps::PaddedLayout;
 
 // `WorkSplit` groups output channels in blocks of the f32 kernels' height.
@@ -338,13 +339,13 @@ pub fn conv2d_int8(
         padding: params.padding,
     };
     let pad = input.params.zero_quad();
+    let epilogue = Epilogue {
+        init: &init,
+        scale: &scale,
+        bias: params.bias,
+        activation: params.activation,
+    };
     if k == 3 && params.padding == 1 && taps_pay(params.stride, height * width, weight) {
-        let epilogue = Epilogue {
-            init: &init,
-            scale: &scale,
-            bias: params.bias,
-            activation: params.activation,
-        };
         let layout = PaddedLayout::new(height, width, params.stride);
         return conv3x3_taps_int8(input, height * width, layout, weight, epilogue, out);
     }
@@ -372,33 +373,24 @@ pub fn conv2d_int8(
             };
             // SAFETY: item `item` writes columns `start..start + len` of the output rows of
             // `blocks` and no other item touches them; `out` outlives the parallel loop.
-            let dst = unsafe { out_ptr.get().add(start) };
-            for first_col in (0..len).step_by(kernel.nr) {
-                for b in blocks.clone() {
-                    let call = Tile {
-                        a: weight.data[b * quads * MR..].as_ptr(),
-                        quads,
-                        // SAFETY (both): `first_col < len`, inside the input rows and the
-                        // item's output columns.
-                        x: unsafe { x.add(first_col) },
-                        x_rows: Strided(x_stride),
-                        init: init[b * MR..].as_ptr(),
-                        scale: scale[b * MR..].as_ptr(),
-                        dst: unsafe { dst.add(b * MR * positions + first_col) },
-                        dst_stride: positions,
-                        rows: MR.min(weight.rows - b * MR),
-                        cols: kernel.nr.min(len - first_col),
-                    };
-                    // SAFETY: `x` has `quads` rows of at least `len` quads, the weights
-                    // `quads * MR` quads from block `b`, `init`/`scale` `MR` values each,
-                    // and the output rows `positions` values; the kernel runs on this CPU.
-                    unsafe { (kernel.run)(&call) };
-                }
-            }
+            let dst = unsafe { out_ptr.get().add(channels.start * positions + start) };
+            // SAFETY: `x` has `quads` rows of at least `len` quads, `dst` the output rows of
+            // `blocks` from column `start`; the kernel runs on this CPU.
+            unsafe {
+                multiply_blocks(
+                    (kernel.run, kernel.nr),
+                    weight,
+                    blocks,
+                    (x, Strided(x_stride)),
+                    len,
+                    &epilogue,
+                    (dst, positions),
+                )
+            };
             // SAFETY: as above: this item's columns of its output rows.
             unsafe {
                 bias_activation_tile(
-                    dst.add(channels.start * positions),
+                    dst,
                     positions,
                     len,
                     &params.bias[channels],
@@ -431,6 +423,47 @@ struct Epilogue<'a> {
     scale: &'a [f32],
     bias: &'a [f32],
     activation: Activation,
+}
+
+/// `dst = scale · (init + weight · x)` for the output rows of `blocks` and `len` columns,
+/// tile by tile with the micro-kernel `run` of block width `nr`; `x` is input row 0's first
+/// column and how to find the others, `dst` output row `blocks.start * MR`'s first column
+/// and the distance between rows.
+///
+/// # Safety
+/// `x` addresses `weight.quads()` readable rows of `len` quads, `dst` the rows of `blocks`
+/// (the last only as far as `weight.rows`) of `len` writable values; the CPU runs `run`.
+unsafe fn multiply_blocks<R: InputRows>(
+    (run, nr): (unsafe fn(&Tile<R>), usize),
+    weight: &QuantizedWeights,
+    blocks: Range<usize>,
+    (x, x_rows): (*const u32, R),
+    len: usize,
+    epilogue: &Epilogue,
+    (dst, dst_stride): (*mut f32, usize),
+) {
+    let quads = weight.quads();
+    for first_col in (0..len).step_by(nr) {
+        for b in blocks.clone() {
+            let call = Tile {
+                a: weight.data[b * quads * MR..].as_ptr(),
+                quads,
+                // SAFETY (both): `first_col < len`, inside the input rows and the output
+                // rows of block `b`, per the caller's contract.
+                x: unsafe { x.add(first_col) },
+                x_rows,
+                init: epilogue.init[b * MR..].as_ptr(),
+                scale: epilogue.scale[b * MR..].as_ptr(),
+                dst: unsafe { dst.add((b - blocks.start) * MR * dst_stride + first_col) },
+                dst_stride,
+                rows: MR.min(weight.rows - b * MR),
+                cols: nr.min(len - first_col),
+            };
+            // SAFETY: the weights hold `quads * MR` quads from block `b`, `init`/`scale`
+            // `MR` values each; the rest per the caller's contract.
+            unsafe { run(&call) };
+        }
+    }
 }
 
 /// [`conv2d_int8`] for 3x3, padding-1 convolutions of stride 1 or 2: one indirect product
@@ -467,29 +500,20 @@ fn conv3x3_taps_int8(
                 } = split.item(item);
                 let (start, len) = (columns.start, columns.len());
                 let product = prefix(product, channels.len() * len, 0.0);
-                for first_col in (0..len).step_by(kernel.nr) {
-                    for b in blocks.clone() {
-                        let call = Tile {
-                            a: weight.data[b * quads * MR..].as_ptr(),
-                            quads,
-                            // SAFETY: every offset plus the item's last position lies inside
-                            // `padded` (`PaddedLayout::copy`).
-                            x: unsafe { padded.as_ptr().add(start + first_col) },
-                            x_rows: Offsets(offsets.as_ptr()),
-                            init: epilogue.init[b * MR..].as_ptr(),
-                            scale: epilogue.scale[b * MR..].as_ptr(),
-                            // In bounds: `product` has a row of `len` per channel of `blocks`.
-                            dst: product[(b - blocks.start) * MR * len + first_col..].as_mut_ptr(),
-                            dst_stride: len,
-                            rows: MR.min(weight.rows - b * MR),
-                            cols: kernel.nr.min(len - first_col),
-                        };
-                        // SAFETY: the input rows hold `len` quads from `start`, the weights
-                        // `quads * MR` quads from block `b`, `init`/`scale` `MR` values each,
-                        // `product` the tile's rows; the kernel runs on this CPU.
-                        unsafe { (kernel.run_indirect)(&call) };
-                    }
-                }
+                // SAFETY: every offset plus the item's last position lies inside `padded`
+                // (`PaddedLayout::copy`); `product` has a row of `len` per channel of
+                // `blocks`; the kernel runs on this CPU.
+                unsafe {
+                    multiply_blocks(
+                        (kernel.run_indirect, kernel.nr),
+                        weight,
+                        blocks,
+                        (padded.as_ptr().add(start), Offsets(offsets.as_ptr())),
+                        len,
+                        &epilogue,
+                        (product.as_mut_ptr(), len),
+                    )
+                };
                 let bias = (epilogue.bias, epilogue.activation);
                 // SAFETY: the item's positions of its channels are its own; `out` outlives
                 // the parallel loop.

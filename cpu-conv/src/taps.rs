@@ -136,14 +136,10 @@ impl PaddedLayout {
     /// Fills `dst` (one channel) from the `height x width` plane `src`.
     fn fill<T: Copy>(&self, src: &[T], dst: &mut [T], pad: T) {
         let width = self.width;
-        dst.fill(pad);
         if self.stride == 1 {
-            let rows = dst[self.plane_width..].chunks_exact_mut(self.plane_width);
-            for (line, src) in rows.zip(src.chunks_exact(width)) {
-                line[1..=width].copy_from_slice(src);
-            }
-            return;
+            return pad_plane(src, [src.len() / width, width], (1, pad), dst);
         }
+        dst.fill(pad);
         // Stride 2: each input line dealt out to the column phases of its row phase. Input
         // pixel `(y, x)` is padded pixel `(y + 1, x + 1)`, so it goes to phase
         // `((y + 1) % 2, (x + 1) % 2)` at `((y + 1) / 2, (x + 1) / 2)`.
@@ -202,6 +198,29 @@ impl PaddedLayout {
                 p += run;
             }
         }
+    }
+}
+
+/// Copies the `[height, width]` `plane` into `padded` with a border of `pad.0` values
+/// `pad.1` around it; whatever `padded` holds past the padded plane gets `pad.1` too.
+pub(crate) fn pad_plane<T: Copy>(
+    plane: &[T],
+    [height, width]: [usize; 2],
+    (border, value): (usize, T),
+    padded: &mut [T],
+) {
+    let padded_width = width + 2 * border;
+    let (top, rest) = padded.split_at_mut(border * padded_width);
+    top.fill(value);
+    let (rows, bottom) = rest.split_at_mut(height * padded_width);
+    bottom.fill(value);
+    for (line, src) in rows
+        .chunks_exact_mut(padded_width)
+        .zip(plane.chunks_exact(width))
+    {
+        line[..border].fill(value);
+        line[border..border + width].copy_from_slice(src);
+        line[border + width..].fill(value);
     }
 }
 
