@@ -3,13 +3,15 @@
 //!
 //! Checked twice per model: on the reference's own input tensor (`bus.input.npy`), which
 //! isolates the network and post-processing, and from every JPEG file through our whole
-//! front end (the libjpeg-exact decoder in `video::jpeg`, OpenCV-exact letterbox).
+//! front end (the libjpeg-exact decoder in `video::jpeg`, OpenCV-exact letterbox). INT8 exports
+//! find the float reference's boxes, and `agree` scores a candidate model's whole curve.
 
 mod common;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use common::{data, read_npy_f32};
 use streamtrack::detect::{DetectConfig, Detection, Detector, decode_candidates, decode_survivors};
+use streamtrack::eval::agreement::measure;
 use streamtrack::geometry::BBox;
 use streamtrack::model::preprocess::Letterbox;
 use streamtrack::model::survivors::read_survivors;
@@ -203,4 +205,30 @@ fn int8_exports_agree_with_the_float_reference() {
             }
         }
     }
+}
+
+/// `agree` scores the candidate's whole precision-recall curve: a model against itself agrees
+/// fully even when the candidate is deployed with a higher threshold than the reference, and
+/// it keeps that threshold afterwards.
+#[test]
+fn agreement_scores_the_candidates_whole_curve_and_keeps_its_thresholds() {
+    let load = |conf: f32| {
+        let model =
+            YoloModel::load(&data("models/yolo11n-coco-320.onnx"), ComputeDevice::cpu()).unwrap();
+        Detector::new(
+            model,
+            DetectConfig {
+                conf,
+                ..DetectConfig::default()
+            },
+        )
+    };
+    let (mut candidate, mut reference) = (load(0.6), load(0.25));
+    let video = data("video/traffic-640x360.mp4");
+    let agreement = measure(&mut candidate, &mut reference, &[video], 3).unwrap();
+    assert!(agreement.reference_objects > 10, "{agreement:?}");
+    // 0.995 is a perfect curve's area under Ultralytics' interpolation.
+    assert!(agreement.metrics.map50 >= 0.995, "{agreement:?}");
+    assert_eq!(agreement.metrics.recall, 1.0, "{agreement:?}");
+    assert_eq!(candidate.config.conf, 0.6);
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use streamtrack::config::Config;
-use streamtrack::eval::detection::DetectionEval;
+use streamtrack::eval::detection::{DetectionEval, SCORING_CONF};
 use streamtrack::formats::yolo_labels;
 use streamtrack::setup;
 use streamtrack::video::images;
@@ -21,9 +21,8 @@ pub struct ValArgs {
 }
 
 pub fn val(args: ValArgs, config: Config) -> anyhow::Result<()> {
-    // Validation scores the whole precision-recall curve: keep low-confidence boxes.
     let mut model = args.model.into_spec(&config);
-    model.conf = Some(model.conf.unwrap_or(0.001));
+    model.conf = Some(model.conf.unwrap_or(SCORING_CONF));
     let (mut detector, names) = setup::build_detector(&model, &config)?;
     let files = images::list_images(&args.data.join("images"))?;
     let mut eval = DetectionEval::new();

@@ -68,6 +68,16 @@ impl DetectConfig {
             .fold(self.conf, f32::min)
     }
 
+    /// The same settings with every class's threshold lowered to `conf`, for scoring the
+    /// whole precision-recall curve.
+    pub fn down_to(&self, conf: f32) -> Self {
+        Self {
+            conf,
+            class_conf: Vec::new(),
+            ..self.clone()
+        }
+    }
+
     /// True when detections of `class_id` are wanted.
     pub fn keeps_class(&self, class_id: usize) -> bool {
         self.classes.is_empty() || self.classes.contains(&class_id)

@@ -4,6 +4,11 @@
 use crate::detect::Detection;
 use crate::formats::yolo_labels::Label;
 
+/// The confidence down to which predictions are kept when they are scored, as Ultralytics'
+/// `val` does: mAP is the area under the whole precision-recall curve, so a deployment
+/// threshold (0.25) would cut the curve short and count a box scored just below it as missed.
+pub const SCORING_CONF: f32 = 0.001;
+
 /// IoU thresholds 0.50, 0.55, ..., 0.95.
 const IOU_THRESHOLDS: usize = 10;
 
