@@ -2,8 +2,9 @@
 //! detections scored as predictions against the reference's detections as labels (mAP50 and
 //! mAP50-95). The labels are the reference's boxes at its own thresholds; the candidate's are
 //! kept down to [`SCORING_CONF`], as `val` keeps a model's against ground truth, so that a box
-//! both models score near the threshold counts as agreement and not as a miss. Used to check quantised or pruned models against their float original, where
-//! a silent collapse would otherwise go unnoticed.
+//! both models score near the threshold counts as agreement and not as a miss. Used to check
+//! quantised or pruned models against their float original, where a silent collapse would
+//! otherwise go unnoticed.
 
 use std::path::PathBuf;
 

@@ -11,6 +11,7 @@
 //! [`ConvBlock`]: super::layers::ConvBlock
 
 use std::cell::Cell;
+use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
 use burn::backend::flex::FlexTensor;
@@ -370,7 +371,7 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
     for b in 0..batch {
         int8::observe(block.weight.id, &inputs_of(b));
     }
-    let convolve = |b: usize, out_image: &mut [std::mem::MaybeUninit<f32>]| {
+    let convolve = |b: usize, out_image: &mut [MaybeUninit<f32>]| {
         let inputs = inputs_of(b);
         match weights.as_ref() {
             ConvWeights::Int8(quantized) => {

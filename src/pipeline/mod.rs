@@ -16,6 +16,7 @@ pub mod detect_stage;
 pub mod latency;
 pub mod latest;
 pub mod pacing;
+mod priority;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -256,6 +257,7 @@ pub fn run(
             std::thread::Builder::new()
                 .name("capture".into())
                 .spawn_scoped(scope, move || {
+                    priority::below_the_network();
                     let link = CaptureLink {
                         outlet,
                         outages: outage_tx,
@@ -276,7 +278,10 @@ pub fn run(
             let (metrics, sinks) = (metrics.clone(), &mut sinks);
             std::thread::Builder::new()
                 .name("encode".into())
-                .spawn_scoped(scope, move || encode_loop(out_rx, sinks, &metrics))?
+                .spawn_scoped(scope, move || {
+                    priority::below_the_network();
+                    encode_loop(out_rx, sinks, &metrics)
+                })?
         };
 
         let mut last_done: Option<Instant> = None;
