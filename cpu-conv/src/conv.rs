@@ -3,6 +3,7 @@
 use std::cell::Cell;
 use std::mem::MaybeUninit;
 use std::ops::Range;
+use std::thread::LocalKey;
 
 use rayon::prelude::*;
 
@@ -109,15 +110,16 @@ pub fn conv2d(
     // first, falls out of the cache: 485 instead of 375 µs for 128 channels at 20x20).
     let split = WorkSplit::new(positions, k_total, c_out, block_width(), direct);
     let out_ptr = SharedOut::new(out);
-    (0..split.items()).into_par_iter().for_each(|item| {
-        with_reused(&IM2COL_BLOCK, |block| {
-            let WorkItem {
-                columns,
-                blocks,
-                channels,
-            } = split.item(item);
+    split.for_each_item(
+        &IM2COL_BLOCK,
+        |WorkItem {
+             columns,
+             blocks,
+             channels,
+         },
+         block| {
             let (start, len) = (columns.start, columns.len());
-            // SAFETY: item `item` writes columns `start..start + len` of output rows
+            // SAFETY: this item writes columns `start..start + len` of output rows
             // `channels` and no other item touches them; `out` outlives the parallel loop.
             let dst = unsafe { out_ptr.get().add(channels.start * positions + start) };
             let mut k_offset = 0;
@@ -159,8 +161,8 @@ pub fn conv2d(
             let bias = &params.bias[channels];
             // SAFETY: as above: this item's columns of its output rows.
             unsafe { bias_activation_tile(dst, positions, len, bias, params.activation) };
-        })
-    });
+        },
+    );
 }
 
 /// How a convolution's output `[c_out, positions]` is shared out among threads: tiles of
@@ -216,12 +218,24 @@ impl WorkSplit {
     }
 
     /// Work items.
-    pub(crate) fn items(&self) -> usize {
+    fn items(&self) -> usize {
         self.positions.div_ceil(self.tile) * self.groups
     }
 
+    /// Runs `work` on every item in parallel, each with its thread's reused buffer from
+    /// `scratch`.
+    pub(crate) fn for_each_item<T: Default>(
+        &self,
+        scratch: &'static LocalKey<Cell<T>>,
+        work: impl Fn(WorkItem, &mut T) + Sync,
+    ) {
+        (0..self.items())
+            .into_par_iter()
+            .for_each(|item| with_reused(scratch, |buffer| work(self.item(item), buffer)));
+    }
+
     /// What item `item` computes.
-    pub(crate) fn item(&self, item: usize) -> WorkItem {
+    fn item(&self, item: usize) -> WorkItem {
         let (t, g) = (item / self.groups, item % self.groups);
         let start = t * self.tile;
         let first_block = g * self.blocks_per_group;

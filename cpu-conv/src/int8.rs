@@ -356,13 +356,14 @@ pub fn conv2d_int8(
     // Output channels are shared out only where the input is read in place (see `conv2d`).
     let split = WorkSplit::new(positions, quads, weight.rows, kernel.nr, direct);
     let out_ptr = SharedOut::new(out);
-    (0..split.items()).into_par_iter().for_each(|item| {
-        with_reused(&IM2COL_BLOCK, |block| {
-            let WorkItem {
-                columns,
-                blocks,
-                channels,
-            } = split.item(item);
+    split.for_each_item(
+        &IM2COL_BLOCK,
+        |WorkItem {
+             columns,
+             blocks,
+             channels,
+         },
+         block| {
             let (start, len) = (columns.start, columns.len());
             let (x, x_stride) = if direct {
                 (input.quads[start..].as_ptr(), positions)
@@ -371,7 +372,7 @@ pub fn conv2d_int8(
                 window.fill(&phased, groups, start, len, block, pad);
                 (block.as_ptr(), len)
             };
-            // SAFETY: item `item` writes columns `start..start + len` of the output rows of
+            // SAFETY: this item writes columns `start..start + len` of the output rows of
             // `blocks` and no other item touches them; `out` outlives the parallel loop.
             let dst = unsafe { out_ptr.get().add(channels.start * positions + start) };
             // SAFETY: `x` has `quads` rows of at least `len` quads, `dst` the output rows of
@@ -397,8 +398,8 @@ pub fn conv2d_int8(
                     params.activation,
                 )
             };
-        })
-    });
+        },
+    );
 }
 
 /// Whether a 3x3, padding-1 convolution of `stride` on a map of `pixels` runs tap-wise
@@ -491,13 +492,14 @@ fn conv3x3_taps_int8(
         let padded = layout.copy(&groups, &offsets, input.params.zero_quad(), buffer);
         let split = WorkSplit::new(positions, quads, weight.rows, kernel.nr, true);
         let out = SharedOut::new(out);
-        (0..split.items()).into_par_iter().for_each(|item| {
-            with_reused(&PRODUCT, |product| {
-                let WorkItem {
-                    columns,
-                    blocks,
-                    channels,
-                } = split.item(item);
+        split.for_each_item(
+            &PRODUCT,
+            |WorkItem {
+                 columns,
+                 blocks,
+                 channels,
+             },
+             product| {
                 let (start, len) = (columns.start, columns.len());
                 let product = prefix(product, channels.len() * len, 0.0);
                 // SAFETY: every offset plus the item's last position lies inside `padded`
@@ -518,8 +520,8 @@ fn conv3x3_taps_int8(
                 // SAFETY: the item's positions of its channels are its own; `out` outlives
                 // the parallel loop.
                 unsafe { layout.finish_tile(product, (start, len), channels, bias, out) };
-            })
-        });
+            },
+        );
     });
 }
 

@@ -276,13 +276,14 @@ pub fn conv3x3_taps(
         let padded = layout.copy(&planes, &offsets, 0.0, buffer);
         let split = WorkSplit::new(positions, TAPS * c_in, c_out, block_width(), true);
         let out = SharedOut::new(out);
-        (0..split.items()).into_par_iter().for_each(|item| {
-            with_reused(&PRODUCT, |product| {
-                let WorkItem {
-                    columns,
-                    blocks,
-                    channels,
-                } = split.item(item);
+        split.for_each_item(
+            &PRODUCT,
+            |WorkItem {
+                 columns,
+                 blocks,
+                 channels,
+             },
+             product| {
                 let (start, len) = (columns.start, columns.len());
                 let product = prefix(product, channels.len() * len, 0.0);
                 // SAFETY: every offset plus the item's last position lies inside `padded`
@@ -305,8 +306,8 @@ pub fn conv3x3_taps(
                 // SAFETY: the item's positions of its channels are its own; `out` outlives
                 // the parallel loop.
                 unsafe { layout.finish_tile(product, (start, len), channels, epilogue, out) };
-            })
-        });
+            },
+        );
     });
 }
 
