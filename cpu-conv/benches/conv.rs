@@ -1,5 +1,7 @@
 //! The fused convolutions on YOLOv8n layer shapes at 640 input, one image: the im2col path
-//! on every shape, the INT8 path (quantising the f32 input included) beside it, the
+//! on every shape, the INT8 path (quantising the f32 input included) beside it, the INT8
+//! hand-off to a next INT8 layer (f32 output quantised afterwards, against the output
+//! quantised in the epilogue), the
 //! tap-wise indirect product on the 3x3 ones, and Winograd F(2x2, 3x3) on the 3x3 stride-1
 //! ones. Then the
 //! matrix product alone, single-threaded, on the products those layers run: our packed
@@ -9,9 +11,9 @@
 //! Run with `cargo bench -p cpu-conv`.
 
 use cpu_conv::{
-    Activation, ConvParams, DepthwiseParams, FeatureMap, Int8ConvParams, PackedWeights,
+    Activation, ConvParams, DepthwiseParams, FeatureMap, Int8ConvParams, Int8Output, PackedWeights,
     QuantParams, QuantizedMap, QuantizedWeights, WinogradWeights, conv2d, conv2d_int8,
-    conv3x3_taps, conv3x3_winograd, depthwise_conv2d, output_size,
+    conv2d_int8_quantized, conv3x3_taps, conv3x3_winograd, depthwise_conv2d, output_size,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -74,8 +76,36 @@ fn layers(c: &mut Criterion) {
         c.bench_function(&format!("{name} int8"), |b| {
             b.iter(|| {
                 let quantized = QuantizedMap::quantize(&input, size * size, range);
-                conv2d_int8(&quantized, size, size, &int8_params, &mut out)
+                conv2d_int8(
+                    &quantized,
+                    size,
+                    size,
+                    &int8_params,
+                    Int8Output::Float(&mut out),
+                )
             })
+        });
+        let quantized = QuantizedMap::quantize(&input, size * size, range);
+        c.bench_function(&format!("{name} int8 handoff f32"), |b| {
+            b.iter(|| {
+                conv2d_int8(
+                    &quantized,
+                    size,
+                    size,
+                    &int8_params,
+                    Int8Output::Float(&mut out),
+                );
+                // SAFETY: the convolution wrote every element.
+                let values = unsafe { &*(&out[..] as *const _ as *const [f32]) };
+                let output = [FeatureMap {
+                    data: values,
+                    channels: c_out,
+                }];
+                QuantizedMap::quantize(&output, oh * ow, range)
+            })
+        });
+        c.bench_function(&format!("{name} int8 handoff quads"), |b| {
+            b.iter(|| conv2d_int8_quantized(&quantized, size, size, &int8_params, range))
         });
         if k == 3 {
             c.bench_function(&format!("{name} taps"), |b| {

@@ -290,22 +290,30 @@ pub(crate) unsafe fn bias_activation_tile(
     }
 }
 
-/// The output pointer, shared by tiles that write disjoint columns.
-#[derive(Clone, Copy)]
-pub(crate) struct SharedOut(*mut f32);
+/// The output pointer, shared by tiles that write disjoint elements.
+pub(crate) struct SharedOut<T = f32>(*mut T);
+
+// Derived `Clone` and `Copy` would ask the same of `T`; the pointer is copied either way.
+impl<T> Clone for SharedOut<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for SharedOut<T> {}
 
 // SAFETY: tiles write disjoint elements (see `conv2d`).
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
+unsafe impl<T> Send for SharedOut<T> {}
+unsafe impl<T> Sync for SharedOut<T> {}
 
-impl SharedOut {
+impl<T> SharedOut<T> {
     /// The start of `out`, which the tiles fill: the kernels write through the pointer
     /// before anything reads, so `out` may start uninitialised.
-    pub(crate) fn new(out: &mut [MaybeUninit<f32>]) -> Self {
+    pub(crate) fn new(out: &mut [MaybeUninit<T>]) -> Self {
         Self(out.as_mut_ptr().cast())
     }
 
-    pub(crate) fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut T {
         self.0
     }
 }

@@ -106,7 +106,7 @@ impl QuantizedMap {
             quads.spare_capacity_mut()[..groups * plane]
                 .par_chunks_exact_mut(plane)
                 .zip(channels.par_chunks(4))
-                .for_each(|(out, group)| quantize_group(group, params, out));
+                .for_each(|(out, group)| quantize_group(lanes_of(group), params, out));
         }
         // SAFETY: each group's plane of quads was written by `quantize_group`.
         unsafe { quads.set_len(groups * plane) };
@@ -118,10 +118,14 @@ impl QuantizedMap {
     }
 }
 
-/// Quads of up to four channels of `out.len()` values each (missing ones read as the zero
-/// point), with AVX-512 where the CPU has it.
-fn quantize_group(group: &[&[f32]], params: QuantParams, out: &mut [MaybeUninit<u32>]) {
-    let lanes: [Option<&[f32]>; 4] = std::array::from_fn(|c| group.get(c).copied());
+/// The four lanes of a quad from up to four channels' values (the missing ones `None`).
+fn lanes_of<'a>(group: &[&'a [f32]]) -> [Option<&'a [f32]>; 4] {
+    std::array::from_fn(|c| group.get(c).copied())
+}
+
+/// Quads of four lanes of `out.len()` values each (missing ones read as the zero point),
+/// with AVX-512 where the CPU has it.
+fn quantize_group(lanes: [Option<&[f32]>; 4], params: QuantParams, out: &mut [MaybeUninit<u32>]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU supports AVX-512F; every lane holds `out.len()` values.
@@ -301,9 +305,28 @@ pub struct Int8ConvParams<'a> {
     pub activation: Activation,
 }
 
-/// Computes `activation(conv(input, weight) + bias)` for one image into `out`
-/// (`[c_out, out_h, out_w]` f32, every element written) from a quantised `height x width`
-/// input.
+/// Where an INT8 convolution's output goes.
+pub enum Int8Output<'a> {
+    /// `[c_out, out_h, out_w]` f32, every element written.
+    Float(&'a mut [MaybeUninit<f32>]),
+    /// The output quantised with `params` (the next INT8 convolution's input quantisation)
+    /// as quads, `[c_out.div_ceil(4), out_h * out_w]`, every quad written: what
+    /// [`QuantizedMap::quantize`] makes of the f32 output, without writing the f32 output.
+    Quantized {
+        quads: &'a mut [MaybeUninit<u32>],
+        params: QuantParams,
+    },
+}
+
+/// An [`Int8Output`] as the parallel tiles share it.
+#[derive(Clone, Copy)]
+enum Destination {
+    Float(SharedOut<f32>),
+    Quantized(SharedOut<u32>, QuantParams),
+}
+
+/// Computes `activation(conv(input, weight) + bias)` for one image into `out` from a
+/// quantised `height x width` input.
 ///
 /// # Panics
 /// When the input's channels or length, the bias or `out` do not match the weights.
@@ -312,7 +335,7 @@ pub fn conv2d_int8(
     height: usize,
     width: usize,
     params: &Int8ConvParams,
-    out: &mut [MaybeUninit<f32>],
+    out: Int8Output,
 ) {
     let weight = params.weight;
     let k = weight.kernel;
@@ -322,7 +345,20 @@ pub fn conv2d_int8(
     let (out_h, out_w) = output_size(height, width, k, params.stride, params.padding);
     let positions = out_h * out_w;
     assert_eq!(params.bias.len(), weight.rows, "bias shape");
-    assert_eq!(out.len(), weight.rows * positions, "output shape");
+    let destination = match out {
+        Int8Output::Float(out) => {
+            assert_eq!(out.len(), weight.rows * positions, "output shape");
+            Destination::Float(SharedOut::new(out))
+        }
+        Int8Output::Quantized { quads, params } => {
+            assert_eq!(
+                quads.len(),
+                weight.rows.div_ceil(4) * positions,
+                "output shape"
+            );
+            Destination::Quantized(SharedOut::new(quads), params)
+        }
+    };
     let zero_point = input.params.zero_point as i32;
     let init: Vec<i32> = weight.sums.iter().map(|s| -zero_point * s).collect();
     let scale: Vec<f32> = weight
@@ -347,7 +383,7 @@ pub fn conv2d_int8(
     };
     if k == 3 && params.padding == 1 && taps_pay(params.stride, height * width, weight) {
         let layout = PaddedLayout::new(height, width, params.stride);
-        return conv3x3_taps_int8(input, height * width, layout, weight, epilogue, out);
+        return conv3x3_taps_int8(input, height * width, layout, weight, epilogue, destination);
     }
     let direct = k == 1 && params.stride == 1 && params.padding == 0;
     let phased = window.phases(&input.quads, groups, pad);
@@ -355,7 +391,6 @@ pub fn conv2d_int8(
     let kernel = kernel();
     // Output channels are shared out only where the input is read in place (see `conv2d`).
     let split = WorkSplit::new(positions, quads, weight.rows, kernel.nr, direct);
-    let out_ptr = SharedOut::new(out);
     split.for_each_item(
         &IM2COL_BLOCK,
         |WorkItem {
@@ -372,34 +407,133 @@ pub fn conv2d_int8(
                 window.fill(&phased, groups, start, len, block, pad);
                 (block.as_ptr(), len)
             };
-            // SAFETY: this item writes columns `start..start + len` of the output rows of
-            // `blocks` and no other item touches them; `out` outlives the parallel loop.
-            let dst = unsafe { out_ptr.get().add(channels.start * positions + start) };
-            // SAFETY: `x` has `quads` rows of at least `len` quads, `dst` the output rows of
-            // `blocks` from column `start`; the kernel runs on this CPU.
-            unsafe {
-                multiply_blocks(
-                    (kernel.run, kernel.nr),
-                    weight,
-                    blocks,
-                    (x, Strided(x_stride)),
-                    len,
-                    &epilogue,
-                    (dst, positions),
-                )
+            let multiply = |dst: (*mut f32, usize)| {
+                // SAFETY: `x` has `quads` rows of at least `len` quads, `dst` the output
+                // rows of `blocks` from column `start` (per the callers below); the kernel
+                // runs on this CPU.
+                unsafe {
+                    multiply_blocks(
+                        (kernel.run, kernel.nr),
+                        weight,
+                        blocks.clone(),
+                        (x, Strided(x_stride)),
+                        len,
+                        &epilogue,
+                        dst,
+                    )
+                };
             };
-            // SAFETY: as above: this item's columns of its output rows.
-            unsafe {
-                bias_activation_tile(
-                    dst,
-                    positions,
-                    len,
-                    &params.bias[channels],
-                    params.activation,
-                )
-            };
+            let bias = &params.bias[channels.clone()];
+            match destination {
+                Destination::Float(out) => {
+                    // SAFETY: this item writes columns `start..start + len` of the output
+                    // rows of `blocks` and no other item touches them; `out` outlives the
+                    // parallel loop.
+                    let dst = unsafe { out.get().add(channels.start * positions + start) };
+                    multiply((dst, positions));
+                    // SAFETY: as above: this item's columns of its output rows.
+                    unsafe { bias_activation_tile(dst, positions, len, bias, params.activation) };
+                }
+                Destination::Quantized(quads, out_params) => with_reused(&PRODUCT, |product| {
+                    let product = prefix(product, channels.len() * len, 0.0);
+                    multiply((product.as_mut_ptr(), len));
+                    let dst = product.as_mut_ptr();
+                    // SAFETY: `product` has a row of `len` per channel of the item.
+                    unsafe { bias_activation_tile(dst, len, len, bias, params.activation) };
+                    let runs = std::iter::once((0, start, len));
+                    // SAFETY: this item's columns of its channels' groups (whole groups:
+                    // blocks of `MR` channels start at a multiple of four).
+                    unsafe {
+                        store_quantized(
+                            product,
+                            len,
+                            channels.clone(),
+                            runs,
+                            (quads, positions, out_params),
+                        )
+                    };
+                }),
+            }
         },
     );
+}
+
+/// The output of one convolution quantised for the next: [`conv2d_int8`] into a new map
+/// with [`Int8Output::Quantized`].
+pub fn conv2d_int8_quantized(
+    input: &QuantizedMap,
+    height: usize,
+    width: usize,
+    params: &Int8ConvParams,
+    out_params: QuantParams,
+) -> QuantizedMap {
+    let (out_h, out_w) = output_size(
+        height,
+        width,
+        params.weight.kernel,
+        params.stride,
+        params.padding,
+    );
+    let len = params.weight.rows.div_ceil(4) * out_h * out_w;
+    let mut quads = Vec::with_capacity(len);
+    conv2d_int8(
+        input,
+        height,
+        width,
+        params,
+        Int8Output::Quantized {
+            quads: &mut quads.spare_capacity_mut()[..len],
+            params: out_params,
+        },
+    );
+    // SAFETY: the convolution wrote every quad.
+    unsafe { quads.set_len(len) };
+    QuantizedMap {
+        quads,
+        channels: params.weight.rows,
+        params: out_params,
+    }
+}
+
+/// Quantises a finished tile (bias and activation applied) into the output quads:
+/// `product` has a row of `len` positions per channel of `channels`, whose start is a
+/// multiple of four; `runs` say which of its positions are which output pixels
+/// (`(offset in the tile, pixel, length)`). The last group's channels past `channels` get
+/// the zero point, so `channels` ends at a multiple of four or at the last channel.
+///
+/// # Safety
+/// `quads` is the `[groups, plane]` output, whose quads of these channels' groups at the
+/// runs' pixels no one else writes meanwhile.
+unsafe fn store_quantized(
+    product: &[f32],
+    len: usize,
+    channels: Range<usize>,
+    runs: impl Iterator<Item = (usize, usize, usize)> + Clone,
+    (quads, plane, params): (SharedOut<u32>, usize, QuantParams),
+) {
+    debug_assert_eq!(channels.start % 4, 0, "channels start a group");
+    let rows: &[f32] = &product[..channels.len() * len];
+    for (g, group) in rows.chunks(4 * len).enumerate() {
+        let first = channels.start / 4 + g;
+        for (offset, pixel, kept) in runs.clone() {
+            let lanes = std::array::from_fn(|c| {
+                group
+                    .get(c * len..(c + 1) * len)
+                    .map(|row| &row[offset..offset + kept])
+            });
+            // SAFETY: quads `pixel..pixel + kept` of group `first`, the caller's alone.
+            let out = unsafe {
+                std::slice::from_raw_parts_mut(
+                    quads
+                        .get()
+                        .add(first * plane + pixel)
+                        .cast::<MaybeUninit<u32>>(),
+                    kept,
+                )
+            };
+            quantize_group(lanes, params, out);
+        }
+    }
 }
 
 /// Whether a 3x3, padding-1 convolution of `stride` on a map of `pixels` runs tap-wise
@@ -476,7 +610,7 @@ fn conv3x3_taps_int8(
     layout: PaddedLayout,
     weight: &QuantizedWeights,
     epilogue: Epilogue,
-    out: &mut [MaybeUninit<f32>],
+    destination: Destination,
 ) {
     if plane == 0 {
         return;
@@ -491,7 +625,6 @@ fn conv3x3_taps_int8(
     with_reused(&PADDED_QUADS, |buffer| {
         let padded = layout.copy(&groups, &offsets, input.params.zero_quad(), buffer);
         let split = WorkSplit::new(positions, quads, weight.rows, kernel.nr, true);
-        let out = SharedOut::new(out);
         split.for_each_item(
             &PRODUCT,
             |WorkItem {
@@ -516,10 +649,25 @@ fn conv3x3_taps_int8(
                         (product.as_mut_ptr(), len),
                     )
                 };
-                let bias = (epilogue.bias, epilogue.activation);
-                // SAFETY: the item's positions of its channels are its own; `out` outlives
-                // the parallel loop.
-                unsafe { layout.finish_tile(product, (start, len), channels, bias, out) };
+                let tile = (start, len);
+                match destination {
+                    Destination::Float(out) => {
+                        let bias = (epilogue.bias, epilogue.activation);
+                        // SAFETY: the item's positions of its channels are its own; `out`
+                        // outlives the parallel loop.
+                        unsafe { layout.finish_tile(product, tile, channels, bias, out) }
+                    }
+                    Destination::Quantized(quads, out_params) => {
+                        let dst = product.as_mut_ptr();
+                        let bias = &epilogue.bias[channels.clone()];
+                        // SAFETY: `product` has a row of `len` per channel of the item.
+                        unsafe { bias_activation_tile(dst, len, len, bias, epilogue.activation) };
+                        let runs = layout.output_runs(tile);
+                        let out = (quads, layout.out_plane(), out_params);
+                        // SAFETY: the item's pixels of its channels' groups, its own.
+                        unsafe { store_quantized(product, len, channels, runs, out) };
+                    }
+                }
             },
         );
     });
@@ -595,7 +743,7 @@ mod tests {
         let quantized = QuantizedMap::quantize(&parts, h * w, x_params);
         let (oh, ow) = output_size(h, w, k, s, pad);
         let out = written(c_out * oh * ow, |out| {
-            conv2d_int8(&quantized, h, w, &params, out)
+            conv2d_int8(&quantized, h, w, &params, Int8Output::Float(out))
         });
         let x_q: Vec<u8> = x.iter().map(|&v| x_params.quantize(v)).collect();
         let (w_q, w_scales) = symmetric_per_row(&float_weights, c_out, c_in * k * k);
@@ -632,6 +780,53 @@ mod tests {
         check([64, 30, 40, 5, 7], [1, 1, 0], Activation::Identity);
     }
 
+    /// The output quantised for the next convolution is exactly the f32 output quantised:
+    /// through the direct 1x1 product, im2col blocks and the tap-wise product at strides 1
+    /// and 2, with output channels that fill the last group and ones that do not.
+    #[test]
+    fn quantized_output_is_the_float_output_quantized() {
+        let cases = [
+            ([24, 24, 40, 9, 11], [1, 1, 0]),
+            ([12, 12, 21, 45, 41], [3, 1, 1]),
+            ([8, 8, 13, 17, 13], [3, 1, 1]),
+            ([16, 16, 30, 19, 22], [3, 2, 1]),
+            ([5, 5, 6, 12, 12], [1, 2, 0]),
+        ];
+        for ([c_in, _, c_out, h, w], [k, s, pad]) in cases {
+            let x_params = QuantParams::covering(-0.3, 1.5);
+            let weights = QuantizedWeights::new(&values(c_out * c_in * k * k, 31), c_out, c_in, k);
+            let bias = values(c_out, 32);
+            let params = Int8ConvParams {
+                weight: &weights,
+                bias: &bias,
+                stride: s,
+                padding: pad,
+                activation: Activation::Silu,
+            };
+            let x = QuantizedMap::quantize(
+                &split_channels(&values(c_in * h * w, 33), c_in, c_in, h * w),
+                h * w,
+                x_params,
+            );
+            let (oh, ow) = output_size(h, w, k, s, pad);
+            let float = written(c_out * oh * ow, |out| {
+                conv2d_int8(&x, h, w, &params, Int8Output::Float(out))
+            });
+            let out_params = QuantParams::covering(-0.278, 2.0);
+            let want = QuantizedMap::quantize(
+                &split_channels(&float, c_out, c_out, oh * ow),
+                oh * ow,
+                out_params,
+            );
+            let got = conv2d_int8_quantized(&x, h, w, &params, out_params);
+            assert_eq!((got.channels, got.params), (want.channels, want.params));
+            assert!(
+                got.quads == want.quads,
+                "{c_in}->{c_out} {k}x{k}/{s} at {h}x{w}"
+            );
+        }
+    }
+
     #[test]
     fn quantisation_rounds_clamps_and_keeps_zero_exact() {
         let p = QuantParams::covering(-0.278, 6.0);
@@ -664,7 +859,7 @@ mod tests {
         };
         let portable = quads(&|out| quantize_group_portable(lanes, params, out));
         let group: Vec<&[f32]> = channels.iter().map(|c| &c[..]).collect();
-        let dispatched = quads(&|out| quantize_group(&group, params, out));
+        let dispatched = quads(&|out| quantize_group(lanes_of(&group), params, out));
         assert_eq!(portable, dispatched);
         assert!(!portable.contains(&0xdead_beef));
         assert!(portable.iter().any(|q| q & 0xff == 255) && portable.iter().any(|q| q & 0xff == 0));

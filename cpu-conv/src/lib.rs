@@ -47,7 +47,10 @@ mod winograd;
 pub use activation::{Activation, apply_bias_activation, exp_in_place, sigmoid_in_place};
 pub use conv::{ConvParams, FeatureMap, conv2d, output_size};
 pub use depthwise::{DepthwiseParams, depthwise_conv2d};
-pub use int8::{Int8ConvParams, QuantParams, QuantizedMap, QuantizedWeights, conv2d_int8};
+pub use int8::{
+    Int8ConvParams, Int8Output, QuantParams, QuantizedMap, QuantizedWeights, conv2d_int8,
+    conv2d_int8_quantized,
+};
 pub use int8_kernels::int8_kernel_name;
 pub use packed::PackedWeights;
 pub use pool::max_pool_same;

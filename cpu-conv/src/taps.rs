@@ -162,6 +162,35 @@ impl PaddedLayout {
         }
     }
 
+    /// The output pixels among a tile's positions `start..start + len`, as runs along an
+    /// output row: `(offset in the tile, output pixel y * out_w + x, length)`.
+    pub(crate) fn output_runs(
+        &self,
+        (start, len): (usize, usize),
+    ) -> impl Iterator<Item = (usize, usize, usize)> + Clone {
+        let (row_width, out_w) = (self.plane_width, self.out_w);
+        let end = start + len;
+        let mut p = start;
+        std::iter::from_fn(move || {
+            while p < end {
+                let (y, x) = (p / row_width, p % row_width);
+                let run = (row_width - x).min(end - p);
+                let kept = run.min(out_w.saturating_sub(x));
+                let at = p;
+                p += run;
+                if kept > 0 {
+                    return Some((at - start, y * out_w + x, kept));
+                }
+            }
+            None
+        })
+    }
+
+    /// Output pixels per channel.
+    pub(crate) fn out_plane(&self) -> usize {
+        self.out_h * self.out_w
+    }
+
     /// Adds the bias, applies the activation and stores the output pixels of one tile:
     /// `product` holds a row of `len` positions from `start` for each of `channels`.
     ///
@@ -176,26 +205,16 @@ impl PaddedLayout {
         (bias, activation): (&[f32], Activation),
         out: SharedOut,
     ) {
-        let row_width = self.plane_width;
         let rows = product.chunks_exact_mut(len).zip(&bias[channels.clone()]);
         for (co, (row, &b)) in channels.zip(rows) {
             apply_bias_activation(row, b, activation);
-            // The positions of the tile that are output pixels, row by row.
-            let mut p = start;
-            while p < start + len {
-                let (y, x) = (p / row_width, p % row_width);
-                let run = (row_width - x).min(start + len - p);
-                let kept = run.min(self.out_w.saturating_sub(x));
-                if kept > 0 {
-                    let from = &row[p - start..][..kept];
-                    // SAFETY: output pixels `(y, x..x + kept)` of channel `co`, this
-                    // caller's alone.
-                    unsafe {
-                        let to = out.get().add((co * self.out_h + y) * self.out_w + x);
-                        std::ptr::copy_nonoverlapping(from.as_ptr(), to, kept);
-                    }
+            for (offset, pixel, kept) in self.output_runs((start, len)) {
+                // SAFETY: output pixels `pixel..pixel + kept` of channel `co`, this caller's
+                // alone.
+                unsafe {
+                    let to = out.get().add(co * self.out_plane() + pixel);
+                    std::ptr::copy_nonoverlapping(row[offset..].as_ptr(), to, kept);
                 }
-                p += run;
             }
         }
     }

@@ -19,13 +19,14 @@ use burn::backend::{DispatchDevice, Flex};
 use burn::module::ParamId;
 use burn::tensor::{DType, Tensor, TensorData};
 use cpu_conv::{
-    Activation, ConvParams, DepthwiseParams, FeatureMap, Int8ConvParams, PackedWeights,
+    Activation, ConvParams, DepthwiseParams, FeatureMap, Int8ConvParams, Int8Output, PackedWeights,
     QuantizedMap, QuantizedWeights, WinogradWeights,
 };
 use rayon::prelude::*;
 
 use super::int8;
 use super::layers::ConvBlock;
+use super::profile::timed;
 
 thread_local! {
     static ENABLED: Cell<bool> = const { Cell::new(true) };
@@ -317,15 +318,10 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
         .iter()
         .map(|p| Some((DenseImages::new(p.clone())?, p.dims()[1])))
         .collect::<Option<_>>()?;
-    let bias = block.bias.val().try_into_primitive::<Flex>().ok()?;
-    let bias = bias.to_contiguous();
+    let bias = contiguous_bias(block)?;
     let bias = dense_f32(&bias)?;
     let [_, c_in, kernel, _] = block.weight.dims();
-    let activation = if block.act {
-        Activation::Silu
-    } else {
-        Activation::Identity
-    };
+    let activation = activation_of(block);
     let int8_input = int8::planned(block.weight.id).filter(|_| !depthwise);
     let layout = if depthwise {
         Layout::Depthwise
@@ -340,19 +336,7 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
     } else {
         Layout::Packed
     };
-    let weights = block.prepared.get(block.weight.id, layout, || {
-        let weight = block.weight.val().try_into_primitive::<Flex>().ok()?;
-        let weight = weight.to_contiguous();
-        let weight = dense_f32(&weight)?;
-        Some(match layout {
-            Layout::Depthwise => ConvWeights::Depthwise(weight.to_vec()),
-            Layout::Int8 => ConvWeights::Int8(QuantizedWeights::new(weight, c_out, c_in, kernel)),
-            Layout::Winograd => ConvWeights::Winograd(WinogradWeights::new(weight, c_out, c_in)),
-            Layout::Packed => {
-                ConvWeights::Packed(PackedWeights::new(weight, c_out, c_in * kernel * kernel))
-            }
-        })
-    })?;
+    let weights = prepared_weights(block, layout)?;
     let (out_h, out_w) = cpu_conv::output_size(height, width, kernel, block.stride, block.padding);
     let out_len = c_out * out_h * out_w;
     // Not zeroed: the convolutions write every element (clearing the layers' outputs first
@@ -377,14 +361,8 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
             ConvWeights::Int8(quantized) => {
                 let input_params = int8_input.expect("INT8 weights only where planned");
                 let input = QuantizedMap::quantize(&inputs, height * width, input_params);
-                let params = Int8ConvParams {
-                    weight: quantized,
-                    bias,
-                    stride: block.stride,
-                    padding: block.padding,
-                    activation,
-                };
-                cpu_conv::conv2d_int8(&input, height, width, &params, out_image)
+                let params = int8_params(block, quantized, bias);
+                cpu_conv::conv2d_int8(&input, height, width, &params, Int8Output::Float(out_image))
             }
             ConvWeights::Winograd(transformed) => cpu_conv::conv3x3_winograd(
                 &inputs,
@@ -437,10 +415,149 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
     Some(to_tensor(out, [batch, c_out, out_h, out_w]))
 }
 
+/// The block's bias as a contiguous Flex tensor.
+fn contiguous_bias(block: &ConvBlock) -> Option<FlexTensor> {
+    let bias = block.bias.val().try_into_primitive::<Flex>().ok()?;
+    Some(bias.to_contiguous())
+}
+
+fn activation_of(block: &ConvBlock) -> Activation {
+    if block.act {
+        Activation::Silu
+    } else {
+        Activation::Identity
+    }
+}
+
+/// The block's weights in `layout`, made on first use and kept with the block.
+fn prepared_weights(block: &ConvBlock, layout: Layout) -> Option<Arc<ConvWeights>> {
+    let [c_out, c_in, kernel, _] = block.weight.dims();
+    block.prepared.get(block.weight.id, layout, || {
+        let weight = block.weight.val().try_into_primitive::<Flex>().ok()?;
+        let weight = weight.to_contiguous();
+        let weight = dense_f32(&weight)?;
+        Some(match layout {
+            Layout::Depthwise => ConvWeights::Depthwise(weight.to_vec()),
+            Layout::Int8 => ConvWeights::Int8(QuantizedWeights::new(weight, c_out, c_in, kernel)),
+            Layout::Winograd => ConvWeights::Winograd(WinogradWeights::new(weight, c_out, c_in)),
+            Layout::Packed => {
+                ConvWeights::Packed(PackedWeights::new(weight, c_out, c_in * kernel * kernel))
+            }
+        })
+    })
+}
+
+fn int8_params<'a>(
+    block: &ConvBlock,
+    weight: &'a QuantizedWeights,
+    bias: &'a [f32],
+) -> Int8ConvParams<'a> {
+    Int8ConvParams {
+        weight,
+        bias,
+        stride: block.stride,
+        padding: block.padding,
+        activation: activation_of(block),
+    }
+}
+
+/// How many of `convs`, from the first, run in INT8 one after another (ungrouped, in the
+/// plan), outside calibration.
+pub(crate) fn int8_run(convs: &[&ConvBlock]) -> usize {
+    if !ENABLED.get() || int8::is_recording() {
+        return 0;
+    }
+    convs
+        .iter()
+        .take_while(|c| c.groups == 1 && int8::planned(c.weight.id).is_some())
+        .count()
+}
+
+/// `convs` (an [`int8_run`]) applied one after another to `x` on the fast path, each
+/// handing its output to the next as quantised quads: the producer's epilogue quantises
+/// with the consumer's input parameters, so no f32 map is written and read back between
+/// them. The last one's output is f32. `None` where `x` is not a Flex tensor.
+pub(crate) fn forward_int8_chain(convs: &[&ConvBlock], x: &Tensor<4>) -> Option<Tensor<4>> {
+    if convs.is_empty() || !is_flex(x) {
+        return None;
+    }
+    let [batch, c_in, mut height, mut width] = x.dims();
+    let images = DenseImages::new(x.clone())?;
+    // Each convolution's weights, bias and input quantisation.
+    let mut layers = Vec::with_capacity(convs.len());
+    for conv in convs {
+        let weights = prepared_weights(conv, Layout::Int8)?;
+        layers.push((
+            weights,
+            contiguous_bias(conv)?,
+            int8::planned(conv.weight.id)?,
+        ));
+    }
+    let plane = height * width;
+    // The first convolution's input, quantised inside its timing as `forward` does.
+    let quantize_input = || -> Vec<QuantizedMap> {
+        (0..batch)
+            .into_par_iter()
+            .map(|b| {
+                let input = FeatureMap {
+                    data: images.image(b, c_in * plane),
+                    channels: c_in,
+                };
+                QuantizedMap::quantize(&[input], plane, layers[0].2)
+            })
+            .collect()
+    };
+    let mut maps = Vec::new();
+    let mut out = Vec::new();
+    for (i, (conv, (weights, bias, _))) in convs.iter().zip(&layers).enumerate() {
+        let ConvWeights::Int8(weights) = weights.as_ref() else {
+            return None;
+        };
+        let params = int8_params(conv, weights, dense_f32(bias)?);
+        let [c_out, _, kernel, _] = conv.weight.dims();
+        let (in_h, in_w) = (height, width);
+        (height, width) = cpu_conv::output_size(in_h, in_w, kernel, conv.stride, conv.padding);
+        match layers.get(i + 1) {
+            Some(&(_, _, next_input)) => {
+                maps = timed(conv.op_kind(), || {
+                    let inputs = if i == 0 { quantize_input() } else { maps };
+                    inputs
+                        .par_iter()
+                        .map(|map| {
+                            cpu_conv::conv2d_int8_quantized(map, in_h, in_w, &params, next_input)
+                        })
+                        .collect()
+                });
+            }
+            None => {
+                let out_len = c_out * height * width;
+                out.reserve_exact(batch * out_len);
+                let inputs = std::mem::take(&mut maps);
+                timed(conv.op_kind(), || {
+                    let inputs = if i == 0 { quantize_input() } else { inputs };
+                    out.spare_capacity_mut()[..batch * out_len]
+                        .par_chunks_exact_mut(out_len)
+                        .zip(&inputs)
+                        .for_each(|(out_image, map)| {
+                            let out_image = Int8Output::Float(out_image);
+                            cpu_conv::conv2d_int8(map, in_h, in_w, &params, out_image)
+                        })
+                });
+                // SAFETY: each image's convolution above wrote all `out_len` values of
+                // its chunk.
+                unsafe { out.set_len(batch * out_len) };
+            }
+        }
+    }
+    let c_out = convs[convs.len() - 1].weight.dims()[0];
+    Some(to_tensor(out, [batch, c_out, height, width]))
+}
+
 #[cfg(test)]
 mod tests {
     use burn::module::Param;
     use burn::tensor::{Device, Distribution, Tensor};
+    use cpu_conv::QuantParams;
 
     use super::*;
 
@@ -562,6 +679,47 @@ mod tests {
                 diff < 1e-5,
                 "depthwise {channels} /{stride} @{size}: {diff}"
             );
+        }
+    }
+
+    /// A chain of INT8 convolutions handing quantised maps on gives exactly what the same
+    /// convolutions give one by one (each quantising the previous one's f32 output): a
+    /// head branch (3x3, 3x3, 1x1 without activation) and a stride-2 pair, batch of two.
+    #[test]
+    fn int8_chain_hands_on_exactly_what_the_convolutions_give_one_by_one() {
+        let device = Device::flex();
+        let chains = [
+            vec![
+                block(16, 24, 3, 1, true),
+                block(24, 24, 3, 1, true),
+                block(24, 10, 1, 1, false),
+            ],
+            vec![block(8, 13, 3, 2, true), block(13, 6, 1, 1, true)],
+        ];
+        for convs in chains {
+            let convs: Vec<&ConvBlock> = convs.iter().collect();
+            let plan: int8::Int8Plan = convs
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    (
+                        c.weight.id,
+                        QuantParams::covering(-0.3 - 0.1 * i as f32, 2.0),
+                    )
+                })
+                .collect();
+            let x = random([2, convs[0].weight.dims()[1], 21, 19], &device);
+            let (chained, one_by_one) = int8::with_plan(Some(Arc::new(plan)), || {
+                assert_eq!(int8_run(&convs), convs.len());
+                let chained = forward_int8_chain(&convs, &x).expect("fast path taken");
+                let one_by_one = convs.iter().fold(x.clone(), |y, conv| {
+                    forward(conv, &[y]).expect("fast path taken")
+                });
+                (chained, one_by_one)
+            });
+            assert_eq!(chained.dims(), one_by_one.dims());
+            let same: bool = chained.equal(one_by_one).all().into_scalar();
+            assert!(same, "{} convolutions", convs.len());
         }
     }
 

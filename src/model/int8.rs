@@ -202,6 +202,12 @@ fn record(recorder: Recorder, f: impl FnOnce()) -> Recorder {
     RECORDER.replace(before).expect("the recorder set above")
 }
 
+/// Whether a calibration pass is recording convolution inputs on this thread (they must
+/// then reach every convolution in f32).
+pub(crate) fn is_recording() -> bool {
+    RECORDER.with_borrow(Option::is_some)
+}
+
 /// Adds convolution `id`'s input `parts` to what is being recorded (if anything).
 pub(crate) fn observe(id: ParamId, parts: &[FeatureMap]) {
     RECORDER.with_borrow_mut(|recorder| {

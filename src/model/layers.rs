@@ -95,7 +95,7 @@ impl ConvBlock {
         }
     }
 
-    fn op_kind(&self) -> OpKind {
+    pub(crate) fn op_kind(&self) -> OpKind {
         let [_, _, k, _] = self.weight.dims();
         match (self.groups, k) {
             (g, _) if g > 1 => OpKind::ConvDepthwise,
@@ -103,6 +103,22 @@ impl ConvBlock {
             _ => OpKind::Conv3x3,
         }
     }
+}
+
+/// `convs` applied one after another, where each output feeds only the next convolution.
+/// On the fast CPU path, consecutive INT8 convolutions hand their outputs on quantised.
+fn chain(mut convs: &[&ConvBlock], mut x: Tensor<4>) -> Tensor<4> {
+    while let Some((first, rest)) = convs.split_first() {
+        let run = fast_cpu::int8_run(convs);
+        if run >= 2
+            && let Some(y) = fast_cpu::forward_int8_chain(&convs[..run], &x)
+        {
+            (x, convs) = (y, &convs[run..]);
+        } else {
+            (x, convs) = (first.forward(x), rest);
+        }
+    }
+    x
 }
 
 /// Channel concatenation (a no-op for one tensor).
@@ -152,7 +168,7 @@ impl Bottleneck {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = self.cv2.forward(self.cv1.forward(x.clone()));
+        let y = chain(&[&self.cv1, &self.cv2], x.clone());
         if self.shortcut { add(x, y) } else { y }
     }
 }
@@ -373,7 +389,7 @@ impl ConvChain {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.convs.iter().fold(x, |y, conv| conv.forward(y))
+        chain(&self.convs.iter().collect::<Vec<_>>(), x)
     }
 }
 
