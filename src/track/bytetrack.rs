@@ -5,7 +5,7 @@
 //! taken from timestamps, so skipped frames stretch the Kalman prediction accordingly.
 
 use super::assignment::assign_with_limit;
-use super::kalman::{self, Gaussian, Measurement};
+use super::kalman::{self, BoxState, Gaussian, Measurement};
 use super::{TrackedObject, TrackerConfig};
 use crate::detect::Detection;
 use crate::geometry::BBox;
@@ -50,7 +50,7 @@ struct Track {
 impl Track {
     fn bbox(&self) -> BBox {
         let m = &self.kf.mean;
-        let (h, w) = (m[3], m[2] * m[3]);
+        let (w, h) = self.kf.boxes.size(m);
         BBox::from_cxcywh(m[0] as f32, m[1] as f32, w as f32, h as f32)
     }
 
@@ -172,12 +172,12 @@ struct Candidate {
 }
 
 impl Candidate {
-    fn new(index: usize, d: &Detection) -> Self {
+    fn new(index: usize, d: &Detection, boxes: BoxState) -> Self {
         let (cx, cy) = d.bbox.centre();
-        let h = d.bbox.height().max(1e-3);
+        let (w, h) = (d.bbox.width() as f64, d.bbox.height().max(1e-3) as f64);
         Self {
             bbox: d.bbox,
-            measurement: [cx as f64, cy as f64, (d.bbox.width() / h) as f64, h as f64],
+            measurement: boxes.measurement((cx as f64, cy as f64), w, h),
             score: d.score,
             class_id: d.class_id,
             index,
@@ -240,9 +240,9 @@ impl ByteTracker {
         let mut low = Vec::new();
         for (i, d) in detections.iter().enumerate() {
             if d.score >= cfg.high_thresh {
-                high.push(Candidate::new(i, d));
+                high.push(Candidate::new(i, d, cfg.box_state));
             } else if d.score > cfg.low_thresh {
-                low.push(Candidate::new(i, d));
+                low.push(Candidate::new(i, d, cfg.box_state));
             }
         }
 
@@ -255,7 +255,7 @@ impl ByteTracker {
         pool.extend(std::mem::take(&mut self.lost));
         for t in &mut pool {
             if t.state != State::Tracked {
-                t.kf.mean[7] = 0.0;
+                t.kf.boxes.freeze_size(&mut t.kf.mean);
             }
             kalman::predict(&mut t.kf, steps.max(1e-3));
         }
@@ -330,7 +330,7 @@ impl ByteTracker {
             }
             let id = *next_id;
             *next_id += 1;
-            let kf = kalman::initiate(det.measurement);
+            let kf = kalman::initiate(det.measurement, cfg.box_state);
             activated.push(Track {
                 id,
                 last_observation: (kf.clone(), det.measurement),
@@ -468,9 +468,9 @@ mod tests {
             ..moving.clone()
         };
         let dets = [
-            Candidate::new(0, &det(40.0, 0.9)),
-            Candidate::new(1, &det(10.0, 0.9)),
-            Candidate::new(2, &det(400.0, 0.9)),
+            Candidate::new(0, &det(40.0, 0.9), BoxState::Xyah),
+            Candidate::new(1, &det(10.0, 0.9), BoxState::Xyah),
+            Candidate::new(2, &det(400.0, 0.9), BoxState::Xyah),
         ];
         let gate = 0.8;
         let plain = iou_cost(&[moving.clone(), still.clone()], &dets, true);

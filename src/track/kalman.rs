@@ -1,14 +1,18 @@
-//! Constant-velocity Kalman filter on `(cx, cy, aspect, height)` with ByteTrack's noise model:
-//! position noise `h / 20`, velocity noise `h / 160`, both proportional to the box height.
+//! Constant-velocity Kalman filter on a box: `(cx, cy, aspect, height)` with ByteTrack's
+//! noise model (position noise `h / 20`, velocity noise `h / 160`, both proportional to the
+//! box height; the aspect ratio nearly fixed), or `(cx, cy, width, height)` with BoT-SORT's
+//! (each coordinate's noise proportional to the width or height it goes with).
 
 // Small dense matrices read best with explicit indices.
 #![allow(clippy::needless_range_loop)]
 
-/// State: `cx, cy, a, h` and their velocities (per frame).
+use serde::{Deserialize, Serialize};
+
+/// State: the four box coordinates and their velocities (per frame).
 pub type State = [f64; 8];
 /// 8 x 8 covariance, row-major.
 pub type Covariance = [[f64; 8]; 8];
-/// Measurement: `cx, cy, a, h`.
+/// Measurement: the four box coordinates.
 pub type Measurement = [f64; 4];
 
 const WEIGHT_POSITION: f64 = 1.0 / 20.0;
@@ -17,39 +21,83 @@ const WEIGHT_VELOCITY: f64 = 1.0 / 160.0;
 /// Chi-square 0.95 quantiles for 1..=4 degrees of freedom, for gating.
 pub const CHI2_95: [f64; 5] = [0.0, 3.8415, 5.9915, 7.8147, 9.4877];
 
+/// Which box coordinates a filter tracks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BoxState {
+    /// Centre, aspect ratio (width / height) and height, as ByteTrack: the aspect ratio has
+    /// a small fixed noise, so a box whose shape changes (a vehicle coming into view past
+    /// the image border) is predicted with its old shape.
+    #[default]
+    Xyah,
+    /// Centre, width and height, as BoT-SORT: width and height change independently.
+    Xywh,
+}
+
+impl BoxState {
+    /// The measurement of a box with centre `(cx, cy)` and size `w x h`.
+    pub fn measurement(self, (cx, cy): (f64, f64), w: f64, h: f64) -> Measurement {
+        match self {
+            BoxState::Xyah => [cx, cy, w / h.max(1e-3), h],
+            BoxState::Xywh => [cx, cy, w, h],
+        }
+    }
+
+    /// Width and height of the box a state or measurement describes.
+    pub fn size(self, m: &[f64]) -> (f64, f64) {
+        match self {
+            BoxState::Xyah => (m[2] * m[3], m[3]),
+            BoxState::Xywh => (m[2], m[3]),
+        }
+    }
+
+    /// Standard deviations of the four coordinates at `weight` times the box's size; the
+    /// aspect ratio (ByteTrack's state) gets `aspect` whatever the size.
+    fn deviations(self, m: &[f64], weight: f64, aspect: f64) -> [f64; 4] {
+        let (w, h) = self.size(m);
+        match self {
+            BoxState::Xyah => [weight * h, weight * h, aspect, weight * h],
+            BoxState::Xywh => [weight * w, weight * h, weight * w, weight * h],
+        }
+    }
+
+    /// Stops the size from changing further (a lost track's prediction keeps its size).
+    pub fn freeze_size(self, mean: &mut State) {
+        if self == BoxState::Xywh {
+            mean[6] = 0.0;
+        }
+        mean[7] = 0.0;
+    }
+}
+
 /// Mean and covariance of one track.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Gaussian {
     pub mean: State,
     pub covariance: Covariance,
+    pub boxes: BoxState,
 }
 
-/// Starts a track at `z` with zero velocity and height-scaled uncertainty.
-pub fn initiate(z: Measurement) -> Gaussian {
-    let h = z[3];
-    let std = [
-        2.0 * WEIGHT_POSITION * h,
-        2.0 * WEIGHT_POSITION * h,
-        1e-2,
-        2.0 * WEIGHT_POSITION * h,
-        10.0 * WEIGHT_VELOCITY * h,
-        10.0 * WEIGHT_VELOCITY * h,
-        1e-5,
-        10.0 * WEIGHT_VELOCITY * h,
-    ];
+/// Starts a track at `z` with zero velocity and size-scaled uncertainty.
+pub fn initiate(z: Measurement, boxes: BoxState) -> Gaussian {
+    let position = boxes.deviations(&z, 2.0 * WEIGHT_POSITION, 1e-2);
+    let velocity = boxes.deviations(&z, 10.0 * WEIGHT_VELOCITY, 1e-5);
     let mut covariance = [[0.0; 8]; 8];
-    for i in 0..8 {
-        covariance[i][i] = std[i] * std[i];
+    for i in 0..4 {
+        covariance[i][i] = position[i] * position[i];
+        covariance[i + 4][i + 4] = velocity[i] * velocity[i];
     }
     Gaussian {
         mean: [z[0], z[1], z[2], z[3], 0.0, 0.0, 0.0, 0.0],
         covariance,
+        boxes,
     }
 }
 
 /// Advances the state by `dt` frames (1.0 for consecutive frames).
 pub fn predict(g: &mut Gaussian, dt: f64) {
-    let h = g.mean[3];
+    let position = g.boxes.deviations(&g.mean, WEIGHT_POSITION, 1e-2);
+    let velocity = g.boxes.deviations(&g.mean, WEIGHT_VELOCITY, 1e-5);
     for i in 0..4 {
         g.mean[i] += dt * g.mean[i + 4];
     }
@@ -66,25 +114,17 @@ pub fn predict(g: &mut Gaussian, dt: f64) {
             g.covariance[i][j] = fp[i][j] + if j < 4 { dt * fp[i][j + 4] } else { 0.0 };
         }
     }
-    let pos = WEIGHT_POSITION * h;
-    let vel = WEIGHT_VELOCITY * h;
-    let q = [pos, pos, 1e-2, pos, vel, vel, 1e-5, vel];
     // Process noise grows with the time step.
-    for i in 0..8 {
-        g.covariance[i][i] += q[i] * q[i] * dt.max(1e-6);
+    for i in 0..4 {
+        g.covariance[i][i] += position[i] * position[i] * dt.max(1e-6);
+        g.covariance[i + 4][i + 4] += velocity[i] * velocity[i] * dt.max(1e-6);
     }
 }
 
 /// Projection to measurement space: mean and innovation covariance `S`, with the measurement
 /// noise's variance multiplied by `noise_scale`.
 fn project(g: &Gaussian, noise_scale: f64) -> (Measurement, [[f64; 4]; 4]) {
-    let h = g.mean[3];
-    let r = [
-        WEIGHT_POSITION * h,
-        WEIGHT_POSITION * h,
-        1e-1,
-        WEIGHT_POSITION * h,
-    ];
+    let r = g.boxes.deviations(&g.mean, WEIGHT_POSITION, 1e-1);
     let mut s = [[0.0; 4]; 4];
     for i in 0..4 {
         for j in 0..4 {
@@ -166,9 +206,31 @@ fn invert4(m: &[[f64; 4]; 4]) -> [[f64; 4]; 4] {
 mod tests {
     use super::*;
 
+    /// A box 60 px wide whose height grows by 2 px a frame (a vehicle coming into view past
+    /// the top of the image): with width and height in the state the width stays where it
+    /// was measured; with ByteTrack's nearly fixed aspect ratio it grows with the height.
+    #[test]
+    fn a_width_and_height_state_follows_a_changing_shape() {
+        let predicted_width = |boxes: BoxState| {
+            let box_at =
+                |frame: f64| boxes.measurement((100.0, 10.0 + frame), 60.0, 10.0 + 2.0 * frame);
+            let mut g = initiate(box_at(0.0), boxes);
+            for frame in 1..=10 {
+                predict(&mut g, 1.0);
+                update(&mut g, box_at(frame as f64), 1.0);
+            }
+            predict(&mut g, 1.0);
+            boxes.size(&g.mean).0
+        };
+        let xywh = predicted_width(BoxState::Xywh);
+        assert!((xywh - 60.0).abs() < 1.0, "xywh: {xywh}");
+        let xyah = predicted_width(BoxState::Xyah);
+        assert!(xyah > 120.0, "xyah: {xyah}");
+    }
+
     #[test]
     fn constant_velocity_is_learned_and_extrapolated() {
-        let mut g = initiate([100.0, 50.0, 0.5, 80.0]);
+        let mut g = initiate([100.0, 50.0, 0.5, 80.0], BoxState::Xyah);
         for step in 1..=20 {
             predict(&mut g, 1.0);
             update(&mut g, [100.0 + 4.0 * step as f64, 50.0, 0.5, 80.0], 1.0);
@@ -184,7 +246,7 @@ mod tests {
 
     #[test]
     fn update_pulls_towards_the_measurement_and_shrinks_uncertainty() {
-        let mut g = initiate([0.0, 0.0, 1.0, 100.0]);
+        let mut g = initiate([0.0, 0.0, 1.0, 100.0], BoxState::Xyah);
         predict(&mut g, 1.0);
         let before = g.covariance[0][0];
         let mut confident = g.clone();
@@ -204,7 +266,7 @@ mod tests {
 
     #[test]
     fn gating_separates_near_from_far_measurements() {
-        let mut g = initiate([100.0, 100.0, 0.5, 50.0]);
+        let mut g = initiate([100.0, 100.0, 0.5, 50.0], BoxState::Xyah);
         predict(&mut g, 1.0);
         assert!(gating_distance(&g, [101.0, 100.0, 0.5, 50.0]) < CHI2_95[4]);
         assert!(gating_distance(&g, [200.0, 100.0, 0.5, 50.0]) > CHI2_95[4]);

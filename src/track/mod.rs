@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::detect::Detection;
 use crate::geometry::BBox;
 pub use bytetrack::ByteTracker;
+pub use kalman::BoxState;
 
 /// ByteTrack settings; the defaults are Ultralytics' `bytetrack.yaml` (its 30-frame buffer as
 /// one second). A 2 s buffer scored higher on the four shared MOT17 sequences, but chosen
@@ -50,6 +51,9 @@ pub struct TrackerConfig {
     /// from the track's position three frames ago agrees with the track's direction of
     /// motion costs less (0.2 in OC-SORT; 0 leaves it out).
     pub ocm: f32,
+    /// The Kalman filter's box coordinates: `xyah` (ByteTrack's centre, aspect ratio and
+    /// height) or `xywh` (BoT-SORT's centre, width and height).
+    pub box_state: BoxState,
 }
 
 /// Which tracker [`TrackerConfig::kind`] selects.
@@ -83,6 +87,7 @@ impl Default for TrackerConfig {
             nsa: false,
             oru: false,
             ocm: 0.0,
+            box_state: BoxState::Xyah,
         }
     }
 }
