@@ -1,6 +1,7 @@
 //! INT8 convolution: unsigned 8-bit activations (affine, one scale and zero point per
 //! tensor) times signed 8-bit weights (symmetric, one scale per output channel), accumulated
-//! exactly in i32, then dequantised, biased and activated in f32.
+//! exactly in i32, then dequantised, biased and activated in f32, and written as f32 or, for
+//! a next INT8 convolution, quantised again with its input parameters ([`Int8Output`]).
 //!
 //! Activations are laid out as *quads*: the input's channels in groups of four, each pixel's
 //! four values in one `u32` (`[channels / 4, height, width]` of `u32`, the last group padded
