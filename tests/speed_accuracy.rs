@@ -70,3 +70,26 @@ fn a_missing_calibration_is_a_clear_error() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The error broken down by distance from the nearest ground the camera sees: on these
+/// cameras every scored vehicle-frame's ground point is known, so the bands hold every
+/// sample, in order, and their errors average back to the whole sequence's.
+#[test]
+fn errors_by_distance_add_up_to_the_sequence() {
+    for seq in SEQUENCES {
+        let r = report(seq, 1);
+        let bands = &r.by_distance;
+        assert!(bands.len() >= 2, "{seq}: {bands:?}");
+        assert!(bands.windows(2).all(|w| w[0].to_m == Some(w[1].from_m)));
+        let samples: usize = bands.iter().map(|b| b.samples).sum();
+        assert_eq!(samples, r.samples, "{seq}");
+        let error_sum: f64 = bands.iter().map(|b| b.mae_kmh * b.samples as f64).sum();
+        let mae = error_sum / samples as f64;
+        assert!(
+            (mae - r.mae_kmh).abs() < 1e-9,
+            "{seq}: {mae} vs {}",
+            r.mae_kmh
+        );
+        assert!(bands.iter().all(|b| (0.0..=1.0).contains(&b.coverage)));
+    }
+}

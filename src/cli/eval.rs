@@ -156,4 +156,26 @@ pub fn print_speed_row(name: &str, report: &streamtrack::eval::speed::SpeedRepor
         report.tracks,
         report.samples
     );
+    let bands: Vec<String> = report
+        .by_distance
+        .iter()
+        .map(|b| {
+            let range = match b.to_m {
+                Some(to) => format!("{}-{to} m", b.from_m),
+                None => format!("{}+ m", b.from_m),
+            };
+            format!(
+                "{range} MAE {:.3}, coverage {:.1}% ({})",
+                b.mae_kmh,
+                100.0 * b.coverage,
+                b.samples
+            )
+        })
+        .collect();
+    if !bands.is_empty() {
+        report!(
+            "  by distance from the nearest ground seen: {}",
+            bands.join("; ")
+        );
+    }
 }

@@ -2,6 +2,8 @@
 //! speeds, match tracks to true objects by IoU each frame, and compare. Every true
 //! vehicle-frame after the vehicle's first second in view is scored: it counts towards
 //! coverage when the matched track has a speed, and that speed's error towards the statistics.
+//! Both are also broken down by the vehicle's distance along the road plane from the nearest
+//! ground the camera sees (the bottom centre of the image).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -17,6 +19,57 @@ use crate::track::{Tracker, TrackerConfig};
 /// IoU a track needs with a true box to be taken as that object.
 const MATCH_IOU: f64 = 0.5;
 
+/// Where the distance bands end, in metres from the nearest ground the camera sees; a last
+/// band runs on from the last end.
+const BAND_ENDS_M: [f64; 3] = [15.0, 30.0, 60.0];
+
+/// Distance bands: the ends above and the open last one.
+const BANDS: usize = BAND_ENDS_M.len() + 1;
+
+/// Errors and coverage of the scored vehicle-frames at one range of distance.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DistanceBand {
+    /// Metres from the nearest ground the camera sees: the band's start...
+    pub from_m: f64,
+    /// ...and its end (none for the last band).
+    pub to_m: Option<f64>,
+    pub mae_kmh: f64,
+    pub coverage: f64,
+    pub samples: usize,
+}
+
+/// The sums behind one [`DistanceBand`].
+#[derive(Debug, Clone, Copy, Default)]
+struct BandCounts {
+    error_sum: f64,
+    samples: usize,
+    eligible: usize,
+    covered: usize,
+}
+
+impl BandCounts {
+    fn add(&mut self, other: &BandCounts) {
+        self.error_sum += other.error_sum;
+        self.samples += other.samples;
+        self.eligible += other.eligible;
+        self.covered += other.covered;
+    }
+}
+
+/// The band a distance falls in.
+fn band_of(distance_m: f64) -> usize {
+    BAND_ENDS_M
+        .iter()
+        .position(|&end| distance_m < end)
+        .unwrap_or(BANDS - 1)
+}
+
+/// The start and end of band `i`.
+fn band_range(i: usize) -> (f64, Option<f64>) {
+    let from = if i == 0 { 0.0 } else { BAND_ENDS_M[i - 1] };
+    (from, BAND_ENDS_M.get(i).copied())
+}
+
 /// Speed errors in km/h and coverage (share of eligible true object-frames with a speed).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SpeedReport {
@@ -28,6 +81,9 @@ pub struct SpeedReport {
     pub tracks: usize,
     /// Number of speed measurements compared.
     pub samples: usize,
+    /// The same by distance from the nearest ground the camera sees; bands without scored
+    /// vehicle-frames are left out.
+    pub by_distance: Vec<DistanceBand>,
 }
 
 /// One sequence compared with its ground truth: every absolute error, and the counts behind
@@ -41,6 +97,8 @@ pub struct SpeedErrors {
     /// Those a speed was reported for.
     covered: usize,
     tracks: usize,
+    /// The same counts per distance band (vehicle-frames whose distance is known).
+    bands: [BandCounts; BANDS],
 }
 
 impl SpeedErrors {
@@ -59,6 +117,20 @@ impl SpeedErrors {
             coverage: self.covered as f64 / self.eligible.max(1) as f64,
             tracks: self.tracks,
             samples: self.errors.len(),
+            by_distance: (0..BANDS)
+                .filter(|&i| self.bands[i].eligible > 0)
+                .map(|i| {
+                    let (from_m, to_m) = band_range(i);
+                    let b = &self.bands[i];
+                    DistanceBand {
+                        from_m,
+                        to_m,
+                        mae_kmh: b.error_sum / b.samples.max(1) as f64,
+                        coverage: b.covered as f64 / b.eligible as f64,
+                        samples: b.samples,
+                    }
+                })
+                .collect(),
         }
     }
 
@@ -74,6 +146,11 @@ impl SpeedErrors {
             eligible: parts.iter().map(|p| p.eligible).sum(),
             covered: parts.iter().map(|p| p.covered).sum(),
             tracks: parts.iter().map(|p| p.tracks).sum(),
+            bands: std::array::from_fn(|i| {
+                let mut band = BandCounts::default();
+                parts.iter().for_each(|p| band.add(&p.bands[i]));
+                band
+            }),
         }
     }
 }
@@ -90,8 +167,31 @@ impl SpeedReport {
             coverage: mean(|r| r.coverage),
             tracks: reports.iter().map(|r| r.tracks).sum(),
             samples: reports.iter().map(|r| r.samples).sum(),
+            by_distance: mean_bands(reports),
         }
     }
+}
+
+/// Each distance band's figures averaged over the reports that have it.
+fn mean_bands(reports: &[SpeedReport]) -> Vec<DistanceBand> {
+    (0..BANDS)
+        .filter_map(|i| {
+            let (from_m, to_m) = band_range(i);
+            let bands: Vec<&DistanceBand> = reports
+                .iter()
+                .flat_map(|r| &r.by_distance)
+                .filter(|b| b.from_m == from_m)
+                .collect();
+            let n = bands.len() as f64;
+            (!bands.is_empty()).then(|| DistanceBand {
+                from_m,
+                to_m,
+                mae_kmh: bands.iter().map(|b| b.mae_kmh).sum::<f64>() / n,
+                coverage: bands.iter().map(|b| b.coverage).sum::<f64>() / n,
+                samples: bands.iter().map(|b| b.samples).sum(),
+            })
+        })
+        .collect()
 }
 
 /// Evaluates the sequence in `dir` (`det.txt`, `gt.txt`, `gt_speed.csv`, `seqinfo.ini`,
@@ -125,9 +225,21 @@ pub fn compare_sequence(
         first_frame.entry(row.id).or_insert(row.frame);
     }
 
+    // The nearest ground the camera sees, and a true box's distance from it.
+    let near = calibration.to_ground(info.width as f64 / 2.0, info.height as f64);
+    let distance_band = |g: &MotRow| -> Option<usize> {
+        let (nx, ny) = near?;
+        let (x, y) = g.bbox.bottom_centre();
+        let (gx, gy) = calibration.to_ground(x as f64, y as f64)?;
+        Some(band_of((gx - nx).hypot(gy - ny)))
+    };
+    let mut bands = [BandCounts::default(); BANDS];
     let mut tracker = Tracker::new(tracker.clone(), info.frame_rate);
-    let mut estimator =
-        SpeedEstimator::new(Some(calibration), speed.clone(), (info.width, info.height));
+    let mut estimator = SpeedEstimator::new(
+        Some(calibration.clone()),
+        speed.clone(),
+        (info.width, info.height),
+    );
     let mut errors = Vec::new();
     let mut eligible = 0usize;
     let mut covered = 0usize;
@@ -162,10 +274,19 @@ pub fn compare_sequence(
                 continue;
             }
             eligible += 1;
+            let mut band = distance_band(g).map(|i| &mut bands[i]);
+            if let Some(band) = band.as_mut() {
+                band.eligible += 1;
+            }
             if let Some((ti, s)) = matched.get(&gi).and_then(|&ti| speeds[ti].map(|s| (ti, s))) {
                 covered += 1;
                 errors.push((s - truth).abs());
                 reporting_tracks.insert(tracks[ti].track_id);
+                if let Some(band) = band {
+                    band.covered += 1;
+                    band.samples += 1;
+                    band.error_sum += (s - truth).abs();
+                }
             }
         }
     }
@@ -181,6 +302,7 @@ pub fn compare_sequence(
         eligible,
         covered,
         tracks: reporting_tracks.len(),
+        bands,
     })
 }
 
@@ -215,6 +337,7 @@ mod tests {
             eligible,
             covered: values.len(),
             tracks: 1,
+            bands: Default::default(),
         }
     }
 
