@@ -221,34 +221,86 @@ fn mdat_payloads(bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
 
 /// Pictures decoded from `bytes` written to a scratch file `name`.
 fn decoded_frames(name: &str, bytes: &[u8]) -> usize {
+    decoded_thumbnails(name, bytes).len()
+}
+
+/// A decoded picture, small: its presentation time and the mean luma of each 16x16 block.
+type Thumbnail = (f64, Vec<f64>);
+
+/// The pictures decoded from `bytes` (written to a scratch file `name`) as thumbnails.
+fn decoded_thumbnails(name: &str, bytes: &[u8]) -> Vec<Thumbnail> {
     let path = std::env::temp_dir().join(format!("streamtrack-{}-{name}", std::process::id()));
     std::fs::write(&path, bytes).unwrap();
     let mut source = open_source(&path, 25.0).unwrap();
-    let mut frames = 0;
-    while let Ok(Some(_)) = source.next_frame() {
-        frames += 1;
+    let mut thumbnails = Vec::new();
+    while let Ok(Some(frame)) = source.next_frame() {
+        let (width, height) = frame.image.dimensions();
+        let luma = luma(&frame.image);
+        let (columns, rows) = (width as usize / 16, height as usize / 16);
+        let mut blocks = vec![0.0; columns * rows];
+        for (i, value) in luma.iter().enumerate() {
+            let (x, y) = (i % width as usize / 16, i / width as usize / 16);
+            if x < columns && y < rows {
+                blocks[y * columns + x] += value / 256.0;
+            }
+        }
+        thumbnails.push((frame.pts, blocks));
     }
     std::fs::remove_file(&path).unwrap();
-    frames
+    thumbnails
+}
+
+/// How many of the `damaged` thumbnails are within `tolerance` grey levels (mean absolute
+/// difference of the block means) of the `clean` thumbnail at the same time.
+fn close_to_clean(damaged: &[Thumbnail], clean: &[Thumbnail], tolerance: f64) -> usize {
+    damaged
+        .iter()
+        .filter(|(pts, blocks)| {
+            clean
+                .iter()
+                .find(|(clean_pts, _)| (clean_pts - pts).abs() < 1e-6)
+                .is_some_and(|(_, clean_blocks)| {
+                    let difference: f64 = blocks
+                        .iter()
+                        .zip(clean_blocks)
+                        .map(|(a, b)| (a - b).abs())
+                        .sum();
+                    difference / blocks.len() as f64 <= tolerance
+                })
+        })
+        .count()
 }
 
 /// Damaged H.264 data is concealed from earlier pictures instead of losing every picture up
 /// to the next IDR: one flipped byte in the first IDR of the traffic video lost 128 of its
 /// 1190 pictures before concealment, and 300 random flips across the video lost all of them.
-/// Now 600 come out, nearly all of its 604 I and P pictures (B pictures whose references were
-/// concealed are what openh264 gives up on); 440 came out before pictures whose slices broke
-/// off were finished with an access unit delimiter.
+/// With openh264's own concealment 600 came out (its I and P pictures: it refused every B
+/// picture whose references were concealed). Our copy of openh264 decodes those B pictures,
+/// and the container's parameter sets are given again when damage makes openh264 reset
+/// itself. Measured against ffmpeg 5.1 on the same files (its grey output, the same 16x16
+/// block comparison with its clean decode):
+/// - one flip: 1189 pictures, 1056 within 4 grey levels of the clean ones (the rest are the
+///   damaged IDR's group of pictures); ffmpeg 1190 and 1062;
+/// - 300 flips: 1167 pictures, none within 4 grey levels (every IDR is hit, so every group of
+///   pictures is built on concealed data); ffmpeg 1183, none within 4 either.
 #[test]
 fn damaged_pictures_are_concealed() {
     let original = std::fs::read(data("video/traffic-640x360.mp4")).unwrap();
+    let clean = decoded_thumbnails("clean.mp4", &original);
+    assert_eq!(clean.len(), 1190);
     let payloads = mdat_payloads(&original);
     let mut one_flip = original.clone();
     one_flip[payloads[0].start + 200] ^= 0x10;
-    let frames = decoded_frames("one-flip.mp4", &one_flip);
-    eprintln!("one flipped byte in the first IDR: {frames} of 1190 pictures");
+    let frames = decoded_thumbnails("one-flip.mp4", &one_flip);
+    let close = close_to_clean(&frames, &clean, 4.0);
+    eprintln!(
+        "one flipped byte in the first IDR: {} of 1190 pictures, {close} within 4 grey levels",
+        frames.len()
+    );
+    assert!(frames.len() >= 1185, "{} of 1190 pictures", frames.len());
     assert!(
-        (1190 - 64..1190).contains(&frames),
-        "{frames} of 1190 pictures"
+        close >= 1040,
+        "{close} of 1190 pictures close to the clean ones"
     );
 
     // 300 flips in the media data (the boxes that index it stay intact), from a fixed seed.
@@ -263,7 +315,7 @@ fn damaged_pictures_are_concealed() {
     }
     let frames = decoded_frames("many-flips.mp4", &many);
     eprintln!("300 flipped bits in the media data: {frames} of 1190 pictures");
-    assert!(frames >= 1190 / 2, "{frames} of 1190 pictures");
+    assert!(frames >= 1130, "{frames} of 1190 pictures");
 }
 
 /// The top-level boxes of an MP4 file: (type, start, size).

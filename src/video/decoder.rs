@@ -10,8 +10,11 @@
 //! units go through its raw API here, and the YUV 4:2:0 planes are converted to RGB by the
 //! `yuv420` crate). A picture whose slice broke off is finished with an access unit
 //! delimiter, so it is concealed and output with its own access unit instead of being lost.
-//! What openh264 cannot conceal is skipped per picture: CABAC B pictures whose references
-//! were themselves concealed (openh264 refuses to decode those until the next clean IDR).
+//! B pictures whose references were themselves concealed are decoded from them too (our copy
+//! of openh264, `vendor/openh264-sys2`, lets CABAC B slices do what its CAVLC path does). When
+//! damage exhausts openh264's picture buffer it resets itself and forgets the parameter sets;
+//! the container's parameter sets are then given again and the access unit decoded once more.
+//! What still cannot be decoded is skipped per picture.
 
 use image::RgbImage;
 use openh264::OpenH264API;
@@ -19,7 +22,7 @@ use openh264::decoder::{DecodedYUV, Decoder, DecoderConfig, Flush};
 use openh264::formats::YUVSource;
 use openh264_sys2::{
     DECODER_OPTION_ERROR_CON_IDC, DECODING_STATE, ERROR_CON_SLICE_MV_COPY_CROSS_IDR, SBufferInfo,
-    dsDataErrorConcealed, dsErrorFree,
+    dsDataErrorConcealed, dsErrorFree, dsNoParamSets, dsOutOfMemory,
 };
 use yuv420::Planes;
 
@@ -36,6 +39,9 @@ pub struct H264Decoder {
     pending: Vec<f64>,
     /// Pictures output with concealed damage since the last [`H264Decoder::take_concealed`].
     concealed: u64,
+    /// The parameter sets given to [`H264Decoder::feed_headers`], given again after openh264
+    /// reset itself.
+    parameter_sets: Vec<u8>,
 }
 
 impl H264Decoder {
@@ -63,15 +69,18 @@ impl H264Decoder {
             decoder,
             pending: Vec::new(),
             concealed: 0,
+            parameter_sets: Vec::new(),
         })
     }
 
-    /// Feeds parameter sets or other NAL units that carry no picture.
+    /// Feeds the stream's parameter sets (from the container, not in the access units); they
+    /// are kept to be given again if the decoder resets itself.
     pub fn feed_headers(&mut self, annexb: &[u8]) -> Result<(), String> {
         self.decoder
             .decode(annexb)
-            .map(|_| ())
-            .map_err(|e| format!("bad H.264 parameter sets: {e}"))
+            .map_err(|e| format!("bad H.264 parameter sets: {e}"))?;
+        self.parameter_sets = annexb.to_vec();
+        Ok(())
     }
 
     /// Decodes one access unit (Annex-B) presented at `pts`. Damage the decoder can conceal
@@ -84,6 +93,15 @@ impl H264Decoder {
             .map_err(|_| format!("an access unit of {} bytes is too large", annexb.len()))?;
         // SAFETY: `annexb` is readable for `length` bytes.
         let (mut state, mut image) = unsafe { self.decode_raw(annexb.as_ptr(), length, true) };
+        if state & (dsOutOfMemory | dsNoParamSets) != 0 && !self.parameter_sets.is_empty() {
+            // Damage exhausted openh264's picture buffer and it reset itself (out of memory),
+            // or it had done so before (no parameter sets): it has forgotten the container's
+            // parameter sets. Give them again and decode this access unit once more.
+            if self.decoder.decode(&self.parameter_sets).is_ok() {
+                // SAFETY: as above.
+                (state, image) = unsafe { self.decode_raw(annexb.as_ptr(), length, true) };
+            }
+        }
         if image.is_none() && state != dsErrorFree {
             // A picture whose slices broke off waits for its missing slices; an access unit
             // delimiter ends it, and the decoder conceals the missing part and outputs it.
