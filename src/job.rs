@@ -41,8 +41,8 @@ pub struct OutputSpec {
     pub calibration: Option<PathBuf>,
     /// Analyse one frame in N+1 (the others are written with the last annotations).
     pub frame_skip: u64,
-    /// Publish events to this MQTT broker: mqtt://[user:password@]host[:port] (overrides
-    /// `[sinks.mqtt] url`).
+    /// Publish events to this MQTT broker: mqtt://[user:password@]host[:port], or mqtts://
+    /// for TLS (overrides `[sinks.mqtt] url`).
     pub mqtt: Option<String>,
     /// POST every event as JSON to this URL: http://host[:port]/path (overrides
     /// `[sinks.webhook] url`).

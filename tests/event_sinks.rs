@@ -1,8 +1,9 @@
 //! Event sinks against real endpoints: a webhook server on a local port (signatures,
 //! retries while it answers 503, order and sequence numbers, a full queue counted) and a real
 //! MQTT broker (Mosquitto, which `.ci/run` installs): topics, QoS 1 delivery, the retained
-//! status, events queued while the broker is unreachable delivered once it is back, and
-//! none lost when the broker is killed and restarted mid-stream.
+//! status, events queued while the broker is unreachable delivered once it is back, none
+//! lost when the broker is killed and restarted mid-stream, and `mqtts://` to a TLS listener
+//! with a certificate from a test authority (made with the `openssl` command-line tool).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -163,6 +164,11 @@ struct Broker(Child);
 
 impl Broker {
     fn start(port: u16) -> Self {
+        Self::start_with(&["-p", &port.to_string()], port)
+    }
+
+    /// Mosquitto with `arguments`, once `port` accepts connections.
+    fn start_with(arguments: &[&str], port: u16) -> Self {
         // Debian installs it in /usr/sbin, which a user's PATH may lack.
         let program = ["mosquitto", "/usr/sbin/mosquitto"]
             .into_iter()
@@ -170,7 +176,7 @@ impl Broker {
             .expect("mosquitto is installed (.ci/run installs it)");
         // Its log (every connection) would drown the test output.
         let child = Command::new(program)
-            .args(["-p", &port.to_string()])
+            .args(arguments)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -448,15 +454,185 @@ fn mqtt_events_survive_a_broker_killed_and_restarted_mid_stream() {
     assert!(counters.published.get() >= 50);
 }
 
+/// Runs the `openssl` command-line tool in `dir`.
+fn openssl(dir: &std::path::Path, arguments: &[&str]) {
+    let output = Command::new("openssl")
+        .args(arguments)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is installed");
+    assert!(
+        output.status.success(),
+        "openssl {arguments:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A test certificate authority `<name>-ca.pem` in `dir`, and (when `server`) a certificate
+/// for 127.0.0.1 it signed, `<name>-server.pem` with its key `<name>-server.key`.
+fn certificate_authority(dir: &std::path::Path, name: &str, server: bool) {
+    let key = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let (ca, ca_key) = (format!("{name}-ca.pem"), format!("{name}-ca.key"));
+    let subject = format!("/CN={name} test authority");
+    openssl(
+        dir,
+        &[
+            &["req", "-x509"][..],
+            &key,
+            &[
+                "-keyout", &ca_key, "-out", &ca, "-days", "2", "-subj", &subject,
+            ],
+        ]
+        .concat(),
+    );
+    if server {
+        let (cert, cert_key, request) = (
+            format!("{name}-server.pem"),
+            format!("{name}-server.key"),
+            format!("{name}-server.csr"),
+        );
+        openssl(
+            dir,
+            &[
+                &["req"][..],
+                &key,
+                &[
+                    "-keyout",
+                    &cert_key,
+                    "-out",
+                    &request,
+                    "-subj",
+                    "/CN=127.0.0.1",
+                ],
+            ]
+            .concat(),
+        );
+        std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &request,
+                "-CA",
+                &ca,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-out",
+                &cert,
+                "-days",
+                "2",
+                "-extfile",
+                "san.cnf",
+            ],
+        );
+        // Mosquitto started as root reads its files as the `mosquitto` user.
+        let readable = std::os::unix::fs::PermissionsExt::from_mode(0o644);
+        std::fs::set_permissions(dir.join(&cert_key), readable).unwrap();
+    }
+}
+
+/// `mqtts://`: the sink reaches a Mosquitto TLS listener whose certificate a test authority
+/// signed, trusting that authority through `ca_file`; the events are read on the broker's
+/// plain listener. A sink that trusts another authority refuses the broker, and its events
+/// wait in the queue.
+#[test]
+fn mqtt_events_reach_a_tls_broker_whose_authority_is_trusted() {
+    let dir = std::env::temp_dir().join(format!("streamtrack-mqtts-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    certificate_authority(&dir, "broker", true);
+    certificate_authority(&dir, "other", false);
+    let (plain, tls) = (free_port(), free_port());
+    let config = dir.join("mosquitto.conf");
+    std::fs::write(
+        &config,
+        format!(
+            "allow_anonymous true\nlistener {plain} 127.0.0.1\nlistener {tls} 127.0.0.1\n\
+             cafile {0}/broker-ca.pem\ncertfile {0}/broker-server.pem\n\
+             keyfile {0}/broker-server.key\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let _broker = Broker::start_with(&["-c", &config.to_string_lossy()], tls);
+    let messages = subscribe(plain, "streamtrack/+/events");
+    let sink = |ca: &str| SinkSettings {
+        mqtt: Some(MqttSettings {
+            ca_file: Some(dir.join(ca)),
+            ..MqttSettings::new(&format!("mqtts://127.0.0.1:{tls}"))
+        }),
+        ..SinkSettings::default()
+    };
+
+    let untrusting = EventSinks::start("doubter", &sink("other-ca.pem"), SinkCounters::default());
+    let mut untrusting = untrusting.unwrap();
+    untrusting.publish(&[speed_event(1)]);
+    let counters = SinkCounters::default();
+    let mut sinks = EventSinks::start("cam", &sink("broker-ca.pem"), counters.clone()).unwrap();
+    for id in 1..=5 {
+        sinks.publish(&[speed_event(id)]);
+    }
+    let received: Vec<(String, String, bool)> = (0..5)
+        .map_while(|_| messages.recv_timeout(Duration::from_secs(20)).ok())
+        .collect();
+    let topics: Vec<&str> = received.iter().map(|(t, _, _)| t.as_str()).collect();
+    assert_eq!(topics, ["streamtrack/cam/events"; 5], "{received:?}");
+    let sequence: Vec<u64> = received
+        .iter()
+        .map(|(_, payload, _)| {
+            serde_json::from_str::<Value>(payload).unwrap()["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(sequence, [1, 2, 3, 4, 5]);
+    assert!(
+        messages.recv_timeout(Duration::from_millis(500)).is_err(),
+        "nothing from the sink that does not trust the broker"
+    );
+    drop(sinks);
+    assert_eq!(counters.dropped.get(), 0);
+    drop(untrusting);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn sink_settings_are_checked_before_anything_connects() {
     let bad = [
         (
             SinkSettings {
-                mqtt: Some(MqttSettings::new("mqtts://broker:8883")),
+                mqtt: Some(MqttSettings::new("ws://broker:8883")),
                 ..SinkSettings::default()
             },
-            "only mqtt://",
+            "only mqtt:// and mqtts://",
+        ),
+        (
+            SinkSettings {
+                mqtt: Some(MqttSettings {
+                    ca_file: Some("/nonexistent/ca.pem".into()),
+                    ..MqttSettings::new("mqtts://broker")
+                }),
+                ..SinkSettings::default()
+            },
+            "ca_file /nonexistent/ca.pem",
+        ),
+        (
+            SinkSettings {
+                mqtt: Some(MqttSettings {
+                    ca_file: Some("ca.pem".into()),
+                    ..MqttSettings::new("mqtt://broker")
+                }),
+                ..SinkSettings::default()
+            },
+            "is for mqtts:// brokers",
         ),
         (
             SinkSettings {

@@ -460,6 +460,12 @@ async fn bad_requests_are_refused_with_a_reason() {
             "{\"source\": \"traffic-640x360.mp4\", \"target_fps\": 0}",
             StatusCode::BAD_REQUEST,
         ),
+        (
+            "/v1/streams",
+            "{\"source\": \"traffic-640x360.mp4\", \"sinks\": {\"mqtt\": \
+             {\"url\": \"mqtts://broker\", \"ca_file\": \"/etc/passwd\"}}}",
+            StatusCode::BAD_REQUEST,
+        ),
     ];
     for (uri, body, expected) in cases {
         let (status, value) = server.call("POST", uri, Some(body)).await;

@@ -111,8 +111,8 @@ pub struct OutputFlags {
     /// Analyse one frame in N+1 (the others are written with the last annotations).
     #[arg(long, default_value_t = 0)]
     pub frame_skip: u64,
-    /// Publish events to this MQTT broker: mqtt://[user:password@]host[:port] (overrides
-    /// `[sinks.mqtt] url`).
+    /// Publish events to this MQTT broker: mqtt://[user:password@]host[:port], or mqtts://
+    /// for TLS (overrides `[sinks.mqtt] url`).
     #[arg(long)]
     pub mqtt: Option<String>,
     /// POST every event as JSON to this URL: http://host[:port]/path (overrides

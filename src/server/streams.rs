@@ -264,6 +264,12 @@ pub(super) fn start(
             .map_err(|e| ApiError::bad_request(format!("calibration: {e}")))?;
     }
     if let Some(sinks) = &request.sinks {
+        // A client may not make the server read a file of its choosing.
+        if sinks.mqtt.as_ref().is_some_and(|m| m.ca_file.is_some()) {
+            return Err(ApiError::bad_request(
+                "sinks.mqtt.ca_file can only be set in the server's configuration ([sinks.mqtt])",
+            ));
+        }
         sinks
             .validate()
             .map_err(|e| ApiError::bad_request(format!("sinks.{e}")))?;

@@ -3,14 +3,22 @@
 //! `online` while the stream runs and `offline` after it ends or when the connection dies
 //! (the broker publishes the last will). The client's request queue is the sink's bounded
 //! queue; a thread drives the connection and reconnects with backoff while the broker is
-//! unreachable.
+//! unreachable. `mqtts://` brokers are reached over TLS (rustls with Graviola's pure-Rust
+//! cryptography), trusting the system's certificate authorities or those of `ca_file`.
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rumqttc::{Client, Connection, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, Request};
+use rumqttc::tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use rumqttc::{
+    Client, Connection, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, Request,
+    TlsConfiguration, Transport,
+};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -21,8 +29,13 @@ use super::{
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttSettings {
-    /// `mqtt://[user:password@]host[:port]` (port 1883 by default).
+    /// `mqtt://[user:password@]host[:port]` (port 1883 by default), or `mqtts://` for TLS
+    /// (port 8883 by default).
     pub url: String,
+    /// PEM file of the certificate authorities that may sign an `mqtts` broker's certificate
+    /// (default: the system's).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// First level of every topic.
     #[serde(default = "default_prefix")]
     pub topic_prefix: String,
@@ -38,11 +51,13 @@ fn default_prefix() -> String {
     "streamtrack".into()
 }
 
-/// The parts of an `mqtt://` URL.
+/// The parts of an `mqtt://` or `mqtts://` URL.
 struct Broker {
     host: String,
     port: u16,
     credentials: Option<(String, String)>,
+    /// `mqtts`: the connection is TLS.
+    tls: bool,
 }
 
 impl MqttSettings {
@@ -50,6 +65,7 @@ impl MqttSettings {
     pub fn new(url: &str) -> Self {
         Self {
             url: url.to_string(),
+            ca_file: None,
             topic_prefix: default_prefix(),
             client_id: None,
             queue: DEFAULT_QUEUE,
@@ -57,7 +73,17 @@ impl MqttSettings {
     }
 
     pub(super) fn validate(&self) -> Result<(), SinkError> {
-        self.broker()?;
+        if self.broker()?.tls {
+            self.tls_config()?;
+        } else if let Some(ca_file) = &self.ca_file {
+            return Err(SinkError::new(
+                "mqtt",
+                format!(
+                    "ca_file {} is for mqtts:// brokers, but the URL is plain mqtt://",
+                    ca_file.display()
+                ),
+            ));
+        }
         if self.topic_prefix.is_empty() || self.topic_prefix.contains(['+', '#']) {
             return Err(SinkError::new(
                 "mqtt",
@@ -72,12 +98,8 @@ impl MqttSettings {
 
     fn broker(&self) -> Result<Broker, SinkError> {
         let fail = |message: String| SinkError::new("mqtt", message);
-        let (url, host) = parse_url(
-            "mqtt",
-            &self.url,
-            "mqtt",
-            "TLS is not built in; put a TLS terminator in front of the broker for mqtts",
-        )?;
+        let (url, host) = parse_url("mqtt", &self.url, &["mqtt", "mqtts"], "")?;
+        let tls = url.scheme() == "mqtts";
         let decode = |part: &str| {
             percent_encoding::percent_decode_str(part)
                 .decode_utf8()
@@ -94,9 +116,49 @@ impl MqttSettings {
         };
         Ok(Broker {
             host,
-            port: url.port().unwrap_or(1883),
+            port: url.port().unwrap_or(if tls { 8883 } else { 1883 }),
             credentials,
+            tls,
         })
+    }
+
+    /// The TLS client configuration for an `mqtts` broker: Graviola's cryptography, TLS 1.2
+    /// and 1.3, the certificate authorities of `ca_file` or else the system's.
+    fn tls_config(&self) -> Result<Arc<ClientConfig>, SinkError> {
+        let fail = |message: String| SinkError::new("mqtt", message);
+        let mut roots = RootCertStore::empty();
+        match &self.ca_file {
+            Some(path) => {
+                let certificates = CertificateDer::pem_file_iter(path)
+                    .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| fail(format!("ca_file {}: {e}", path.display())))?;
+                let (added, _) = roots.add_parsable_certificates(certificates);
+                if added == 0 {
+                    return Err(fail(format!(
+                        "ca_file {} holds no usable certificate",
+                        path.display()
+                    )));
+                }
+            }
+            None => {
+                let system = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(system.certs);
+                if roots.is_empty() {
+                    return Err(fail(format!(
+                        "no system certificate authorities found for mqtts ({:?}); name them \
+                         with ca_file",
+                        system.errors
+                    )));
+                }
+            }
+        }
+        let config =
+            ClientConfig::builder_with_provider(Arc::new(rustls_graviola::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| fail(format!("cannot set up TLS: {e}")))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        Ok(Arc::new(config))
     }
 }
 
@@ -141,6 +203,10 @@ impl MqttOutlet {
             .set_last_will(LastWill::new(&status, "offline", QoS::AtLeastOnce, true));
         if let Some((user, password)) = broker.credentials {
             options.set_credentials(user, password);
+        }
+        if broker.tls {
+            let config = settings.tls_config()?;
+            options.set_transport(Transport::Tls(TlsConfiguration::Rustls(config)));
         }
         let (client, connection) = Client::new(options, settings.queue);
         // First in the queue, so it precedes every event of the stream.

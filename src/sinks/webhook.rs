@@ -69,8 +69,8 @@ impl WebhookSettings {
         let (url, host) = parse_url(
             "webhook",
             &self.url,
-            "http",
-            "TLS is not built in; use a TLS-terminating proxy or sidecar for https endpoints",
+            &["http"],
+            " (TLS is not built in; use a TLS-terminating proxy or sidecar for https endpoints)",
         )?;
         let port = url.port().unwrap_or(80);
         let target = match url.query() {
