@@ -44,7 +44,7 @@ pub struct OutputSpec {
     /// Publish events to this MQTT broker: mqtt://[user:password@]host[:port], or mqtts://
     /// for TLS (overrides `[sinks.mqtt] url`).
     pub mqtt: Option<String>,
-    /// POST every event as JSON to this URL: http://host[:port]/path (overrides
+    /// POST every event as JSON to this URL: http[s]://host[:port]/path (overrides
     /// `[sinks.webhook] url`).
     pub webhook: Option<String>,
     /// Sign webhook bodies with HMAC-SHA256 and this secret (overrides `[sinks.webhook]

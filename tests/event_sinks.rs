@@ -13,6 +13,9 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use rumqttc::tokio_rustls::rustls::pki_types::pem::PemObject;
+use rumqttc::tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rumqttc::tokio_rustls::rustls::{ServerConfig, ServerConnection, StreamOwned};
 use rumqttc::{Client, Event as MqttEvent, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use streamtrack::events::Event;
@@ -48,34 +51,60 @@ struct Delivery {
     body: Value,
 }
 
+/// A connection the test servers read and write: plain TCP or TLS over it.
+trait Duplex: Read + Write {}
+impl<T: Read + Write> Duplex for T {}
+
+/// Reads one request from `stream`: its signature header and body.
+fn read_request(stream: &mut dyn Duplex) -> std::io::Result<(Option<String>, Vec<u8>)> {
+    let mut reader = BufReader::new(stream);
+    let (mut length, mut signature) = (0, None);
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line.split_once(':').unwrap_or((line, ""));
+        match name.to_ascii_lowercase().as_str() {
+            "content-length" => length = value.trim().parse().unwrap(),
+            "x-streamtrack-signature" => signature = Some(value.trim().to_string()),
+            _ => {}
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    Ok((signature, body))
+}
+
 /// Answers each request with the next status of `answers` (the last one repeats) and sends
-/// the 2xx-answered ones to the returned channel.
-fn webhook_server(answers: Vec<u16>) -> (u16, mpsc::Receiver<Delivery>) {
+/// the 2xx-answered ones to the returned channel; over TLS with `tls` (a client that ends
+/// the connection before its request, refusing the certificate, gets no answer and uses up
+/// no status).
+fn webhook_server(
+    answers: Vec<u16>,
+    tls: Option<Arc<ServerConfig>>,
+) -> (u16, mpsc::Receiver<Delivery>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let (sender, deliveries) = mpsc::channel();
     thread::spawn(move || {
-        for (i, stream) in listener.incoming().enumerate() {
-            let mut stream = stream.unwrap();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let (mut length, mut signature) = (0, None);
-            loop {
-                let mut line = String::new();
-                reader.read_line(&mut line).unwrap();
-                let line = line.trim_end();
-                if line.is_empty() {
-                    break;
-                }
-                let (name, value) = line.split_once(':').unwrap_or((line, ""));
-                match name.to_ascii_lowercase().as_str() {
-                    "content-length" => length = value.trim().parse().unwrap(),
-                    "x-streamtrack-signature" => signature = Some(value.trim().to_string()),
-                    _ => {}
-                }
-            }
-            let mut body = vec![0; length];
-            reader.read_exact(&mut body).unwrap();
-            let status = answers[i.min(answers.len() - 1)];
+        let mut answered = 0;
+        for stream in listener.incoming() {
+            let stream = stream.unwrap();
+            let mut stream: Box<dyn Duplex> = match &tls {
+                None => Box::new(stream),
+                Some(config) => Box::new(StreamOwned::new(
+                    ServerConnection::new(config.clone()).unwrap(),
+                    stream,
+                )),
+            };
+            let Ok((signature, body)) = read_request(&mut stream) else {
+                continue;
+            };
+            let status = answers[answered.min(answers.len() - 1)];
+            answered += 1;
             // Recorded before the answer: once the sink has its 2xx, the test sees the event.
             if (200..300).contains(&status) {
                 let delivery = Delivery {
@@ -88,6 +117,7 @@ fn webhook_server(answers: Vec<u16>) -> (u16, mpsc::Receiver<Delivery>) {
                 }
             }
             write!(stream, "HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n").unwrap();
+            stream.flush().unwrap();
         }
     });
     (port, deliveries)
@@ -96,7 +126,7 @@ fn webhook_server(answers: Vec<u16>) -> (u16, mpsc::Receiver<Delivery>) {
 #[test]
 fn webhook_events_are_signed_retried_and_delivered_in_order() {
     // The endpoint is "down" (503) for its first two requests.
-    let (port, deliveries) = webhook_server(vec![503, 503, 204]);
+    let (port, deliveries) = webhook_server(vec![503, 503, 204], None);
     let secret = "shared-secret";
     let settings = SinkSettings {
         webhook: Some(WebhookSettings::new(
@@ -604,6 +634,71 @@ fn mqtt_events_reach_a_tls_broker_whose_authority_is_trusted() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A TLS server configuration with the certificate and key [`certificate_authority`] made
+/// for `name` in `dir`.
+fn tls_server(dir: &std::path::Path, name: &str) -> Arc<ServerConfig> {
+    let certificates = CertificateDer::pem_file_iter(dir.join(format!("{name}-server.pem")))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join(format!("{name}-server.key"))).unwrap();
+    let config = ServerConfig::builder_with_provider(Arc::new(rustls_graviola::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certificates, key)
+        .unwrap();
+    Arc::new(config)
+}
+
+/// `https://`: events reach a TLS endpoint whose certificate a test authority signed, trusted
+/// through `ca_file`, signed as over plain HTTP; a sink that trusts another authority refuses
+/// the endpoint, keeps retrying, and counts its event as dropped when the stream ends.
+#[test]
+fn webhook_events_reach_an_https_endpoint_whose_authority_is_trusted() {
+    let dir = std::env::temp_dir().join(format!("streamtrack-https-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    certificate_authority(&dir, "hook", true);
+    certificate_authority(&dir, "other", false);
+    let (port, deliveries) = webhook_server(vec![204], Some(tls_server(&dir, "hook")));
+    let sink = |ca: &str| SinkSettings {
+        webhook: Some(WebhookSettings {
+            ca_file: Some(dir.join(ca)),
+            ..WebhookSettings::new(
+                &format!("https://127.0.0.1:{port}/hook"),
+                Some("secret".into()),
+            )
+        }),
+        ..SinkSettings::default()
+    };
+    let refused = SinkCounters::default();
+    let mut doubter = EventSinks::start("doubter", &sink("other-ca.pem"), refused.clone()).unwrap();
+    doubter.publish(&[speed_event(1)]);
+    let counters = SinkCounters::default();
+    let mut sinks = EventSinks::start("cam", &sink("hook-ca.pem"), counters.clone()).unwrap();
+    sinks.publish(&[speed_event(1), speed_event(2)]);
+    drop(sinks);
+    drop(doubter);
+
+    let received: Vec<Delivery> = deliveries.try_iter().collect();
+    let streams: Vec<&Value> = received.iter().map(|d| &d.body["stream"]).collect();
+    assert_eq!(
+        streams,
+        ["cam", "cam"],
+        "only the sink that trusts the endpoint"
+    );
+    for (i, delivery) in received.iter().enumerate() {
+        assert_eq!(delivery.body["seq"], i as u64 + 1);
+        assert_eq!(
+            delivery.signature.as_deref(),
+            Some(signature("secret", &delivery.raw).as_str())
+        );
+    }
+    assert_eq!(counters.dropped.get(), 0);
+    assert_eq!(refused.dropped.get(), 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn sink_settings_are_checked_before_anything_connects() {
     let bad = [
@@ -632,14 +727,14 @@ fn sink_settings_are_checked_before_anything_connects() {
                 }),
                 ..SinkSettings::default()
             },
-            "is for mqtts:// brokers",
+            "is for encrypted connections",
         ),
         (
             SinkSettings {
-                webhook: Some(WebhookSettings::new("https://example.com/hook", None)),
+                webhook: Some(WebhookSettings::new("ftp://example.com/hook", None)),
                 ..SinkSettings::default()
             },
-            "only http://",
+            "only http:// and https://",
         ),
         (
             SinkSettings {

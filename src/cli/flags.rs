@@ -115,7 +115,7 @@ pub struct OutputFlags {
     /// for TLS (overrides `[sinks.mqtt] url`).
     #[arg(long)]
     pub mqtt: Option<String>,
-    /// POST every event as JSON to this URL: http://host[:port]/path (overrides
+    /// POST every event as JSON to this URL: http[s]://host[:port]/path (overrides
     /// `[sinks.webhook] url`).
     #[arg(long)]
     pub webhook: Option<String>,

@@ -265,9 +265,11 @@ pub(super) fn start(
     }
     if let Some(sinks) = &request.sinks {
         // A client may not make the server read a file of its choosing.
-        if sinks.mqtt.as_ref().is_some_and(|m| m.ca_file.is_some()) {
+        if sinks.mqtt.as_ref().is_some_and(|m| m.ca_file.is_some())
+            || sinks.webhook.as_ref().is_some_and(|w| w.ca_file.is_some())
+        {
             return Err(ApiError::bad_request(
-                "sinks.mqtt.ca_file can only be set in the server's configuration ([sinks.mqtt])",
+                "sinks: ca_file can only be set in the server's configuration ([sinks.*])",
             ));
         }
         sinks

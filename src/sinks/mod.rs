@@ -11,6 +11,7 @@
 //! a trace. When the stream ends the queues get a few seconds to drain.
 
 mod mqtt;
+mod tls;
 mod webhook;
 
 use std::time::{Duration, Instant};

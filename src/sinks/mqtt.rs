@@ -3,8 +3,7 @@
 //! `online` while the stream runs and `offline` after it ends or when the connection dies
 //! (the broker publishes the last will). The client's request queue is the sink's bounded
 //! queue; a thread drives the connection and reconnects with backoff while the broker is
-//! unreachable. `mqtts://` brokers are reached over TLS (rustls with Graviola's pure-Rust
-//! cryptography), trusting the system's certificate authorities or those of `ca_file`.
+//! unreachable. `mqtts://` brokers are reached over TLS ([`super::tls`]).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -12,17 +11,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use rumqttc::tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use rumqttc::{
     Client, Connection, Event, LastWill, MqttOptions, Outgoing, Packet, QoS, Request,
     TlsConfiguration, Transport,
 };
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Backoff, Channel, DEFAULT_QUEUE, Outlet, SinkError, check_queue, default_queue, parse_url,
+    Backoff, Channel, DEFAULT_QUEUE, Outlet, SinkError, check_queue, default_queue, parse_url, tls,
 };
 
 /// `[sinks.mqtt]`.
@@ -73,16 +69,10 @@ impl MqttSettings {
     }
 
     pub(super) fn validate(&self) -> Result<(), SinkError> {
-        if self.broker()?.tls {
-            self.tls_config()?;
-        } else if let Some(ca_file) = &self.ca_file {
-            return Err(SinkError::new(
-                "mqtt",
-                format!(
-                    "ca_file {} is for mqtts:// brokers, but the URL is plain mqtt://",
-                    ca_file.display()
-                ),
-            ));
+        let broker = self.broker()?;
+        tls::check_ca_file_use("mqtt", self.ca_file.as_deref(), broker.tls, "mqtt")?;
+        if broker.tls {
+            tls::client_config("mqtt", self.ca_file.as_deref())?;
         }
         if self.topic_prefix.is_empty() || self.topic_prefix.contains(['+', '#']) {
             return Err(SinkError::new(
@@ -120,45 +110,6 @@ impl MqttSettings {
             credentials,
             tls,
         })
-    }
-
-    /// The TLS client configuration for an `mqtts` broker: Graviola's cryptography, TLS 1.2
-    /// and 1.3, the certificate authorities of `ca_file` or else the system's.
-    fn tls_config(&self) -> Result<Arc<ClientConfig>, SinkError> {
-        let fail = |message: String| SinkError::new("mqtt", message);
-        let mut roots = RootCertStore::empty();
-        match &self.ca_file {
-            Some(path) => {
-                let certificates = CertificateDer::pem_file_iter(path)
-                    .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| fail(format!("ca_file {}: {e}", path.display())))?;
-                let (added, _) = roots.add_parsable_certificates(certificates);
-                if added == 0 {
-                    return Err(fail(format!(
-                        "ca_file {} holds no usable certificate",
-                        path.display()
-                    )));
-                }
-            }
-            None => {
-                let system = rustls_native_certs::load_native_certs();
-                roots.add_parsable_certificates(system.certs);
-                if roots.is_empty() {
-                    return Err(fail(format!(
-                        "no system certificate authorities found for mqtts ({:?}); name them \
-                         with ca_file",
-                        system.errors
-                    )));
-                }
-            }
-        }
-        let config =
-            ClientConfig::builder_with_provider(Arc::new(rustls_graviola::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| fail(format!("cannot set up TLS: {e}")))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        Ok(Arc::new(config))
     }
 }
 
@@ -205,7 +156,7 @@ impl MqttOutlet {
             options.set_credentials(user, password);
         }
         if broker.tls {
-            let config = settings.tls_config()?;
+            let config = tls::client_config("mqtt", settings.ca_file.as_deref())?;
             options.set_transport(Transport::Tls(TlsConfiguration::Rustls(config)));
         }
         let (client, connection) = Client::new(options, settings.queue);

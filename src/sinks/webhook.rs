@@ -1,5 +1,5 @@
-//! The webhook sink: each event POSTed as JSON (HTTP/1.1 over plain TCP) to the configured
-//! URL, signed with HMAC-SHA256 when a secret is set (`X-Streamtrack-Signature:
+//! The webhook sink: each event POSTed as JSON (HTTP/1.1 over TCP, or TLS for `https://`
+//! URLs, see [`super::tls`]) to the configured URL, signed with HMAC-SHA256 when a secret is set (`X-Streamtrack-Signature:
 //! sha256=<hex>` over the body, as GitHub signs its webhooks). Connection failures, 5xx and
 //! 429 answers are retried with backoff (0.5 s doubling to 30 s) while later events wait in
 //! the queue; any other answer outside 2xx means the endpoint refuses that event for good, so
@@ -7,6 +7,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,8 +18,10 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::{
-    Backoff, Channel, DEFAULT_QUEUE, Outlet, SinkError, check_queue, default_queue, parse_url,
+    Backoff, Channel, DEFAULT_QUEUE, Outlet, SinkError, check_queue, default_queue, parse_url, tls,
 };
+use tls::rustls::pki_types::ServerName;
+use tls::rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 /// How long one delivery attempt may take to connect, and then to send and be answered.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -28,8 +31,12 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookSettings {
-    /// `http://host[:port]/path`.
+    /// `http://host[:port]/path`, or `https://` (port 443 by default).
     pub url: String,
+    /// PEM file of the certificate authorities that may sign an `https` endpoint's
+    /// certificate (default: the system's).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Shared secret of the HMAC-SHA256 signature header (none: unsigned).
     #[serde(default)]
     pub secret: Option<String>,
@@ -45,6 +52,8 @@ struct Endpoint {
     authority: String,
     /// Path and query.
     target: String,
+    /// For `https`: the TLS configuration and the name the certificate must carry.
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
 }
 
 impl WebhookSettings {
@@ -52,6 +61,7 @@ impl WebhookSettings {
     pub fn new(url: &str, secret: Option<String>) -> Self {
         Self {
             url: url.to_string(),
+            ca_file: None,
             secret,
             queue: DEFAULT_QUEUE,
         }
@@ -66,13 +76,21 @@ impl WebhookSettings {
     }
 
     fn endpoint(&self) -> Result<Endpoint, SinkError> {
-        let (url, host) = parse_url(
-            "webhook",
-            &self.url,
-            &["http"],
-            " (TLS is not built in; use a TLS-terminating proxy or sidecar for https endpoints)",
-        )?;
-        let port = url.port().unwrap_or(80);
+        let (url, host) = parse_url("webhook", &self.url, &["http", "https"], "")?;
+        let encrypted = url.scheme() == "https";
+        tls::check_ca_file_use("webhook", self.ca_file.as_deref(), encrypted, "http")?;
+        let tls = if encrypted {
+            let name = ServerName::try_from(host.clone()).map_err(|e| {
+                SinkError::new("webhook", format!("'{host}' is not a TLS server name: {e}"))
+            })?;
+            Some((
+                tls::client_config("webhook", self.ca_file.as_deref())?,
+                name,
+            ))
+        } else {
+            None
+        };
+        let port = url.port().unwrap_or(if encrypted { 443 } else { 80 });
         let target = match url.query() {
             Some(query) => format!("{}?{query}", url.path()),
             None => url.path().to_string(),
@@ -84,6 +102,7 @@ impl WebhookSettings {
                 format!("{host}:{port}")
             },
             target,
+            tls,
         })
     }
 }
@@ -215,7 +234,7 @@ fn post(endpoint: &Endpoint, body: &str, secret: Option<&str>) -> std::io::Resul
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| std::io::Error::other("the host name has no address"))?;
-    let mut stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT)?;
+    let stream = TcpStream::connect_timeout(&address, CONNECT_TIMEOUT)?;
     stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
     stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
     let signature = secret
@@ -235,7 +254,20 @@ fn post(endpoint: &Endpoint, body: &str, secret: Option<&str>) -> std::io::Resul
         env!("CARGO_PKG_VERSION"),
         body.len(),
     );
+    match &endpoint.tls {
+        None => exchange(stream, &request),
+        Some((config, name)) => {
+            let connection = ClientConnection::new(config.clone(), name.clone())
+                .map_err(std::io::Error::other)?;
+            exchange(StreamOwned::new(connection, stream), &request)
+        }
+    }
+}
+
+/// Sends `request` on `stream`; the answer's status code.
+fn exchange(mut stream: impl Read + Write, request: &str) -> std::io::Result<u16> {
     stream.write_all(request.as_bytes())?;
+    stream.flush()?;
     // The status line is all we need: `HTTP/1.1 204 No Content`.
     let mut line = String::new();
     BufReader::new(stream.take(1024)).read_line(&mut line)?;
