@@ -13,9 +13,10 @@ RUN cargo build --release --locked --bin streamtrack
 
 FROM debian:bookworm-slim
 # The Vulkan loader (wgpu finds GPU drivers through it) and Mesa's Vulkan drivers for AMD and
-# Intel GPUs; NVIDIA's driver is mounted by the NVIDIA container toolkit at run time.
+# Intel GPUs; NVIDIA's driver is mounted by the NVIDIA container toolkit at run time. The
+# system's certificate authorities, which mqtts:// and https:// event sinks trust by default.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends libvulkan1 mesa-vulkan-drivers \
+    && apt-get install -y --no-install-recommends libvulkan1 mesa-vulkan-drivers ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 streamtrack
 COPY --from=build /src/target/release/streamtrack /usr/local/bin/streamtrack
