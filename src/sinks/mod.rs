@@ -78,20 +78,19 @@ fn default_queue() -> usize {
     DEFAULT_QUEUE
 }
 
-/// `url` parsed, with one of the `schemes` the sink speaks (`hint` is added to the error for
-/// any other) and a host; returns the URL and the host.
+/// `url` parsed, with one of the `schemes` the sink speaks and a host; returns the URL and
+/// the host.
 fn parse_url(
     sink: &'static str,
     url: &str,
     schemes: &[&str],
-    hint: &str,
 ) -> Result<(url::Url, String), SinkError> {
     let fail = |message: String| SinkError::new(sink, message);
     let parsed = url::Url::parse(url).map_err(|e| fail(format!("'{url}' is not a URL: {e}")))?;
     if !schemes.contains(&parsed.scheme()) {
         let supported: Vec<String> = schemes.iter().map(|s| format!("{s}://")).collect();
         return Err(fail(format!(
-            "'{}': only {} supported{hint}",
+            "'{}': only {} supported",
             parsed.scheme(),
             supported.join(" and ") + if schemes.len() > 1 { " are" } else { " is" }
         )));

@@ -88,7 +88,7 @@ impl MqttSettings {
 
     fn broker(&self) -> Result<Broker, SinkError> {
         let fail = |message: String| SinkError::new("mqtt", message);
-        let (url, host) = parse_url("mqtt", &self.url, &["mqtt", "mqtts"], "")?;
+        let (url, host) = parse_url("mqtt", &self.url, &["mqtt", "mqtts"])?;
         let tls = url.scheme() == "mqtts";
         let decode = |part: &str| {
             percent_encoding::percent_decode_str(part)

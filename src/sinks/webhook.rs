@@ -1,9 +1,9 @@
 //! The webhook sink: each event POSTed as JSON (HTTP/1.1 over TCP, or TLS for `https://`
-//! URLs, see [`super::tls`]) to the configured URL, signed with HMAC-SHA256 when a secret is set (`X-Streamtrack-Signature:
-//! sha256=<hex>` over the body, as GitHub signs its webhooks). Connection failures, 5xx and
-//! 429 answers are retried with backoff (0.5 s doubling to 30 s) while later events wait in
-//! the queue; any other answer outside 2xx means the endpoint refuses that event for good, so
-//! it is dropped, counted and logged.
+//! URLs, see [`super::tls`]) to the configured URL, signed with HMAC-SHA256 when a secret is
+//! set (`X-Streamtrack-Signature: sha256=<hex>` over the body, as GitHub signs its webhooks).
+//! Connection failures, 5xx and 429 answers are retried with backoff (0.5 s doubling to 30 s)
+//! while later events wait in the queue; any other answer outside 2xx means the endpoint
+//! refuses that event for good, so it is dropped, counted and logged.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -76,7 +76,7 @@ impl WebhookSettings {
     }
 
     fn endpoint(&self) -> Result<Endpoint, SinkError> {
-        let (url, host) = parse_url("webhook", &self.url, &["http", "https"], "")?;
+        let (url, host) = parse_url("webhook", &self.url, &["http", "https"])?;
         let encrypted = url.scheme() == "https";
         tls::check_ca_file_use("webhook", self.ca_file.as_deref(), encrypted, "http")?;
         let tls = if encrypted {
