@@ -294,14 +294,20 @@ impl PreparedWeights {
 }
 
 /// Whether a 3x3 stride-1 convolution of `c_in -> c_out` channels on a map of `pixels` runs
-/// as Winograd rather than the tap-wise indirect product. Winograd pays for its transforms
-/// on maps larger than 20x20, and at 40x40 only with more channels than 64 -> 64
-/// (`cargo bench -p cpu-conv`, im2col / taps / Winograd: 128 -> 128 at 10x10 159 / 92 /
-/// 227 µs, at 20x20 381 / 326 / 356 µs; at 40x40 64 -> 64 407 / 292 / 292 µs, 32 -> 16 90 /
-/// 54 / 85 µs, 64 -> 32 276 / 171 / 213 µs, 128 -> 64 756 / 582 / 434 µs; at 80x80
-/// 32 -> 32 382 / 421 / 279 µs).
+/// as Winograd rather than the tap-wise indirect product: on maps of 40x40 and more, with at
+/// least 32 x 32 channels. Measured inside whole forward passes (each layer timed in place,
+/// both choices in back-to-back runs of `bench`, YOLOv8n at 640 and YOLO11n at 320, taps /
+/// Winograd in µs), which is not what timing the layers alone says (there the input sits in
+/// cache, and Winograd won on 16 -> 8 at 80x80):
+/// - Winograd: 32 -> 32 at 80x80 812 / 648, 64 -> 64 at 40x40 732 / 555 and 834 / 555,
+///   80 -> 80 at 40x40 1157 / 843, 64 -> 64 at 80x80 2791 / 2014.
+/// - Taps, fewer channels: 16 -> 8 at 80x80 158 / 250, 16 -> 16 at 160x160 882 / 899,
+///   8 -> 16 at 80x80 185 / 187, 32 -> 16 at 40x40 148 / 147.
+/// - Taps, smaller maps: at 20x20 neither wins by more than the runs differ (128 -> 128
+///   780 / 755, 256 -> 64 785 / 931, 32 -> 64 153 / 124, 80 -> 80 345 / 365); at 10x10
+///   64 -> 64 97 / 121, 256 -> 64 305 / 390.
 fn winograd_pays(pixels: usize, c_in: usize, c_out: usize) -> bool {
-    pixels > 40 * 40 || (pixels > 20 * 20 && c_in * c_out > 64 * 64)
+    pixels >= 40 * 40 && c_in * c_out >= 32 * 32
 }
 
 /// `block` applied to the channel concatenation of `parts`, on the fast path; `None` when the
