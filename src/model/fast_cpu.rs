@@ -24,9 +24,9 @@ use cpu_conv::{
 };
 use rayon::prelude::*;
 
-use super::int8;
 use super::layers::ConvBlock;
 use super::profile::timed;
+use super::{awake, int8};
 
 thread_local! {
     static ENABLED: Cell<bool> = const { Cell::new(true) };
@@ -343,6 +343,7 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
         Layout::Packed
     };
     let weights = prepared_weights(block, layout)?;
+    awake::keep_awake();
     let (out_h, out_w) = cpu_conv::output_size(height, width, kernel, block.stride, block.padding);
     let out_len = c_out * out_h * out_w;
     // Not zeroed: the convolutions write every element (clearing the layers' outputs first
@@ -500,6 +501,7 @@ pub(crate) fn forward_int8_chain(convs: &[&ConvBlock], x: &Tensor<4>) -> Option<
         ));
     }
     let plane = height * width;
+    awake::keep_awake();
     // The first convolution's input, quantised inside its timing as `forward` does.
     let quantize_input = || -> Vec<QuantizedMap> {
         (0..batch)

@@ -1,6 +1,7 @@
 //! The YOLO network in Burn: building it from an ONNX export or a saved record, choosing the
 //! device, preprocessing and running it. This is the only module that touches Burn tensors.
 
+mod awake;
 pub mod device;
 mod fast_cpu;
 mod gpu_letterbox;
@@ -458,7 +459,7 @@ impl YoloModel {
             })
         };
         if self.device.fast_cpu_conv {
-            profile::in_rayon_pool(run)
+            profile::in_rayon_pool(|| awake::with_workers_awake(run))
         } else {
             run()
         }
