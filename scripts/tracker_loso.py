@@ -2,7 +2,9 @@
 """Dev-only: ByteTrack settings chosen leave-one-sequence-out on the shared MOT17 sequences.
 
 For every setting on a small grid (track buffer, first-association match threshold, new-track
-threshold), `streamtrack eval mot --track` scores each set of three sequences (pooled, as
+threshold, and the published additions that need no parameter: NSA Kalman noise, BoT-SORT's
+xywh box state, OC-SORT's re-update; 240 settings, about six minutes on two cores),
+`streamtrack eval mot --track` scores each set of three sequences (pooled, as
 TrackEval combines them); each fold picks the setting with the best pooled HOTA on its three
 and is scored on the fourth, which it never saw. Prints the folds, the held-out sequences
 beside the reference tracker (Ultralytics ByteTrack, ../shared/data/README.md), the held-out
@@ -34,6 +36,9 @@ GRID = {
     "track_buffer": [0.5, 1.0, 1.5, 2.0, 3.0],
     "match_thresh": [0.7, 0.8, 0.9],
     "new_track_thresh": [0.25, 0.4],
+    "nsa": ["false", "true"],
+    "box_state": ['"xyah"', '"xywh"'],
+    "oru": ["false", "true"],
 }
 
 
