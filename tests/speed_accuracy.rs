@@ -73,7 +73,8 @@ fn a_missing_calibration_is_a_clear_error() {
 
 /// The error broken down by distance from the nearest ground the camera sees: on these
 /// cameras every scored vehicle-frame's ground point is known, so the bands hold every
-/// sample, in order, and their errors average back to the whole sequence's.
+/// sample, in order, and their errors average back to the whole sequence's; no band's bias
+/// exceeds its mean absolute error.
 #[test]
 fn errors_by_distance_add_up_to_the_sequence() {
     for seq in SEQUENCES {
@@ -91,5 +92,10 @@ fn errors_by_distance_add_up_to_the_sequence() {
             r.mae_kmh
         );
         assert!(bands.iter().all(|b| (0.0..=1.0).contains(&b.coverage)));
+        // The bias (mean signed error) can be no larger than the mean absolute error.
+        assert!(
+            bands.iter().all(|b| b.bias_kmh.abs() <= b.mae_kmh + 1e-12),
+            "{seq}: {bands:?}"
+        );
     }
 }

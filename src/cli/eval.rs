@@ -165,8 +165,9 @@ pub fn print_speed_row(name: &str, report: &streamtrack::eval::speed::SpeedRepor
                 None => format!("{}+ m", b.from_m),
             };
             format!(
-                "{range} MAE {:.3}, coverage {:.1}% ({})",
+                "{range} MAE {:.3} (bias {:+.3}), coverage {:.1}% ({})",
                 b.mae_kmh,
+                b.bias_kmh,
                 100.0 * b.coverage,
                 b.samples
             )

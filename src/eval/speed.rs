@@ -34,6 +34,8 @@ pub struct DistanceBand {
     /// ...and its end (none for the last band).
     pub to_m: Option<f64>,
     pub mae_kmh: f64,
+    /// Mean signed error (estimate minus truth): how much of the MAE is a bias.
+    pub bias_kmh: f64,
     pub coverage: f64,
     pub samples: usize,
 }
@@ -42,6 +44,7 @@ pub struct DistanceBand {
 #[derive(Debug, Clone, Copy, Default)]
 struct BandCounts {
     error_sum: f64,
+    signed_error_sum: f64,
     samples: usize,
     eligible: usize,
     covered: usize,
@@ -50,6 +53,7 @@ struct BandCounts {
 impl BandCounts {
     fn add(&mut self, other: &BandCounts) {
         self.error_sum += other.error_sum;
+        self.signed_error_sum += other.signed_error_sum;
         self.samples += other.samples;
         self.eligible += other.eligible;
         self.covered += other.covered;
@@ -126,6 +130,7 @@ impl SpeedErrors {
                         from_m,
                         to_m,
                         mae_kmh: b.error_sum / b.samples.max(1) as f64,
+                        bias_kmh: b.signed_error_sum / b.samples.max(1) as f64,
                         coverage: b.covered as f64 / b.eligible as f64,
                         samples: b.samples,
                     }
@@ -187,6 +192,7 @@ fn mean_bands(reports: &[SpeedReport]) -> Vec<DistanceBand> {
                 from_m,
                 to_m,
                 mae_kmh: bands.iter().map(|b| b.mae_kmh).sum::<f64>() / n,
+                bias_kmh: bands.iter().map(|b| b.bias_kmh).sum::<f64>() / n,
                 coverage: bands.iter().map(|b| b.coverage).sum::<f64>() / n,
                 samples: bands.iter().map(|b| b.samples).sum(),
             })
@@ -286,6 +292,7 @@ pub fn compare_sequence(
                     band.covered += 1;
                     band.samples += 1;
                     band.error_sum += (s - truth).abs();
+                    band.signed_error_sum += s - truth;
                 }
             }
         }
