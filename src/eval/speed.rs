@@ -187,13 +187,15 @@ fn mean_bands(reports: &[SpeedReport]) -> Vec<DistanceBand> {
                 .flat_map(|r| &r.by_distance)
                 .filter(|b| b.from_m == from_m)
                 .collect();
-            let n = bands.len() as f64;
+            let mean = |figure: fn(&DistanceBand) -> f64| {
+                bands.iter().map(|&b| figure(b)).sum::<f64>() / bands.len() as f64
+            };
             (!bands.is_empty()).then(|| DistanceBand {
                 from_m,
                 to_m,
-                mae_kmh: bands.iter().map(|b| b.mae_kmh).sum::<f64>() / n,
-                bias_kmh: bands.iter().map(|b| b.bias_kmh).sum::<f64>() / n,
-                coverage: bands.iter().map(|b| b.coverage).sum::<f64>() / n,
+                mae_kmh: mean(|b| b.mae_kmh),
+                bias_kmh: mean(|b| b.bias_kmh),
+                coverage: mean(|b| b.coverage),
                 samples: bands.iter().map(|b| b.samples).sum(),
             })
         })
@@ -286,13 +288,14 @@ pub fn compare_sequence(
             }
             if let Some((ti, s)) = matched.get(&gi).and_then(|&ti| speeds[ti].map(|s| (ti, s))) {
                 covered += 1;
-                errors.push((s - truth).abs());
+                let error = s - truth;
+                errors.push(error.abs());
                 reporting_tracks.insert(tracks[ti].track_id);
                 if let Some(band) = band {
                     band.covered += 1;
                     band.samples += 1;
-                    band.error_sum += (s - truth).abs();
-                    band.signed_error_sum += s - truth;
+                    band.error_sum += error.abs();
+                    band.signed_error_sum += error;
                 }
             }
         }

@@ -42,13 +42,12 @@ pub(crate) fn with_workers_awake<T>(f: impl FnOnce() -> T) -> T {
     let Some(owner) = rayon::current_thread_index() else {
         return f();
     };
-    let claimed = ANY_PASS_SPINNING
-        .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-        .is_ok();
-    if !claimed || rayon::current_num_threads() < 2 {
-        if claimed {
-            ANY_PASS_SPINNING.store(false, Ordering::Release);
-        }
+    let claimed = || {
+        ANY_PASS_SPINNING
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    };
+    if rayon::current_num_threads() < 2 || !claimed() {
         return f();
     }
     let pass = Arc::new(SpinningPass {
