@@ -2,8 +2,8 @@
 //! on every shape, the INT8 path (quantising the f32 input included) beside it, the INT8
 //! hand-off to a next INT8 layer (f32 output quantised afterwards, against the output
 //! quantised in the epilogue), the
-//! tap-wise indirect product on the 3x3 ones, and Winograd F(2x2, 3x3) on the 3x3 stride-1
-//! ones. Then the
+//! tap-wise indirect product on the 3x3 ones, and Winograd F(2x2, 3x3) and F(4x4, 3x3) on the
+//! 3x3 stride-1 ones. Then the
 //! matrix product alone, single-threaded, on the products those layers run: our packed
 //! micro-kernels against the `gemm` crate (the general packed GEMM that Burn's CPU backend
 //! uses) in the same run, so the figures compare as a ratio.
@@ -12,8 +12,9 @@
 
 use cpu_conv::{
     Activation, ConvParams, DepthwiseParams, FeatureMap, Int8ConvParams, Int8Output, PackedWeights,
-    QuantParams, QuantizedMap, QuantizedWeights, WinogradWeights, conv2d, conv2d_int8,
-    conv2d_int8_quantized, conv3x3_taps, conv3x3_winograd, depthwise_conv2d, output_size,
+    QuantParams, QuantizedMap, QuantizedWeights, WinogradTile, WinogradWeights, conv2d,
+    conv2d_int8, conv2d_int8_quantized, conv3x3_taps, conv3x3_winograd, depthwise_conv2d,
+    output_size,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -113,20 +114,22 @@ fn layers(c: &mut Criterion) {
             });
         }
         if k == 3 && s == 1 {
-            let transformed = WinogradWeights::new(&weight, c_out, c_in);
-            c.bench_function(&format!("{name} winograd"), |b| {
-                b.iter(|| {
-                    conv3x3_winograd(
-                        &input,
-                        size,
-                        size,
-                        &transformed,
-                        &bias,
-                        Activation::Silu,
-                        &mut out,
-                    )
-                })
-            });
+            for tile in [WinogradTile::F2x2, WinogradTile::F4x4] {
+                let transformed = WinogradWeights::new(&weight, c_out, c_in, tile);
+                c.bench_function(&format!("{name} winograd {tile:?}"), |b| {
+                    b.iter(|| {
+                        conv3x3_winograd(
+                            &input,
+                            size,
+                            size,
+                            &transformed,
+                            &bias,
+                            Activation::Silu,
+                            &mut out,
+                        )
+                    })
+                });
+            }
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The fast CPU path: on the Flex backend, [`ConvBlock`]s run through the `cpu-conv` kernels
-//! (Winograd F(2x2, 3x3) for 3x3 stride-1 convolutions on larger maps, the tap-wise indirect
+//! (Winograd F(4x4, 3x3) or F(2x2, 3x3) for 3x3 stride-1 convolutions on larger maps, the tap-wise indirect
 //! product for the other 3x3 ones, im2col for the rest, all with micro-kernels over weights
 //! packed once and bias and SiLU fused, parallel over output tiles)
 //! on the Flex tensors' own storage, without layout conversions, and read the parts of a
@@ -20,7 +20,7 @@ use burn::module::ParamId;
 use burn::tensor::{DType, Tensor, TensorData};
 use cpu_conv::{
     Activation, ConvParams, DepthwiseParams, FeatureMap, Int8ConvParams, Int8Output, PackedWeights,
-    QuantizedMap, QuantizedWeights, WinogradWeights,
+    QuantizedMap, QuantizedWeights, WinogradTile, WinogradWeights,
 };
 use rayon::prelude::*;
 
@@ -250,7 +250,7 @@ enum ConvWeights {
 /// Which of the [`ConvWeights`] layouts a convolution runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Layout {
-    Winograd,
+    Winograd(WinogradTile),
     Packed,
     Depthwise,
     Int8,
@@ -259,7 +259,7 @@ enum Layout {
 impl ConvWeights {
     fn layout(&self) -> Layout {
         match self {
-            ConvWeights::Winograd(_) => Layout::Winograd,
+            ConvWeights::Winograd(weights) => Layout::Winograd(weights.tile()),
             ConvWeights::Packed(_) => Layout::Packed,
             ConvWeights::Depthwise(_) => Layout::Depthwise,
             ConvWeights::Int8(_) => Layout::Int8,
@@ -293,21 +293,37 @@ impl PreparedWeights {
     }
 }
 
-/// Whether a 3x3 stride-1 convolution of `c_in -> c_out` channels on a map of `pixels` runs
-/// as Winograd rather than the tap-wise indirect product: on maps of 40x40 and more, with at
-/// least 32 x 32 channels. Measured inside whole forward passes (each layer timed in place,
-/// both choices in back-to-back runs of `bench`, YOLOv8n at 640 and YOLO11n at 320, taps /
-/// Winograd in µs), which is not what timing the layers alone says (there the input sits in
-/// cache, and Winograd won on 16 -> 8 at 80x80):
+/// Which Winograd tiling a 3x3 stride-1 convolution of `c_in -> c_out` channels on a
+/// `height x width` map runs with, if any (`None`: the tap-wise indirect product).
+///
+/// F(4x4, 3x3) on maps of 64x64 and more with at least 16 x 16 channels: there a row of
+/// tiles fills the transforms' 16 lanes. Timed alone (`cargo bench -p cpu-conv --bench conv
+/// -- "winograd|taps"`, µs, taps / F(2x2) / F(4x4)): 16 -> 16 at 160x160 956 / 680 / 523,
+/// 32 -> 32 at 80x80 775 / 571 / 425, 64 -> 80 at 80x80 3057 / 1760 / 1344, 80 -> 80 at
+/// 80x80 3965 / 2147 / 1684; on 40x40 and smaller F(2x2) wins (64 -> 64 at 40x40 547 / 680,
+/// 128 -> 128 at 20x20 694 / 790), and 16 -> 8 at 80x80 is a tie (125 / 130).
+///
+/// F(2x2, 3x3) on maps of 40x40 and more with at least 32 x 32 channels. Measured inside
+/// whole forward passes (each layer timed in place, both choices in back-to-back runs of
+/// `bench`, YOLOv8n at 640 and YOLO11n at 320, taps / Winograd in µs), which is not what
+/// timing the layers alone says (there the input sits in cache, and Winograd won on 16 -> 8
+/// at 80x80):
 /// - Winograd: 32 -> 32 at 80x80 812 / 648, 64 -> 64 at 40x40 732 / 555 and 834 / 555,
 ///   80 -> 80 at 40x40 1157 / 843, 64 -> 64 at 80x80 2791 / 2014.
-/// - Taps, fewer channels: 16 -> 8 at 80x80 158 / 250, 16 -> 16 at 160x160 882 / 899,
-///   8 -> 16 at 80x80 185 / 187, 32 -> 16 at 40x40 148 / 147.
+/// - Taps, fewer channels: 16 -> 8 at 80x80 158 / 250, 8 -> 16 at 80x80 185 / 187,
+///   32 -> 16 at 40x40 148 / 147.
 /// - Taps, smaller maps: at 20x20 neither wins by more than the runs differ (128 -> 128
 ///   780 / 755, 256 -> 64 785 / 931, 32 -> 64 153 / 124, 80 -> 80 345 / 365); at 10x10
 ///   64 -> 64 97 / 121, 256 -> 64 305 / 390.
-fn winograd_pays(pixels: usize, c_in: usize, c_out: usize) -> bool {
-    pixels >= 40 * 40 && c_in * c_out >= 32 * 32
+fn winograd_tile(height: usize, width: usize, c_in: usize, c_out: usize) -> Option<WinogradTile> {
+    let channels = c_in * c_out;
+    if height >= 64 && width >= 64 && channels >= 16 * 16 {
+        Some(WinogradTile::F4x4)
+    } else if height * width >= 40 * 40 && channels >= 32 * 32 {
+        Some(WinogradTile::F2x2)
+    } else {
+        None
+    }
 }
 
 /// `block` applied to the channel concatenation of `parts`, on the fast path; `None` when the
@@ -334,11 +350,7 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
     } else if int8_input.is_some() {
         Layout::Int8
     } else if kernel == 3 && block.stride == 1 && block.padding == 1 {
-        if winograd_pays(height * width, c_in, c_out) {
-            Layout::Winograd
-        } else {
-            Layout::Packed
-        }
+        winograd_tile(height, width, c_in, c_out).map_or(Layout::Packed, Layout::Winograd)
     } else {
         Layout::Packed
     };
@@ -446,7 +458,9 @@ fn prepared_weights(block: &ConvBlock, layout: Layout) -> Option<Arc<ConvWeights
         Some(match layout {
             Layout::Depthwise => ConvWeights::Depthwise(weight.to_vec()),
             Layout::Int8 => ConvWeights::Int8(QuantizedWeights::new(weight, c_out, c_in, kernel)),
-            Layout::Winograd => ConvWeights::Winograd(WinogradWeights::new(weight, c_out, c_in)),
+            Layout::Winograd(tile) => {
+                ConvWeights::Winograd(WinogradWeights::new(weight, c_out, c_in, tile))
+            }
             Layout::Packed => {
                 ConvWeights::Packed(PackedWeights::new(weight, c_out, c_in * kernel * kernel))
             }
@@ -606,6 +620,8 @@ mod tests {
             (3, 16, 3, 2, 64, true),
             (16, 32, 3, 2, 33, true),
             (16, 16, 3, 1, 40, true),
+            (32, 32, 3, 1, 40, true),
+            (16, 24, 3, 1, 66, true),
             (48, 32, 1, 1, 20, true),
             (64, 80, 1, 1, 10, false),
             (7, 5, 3, 1, 9, true),
