@@ -29,6 +29,7 @@ use rayon::prelude::*;
 
 use crate::activation::{Activation, apply_bias_activation};
 use crate::conv::{ConvParams, FeatureMap, SharedOut, WorkItem, WorkSplit, output_size};
+use crate::im2col::deinterleave;
 use crate::packed::{Rows, block_width, multiply_indirect_blocks};
 use crate::scratch::{prefix, with_reused};
 
@@ -152,13 +153,7 @@ impl PaddedLayout {
             let (left, right) = dst.split_at_mut(row(1));
             let odd_columns = &mut left[row(0)..][..phase_width];
             let even_columns = &mut right[..phase_width];
-            for (j, pair) in line.chunks_exact(2).enumerate() {
-                even_columns[j] = pair[0];
-                odd_columns[j + 1] = pair[1];
-            }
-            if width % 2 == 1 {
-                even_columns[width / 2] = line[width - 1];
-            }
+            deinterleave(line, even_columns, &mut odd_columns[1..]);
         }
     }
 
