@@ -230,11 +230,11 @@ impl DetectHead {
             scores.push(cls_branch.forward(x).reshape([b, self.num_classes, h * w]));
         }
         timed(OpKind::HeadDecode, || {
-            let (boxes, scores) = (Tensor::cat(boxes, 2), Tensor::cat(scores, 2));
             let anchors = [&grid.xs[..], &grid.ys[..], &grid.strides[..]];
             if let Some(out) = fast_cpu::decode_head(&boxes, &scores, anchors, self.reg_max) {
                 return out;
             }
+            let (boxes, scores) = (Tensor::cat(boxes, 2), Tensor::cat(scores, 2));
             let (anchors, strides) = grid.into_tensors(&device);
             let boxes = decode_boxes(boxes, anchors, strides, self.reg_max);
             Tensor::cat(vec![boxes, sigmoid(scores)], 1)
