@@ -8,8 +8,8 @@
 //! directly), multiplies it, then adds the bias and applies the activation while the tile is
 //! still in cache. [`conv3x3_winograd`] computes 3x3 stride-1 convolutions as Winograd
 //! F(4x4, 3x3) or F(2x2, 3x3) (4x or 2.25x fewer multiplications, [`WinogradTile`]) from
-//! weights transformed once ([`WinogradWeights`]); on small maps, where Winograd's transforms do not pay, and for
-//! stride 2, [`conv3x3_taps`] computes 3x3 convolutions as one indirect product read straight
+//! weights transformed once ([`WinogradWeights`]); on small maps, where Winograd's transforms
+//! do not pay, and for stride 2, [`conv3x3_taps`] computes 3x3 convolutions as one indirect product read straight
 //! from a padded (for stride 2, phase-split) copy of the input, with the im2col weights.
 //! Layout is NCHW, one image at a time, so feature maps move between
 //! layers without layout conversions; an input may be given as several channel blocks (the

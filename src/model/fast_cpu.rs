@@ -1,7 +1,7 @@
 //! The fast CPU path: on the Flex backend, [`ConvBlock`]s run through the `cpu-conv` kernels
-//! (Winograd F(4x4, 3x3) or F(2x2, 3x3) for 3x3 stride-1 convolutions on larger maps, the tap-wise indirect
-//! product for the other 3x3 ones, im2col for the rest, all with micro-kernels over weights
-//! packed once and bias and SiLU fused, parallel over output tiles)
+//! (Winograd F(4x4, 3x3) or F(2x2, 3x3) for 3x3 stride-1 convolutions on larger maps, the
+//! tap-wise indirect product for the other 3x3 ones, im2col for the rest, all with
+//! micro-kernels over weights packed once and bias and SiLU fused, parallel over output tiles)
 //! on the Flex tensors' own storage, without layout conversions, and read the parts of a
 //! channel concatenation in place; SPPF's max-pools and the detection head's DFL decoding and
 //! sigmoid run as plain vectorised loops. Convolutions that an INT8 plan names
@@ -604,6 +604,8 @@ mod tests {
     use burn::tensor::{Device, Distribution, Tensor};
     use cpu_conv::QuantParams;
 
+    use super::super::layers::decode_boxes;
+    use super::super::network::AnchorGrid;
     use super::*;
 
     fn random(shape: [usize; 4], device: &Device) -> Tensor<4> {
@@ -784,29 +786,17 @@ mod tests {
             .map(|&(s, _)| logits(4 * reg_max, s * s))
             .collect();
         let scores: Vec<Tensor<3>> = sizes.iter().map(|&(s, _)| logits(classes, s * s)).collect();
-        let (mut xs, mut ys, mut strides) = (Vec::new(), Vec::new(), Vec::new());
+        let mut grid = AnchorGrid::default();
         for &(size, stride) in &sizes {
-            for y in 0..size {
-                for x in 0..size {
-                    xs.push(x as f32 + 0.5);
-                    ys.push(y as f32 + 0.5);
-                    strides.push(stride);
-                }
-            }
+            grid.add_level(size, size, stride);
         }
-        let fast =
-            decode_head(&boxes, &scores, [&xs, &ys, &strides], reg_max).expect("fast path taken");
-        let n = xs.len();
-        let anchors = Tensor::from_data(TensorData::new([xs, ys].concat(), [2, n]), &device);
-        let strides = Tensor::from_data(TensorData::new(strides, [1, n]), &device);
+        let anchors = [&grid.xs[..], &grid.ys[..], &grid.strides[..]];
+        let fast = decode_head(&boxes, &scores, anchors, reg_max).expect("fast path taken");
+        let n = grid.xs.len();
+        let (anchors, strides) = grid.into_tensors(&device);
         let stock = Tensor::cat(
             vec![
-                super::super::layers::decode_boxes(
-                    Tensor::cat(boxes, 2),
-                    anchors,
-                    strides,
-                    reg_max,
-                ),
+                decode_boxes(Tensor::cat(boxes, 2), anchors, strides, reg_max),
                 burn::tensor::activation::sigmoid(Tensor::cat(scores, 2)),
             ],
             1,

@@ -244,14 +244,14 @@ impl DetectHead {
 
 /// Anchor centres (grid cell + 0.5) and strides of every output position, level by level.
 #[derive(Default)]
-struct AnchorGrid {
-    xs: Vec<f32>,
-    ys: Vec<f32>,
-    strides: Vec<f32>,
+pub(super) struct AnchorGrid {
+    pub(super) xs: Vec<f32>,
+    pub(super) ys: Vec<f32>,
+    pub(super) strides: Vec<f32>,
 }
 
 impl AnchorGrid {
-    fn add_level(&mut self, h: usize, w: usize, stride: f32) {
+    pub(super) fn add_level(&mut self, h: usize, w: usize, stride: f32) {
         for y in 0..h {
             for x in 0..w {
                 self.xs.push(x as f32 + 0.5);
@@ -261,7 +261,7 @@ impl AnchorGrid {
         }
     }
 
-    fn into_tensors(mut self, device: &Device) -> (Tensor<2>, Tensor<2>) {
+    pub(super) fn into_tensors(mut self, device: &Device) -> (Tensor<2>, Tensor<2>) {
         let n = self.strides.len();
         self.xs.extend(self.ys);
         (

@@ -18,11 +18,10 @@ const SIDE: usize = 6;
 /// `G · [a b c]ᵀ` with `G = [¼ 0 0; -⅙ -⅙ -⅙; -⅙ ⅙ -⅙; 1/24 1/12 ⅙; 1/24 -1/12 ⅙; 0 0 1]`:
 /// one column of the kernel transform `U = G g Gᵀ`.
 pub(super) fn expand_kernel(a: f32, b: f32, c: f32) -> [f32; SIDE] {
-    let (sum, alternating) = (a + c, b);
     [
         a / 4.0,
-        -(sum + alternating) / 6.0,
-        -(sum - alternating) / 6.0,
+        -(a + b + c) / 6.0,
+        -(a - b + c) / 6.0,
         a / 24.0 + b / 12.0 + c / 6.0,
         a / 24.0 - b / 12.0 + c / 6.0,
         c,
@@ -203,8 +202,8 @@ fn split_phases(line: &[f32], phases: &mut [f32], n: usize) {
         (*v1, *v2, *v3, *v0) = (a, b, c, d);
     }
     let q = quads.len();
-    for (k, &v) in last.iter().enumerate() {
-        [&mut *p1, &mut *p2, &mut *p3][k][q] = v;
+    for (phase, &v) in [p1, p2, p3].into_iter().zip(last) {
+        phase[q] = v;
     }
 }
 
