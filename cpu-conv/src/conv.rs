@@ -56,7 +56,7 @@ const MIN_TILE: usize = 32;
 const MAX_TILE: usize = 1024;
 
 /// Work items per thread to aim for, so that uneven items still even out.
-const ITEMS_PER_THREAD: usize = 4;
+pub(crate) const ITEMS_PER_THREAD: usize = 4;
 
 /// Computes `activation(conv(inputs, weight) + bias)` for one image into `out`
 /// (`[c_out, out_h, out_w]`, every element written). `inputs` are the channel blocks of the

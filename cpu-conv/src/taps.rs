@@ -20,6 +20,12 @@
 //! (`multiply_indirect_blocks`) and keep every output block in registers over all
 //! `9 * c_in` steps. Nothing is gathered per tile, which is what im2col costs; the copy is
 //! the size of the input.
+//!
+//! Where that copy would not stay in a core's cache, the output is computed in bands of
+//! rows: each item copies just the input rows its band reads (every channel) and computes
+//! all output channels of the band, so the copy is read back from the cache instead of
+//! memory. Smaller inputs get one copy that every item reads, and their items may split
+//! the output channels, which small maps need to keep every thread busy.
 
 use std::cell::Cell;
 use std::mem::MaybeUninit;
@@ -28,9 +34,11 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::activation::{Activation, apply_bias_activation};
-use crate::conv::{ConvParams, FeatureMap, SharedOut, WorkItem, WorkSplit, output_size};
+use crate::conv::{
+    ConvParams, FeatureMap, ITEMS_PER_THREAD, SharedOut, WorkItem, WorkSplit, output_size,
+};
 use crate::im2col::deinterleave;
-use crate::packed::{Rows, block_width, multiply_indirect_blocks};
+use crate::packed::{MR, Rows, block_width, multiply_indirect_blocks};
 use crate::scratch::{prefix, with_reused};
 
 /// Taps of a 3x3 kernel.
@@ -49,8 +57,11 @@ thread_local! {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PaddedLayout {
     stride: usize,
+    /// Output rows a copy covers: all of them, or a band's.
+    rows: usize,
     plane_height: usize,
     plane_width: usize,
+    height: usize,
     width: usize,
     out_h: usize,
     out_w: usize,
@@ -68,17 +79,33 @@ impl PaddedLayout {
         // Taps reach `2 / stride` planes' rows and columns past an output's own.
         Self {
             stride,
+            rows: out_h,
             plane_height: out_h + 2 / stride,
             plane_width: out_w + 2 / stride,
+            height,
             width,
             out_h,
             out_w,
         }
     }
 
+    /// The layout of a copy that covers `rows` output rows (a band) instead of all.
+    fn for_band(self, rows: usize) -> Self {
+        Self {
+            rows,
+            plane_height: rows + 2 / self.stride,
+            ..self
+        }
+    }
+
     /// Output positions, numbered on the padded width (with the dropped extra columns).
     pub(crate) fn positions(&self) -> usize {
         self.out_h * self.plane_width
+    }
+
+    /// The positions of output rows `rows`.
+    fn row_positions(&self, rows: &Range<usize>) -> Range<usize> {
+        rows.start * self.plane_width..rows.end * self.plane_width
     }
 
     fn plane(&self) -> usize {
@@ -114,46 +141,79 @@ impl PaddedLayout {
         pad: T,
         buffer: &'a mut Vec<T>,
     ) -> &'a [T] {
-        let read_end = offsets.iter().max().map_or(0, |&o| o + self.positions());
-        let copied = planes.len() * self.channel();
-        let padded = prefix(buffer, copied.max(read_end), pad);
-        let (channels, slack) = padded.split_at_mut(copied);
-        slack.fill(pad);
+        let padded = self.slack_buffer(planes.len(), offsets, pad, buffer);
         let values: usize = planes.iter().map(|p| p.len()).sum();
+        let channels = &mut padded[..planes.len() * self.channel()];
         // On this thread for small maps: the copy costs less than waking the others.
         if values < PARALLEL_COPY_VALUES {
             for (dst, src) in channels.chunks_exact_mut(self.channel()).zip(planes) {
-                self.fill(src, dst, pad);
+                self.fill(src, dst, pad, 0);
             }
         } else {
             channels
                 .par_chunks_exact_mut(self.channel())
                 .zip(planes)
-                .for_each(|(dst, src)| self.fill(src, dst, pad));
+                .for_each(|(dst, src)| self.fill(src, dst, pad, 0));
         }
         padded
     }
 
-    /// Fills `dst` (one channel) from the `height x width` plane `src`.
-    fn fill<T: Copy>(&self, src: &[T], dst: &mut [T], pad: T) {
+    /// `buffer` sized for `channels` channels of this layout and the slack past them that
+    /// `offsets` read for the last, dropped positions, that slack set to `pad`.
+    fn slack_buffer<'a, T: Copy>(
+        &self,
+        channels: usize,
+        offsets: &[usize],
+        pad: T,
+        buffer: &'a mut Vec<T>,
+    ) -> &'a mut [T] {
+        let read_end = offsets
+            .iter()
+            .max()
+            .map_or(0, |&o| o + self.rows * self.plane_width);
+        let copied = channels * self.channel();
+        let padded = prefix(buffer, copied.max(read_end), pad);
+        padded[copied..].fill(pad);
+        padded
+    }
+
+    /// Fills `dst` (one channel of this layout's `rows` output rows from output row
+    /// `first_row`) from the `height x width` plane `src`.
+    fn fill<T: Copy>(&self, src: &[T], dst: &mut [T], pad: T, first_row: usize) {
         let width = self.width;
+        let line = |y: usize| (y < self.height).then(|| &src[y * width..][..width]);
+        let plane = self.plane();
+        let plane_width = self.plane_width;
         if self.stride == 1 {
-            return pad_plane(src, [src.len() / width, width], (1, pad), dst);
+            // Plane row `j` is padded row `first_row + j`, input row `first_row + j - 1`.
+            for (j, row) in dst[..plane].chunks_exact_mut(plane_width).enumerate() {
+                match (first_row + j).checked_sub(1).and_then(line) {
+                    Some(values) => {
+                        row[0] = pad;
+                        row[1..=width].copy_from_slice(values);
+                        row[width + 1..].fill(pad);
+                    }
+                    None => row.fill(pad),
+                }
+            }
+            return;
         }
         dst.fill(pad);
         // Stride 2: each input line dealt out to the column phases of its row phase. Input
         // pixel `(y, x)` is padded pixel `(y + 1, x + 1)`, so it goes to phase
-        // `((y + 1) % 2, (x + 1) % 2)` at `((y + 1) / 2, (x + 1) / 2)`.
-        let plane = self.plane();
-        let phase_width = self.plane_width;
-        for (y, line) in src.chunks_exact(width).enumerate() {
-            let padded_row = y + 1;
-            let (py, i) = (padded_row % 2, padded_row / 2);
-            let row = |px: usize| (2 * py + px) * plane + i * phase_width;
-            let (left, right) = dst.split_at_mut(row(1));
-            let odd_columns = &mut left[row(0)..][..phase_width];
-            let even_columns = &mut right[..phase_width];
-            deinterleave(line, even_columns, &mut odd_columns[1..]);
+        // `((y + 1) % 2, (x + 1) % 2)` at `((y + 1) / 2, (x + 1) / 2)`; row `i` of this
+        // copy's phase planes is their row `first_row + i`.
+        for i in 0..self.plane_height {
+            for py in 0..2 {
+                let Some(values) = (2 * (first_row + i) + py).checked_sub(1).and_then(line) else {
+                    continue;
+                };
+                let row = |px: usize| (2 * py + px) * plane + i * plane_width;
+                let (left, right) = dst.split_at_mut(row(1));
+                let odd_columns = &mut left[row(0)..][..plane_width];
+                let even_columns = &mut right[..plane_width];
+                deinterleave(values, even_columns, &mut odd_columns[1..]);
+            }
         }
     }
 
@@ -256,6 +316,19 @@ pub fn conv3x3_taps(
     params: &ConvParams,
     out: &mut [MaybeUninit<f32>],
 ) {
+    conv3x3_taps_in(inputs, height, width, params, out, Bands::new);
+}
+
+/// [`conv3x3_taps`] with bands chosen by `bands` from the whole copy's layout, the output
+/// channels and the input channels.
+fn conv3x3_taps_in(
+    inputs: &[FeatureMap],
+    height: usize,
+    width: usize,
+    params: &ConvParams,
+    out: &mut [MaybeUninit<f32>],
+    bands: impl FnOnce(&PaddedLayout, usize, usize) -> Option<Bands>,
+) {
     assert!(
         params.kernel == 3 && params.padding == 1 && matches!(params.stride, 1 | 2),
         "3x3 kernel, padding 1, stride 1 or 2"
@@ -280,16 +353,31 @@ pub fn conv3x3_taps(
     if height == 0 || width == 0 || c_in == 0 {
         return;
     }
-    let positions = layout.positions();
-    let offsets = layout.offsets(c_in);
     let planes: Vec<&[f32]> = inputs
         .iter()
         .flat_map(|p| p.data.chunks_exact(height * width))
         .collect();
+    let out = SharedOut::new(out);
+    match bands(&layout, c_out, planes.len()) {
+        Some(bands) => convolve_bands(&planes, &layout, &bands, params, out),
+        None => convolve_whole(&planes, &layout, params, out),
+    }
+}
+
+/// [`conv3x3_taps`] on one padded copy of the whole input, shared by every item: tiles of
+/// positions times groups of output channels.
+fn convolve_whole(planes: &[&[f32]], layout: &PaddedLayout, params: &ConvParams, out: SharedOut) {
+    let offsets = layout.offsets(planes.len());
+    let c_out = params.weight.rows();
     with_reused(&PADDED, |buffer| {
-        let padded = layout.copy(&planes, &offsets, 0.0, buffer);
-        let split = WorkSplit::new(positions, TAPS * c_in, c_out, block_width(), true);
-        let out = SharedOut::new(out);
+        let padded = layout.copy(planes, &offsets, 0.0, buffer);
+        let split = WorkSplit::new(
+            layout.positions(),
+            offsets.len(),
+            c_out,
+            block_width(),
+            true,
+        );
         split.for_each_item(
             &PRODUCT,
             |WorkItem {
@@ -323,6 +411,95 @@ pub fn conv3x3_taps(
             },
         );
     });
+}
+
+/// [`conv3x3_taps`] band by band of output rows, each item making its own padded copy of
+/// the input rows its band reads and computing every output channel of the band.
+fn convolve_bands(
+    planes: &[&[f32]],
+    layout: &PaddedLayout,
+    bands: &Bands,
+    params: &ConvParams,
+    out: SharedOut,
+) {
+    let band_layout = layout.for_band(bands.max_rows());
+    let offsets = band_layout.offsets(planes.len());
+    let c_out = params.weight.rows();
+    (0..bands.count).into_par_iter().for_each(|band| {
+        let rows = bands.rows(band);
+        with_reused(&PADDED, |buffer| {
+            with_reused(&PRODUCT, |product| {
+                let padded = band_layout.slack_buffer(planes.len(), &offsets, 0.0, buffer);
+                for (dst, src) in padded.chunks_exact_mut(band_layout.channel()).zip(planes) {
+                    band_layout.fill(src, dst, 0.0, rows.start);
+                }
+                let positions = layout.row_positions(&rows);
+                let len = positions.len();
+                let product = prefix(product, c_out * len, 0.0);
+                // SAFETY: every offset plus the band's last position lies inside `padded`
+                // (`PaddedLayout::slack_buffer`, for bands of up to `max_rows` rows);
+                // `product` holds a row of `len` for each output channel.
+                unsafe {
+                    multiply_indirect_blocks(
+                        params.weight,
+                        0..c_out.div_ceil(MR),
+                        padded.as_ptr(),
+                        &offsets,
+                        len,
+                        Rows {
+                            ptr: product.as_mut_ptr(),
+                            stride: len,
+                        },
+                    );
+                }
+                let epilogue = (params.bias, params.activation);
+                // SAFETY: the band's output rows are its own; `out` outlives the loop.
+                unsafe {
+                    layout.finish_tile(product, (positions.start, len), 0..c_out, epilogue, out)
+                };
+            })
+        })
+    });
+}
+
+/// Bytes of a band's padded copy and product together: within a core's L2 cache.
+const BAND_BYTES: usize = 512 * 1024;
+
+/// How [`convolve_bands`] splits the output rows, for an input whose whole padded copy
+/// would not stay in cache.
+#[derive(Debug, Clone, Copy)]
+struct Bands {
+    out_h: usize,
+    count: usize,
+}
+
+impl Bands {
+    /// The bands for a convolution of `c_in` channels to `c_out` in `layout`; `None` when the
+    /// whole padded copy fits in [`BAND_BYTES`] (then items share one copy and may split the
+    /// output channels, which small maps need to keep every thread busy).
+    fn new(layout: &PaddedLayout, c_out: usize, c_in: usize) -> Option<Self> {
+        let copy_bytes = 4 * c_in * layout.channel();
+        if copy_bytes <= BAND_BYTES {
+            return None;
+        }
+        let row_bytes = 4 * (c_in * layout.stride * layout.stride + c_out) * layout.plane_width;
+        let for_cache = (layout.out_h * row_bytes).div_ceil(BAND_BYTES);
+        let for_threads = ITEMS_PER_THREAD * rayon::current_num_threads();
+        Some(Self {
+            out_h: layout.out_h,
+            count: for_cache.max(for_threads).min(layout.out_h),
+        })
+    }
+
+    /// Output rows of band `band`: the rows shared out as evenly as they go.
+    fn rows(&self, band: usize) -> Range<usize> {
+        self.out_h * band / self.count..self.out_h * (band + 1) / self.count
+    }
+
+    /// Rows of the largest band.
+    fn max_rows(&self) -> usize {
+        self.out_h.div_ceil(self.count)
+    }
 }
 
 #[cfg(test)]
@@ -368,8 +545,53 @@ mod tests {
         }
     }
 
+    /// [`max_difference`] with the output rows in `count` bands.
+    fn max_difference_in_bands(shape: [usize; 5], stride: usize, count: usize) -> f32 {
+        let [c_in, _, c_out, h, w] = shape;
+        let activation = Activation::Silu;
+        max_difference_from_im2col(shape, stride, activation, |parts, weight, bias, out| {
+            let packed = PackedWeights::new(weight, c_out, c_in * TAPS);
+            let params = ConvParams {
+                weight: &packed,
+                bias,
+                kernel: 3,
+                stride,
+                padding: 1,
+                activation,
+            };
+            conv3x3_taps_in(parts, h, w, &params, out, |layout, _, _| {
+                Some(Bands {
+                    out_h: layout.out_h,
+                    count: count.min(layout.out_h),
+                })
+            })
+        })
+    }
+
+    #[test]
+    fn large_maps_run_in_bands_that_match_the_im2col_path() {
+        // Copies past `BAND_BYTES`: the stem's 3 channels at 320x240 and 16 channels at
+        // 100x90, at stride 2 and 1.
+        for (shape, stride) in [([3, 3, 16, 320, 240], 2), ([16, 8, 24, 100, 90], 1)] {
+            let [c_in, _, c_out, h, w] = shape;
+            let layout = PaddedLayout::new(h, w, stride);
+            assert!(Bands::new(&layout, c_out, c_in).is_some(), "{shape:?}");
+            let diff = max_difference(shape, stride, Activation::Silu);
+            assert!(diff < 1e-5, "{shape:?} stride {stride}: {diff}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn random_shapes_in_bands_match_the_im2col_path(
+            c_in in 1usize..12, split in 0usize..12, c_out in 1usize..20,
+            h in 1usize..23, w in 1usize..23, stride in 1usize..3, count in 1usize..9,
+        ) {
+            let diff = max_difference_in_bands([c_in, split, c_out, h, w], stride, count);
+            prop_assert!(diff < 1e-5, "{diff}");
+        }
+
         #[test]
         fn random_shapes_match_the_im2col_path(
             c_in in 1usize..24, split in 0usize..24, c_out in 1usize..24,
