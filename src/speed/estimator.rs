@@ -40,6 +40,11 @@ pub struct SpeedConfig {
     /// A track whose ground point moves faster than this between two frames (km/h) has
     /// jumped to another object; its history restarts.
     pub max_plausible_kmh: f64,
+    /// Before `min_span` and `min_samples` are reached, a speed is reported from at least
+    /// six positions once its expected error is at most this many km/h: a straight line's
+    /// standard error (from its residuals) plus the lag a line has behind the acceleration a
+    /// parabola fits; 0 waits for both rules.
+    pub early_error_kmh: f64,
 }
 
 /// How positions are modelled over the fitting window.
@@ -65,6 +70,7 @@ impl Default for SpeedConfig {
             border_margin: 6.0,
             motion: MotionModel::Auto,
             max_plausible_kmh: 400.0,
+            early_error_kmh: 3.0,
         }
     }
 }
@@ -82,6 +88,7 @@ impl SpeedConfig {
             ));
         }
         at_least("border_margin", self.border_margin.into(), 0.0)?;
+        at_least("early_error_kmh", self.early_error_kmh, 0.0)?;
         positive("max_plausible_kmh", self.max_plausible_kmh)
     }
 }
@@ -276,15 +283,22 @@ impl SpeedEstimator {
 
 /// Velocity (m/s) at the newest sample from a least-squares fit of positions over time,
 /// refitted once without samples that lie far off the first fit; `None` until the history
-/// spans `min_span` seconds and holds `min_samples` samples.
+/// spans `min_span` seconds and holds `min_samples` samples, or before that, once a straight
+/// line through the samples gives the velocity with a standard error within
+/// `early_error_kmh`.
 fn fit_velocity(samples: &VecDeque<(f64, f64, f64)>, config: &SpeedConfig) -> Option<(f64, f64)> {
     let newest = samples.back()?.0;
     let span = newest - samples.front()?.0;
-    if samples.len() < config.min_samples.max(4) || span < config.min_span {
+    let settled = samples.len() >= config.min_samples.max(4) && span >= config.min_span;
+    let early = config.early_error_kmh > 0.0 && samples.len() >= EARLY_MIN_SAMPLES;
+    if !settled && !early {
         return None;
     }
     let points = relative_to(samples, newest);
     let inliers = reject_outliers(&points)?;
+    if !settled && early_error(&inliers)? * 3.6 > config.early_error_kmh {
+        return None;
+    }
     let fit = |degree| poly_fit(&inliers, degree);
     match config.motion {
         MotionModel::Linear => Some(fit(1)?.velocity),
@@ -300,6 +314,18 @@ fn fit_velocity(samples: &VecDeque<(f64, f64, f64)>, config: &SpeedConfig) -> Op
             Some((lx + share * (qx - lx), ly + share * (qy - ly)))
         }
     }
+}
+
+/// The expected error (m/s) of a straight line's speed at the newest of `points` (times
+/// relative to it), for a history too short for the settled rules: the line's standard
+/// error, plus the lag a line has behind an accelerating vehicle (the acceleration a
+/// parabola fits, times the samples' mean age). `None` without enough samples for both
+/// fits.
+fn early_error(points: &[(f64, f64, f64)]) -> Option<f64> {
+    let line = poly_fit(points, 1)?;
+    let parabola = poly_fit(points, 2)?;
+    let mean_age = -points.iter().map(|p| p.0).sum::<f64>() / points.len() as f64;
+    Some(line.velocity_standard_error()? + parabola.acceleration() * mean_age)
 }
 
 /// The samples with time measured from `origin` (the fits work around `t = 0`).
@@ -351,6 +377,10 @@ fn change_point(samples: &VecDeque<(f64, f64, f64)>) -> Option<usize> {
 const CHANGE_RESIDUALS: f64 = 4.0;
 const CHANGE_MARGIN_M: f64 = 1.0;
 
+/// Positions a history needs before an early speed (`early_error_kmh`): a line through
+/// them leaves four degrees of freedom to estimate its residuals' spread.
+const EARLY_MIN_SAMPLES: usize = 6;
+
 /// Squared t-statistic of the fitted acceleration below which `Auto` ignores it.
 const ACCELERATION_SIGNIFICANCE: f64 = 9.0;
 
@@ -381,6 +411,10 @@ struct Fit {
     residuals: Vec<f64>,
     /// Squared t-statistic of the second-order terms (0 for lines).
     acceleration_significance: f64,
+    /// Per-coordinate noise variance from the residuals (`None` without degrees of freedom
+    /// left), and the factor that turns it into the velocity's variance.
+    noise_variance: Option<f64>,
+    velocity_variance_factor: f64,
 }
 
 impl Fit {
@@ -389,6 +423,17 @@ impl Fit {
         let mut sorted = self.residuals.clone();
         sorted.sort_by(f64::total_cmp);
         sorted[sorted.len() / 2]
+    }
+
+    /// Standard error of the velocity along one direction (m/s), from the residuals.
+    fn velocity_standard_error(&self) -> Option<f64> {
+        Some((self.noise_variance? * self.velocity_variance_factor).sqrt())
+    }
+
+    /// The fitted acceleration's magnitude (m/s²; 0 for lines).
+    fn acceleration(&self) -> f64 {
+        let (cx, cy) = self.coefficients;
+        2.0 * cx[2].hypot(cy[2])
     }
 
     /// The fitted position at time `t`.
@@ -422,20 +467,25 @@ fn poly_fit(points: &[(f64, f64, f64)], degree: usize) -> Option<Fit> {
         .iter()
         .map(|&(t, x, y)| (x - eval(&cx, t)).hypot(y - eval(&cy, t)))
         .collect();
-    let acceleration_significance = if degree == 2 && points.len() > 3 {
-        // Per-coordinate noise variance, and the variance factor of the t^2 coefficient.
-        let dof = (points.len() - 3) as f64;
-        let sigma2 = residuals.iter().map(|r| r * r).sum::<f64>() / (2.0 * dof);
-        let unit = solve(&ata, &[0.0, 0.0, 1.0], 3)?[2];
-        (cx[2] * cx[2] + cy[2] * cy[2]) / (sigma2 * unit).max(1e-12)
-    } else {
-        0.0
+    // Per-coordinate noise variance: the residuals are distances over both coordinates.
+    let noise_variance = (points.len() > k)
+        .then(|| residuals.iter().map(|r| r * r).sum::<f64>() / (2 * (points.len() - k)) as f64);
+    let acceleration_significance = match noise_variance {
+        Some(sigma2) if degree == 2 => {
+            // The variance factor of the t^2 coefficient.
+            let unit = solve(&ata, &[0.0, 0.0, 1.0], 3)?[2];
+            (cx[2] * cx[2] + cy[2] * cy[2]) / (sigma2 * unit).max(1e-12)
+        }
+        _ => 0.0,
     };
+    let velocity_variance_factor = solve(&ata, &[0.0, 1.0, 0.0], k)?[1];
     Some(Fit {
         coefficients: (cx, cy),
         velocity: (cx[1], cy[1]),
         residuals,
         acceleration_significance,
+        noise_variance,
+        velocity_variance_factor,
     })
 }
 
@@ -506,6 +556,43 @@ mod tests {
             .collect();
         assert!((speed(&samples, MotionModel::Auto).unwrap() - 12.0).abs() < 1e-6);
         assert!((speed(&samples, MotionModel::Linear).unwrap() - 11.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn an_early_speed_needs_precise_steady_positions() {
+        // 0.5 s at 10 fps along a straight road from 20 m/s (72 km/h), braking at
+        // `braking` m/s²: six positions, short of `min_span` and `min_samples`, with a
+        // deterministic jitter of `noise` metres.
+        let history = |noise: f64, braking: f64| -> VecDeque<(f64, f64, f64)> {
+            (0..6)
+                .map(|i| {
+                    let t = i as f64 / 10.0;
+                    let jitter = noise * [1.0, -1.0, -1.0, 1.0, 1.0, -1.0][i];
+                    (t, 0.5, 20.0 * t - braking * t * t / 2.0 + jitter)
+                })
+                .collect()
+        };
+        let kmh = |samples: &VecDeque<_>, early_error_kmh| {
+            let config = SpeedConfig {
+                early_error_kmh,
+                ..Default::default()
+            };
+            fit_velocity(samples, &config).map(|(vx, vy)| 3.6 * vx.hypot(vy))
+        };
+        let default = SpeedConfig::default().early_error_kmh;
+        // Positions within 2 cm of a steady drive give the speed early.
+        let steady = history(0.02, 0.0);
+        let early = kmh(&steady, default).expect("precise steady positions report early");
+        assert!((early - 72.0).abs() < 1.0, "{early}");
+        // Not with the rule off; not through 1 m of jitter; not from five positions.
+        assert_eq!(kmh(&steady, 0.0), None);
+        assert_eq!(kmh(&history(1.0, 0.0), default), None);
+        let mut five = history(0.0, 0.0);
+        five.pop_back();
+        assert_eq!(kmh(&five, default), None);
+        // Not while braking hard (6 m/s²), however exact the positions: a line through
+        // them lags 0.25 s of deceleration behind, 5.4 km/h.
+        assert_eq!(kmh(&history(0.0, 6.0), default), None);
     }
 
     /// 2 s at 25 fps of an object at 1.5 m/s (a false-positive track creeping), then its id
