@@ -74,11 +74,16 @@ impl BBox {
         )
     }
 
-    /// True when the image border (within `margin` pixels) cuts the box's bottom or a side,
-    /// which moves its [bottom centre](BBox::bottom_centre); a cut top leaves that point
-    /// where it is.
-    pub fn ground_point_cut(&self, width: f32, height: f32, margin: f32) -> bool {
-        self.x1 <= margin || self.x2 >= width - margin || self.y2 >= height - margin
+    /// True when the image border cuts the box's bottom or a side, which moves its
+    /// [bottom centre](BBox::bottom_centre); a cut top leaves that point where it is. An edge
+    /// counts as cut within `margin` pixels of the border, or within `fraction` of the box's
+    /// own width (sides) or height (bottom) where that is more: a detector's box edges
+    /// scatter in proportion to its size, so a large box that the border cuts may end well
+    /// inside it.
+    pub fn ground_point_cut(&self, width: f32, height: f32, margin: f32, fraction: f32) -> bool {
+        let side = margin.max(fraction * self.width());
+        let bottom = margin.max(fraction * self.height());
+        self.x1 <= side || self.x2 >= width - side || self.y2 >= height - bottom
     }
 }
 
@@ -121,10 +126,15 @@ mod tests {
             BBox::new(-5.0, 2.0, 700.0, 9.0).clipped(640.0, 480.0),
             BBox::new(0.0, 2.0, 640.0, 9.0)
         );
-        assert!(b.ground_point_cut(40.0, 100.0, 0.5));
-        assert!(b.ground_point_cut(100.0, 61.0, 2.0));
-        assert!(!b.ground_point_cut(100.0, 100.0, 2.0));
+        assert!(b.ground_point_cut(40.0, 100.0, 0.5, 0.0));
+        assert!(b.ground_point_cut(100.0, 61.0, 2.0, 0.0));
+        assert!(!b.ground_point_cut(100.0, 100.0, 2.0, 0.0));
         // A tall box cut only at the top keeps its ground point.
-        assert!(!BBox::new(10.0, 0.0, 40.0, 60.0).ground_point_cut(100.0, 100.0, 2.0));
+        assert!(!BBox::new(10.0, 0.0, 40.0, 60.0).ground_point_cut(100.0, 100.0, 2.0, 0.0));
+        // 10 px from the left border: clear of a 2 px margin, but within a third of its
+        // 30 px width; 40 px from the bottom, a fraction of its 40 px height that reaches it.
+        assert!(b.ground_point_cut(100.0, 100.0, 2.0, 1.0 / 3.0));
+        assert!(!b.ground_point_cut(100.0, 100.0, 2.0, 0.3));
+        assert!(b.ground_point_cut(1000.0, 100.0, 2.0, 1.0));
     }
 }

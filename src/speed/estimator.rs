@@ -33,8 +33,11 @@ pub struct SpeedConfig {
     /// as precise as at full rate.
     pub min_samples: usize,
     /// Boxes whose bottom or a side comes within this many pixels of the image border are
-    /// not used.
+    /// not used,
     pub border_margin: f32,
+    /// nor those whose side or bottom comes within this fraction of their own width or
+    /// height of it.
+    pub border_fraction: f32,
     /// Motion model fitted to the window's positions.
     pub motion: MotionModel,
     /// A track whose ground point moves faster than this between two frames (km/h) has
@@ -68,6 +71,7 @@ impl Default for SpeedConfig {
             min_span: 0.8,
             min_samples: 14,
             border_margin: 6.0,
+            border_fraction: 0.04,
             motion: MotionModel::Auto,
             max_plausible_kmh: 400.0,
             early_error_kmh: 3.0,
@@ -88,6 +92,7 @@ impl SpeedConfig {
             ));
         }
         at_least("border_margin", self.border_margin.into(), 0.0)?;
+        at_least("border_fraction", self.border_fraction.into(), 0.0)?;
         at_least("early_error_kmh", self.early_error_kmh, 0.0)?;
         positive("max_plausible_kmh", self.max_plausible_kmh)
     }
@@ -201,7 +206,8 @@ impl SpeedEstimator {
                 history.last_seen = timestamp;
                 history.class_id = t.class_id;
                 let (w, h) = self.image_size;
-                if t.bbox.ground_point_cut(w, h, self.config.border_margin) {
+                let (margin, fraction) = (self.config.border_margin, self.config.border_fraction);
+                if t.bbox.ground_point_cut(w, h, margin, fraction) {
                     return None;
                 }
                 let calibration = self.calibration.as_ref()?;
