@@ -20,9 +20,10 @@ use criterion::{Criterion, criterion_group, criterion_main};
 
 /// `(name, c_in, c_out, size, kernel, stride)` of representative YOLOv8n layers (and five
 /// maps of YOLO11n at 320).
-const LAYERS: [(&str, usize, usize, usize, usize, usize); 15] = [
+const LAYERS: [(&str, usize, usize, usize, usize, usize); 16] = [
     ("stem 3->16 3x3/2 @640", 3, 16, 640, 3, 2),
     ("down 16->32 3x3/2 @320", 16, 32, 320, 3, 2),
+    ("down 32->64 3x3/2 @160", 32, 64, 160, 3, 2),
     ("down 64->128 3x3/2 @80", 64, 128, 80, 3, 2),
     ("down 128->256 3x3/2 @20", 128, 256, 20, 3, 2),
     ("c2f 16->16 3x3 @160", 16, 16, 160, 3, 1),
