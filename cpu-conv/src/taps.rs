@@ -198,21 +198,30 @@ impl PaddedLayout {
             }
             return;
         }
-        dst.fill(pad);
         // Stride 2: each input line dealt out to the column phases of its row phase. Input
         // pixel `(y, x)` is padded pixel `(y + 1, x + 1)`, so it goes to phase
         // `((y + 1) % 2, (x + 1) % 2)` at `((y + 1) / 2, (x + 1) / 2)`; row `i` of this
-        // copy's phase planes is their row `first_row + i`.
+        // copy's phase planes is their row `first_row + i`. Every value is written once:
+        // the padding around the dealt-out pixels, and whole rows of it past the input.
+        let (even, odd) = (width.div_ceil(2), width / 2);
         for i in 0..self.plane_height {
             for py in 0..2 {
-                let Some(values) = (2 * (first_row + i) + py).checked_sub(1).and_then(line) else {
-                    continue;
-                };
                 let row = |px: usize| (2 * py + px) * plane + i * plane_width;
                 let (left, right) = dst.split_at_mut(row(1));
                 let odd_columns = &mut left[row(0)..][..plane_width];
                 let even_columns = &mut right[..plane_width];
-                deinterleave(values, even_columns, &mut odd_columns[1..]);
+                match (2 * (first_row + i) + py).checked_sub(1).and_then(line) {
+                    Some(values) => {
+                        deinterleave(values, even_columns, &mut odd_columns[1..]);
+                        odd_columns[0] = pad;
+                        odd_columns[odd + 1..].fill(pad);
+                        even_columns[even..].fill(pad);
+                    }
+                    None => {
+                        odd_columns.fill(pad);
+                        even_columns.fill(pad);
+                    }
+                }
             }
         }
     }
