@@ -1,4 +1,5 @@
-//! Bias addition and activation over one output row, vectorised with runtime dispatch.
+//! Bias addition and activation over one output row, in place or into another buffer,
+//! vectorised with runtime dispatch.
 
 /// The activation applied after the bias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,7 +14,36 @@ pub enum Activation {
 pub fn apply_bias_activation(row: &mut [f32], bias: f32, activation: Activation) {
     match activation {
         Activation::Identity => row.iter_mut().for_each(|v| *v += bias),
-        Activation::Silu => bias_silu(row, bias),
+        Activation::Silu => {
+            let ptr = row.as_mut_ptr();
+            // SAFETY: reads and writes the `row.len()` values of `row`, each value read
+            // before it is written.
+            unsafe { bias_silu(ptr, ptr, row.len(), bias) }
+        }
+    }
+}
+
+/// `dst[i] = activation(src[i] + bias)` for every value of `src`: the epilogue that moves
+/// a tile's values to the output in the same pass.
+///
+/// # Safety
+/// `dst` addresses `src.len()` writable values that do not overlap `src`, and no one else
+/// uses them meanwhile. They may be uninitialised.
+pub(crate) unsafe fn apply_bias_activation_into(
+    src: &[f32],
+    dst: *mut f32,
+    bias: f32,
+    activation: Activation,
+) {
+    match activation {
+        Activation::Identity => {
+            for (i, &v) in src.iter().enumerate() {
+                // SAFETY: per the contract, `i < src.len()` values are writable at `dst`.
+                unsafe { dst.add(i).write(v + bias) };
+            }
+        }
+        // SAFETY: forwarded from the caller.
+        Activation::Silu => unsafe { bias_silu(src.as_ptr(), dst, src.len(), bias) },
     }
 }
 
@@ -27,20 +57,38 @@ pub fn exp_in_place(values: &mut [f32]) {
     map_in_place(values, exp);
 }
 
-fn bias_silu(row: &mut [f32], bias: f32) {
+/// `dst[i] = silu(src[i] + bias)` for `i < len`.
+///
+/// # Safety
+/// `src` addresses `len` readable values and `dst` `len` writable ones: the same values,
+/// or ones that do not overlap.
+unsafe fn bias_silu(src: *const f32, dst: *mut f32, len: usize, bias: f32) {
     #[cfg(target_arch = "x86_64")]
     if crate::simd::avx512f() {
-        // SAFETY: the CPU has AVX-512F.
-        unsafe { x86::bias_silu_avx512(row, bias) };
+        // SAFETY: the CPU has AVX-512F; the pointers as the caller says.
+        unsafe { x86::bias_silu_avx512(src, dst, len, bias) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if crate::simd::avx2_fma() {
-        // SAFETY: the CPU has AVX2 and FMA.
-        unsafe { x86::bias_silu_avx2(row, bias) };
+        // SAFETY: the CPU has AVX2 and FMA; the pointers as the caller says.
+        unsafe { x86::bias_silu_avx2(src, dst, len, bias) };
         return;
     }
-    map_portable(row, |v| silu(v + bias));
+    // SAFETY: forwarded from the caller.
+    unsafe { bias_silu_portable(src, dst, len, bias) }
+}
+
+/// [`bias_silu`] one value at a time.
+///
+/// # Safety
+/// As for [`bias_silu`].
+#[inline(always)]
+unsafe fn bias_silu_portable(src: *const f32, dst: *mut f32, len: usize, bias: f32) {
+    for i in 0..len {
+        // SAFETY: `i < len`; each value is read before it is written.
+        unsafe { dst.add(i).write(silu(src.add(i).read() + bias)) };
+    }
 }
 
 /// `z · sigmoid(z)`, the scalar definition the vector paths are tested against.
@@ -146,18 +194,17 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// # Safety
-    /// The CPU has AVX-512F.
+    /// The CPU has AVX-512F; the pointers as for `super::bias_silu`.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn bias_silu_avx512(row: &mut [f32], bias: f32) {
+    pub(super) unsafe fn bias_silu_avx512(src: *const f32, dst: *mut f32, len: usize, bias: f32) {
         let bias = _mm512_set1_ps(bias);
         let one = _mm512_set1_ps(1.0);
         let two = _mm512_set1_ps(2.0);
-        let ptr = row.as_mut_ptr();
-        for start in (0..row.len()).step_by(16) {
-            let lanes = (row.len() - start).min(16);
+        for start in (0..len).step_by(16) {
+            let lanes = (len - start).min(16);
             let mask = ((1u32 << lanes) - 1) as __mmask16;
-            // SAFETY: the masked lanes lie inside `row`.
-            let z = _mm512_add_ps(unsafe { _mm512_maskz_loadu_ps(mask, ptr.add(start)) }, bias);
+            // SAFETY: the masked lanes lie inside the `len` values.
+            let z = _mm512_add_ps(unsafe { _mm512_maskz_loadu_ps(mask, src.add(start)) }, bias);
             // e^-z, as `super::exp`, with the rounding and the power of two as one
             // instruction each.
             let x = _mm512_sub_ps(_mm512_setzero_ps(), z);
@@ -181,24 +228,23 @@ mod x86 {
             let estimate = _mm512_rcp14_ps(d);
             let reciprocal = _mm512_mul_ps(estimate, _mm512_fnmadd_ps(d, estimate, two));
             // SAFETY: as the load.
-            unsafe { _mm512_mask_storeu_ps(ptr.add(start), mask, _mm512_mul_ps(z, reciprocal)) };
+            unsafe { _mm512_mask_storeu_ps(dst.add(start), mask, _mm512_mul_ps(z, reciprocal)) };
         }
     }
 
     /// # Safety
-    /// The CPU has AVX2 and FMA.
+    /// The CPU has AVX2 and FMA; the pointers as for `super::bias_silu`.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn bias_silu_avx2(row: &mut [f32], bias: f32) {
+    pub(super) unsafe fn bias_silu_avx2(src: *const f32, dst: *mut f32, len: usize, bias: f32) {
         let bias = _mm256_set1_ps(bias);
         let one = _mm256_set1_ps(1.0);
         let two = _mm256_set1_ps(2.0);
         let rounder = _mm256_set1_ps(ROUNDER);
         let exponent_bias = _mm256_set1_epi32(127 - ROUNDER.to_bits() as i32);
-        let full = row.len() / 8 * 8;
-        let ptr = row.as_mut_ptr();
+        let full = len / 8 * 8;
         for start in (0..full).step_by(8) {
-            // SAFETY: `start + 8 <= row.len()`.
-            let z = _mm256_add_ps(unsafe { _mm256_loadu_ps(ptr.add(start)) }, bias);
+            // SAFETY: `start + 8 <= len`.
+            let z = _mm256_add_ps(unsafe { _mm256_loadu_ps(src.add(start)) }, bias);
             let x = _mm256_sub_ps(_mm256_setzero_ps(), z);
             let x = _mm256_min_ps(
                 _mm256_max_ps(x, _mm256_set1_ps(EXP_MIN)),
@@ -223,10 +269,11 @@ mod x86 {
             let estimate = _mm256_rcp_ps(d);
             let reciprocal = _mm256_mul_ps(estimate, _mm256_fnmadd_ps(d, estimate, two));
             // SAFETY: as the load.
-            unsafe { _mm256_storeu_ps(ptr.add(start), _mm256_mul_ps(z, reciprocal)) };
+            unsafe { _mm256_storeu_ps(dst.add(start), _mm256_mul_ps(z, reciprocal)) };
         }
         let bias = _mm256_cvtss_f32(bias);
-        super::map_portable(&mut row[full..], |v| super::silu(v + bias));
+        // SAFETY: the values from `full` on, inside the caller's `len`.
+        unsafe { super::bias_silu_portable(src.add(full), dst.add(full), len - full, bias) }
     }
 }
 
@@ -274,32 +321,44 @@ mod tests {
         }
     }
 
-    /// Every SiLU path this CPU can run against the scalar definition, on row lengths that
-    /// leave every possible tail, across the range where SiLU bends and where `e^-z`
-    /// saturates.
+    /// Every SiLU path this CPU can run against the scalar definition, in place and into
+    /// another buffer, on row lengths that leave every possible tail, across the range where
+    /// SiLU bends and where `e^-z` saturates.
     #[test]
     fn silu_paths_match_the_scalar_definition() {
         let values: Vec<f32> = (0..4001).map(|i| (i as f32 - 2000.0) * 0.047).collect();
         let bias = 0.375;
-        type BiasSilu = fn(&mut [f32], f32);
-        let mut paths: Vec<(&str, BiasSilu)> = vec![("dispatched", bias_silu)];
+        type BiasSilu = unsafe fn(*const f32, *mut f32, usize, f32);
+        let mut paths: Vec<(&str, BiasSilu)> = vec![
+            ("dispatched", bias_silu),
+            ("portable", |src, dst, len, b| unsafe {
+                bias_silu_portable(src, dst, len, b)
+            }),
+        ];
         #[cfg(target_arch = "x86_64")]
         {
             if crate::simd::avx512f() {
-                // SAFETY: checked just above.
-                paths.push(("avx512", |row, b| unsafe { x86::bias_silu_avx512(row, b) }));
+                paths.push(("avx512", x86::bias_silu_avx512));
             }
             if crate::simd::avx2_fma() {
-                // SAFETY: checked just above.
-                paths.push(("avx2", |row, b| unsafe { x86::bias_silu_avx2(row, b) }));
+                paths.push(("avx2", x86::bias_silu_avx2));
             }
         }
         for (name, path) in paths {
             for len in [1, 7, 8, 15, 16, 17, 33, values.len()] {
-                let mut row = values[..len].to_vec();
-                path(&mut row, bias);
-                for (got, &v) in row.iter().zip(&values) {
+                let mut in_place = values[..len].to_vec();
+                let mut into = vec![f32::NAN; len + 1];
+                let ptr = in_place.as_mut_ptr();
+                // SAFETY: the paths that need them are checked above; each writes `len`
+                // values, in place or into a separate buffer one longer.
+                unsafe {
+                    path(ptr, ptr, len, bias);
+                    path(values.as_ptr(), into.as_mut_ptr(), len, bias);
+                }
+                assert!(into[len].is_nan(), "{name}: wrote past the end");
+                for ((got, other), &v) in in_place.iter().zip(&into).zip(&values) {
                     let want = silu(v + bias);
+                    assert_eq!(got.to_bits(), other.to_bits(), "{name}: in place and into");
                     assert!(
                         (got - want).abs() <= 4e-7 * want.abs() + 1e-30,
                         "{name}, length {len}: silu({}) = {got}, want {want}",
@@ -307,6 +366,19 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn into_another_buffer_matches_in_place() {
+        let values: Vec<f32> = (0..37).map(|i| i as f32 * 0.31 - 5.0).collect();
+        for activation in [Activation::Identity, Activation::Silu] {
+            let mut in_place = values.clone();
+            apply_bias_activation(&mut in_place, -0.25, activation);
+            let mut into = vec![f32::NAN; values.len()];
+            // SAFETY: `into` holds `values.len()` values and overlaps nothing.
+            unsafe { apply_bias_activation_into(&values, into.as_mut_ptr(), -0.25, activation) };
+            assert_eq!(in_place, into, "{activation:?}");
         }
     }
 

@@ -33,7 +33,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::activation::{Activation, apply_bias_activation};
+use crate::activation::{Activation, apply_bias_activation_into};
 use crate::conv::{
     ConvParams, FeatureMap, ITEMS_PER_THREAD, SharedOut, WorkItem, WorkSplit, output_size,
 };
@@ -255,29 +255,29 @@ impl PaddedLayout {
         self.out_h * self.out_w
     }
 
-    /// Adds the bias, applies the activation and stores the output pixels of one tile:
-    /// `product` holds a row of `len` positions from `start` for each of `channels`.
+    /// Adds the bias, applies the activation and stores the output pixels of one tile, in one
+    /// pass that skips the dropped positions: `product` holds a row of `len` positions from
+    /// `start` for each of `channels`.
     ///
     /// # Safety
     /// `out` is the `[c_out, out_h, out_w]` output, whose pixels of `channels` at these
     /// positions no one else writes meanwhile.
     pub(crate) unsafe fn finish_tile(
         &self,
-        product: &mut [f32],
+        product: &[f32],
         (start, len): (usize, usize),
         channels: Range<usize>,
         (bias, activation): (&[f32], Activation),
         out: SharedOut,
     ) {
-        let rows = product.chunks_exact_mut(len).zip(&bias[channels.clone()]);
+        let rows = product.chunks_exact(len).zip(&bias[channels.clone()]);
         for (co, (row, &b)) in channels.zip(rows) {
-            apply_bias_activation(row, b, activation);
             for (offset, pixel, kept) in self.output_runs((start, len)) {
                 // SAFETY: output pixels `pixel..pixel + kept` of channel `co`, this caller's
-                // alone.
+                // alone, apart from the tile's `product`.
                 unsafe {
                     let to = out.get().add(co * self.out_plane() + pixel);
-                    std::ptr::copy_nonoverlapping(row[offset..].as_ptr(), to, kept);
+                    apply_bias_activation_into(&row[offset..offset + kept], to, b, activation);
                 }
             }
         }
