@@ -395,28 +395,15 @@ fn convolve_whole(planes: &[&[f32]], layout: &PaddedLayout, params: &ConvParams,
                  channels,
              },
              product| {
-                let (start, len) = (columns.start, columns.len());
-                let product = prefix(product, channels.len() * len, 0.0);
+                let positions = columns.start..columns.end;
                 // SAFETY: every offset plus the item's last position lies inside `padded`
-                // (`PaddedLayout::copy`); `product` holds a row of `len` for each of
-                // `channels`.
+                // (`PaddedLayout::copy`); the item's positions of its channels are its own,
+                // and `out` outlives the parallel loop.
                 unsafe {
-                    multiply_indirect_blocks(
-                        params.weight,
-                        blocks,
-                        padded.as_ptr().add(start),
-                        &offsets,
-                        len,
-                        Rows {
-                            ptr: product.as_mut_ptr(),
-                            stride: len,
-                        },
-                    );
+                    let x = padded.as_ptr().add(positions.start);
+                    let item = (blocks, channels, positions);
+                    compute_item(layout, params, (x, &offsets), item, product, out);
                 }
-                let epilogue = (params.bias, params.activation);
-                // SAFETY: the item's positions of its channels are its own; `out` outlives
-                // the parallel loop.
-                unsafe { layout.finish_tile(product, (start, len), channels, epilogue, out) };
             },
         );
     });
@@ -442,33 +429,53 @@ fn convolve_bands(
                 for (dst, src) in padded.chunks_exact_mut(band_layout.channel()).zip(planes) {
                     band_layout.fill(src, dst, 0.0, rows.start);
                 }
-                let positions = layout.row_positions(&rows);
-                let len = positions.len();
-                let product = prefix(product, c_out * len, 0.0);
+                let item = (0..c_out.div_ceil(MR), 0..c_out, layout.row_positions(&rows));
                 // SAFETY: every offset plus the band's last position lies inside `padded`
-                // (`PaddedLayout::slack_buffer`, for bands of up to `max_rows` rows);
-                // `product` holds a row of `len` for each output channel.
+                // (`PaddedLayout::slack_buffer`, for bands of up to `max_rows` rows); the
+                // band's output rows are its own, and `out` outlives the loop.
                 unsafe {
-                    multiply_indirect_blocks(
-                        params.weight,
-                        0..c_out.div_ceil(MR),
-                        padded.as_ptr(),
-                        &offsets,
-                        len,
-                        Rows {
-                            ptr: product.as_mut_ptr(),
-                            stride: len,
-                        },
-                    );
-                }
-                let epilogue = (params.bias, params.activation);
-                // SAFETY: the band's output rows are its own; `out` outlives the loop.
-                unsafe {
-                    layout.finish_tile(product, (positions.start, len), 0..c_out, epilogue, out)
+                    compute_item(
+                        layout,
+                        params,
+                        (padded.as_ptr(), &offsets),
+                        item,
+                        product,
+                        out,
+                    )
                 };
             })
         })
     });
+}
+
+/// One work item: output channels `channels` (the weights' row blocks `blocks`) at output
+/// positions `positions`, the indirect product of the weights with the rows at `x` (the
+/// first position's value in a padded copy) plus `offsets`, into `product`, then finished
+/// into `out`.
+///
+/// # Safety
+/// Every offset plus the item's last position lies inside the copy `x` points into; no one
+/// else writes the item's output pixels meanwhile, and `out` outlives the call.
+unsafe fn compute_item(
+    layout: &PaddedLayout,
+    params: &ConvParams,
+    (x, offsets): (*const f32, &[usize]),
+    (blocks, channels, positions): (Range<usize>, Range<usize>, Range<usize>),
+    product: &mut Vec<f32>,
+    out: SharedOut,
+) {
+    let (start, len) = (positions.start, positions.len());
+    let product = prefix(product, channels.len() * len, 0.0);
+    let rows = Rows {
+        ptr: product.as_mut_ptr(),
+        stride: len,
+    };
+    // SAFETY: the copy as the caller says; `product` holds a row of `len` for each of
+    // `channels`.
+    unsafe { multiply_indirect_blocks(params.weight, blocks, x, offsets, len, rows) };
+    let epilogue = (params.bias, params.activation);
+    // SAFETY: the item's output pixels, as the caller says.
+    unsafe { layout.finish_tile(product, (start, len), channels, epilogue, out) };
 }
 
 /// Bytes of a band's padded copy and product together: within a core's L2 cache.
