@@ -2,7 +2,8 @@
 //! on every shape, the INT8 path (quantising the f32 input included) beside it, the INT8
 //! hand-off to a next INT8 layer (f32 output quantised afterwards, against the output
 //! quantised in the epilogue), the
-//! tap-wise indirect product on the 3x3 ones, and Winograd F(2x2, 3x3) and F(4x4, 3x3) on the
+//! tap-wise indirect product on the 3x3 ones, the channel-blocked path (output channels in
+//! the lanes, AVX-512) on every shape, and Winograd F(2x2, 3x3) and F(4x4, 3x3) on the
 //! 3x3 stride-1 ones. Then the
 //! matrix product alone, single-threaded, on the products those layers run: our packed
 //! micro-kernels against the `gemm` crate (the general packed GEMM that Burn's CPU backend
@@ -11,16 +12,16 @@
 //! Run with `cargo bench -p cpu-conv`.
 
 use cpu_conv::{
-    Activation, ConvParams, DepthwiseParams, FeatureMap, Int8ConvParams, Int8Output, PackedWeights,
-    QuantParams, QuantizedMap, QuantizedWeights, WinogradTile, WinogradWeights, conv2d,
-    conv2d_int8, conv2d_int8_quantized, conv3x3_taps, conv3x3_winograd, depthwise_conv2d,
-    output_size,
+    Activation, ChannelBlockedWeights, ConvParams, DepthwiseParams, FeatureMap, Int8ConvParams,
+    Int8Output, PackedWeights, QuantParams, QuantizedMap, QuantizedWeights, WinogradTile,
+    WinogradWeights, channel_blocked_supported, conv_channel_blocked, conv2d, conv2d_int8,
+    conv2d_int8_quantized, conv3x3_taps, conv3x3_winograd, depthwise_conv2d, output_size,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 
-/// `(name, c_in, c_out, size, kernel, stride)` of representative YOLOv8n layers (and five
-/// maps of YOLO11n at 320).
-const LAYERS: [(&str, usize, usize, usize, usize, usize); 16] = [
+/// `(name, c_in, c_out, size, kernel, stride)` of representative YOLOv8n layers (and eight
+/// of YOLO11n at 320).
+const LAYERS: [(&str, usize, usize, usize, usize, usize); 19] = [
     ("stem 3->16 3x3/2 @640", 3, 16, 640, 3, 2),
     ("down 16->32 3x3/2 @320", 16, 32, 320, 3, 2),
     ("down 32->64 3x3/2 @160", 32, 64, 160, 3, 2),
@@ -37,6 +38,9 @@ const LAYERS: [(&str, usize, usize, usize, usize, usize); 16] = [
     ("c3k2 32->16 3x3 @40", 32, 16, 40, 3, 1),
     ("c2f cv2 48->32 1x1 @160", 48, 32, 160, 1, 1),
     ("sppf cv2 512->256 1x1 @20", 512, 256, 20, 1, 1),
+    ("c2f cv2 48->64 1x1 @80", 48, 64, 80, 1, 1),
+    ("c3k2 384->256 1x1 @10", 384, 256, 10, 1, 1),
+    ("c3k2 256->64 1x1 @40", 256, 64, 40, 1, 1),
 ];
 
 fn layers(c: &mut Criterion) {
@@ -112,6 +116,20 @@ fn layers(c: &mut Criterion) {
         if k == 3 {
             c.bench_function(&format!("{name} taps"), |b| {
                 b.iter(|| conv3x3_taps(&input, size, size, &params, &mut out))
+            });
+        }
+        if channel_blocked_supported() {
+            let blocked = ChannelBlockedWeights::new(&weight, c_out, c_in, k);
+            c.bench_function(&format!("{name} channel-blocked"), |b| {
+                b.iter(|| {
+                    conv_channel_blocked(
+                        &input,
+                        (size, size),
+                        &blocked,
+                        (&bias, s, Activation::Silu),
+                        &mut out,
+                    )
+                })
             });
         }
         if k == 3 && s == 1 {

@@ -11,6 +11,9 @@
 //! weights transformed once ([`WinogradWeights`]); on small maps, where Winograd's transforms
 //! do not pay, and for stride 2, [`conv3x3_taps`] computes 3x3 convolutions as one indirect product read straight
 //! from a padded (for stride 2, phase-split) copy of the input, with the im2col weights.
+//! [`conv_channel_blocked`] (AVX-512) puts output channels in the vector lanes instead of
+//! output positions, for 3x3 and 1x1 convolutions on small maps, where positions leave
+//! lanes empty ([`ChannelBlockedWeights`], packed once).
 //! Layout is NCHW, one image at a time, so feature maps move between
 //! layers without layout conversions; an input may be given as several channel blocks (the
 //! parts of a concatenation), which are read in place instead of being copied together first.
@@ -31,6 +34,7 @@
 mod activation;
 mod conv;
 mod depthwise;
+mod direct;
 mod im2col;
 mod int8;
 mod int8_kernels;
@@ -47,6 +51,7 @@ mod winograd;
 pub use activation::{Activation, apply_bias_activation, exp_in_place, sigmoid_in_place};
 pub use conv::{ConvParams, FeatureMap, conv2d, output_size};
 pub use depthwise::{DepthwiseParams, depthwise_conv2d};
+pub use direct::{ChannelBlockedWeights, channel_blocked_supported, conv_channel_blocked};
 pub use int8::{
     Int8ConvParams, Int8Output, QuantParams, QuantizedMap, QuantizedWeights, conv2d_int8,
     conv2d_int8_quantized,

@@ -90,12 +90,23 @@ impl PaddedLayout {
     }
 
     /// The layout of a copy that covers `rows` output rows (a band) instead of all.
-    fn for_band(self, rows: usize) -> Self {
+    pub(crate) fn for_band(self, rows: usize) -> Self {
         Self {
             rows,
             plane_height: rows + 2 / self.stride,
             ..self
         }
+    }
+
+    /// The output's height and width.
+    pub(crate) fn out_size(&self) -> (usize, usize) {
+        (self.out_h, self.out_w)
+    }
+
+    /// The position of output pixel `(y, x)`: where it reads in the copy, less each depth
+    /// step's offset.
+    pub(crate) fn position(&self, y: usize, x: usize) -> usize {
+        y * self.plane_width + x
     }
 
     /// Output positions, numbered on the padded width (with the dropped extra columns).
@@ -112,7 +123,7 @@ impl PaddedLayout {
         self.plane_height * self.plane_width
     }
 
-    fn channel(&self) -> usize {
+    pub(crate) fn channel(&self) -> usize {
         self.stride * self.stride * self.plane()
     }
 
@@ -160,7 +171,7 @@ impl PaddedLayout {
 
     /// `buffer` sized for `channels` channels of this layout and the slack past them that
     /// `offsets` read for the last, dropped positions, that slack set to `pad`.
-    fn slack_buffer<'a, T: Copy>(
+    pub(crate) fn slack_buffer<'a, T: Copy>(
         &self,
         channels: usize,
         offsets: &[usize],
@@ -179,7 +190,7 @@ impl PaddedLayout {
 
     /// Fills `dst` (one channel of this layout's `rows` output rows from output row
     /// `first_row`) from the `height x width` plane `src`.
-    fn fill<T: Copy>(&self, src: &[T], dst: &mut [T], pad: T, first_row: usize) {
+    pub(crate) fn fill<T: Copy>(&self, src: &[T], dst: &mut [T], pad: T, first_row: usize) {
         let width = self.width;
         let line = |y: usize| (y < self.height).then(|| &src[y * width..][..width]);
         let plane = self.plane();
@@ -484,16 +495,16 @@ const BAND_BYTES: usize = 512 * 1024;
 /// How [`convolve_bands`] splits the output rows, for an input whose whole padded copy
 /// would not stay in cache.
 #[derive(Debug, Clone, Copy)]
-struct Bands {
+pub(crate) struct Bands {
     out_h: usize,
-    count: usize,
+    pub(crate) count: usize,
 }
 
 impl Bands {
     /// The bands for a convolution of `c_in` channels to `c_out` in `layout`; `None` when the
     /// whole padded copy fits in [`BAND_BYTES`] (then items share one copy and may split the
     /// output channels, which small maps need to keep every thread busy).
-    fn new(layout: &PaddedLayout, c_out: usize, c_in: usize) -> Option<Self> {
+    pub(crate) fn new(layout: &PaddedLayout, c_out: usize, c_in: usize) -> Option<Self> {
         let copy_bytes = 4 * c_in * layout.channel();
         if copy_bytes <= BAND_BYTES {
             return None;
@@ -508,12 +519,12 @@ impl Bands {
     }
 
     /// Output rows of band `band`: the rows shared out as evenly as they go.
-    fn rows(&self, band: usize) -> Range<usize> {
+    pub(crate) fn rows(&self, band: usize) -> Range<usize> {
         self.out_h * band / self.count..self.out_h * (band + 1) / self.count
     }
 
     /// Rows of the largest band.
-    fn max_rows(&self) -> usize {
+    pub(crate) fn max_rows(&self) -> usize {
         self.out_h.div_ceil(self.count)
     }
 }

@@ -76,8 +76,14 @@ pub(crate) fn max_difference_from_im2col(
     let len = c_out * out_h * out_w;
     let want = written(len, |out| crate::conv2d(&parts, h, w, &params, out));
     let got = written(len, |out| run(&parts, &weight, &bias, out));
+    relative_difference(&got, &want)
+}
+
+/// The largest difference of `got` from `want` relative to `1 + |want|`; infinite where
+/// `got` is NaN (an element left unwritten).
+pub(crate) fn relative_difference(got: &[f32], want: &[f32]) -> f32 {
     got.iter()
-        .zip(&want)
+        .zip(want)
         .map(|(g, w)| (g - w).abs() / (1.0 + w.abs()))
         .fold(0.0, |worst, d| {
             if d.is_nan() {

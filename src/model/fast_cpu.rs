@@ -1,7 +1,8 @@
 //! The fast CPU path: on the Flex backend, [`ConvBlock`]s run through the `cpu-conv` kernels
-//! (Winograd F(4x4, 3x3) or F(2x2, 3x3) for 3x3 stride-1 convolutions on larger maps, the
-//! tap-wise indirect product for the other 3x3 ones, im2col for the rest, all with
-//! micro-kernels over weights packed once and bias and SiLU fused, parallel over output tiles)
+//! (Winograd F(4x4, 3x3) or F(2x2, 3x3) for 3x3 stride-1 convolutions on larger maps; on
+//! small maps with AVX-512, the output channels in the vector lanes; the tap-wise indirect
+//! product for the other 3x3 ones, im2col for the rest, all with micro-kernels over weights
+//! packed once and bias and SiLU fused, parallel over output tiles)
 //! on the Flex tensors' own storage, without layout conversions, and read the parts of a
 //! channel concatenation in place; SPPF's max-pools and the detection head's DFL decoding and
 //! sigmoid run as plain vectorised loops. Convolutions that an INT8 plan names
@@ -19,8 +20,8 @@ use burn::backend::{DispatchDevice, Flex};
 use burn::module::ParamId;
 use burn::tensor::{DType, Tensor, TensorData};
 use cpu_conv::{
-    Activation, ConvParams, DepthwiseParams, FeatureMap, Int8ConvParams, Int8Output, PackedWeights,
-    QuantizedMap, QuantizedWeights, WinogradTile, WinogradWeights,
+    Activation, ChannelBlockedWeights, ConvParams, DepthwiseParams, FeatureMap, Int8ConvParams,
+    Int8Output, PackedWeights, QuantizedMap, QuantizedWeights, WinogradTile, WinogradWeights,
 };
 use rayon::prelude::*;
 
@@ -264,6 +265,7 @@ type Prepared = (ParamId, Arc<ConvWeights>);
 enum ConvWeights {
     Winograd(WinogradWeights),
     Packed(PackedWeights),
+    ChannelBlocked(ChannelBlockedWeights),
     /// `[channels, kernel, kernel]` as they are.
     Depthwise(Vec<f32>),
     /// Quantised per output channel for the INT8 kernels.
@@ -275,6 +277,7 @@ enum ConvWeights {
 enum Layout {
     Winograd(WinogradTile),
     Packed,
+    ChannelBlocked,
     Depthwise,
     Int8,
 }
@@ -284,6 +287,7 @@ impl ConvWeights {
         match self {
             ConvWeights::Winograd(weights) => Layout::Winograd(weights.tile()),
             ConvWeights::Packed(_) => Layout::Packed,
+            ConvWeights::ChannelBlocked(_) => Layout::ChannelBlocked,
             ConvWeights::Depthwise(_) => Layout::Depthwise,
             ConvWeights::Int8(_) => Layout::Int8,
         }
@@ -349,6 +353,35 @@ fn winograd_tile(height: usize, width: usize, c_in: usize, c_out: usize) -> Opti
     }
 }
 
+/// Whether a convolution that Winograd does not take runs channel-blocked (output channels
+/// in the vector lanes, AVX-512 only) instead of tap-wise (3x3) or as a packed product (1x1),
+/// which put output positions in the lanes: on outputs of 20x20 and smaller with at least 16
+/// output channels, for 1x1 ones also at least 192 input channels.
+///
+/// Measured inside whole YOLO11n forward passes at 320 (each layer timed in place, the
+/// choices in alternating runs of `bench`, three rounds, positions in the lanes /
+/// channel-blocked in µs; the channel-blocked runs came last in each round, on a machine that
+/// grew about 3 % faster through the rounds, as the unchanged layers show):
+/// - 3x3 on outputs of 20x20 and 10x10, where a tap-wise row of 10 or 20 pixels is computed
+///   12 or 22 wide and tiles end in masked tails: 64 -> 64 at 10x10 67-81 / 57-63,
+///   256 -> 64 at 10x10 233-261 / 200-211, 32 -> 32 at 20x20 53-79 / 50-60, 128 -> 64 at
+///   20x20 378-407 / 331-341; stride 2 to 10x10 128 -> 256 418-478 / 329-353 and 128 -> 128
+///   258-274 / 220-223; stride 2 to 20x20 128 -> 128 690-858 / 617-667 and 64 -> 64 221-248
+///   / 199-204.
+/// - 3x3 on outputs of 40x40 and more, tap-wise (timed the same way before): 16 -> 32 at
+///   40x40 113-119 / 124-132, the stem (stride 2 from 320x320) 404-405 / 562-567, 64 -> 64
+///   stride 2 to 40x40 694-713 / 717-741, and 8 output channels (a block of 16 half padding)
+///   16 -> 8 at 80x80 115-117 / 243-248.
+/// - 1x1 on 10x10 and 20x20 with many input channels: 384 -> 256 at 10x10 134-148 /
+///   109-122, 512 -> 256 at 10x10 170-199 / 139-147, 384 -> 128 at 20x20 244-275 / 216-223,
+///   192 -> 128 at 20x20 126-151 / 119-137. With few input channels the transposed epilogue
+///   outweighs the products: 64 -> 64 at 20x20 23-25 / 29-30, 80 -> 80 at 20x20 32-38 /
+///   39-41, 128 -> 80 at 20x20 56-65 / 60-68.
+fn channel_blocked(kernel: usize, c_in: usize, c_out: usize, out_pixels: usize) -> bool {
+    let enough_depth = kernel == 3 || c_in >= 192;
+    cpu_conv::channel_blocked_supported() && out_pixels <= 20 * 20 && c_out >= 16 && enough_depth
+}
+
 /// `block` applied to the channel concatenation of `parts`, on the fast path; `None` when the
 /// tensors are not on the Flex backend or the block is a grouped convolution other than a
 /// depthwise one.
@@ -368,18 +401,27 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
     let [_, c_in, kernel, _] = block.weight.dims();
     let activation = activation_of(block);
     let int8_input = int8::planned(block.weight.id).filter(|_| !depthwise);
+    let (out_h, out_w) = cpu_conv::output_size(height, width, kernel, block.stride, block.padding);
+    let same_padding = block.padding == kernel / 2;
     let layout = if depthwise {
         Layout::Depthwise
     } else if int8_input.is_some() {
         Layout::Int8
-    } else if kernel == 3 && block.stride == 1 && block.padding == 1 {
-        winograd_tile(height, width, c_in, c_out).map_or(Layout::Packed, Layout::Winograd)
+    } else if let Some(tile) = (kernel == 3 && block.stride == 1 && same_padding)
+        .then(|| winograd_tile(height, width, c_in, c_out))
+        .flatten()
+    {
+        Layout::Winograd(tile)
+    } else if matches!((kernel, block.stride), (3, 1 | 2) | (1, 1))
+        && same_padding
+        && channel_blocked(kernel, c_in, c_out, out_h * out_w)
+    {
+        Layout::ChannelBlocked
     } else {
         Layout::Packed
     };
     let weights = prepared_weights(block, layout)?;
     awake::keep_awake();
-    let (out_h, out_w) = cpu_conv::output_size(height, width, kernel, block.stride, block.padding);
     let out_len = c_out * out_h * out_w;
     // Not zeroed: the convolutions write every element (clearing the layers' outputs first
     // took 4 % of an INT8 forward pass).
@@ -413,6 +455,13 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
                 transformed,
                 bias,
                 activation,
+                out_image,
+            ),
+            ConvWeights::ChannelBlocked(blocked) => cpu_conv::conv_channel_blocked(
+                &inputs,
+                (height, width),
+                blocked,
+                (bias, block.stride, activation),
                 out_image,
             ),
             ConvWeights::Depthwise(weight) => {
@@ -486,6 +535,9 @@ fn prepared_weights(block: &ConvBlock, layout: Layout) -> Option<Arc<ConvWeights
             }
             Layout::Packed => {
                 ConvWeights::Packed(PackedWeights::new(weight, c_out, c_in * kernel * kernel))
+            }
+            Layout::ChannelBlocked => {
+                ConvWeights::ChannelBlocked(ChannelBlockedWeights::new(weight, c_out, c_in, kernel))
             }
         })
     })

@@ -1,0 +1,608 @@
+//! Convolutions (3x3 with padding 1 and stride 1 or 2, and 1x1) with the output channels in
+//! the vector lanes, for AVX-512.
+//!
+//! The tap-wise path ([`crate::conv3x3_taps`]) and the packed products put output positions
+//! in the lanes, numbered on the padded width for 3x3, so on small maps much of every
+//! vector is padding columns or a masked tail: at 10x10 the tap-wise path computes 128 lanes
+//! per channel for 100 pixels. This path keeps a block of 32 output channels in two vectors
+//! (16 in one for a last, narrow block) and broadcasts the input instead: a micro-kernel
+//! computes up to [`MAX_PIXELS`] consecutive output pixels, one accumulator per pixel and
+//! vector, and each depth step (an input channel and tap) reads the block's weights for that
+//! step (one or two vectors, packed once at load) and one input value per pixel. A 3x3
+//! convolution reads the tap-wise path's padded copy at the same offsets, where consecutive
+//! output pixels read consecutive values for stride 2 as well (that copy splits the input
+//! into phase planes); a 1x1 convolution reads its input in place, the whole map as one row
+//! of pixels. No lane computes a padding column, and nothing past a row's last pixel is
+//! computed.
+//!
+//! The epilogue adds the bias as a vector, applies the activation and writes the block
+//! transposed into the `[c_out, out_h, out_w]` output.
+
+use std::cell::Cell;
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use crate::activation::{Activation, apply_bias_activation};
+use crate::conv::{FeatureMap, ITEMS_PER_THREAD, SharedOut};
+use crate::scratch::with_reused;
+use crate::taps::{Bands, PaddedLayout};
+
+/// Output channels per block: two vectors of [`LANES`].
+const BLOCK: usize = 32;
+/// f32 lanes of an AVX-512 vector.
+const LANES: usize = 16;
+/// Output pixels per micro-kernel call, at most: with two vectors per pixel, 24
+/// accumulators, two weight vectors and a broadcast value in 32 registers.
+const MAX_PIXELS: usize = 12;
+
+thread_local! {
+    /// The calling thread's padded (and for stride 2, phase-split) copy of a 3x3
+    /// convolution's input.
+    static PADDED: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// A 1x1 or 3x3 convolution's weights in blocks of [`BLOCK`] output channels, depth-major
+/// within a block (`[block][c_in * kernel²][lanes]`, the depth in the `(channel, tap)` order
+/// of the padded copy's offsets); the last block is [`LANES`] wide when that covers it, and
+/// zero-padded.
+#[derive(Debug, Clone)]
+pub struct ChannelBlockedWeights {
+    data: Vec<f32>,
+    c_out: usize,
+    c_in: usize,
+    kernel: usize,
+}
+
+impl ChannelBlockedWeights {
+    /// Packs `[c_out, c_in, kernel, kernel]` weights.
+    ///
+    /// # Panics
+    /// When the kernel is neither 1 nor 3, or `weight` does not hold
+    /// `c_out * c_in * kernel²` values.
+    pub fn new(weight: &[f32], c_out: usize, c_in: usize, kernel: usize) -> Self {
+        assert!(matches!(kernel, 1 | 3), "1x1 or 3x3 kernel");
+        let depth = c_in * kernel * kernel;
+        assert_eq!(weight.len(), c_out * depth, "weight shape");
+        let mut data = Vec::new();
+        for first in (0..c_out).step_by(BLOCK) {
+            let lanes = block_lanes(c_out - first);
+            data.extend((0..depth).flat_map(|k| {
+                (first..first + lanes).map(move |co| {
+                    if co < c_out {
+                        weight[co * depth + k]
+                    } else {
+                        0.0
+                    }
+                })
+            }));
+        }
+        Self {
+            data,
+            c_out,
+            c_in,
+            kernel,
+        }
+    }
+
+    /// Output channels.
+    pub fn c_out(&self) -> usize {
+        self.c_out
+    }
+
+    fn depth(&self) -> usize {
+        self.c_in * self.kernel * self.kernel
+    }
+
+    fn blocks(&self) -> usize {
+        self.c_out.div_ceil(BLOCK)
+    }
+
+    /// Block `block`'s output channels and its packed weights.
+    fn block(&self, block: usize) -> (Range<usize>, &[f32]) {
+        let first = block * BLOCK;
+        let lanes = block_lanes(self.c_out - first);
+        let start = first * self.depth();
+        (
+            first..(first + lanes).min(self.c_out),
+            &self.data[start..start + lanes * self.depth()],
+        )
+    }
+}
+
+/// Lanes of the block whose first channel leaves `remaining` channels.
+fn block_lanes(remaining: usize) -> usize {
+    if remaining <= LANES { LANES } else { BLOCK }
+}
+
+/// Whether this CPU runs [`conv_channel_blocked`].
+pub fn channel_blocked_supported() -> bool {
+    crate::simd::avx512f()
+}
+
+/// `activation(conv(input, weight) + bias)`, the output channels in the vector lanes: 3x3
+/// with padding 1 and `stride` 1 or 2, or 1x1 with stride 1. `inputs` are the channel blocks
+/// of the input, each `[channels, height, width]`; `out` is `[c_out, out_h, out_w]`.
+///
+/// # Panics
+/// When the CPU lacks AVX-512 ([`channel_blocked_supported`]), the stride is not one of
+/// those, or a slice's length does not match the shapes.
+pub fn conv_channel_blocked(
+    inputs: &[FeatureMap],
+    (height, width): (usize, usize),
+    weight: &ChannelBlockedWeights,
+    (bias, stride, activation): (&[f32], usize, Activation),
+    out: &mut [MaybeUninit<f32>],
+) {
+    assert!(channel_blocked_supported(), "AVX-512 needed");
+    let c_in: usize = inputs.iter().map(|p| p.channels).sum();
+    assert_eq!(c_in, weight.c_in, "input channels");
+    for part in inputs {
+        assert_eq!(
+            part.data.len(),
+            part.channels * height * width,
+            "input shape"
+        );
+    }
+    assert_eq!(bias.len(), weight.c_out, "bias shape");
+    assert!(weight.kernel == 3 || stride == 1, "1x1 at stride 1");
+    let layout = PaddedLayout::new(height, width, stride);
+    let (out_h, out_w) = layout.out_size();
+    assert_eq!(out.len(), weight.c_out * out_h * out_w, "output shape");
+    if out.is_empty() || c_in == 0 {
+        return;
+    }
+    let planes: Vec<&[f32]> = inputs
+        .iter()
+        .flat_map(|p| p.data.chunks_exact(height * width))
+        .collect();
+    let out = SharedOut::new(out);
+    let epilogue = (bias, activation);
+    if weight.kernel == 1 {
+        // The whole map as one row; step `k` reads channel `k` in place.
+        let steps = StepRows(planes.iter().map(|p| p.as_ptr()).collect());
+        let runs = Runs::new(1, height * width);
+        convolve_shared(&steps, runs, |_, x| x, weight, epilogue, out);
+        return;
+    }
+    match Bands::new(&layout, weight.c_out, c_in) {
+        Some(bands) => convolve_bands(&planes, &layout, &bands, weight, epilogue, out),
+        None => {
+            let offsets = layout.offsets(planes.len());
+            with_reused(&PADDED, |buffer| {
+                let padded = layout.copy(&planes, &offsets, 0.0, buffer);
+                let steps = StepRows::at(padded, &offsets);
+                let runs = Runs::new(out_h, out_w);
+                let position = |y, x| layout.position(y, x);
+                convolve_shared(&steps, runs, position, weight, epilogue, out);
+            });
+        }
+    }
+}
+
+/// Where each depth step reads the map's position 0: pixel `p` of a step at `p` values on.
+struct StepRows(Vec<*const f32>);
+
+// SAFETY: the pointers only read inputs (or a padded copy) that outlive the parallel loops
+// sharing them, and nothing writes those meanwhile.
+unsafe impl Sync for StepRows {}
+
+impl StepRows {
+    /// The steps reading `copy` at `offsets`.
+    fn at(copy: &[f32], offsets: &[usize]) -> Self {
+        Self(offsets.iter().map(|&o| copy[o..].as_ptr()).collect())
+    }
+}
+
+/// The output's rows, each cut into runs of up to [`MAX_PIXELS`] pixels as evenly as they go.
+#[derive(Debug, Clone, Copy)]
+struct Runs {
+    rows: usize,
+    width: usize,
+    per_row: usize,
+}
+
+impl Runs {
+    fn new(rows: usize, width: usize) -> Self {
+        Self {
+            rows,
+            width,
+            per_row: width.div_ceil(MAX_PIXELS),
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.rows * self.per_row
+    }
+
+    /// Run `run`: its row and pixels.
+    fn get(&self, run: usize) -> (usize, Range<usize>) {
+        let (y, r) = (run / self.per_row, run % self.per_row);
+        (
+            y,
+            self.width * r / self.per_row..self.width * (r + 1) / self.per_row,
+        )
+    }
+
+    /// The runs of rows `rows`.
+    fn of_rows(&self, rows: Range<usize>) -> Range<usize> {
+        rows.start * self.per_row..rows.end * self.per_row
+    }
+}
+
+/// All runs of the output, the input read through `steps` shared by every item: blocks of
+/// channels times parts of the runs. `position(y, x)` is where output pixel `(y, x)` reads,
+/// from each step's row.
+fn convolve_shared(
+    steps: &StepRows,
+    runs: Runs,
+    position: impl Fn(usize, usize) -> usize + Sync,
+    weight: &ChannelBlockedWeights,
+    epilogue: (&[f32], Activation),
+    out: SharedOut,
+) {
+    let blocks = weight.blocks();
+    let parts = (ITEMS_PER_THREAD * rayon::current_num_threads())
+        .div_ceil(blocks)
+        .min(runs.count());
+    let output = Output {
+        ptr: out,
+        width: runs.width,
+        plane: runs.rows * runs.width,
+    };
+    (0..blocks * parts).into_par_iter().for_each(|item| {
+        let (block, part) = (item / parts, item % parts);
+        let block = Block::new(weight, block, epilogue);
+        let all = runs.count();
+        for run in all * part / parts..all * (part + 1) / parts {
+            let (y, xs) = runs.get(run);
+            // SAFETY: every step's row holds the positions the map's pixels read (the
+            // caller's input, or a copy with its slack); the block's channels of this run
+            // are this item's alone, and `out` outlives the loop.
+            unsafe { block.run(&steps.0, position(y, xs.start), (y, xs), output) };
+        }
+    });
+}
+
+/// A 3x3 convolution band by band of output rows, each item making its own padded copy of
+/// the input rows its band reads and computing every output channel of the band.
+fn convolve_bands(
+    planes: &[&[f32]],
+    layout: &PaddedLayout,
+    bands: &Bands,
+    weight: &ChannelBlockedWeights,
+    epilogue: (&[f32], Activation),
+    out: SharedOut,
+) {
+    let band_layout = layout.for_band(bands.max_rows());
+    let offsets = band_layout.offsets(planes.len());
+    let (out_h, out_w) = layout.out_size();
+    let runs = Runs::new(out_h, out_w);
+    let output = Output {
+        ptr: out,
+        width: out_w,
+        plane: out_h * out_w,
+    };
+    (0..bands.count).into_par_iter().for_each(|band| {
+        let rows = bands.rows(band);
+        with_reused(&PADDED, |buffer| {
+            let padded = band_layout.slack_buffer(planes.len(), &offsets, 0.0, buffer);
+            for (dst, src) in padded.chunks_exact_mut(band_layout.channel()).zip(planes) {
+                band_layout.fill(src, dst, 0.0, rows.start);
+            }
+            let steps = StepRows::at(padded, &offsets);
+            for block in 0..weight.blocks() {
+                let block = Block::new(weight, block, epilogue);
+                for run in runs.of_rows(rows.clone()) {
+                    let (y, xs) = runs.get(run);
+                    let position = band_layout.position(y - rows.start, xs.start);
+                    // SAFETY: every offset plus the band's last position lies inside
+                    // `padded` (`PaddedLayout::slack_buffer`, for bands of up to `max_rows`
+                    // rows); the band's output rows are this item's alone, and `out`
+                    // outlives the loop.
+                    unsafe { block.run(&steps.0, position, (y, xs), output) };
+                }
+            }
+        })
+    });
+}
+
+/// Where the output goes: `[c_out, plane]` from `ptr`, rows `width` apart.
+#[derive(Clone, Copy)]
+struct Output {
+    ptr: SharedOut,
+    width: usize,
+    plane: usize,
+}
+
+/// One block of output channels, as an item computes it.
+struct Block<'a> {
+    weights: &'a [f32],
+    channels: Range<usize>,
+    /// The block's bias, zero-padded.
+    bias: [f32; BLOCK],
+    activation: Activation,
+}
+
+impl<'a> Block<'a> {
+    /// Block `block` of `weight`.
+    fn new(
+        weight: &'a ChannelBlockedWeights,
+        block: usize,
+        (bias, activation): (&[f32], Activation),
+    ) -> Self {
+        let (channels, weights) = weight.block(block);
+        let mut block_bias = [0.0; BLOCK];
+        block_bias[..channels.len()].copy_from_slice(&bias[channels.clone()]);
+        Self {
+            weights,
+            channels,
+            bias: block_bias,
+            activation,
+        }
+    }
+
+    /// Output pixels `xs` of row `y` for the block's channels, reading each step's row from
+    /// `position`.
+    ///
+    /// # Safety
+    /// Each of `steps` plus `position + xs.len()` lies inside what it reads; no one else
+    /// writes these pixels of these channels meanwhile.
+    unsafe fn run(
+        &self,
+        steps: &[*const f32],
+        position: usize,
+        (y, xs): (usize, Range<usize>),
+        out: Output,
+    ) {
+        let lanes = block_lanes(self.channels.len());
+        let mut result = [0.0f32; MAX_PIXELS * BLOCK];
+        let tile = Tile {
+            weights: self.weights.as_ptr(),
+            depth: steps.len(),
+            steps: steps.as_ptr(),
+            position,
+            bias: self.bias.as_ptr(),
+            result: result.as_mut_ptr(),
+        };
+        let pixels = xs.len();
+        // SAFETY: AVX-512 was checked; the tile's pointers address what its fields say.
+        unsafe { x86::kernel(lanes / LANES, pixels)(&tile) };
+        let result = &mut result[..pixels * BLOCK];
+        apply_bias_activation(result, 0.0, self.activation);
+        for (lane, co) in self.channels.clone().enumerate() {
+            // SAFETY: pixels `xs` of row `y` of channel `co`, this caller's alone.
+            let row = unsafe { out.ptr.get().add(co * out.plane + y * out.width + xs.start) };
+            for pixel in 0..pixels {
+                // SAFETY: as above, `pixel < xs.len()`.
+                unsafe { *row.add(pixel) = result[pixel * BLOCK + lane] };
+            }
+        }
+    }
+}
+
+/// One micro-kernel call.
+struct Tile {
+    /// The block's weights of depth step 0; step `k` at `weights + k * lanes`.
+    weights: *const f32,
+    depth: usize,
+    /// Each step's row; step `k` reads `steps[k] + position` onwards.
+    steps: *const *const f32,
+    position: usize,
+    /// The block's bias, [`BLOCK`] values.
+    bias: *const f32,
+    /// `[pixels][BLOCK]`: each pixel's sums plus bias.
+    result: *mut f32,
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! The AVX-512 micro-kernels, one per vector count and pixel count.
+
+    use std::arch::x86_64::*;
+
+    use super::{BLOCK, LANES, MAX_PIXELS, Tile};
+
+    /// The micro-kernel for `vectors` (1 or 2) vectors of channels and `pixels` (1 to
+    /// [`MAX_PIXELS`]) pixels.
+    pub(super) fn kernel(vectors: usize, pixels: usize) -> unsafe fn(&Tile) {
+        macro_rules! by_pixels {
+            ($v:literal) => {
+                match pixels {
+                    1 => tile::<$v, 1>,
+                    2 => tile::<$v, 2>,
+                    3 => tile::<$v, 3>,
+                    4 => tile::<$v, 4>,
+                    5 => tile::<$v, 5>,
+                    6 => tile::<$v, 6>,
+                    7 => tile::<$v, 7>,
+                    8 => tile::<$v, 8>,
+                    9 => tile::<$v, 9>,
+                    10 => tile::<$v, 10>,
+                    11 => tile::<$v, 11>,
+                    12 => tile::<$v, 12>,
+                    _ => unreachable!("at most {MAX_PIXELS} pixels"),
+                }
+            };
+        }
+        match vectors {
+            1 => by_pixels!(1),
+            _ => by_pixels!(2),
+        }
+    }
+
+    /// `VECTORS x 16` channels times `PIXELS` pixels.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; the tile's pointers address what its fields say, the weights
+    /// `VECTORS * 16` per step.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn tile<const VECTORS: usize, const PIXELS: usize>(t: &Tile) {
+        let mut acc = [[_mm512_setzero_ps(); VECTORS]; PIXELS];
+        let mut w = t.weights;
+        for k in 0..t.depth {
+            // SAFETY: `k` is below the depth; the step's weights and values are in bounds.
+            unsafe {
+                let x = (*t.steps.add(k)).add(t.position);
+                let wv: [__m512; VECTORS] =
+                    std::array::from_fn(|v| _mm512_loadu_ps(w.add(LANES * v)));
+                for (pixel, sums) in acc.iter_mut().enumerate() {
+                    let value = _mm512_set1_ps(*x.add(pixel));
+                    for (sum, &wv) in sums.iter_mut().zip(&wv) {
+                        *sum = _mm512_fmadd_ps(wv, value, *sum);
+                    }
+                }
+                w = w.add(LANES * VECTORS);
+            }
+        }
+        for (pixel, sums) in acc.iter().enumerate() {
+            for (v, &sum) in sums.iter().enumerate() {
+                // SAFETY: `result` holds `BLOCK` values per pixel, `bias` `BLOCK` values.
+                unsafe {
+                    let bias = _mm512_loadu_ps(t.bias.add(LANES * v));
+                    let at = t.result.add(pixel * BLOCK + LANES * v);
+                    _mm512_storeu_ps(at, _mm512_add_ps(sum, bias));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_values::{
+        max_difference_from_im2col, relative_difference, split_channels, values, written,
+    };
+    use proptest::prelude::*;
+
+    /// The largest difference from the im2col path, relative to `1 + |value|`, on a
+    /// `[c_in (in two blocks split at `split`), c_out, h, w]` shape; `None` on a CPU without
+    /// AVX-512.
+    fn max_difference(shape: [usize; 5], stride: usize, activation: Activation) -> Option<f32> {
+        if !channel_blocked_supported() {
+            eprintln!("no AVX-512: the channel-blocked path is not run");
+            return None;
+        }
+        let [c_in, _, c_out, h, w] = shape;
+        Some(max_difference_from_im2col(
+            shape,
+            stride,
+            activation,
+            |parts, weight, bias, out| {
+                let blocked = ChannelBlockedWeights::new(weight, c_out, c_in, 3);
+                conv_channel_blocked(parts, (h, w), &blocked, (bias, stride, activation), out)
+            },
+        ))
+    }
+
+    #[test]
+    fn yolo_shapes_match_the_im2col_path() {
+        // YOLO's small maps (10x10 and 20x20, rows of 10 and 20 pixels as runs of up to 12),
+        // a head convolution of 80 channels (a last block of 16), the stem's 3 input
+        // channels, odd sizes and channel counts (a last block partly padding), one pixel.
+        for (shape, act) in [
+            ([128, 128, 128, 10, 10], Activation::Silu),
+            ([64, 32, 80, 20, 20], Activation::Silu),
+            ([3, 3, 16, 64, 48], Activation::Silu),
+            ([32, 8, 40, 17, 13], Activation::Identity),
+            ([5, 2, 3, 1, 1], Activation::Silu),
+            ([7, 3, 33, 3, 29], Activation::Identity),
+        ] {
+            for stride in [1, 2] {
+                let Some(diff) = max_difference(shape, stride, act) else {
+                    return;
+                };
+                assert!(diff < 1e-5, "{shape:?} stride {stride}: {diff}");
+            }
+        }
+    }
+
+    /// The largest difference from `conv2d`'s 1x1 product, as [`max_difference`].
+    fn max_difference_1x1(shape: [usize; 5], activation: Activation) -> Option<f32> {
+        if !channel_blocked_supported() {
+            eprintln!("no AVX-512: the channel-blocked path is not run");
+            return None;
+        }
+        let [c_in, split, c_out, h, w] = shape;
+        let x = values(c_in * h * w, 1);
+        let weight = values(c_out * c_in, 2);
+        let bias = values(c_out, 3);
+        let parts = split_channels(&x, c_in, split, h * w);
+        let packed = crate::PackedWeights::new(&weight, c_out, c_in);
+        let params = crate::ConvParams {
+            weight: &packed,
+            bias: &bias,
+            kernel: 1,
+            stride: 1,
+            padding: 0,
+            activation,
+        };
+        let len = c_out * h * w;
+        let want = written(len, |out| crate::conv2d(&parts, h, w, &params, out));
+        let blocked = ChannelBlockedWeights::new(&weight, c_out, c_in, 1);
+        let epilogue = (&bias[..], 1, activation);
+        let got = written(len, |out| {
+            conv_channel_blocked(&parts, (h, w), &blocked, epilogue, out)
+        });
+        Some(relative_difference(&got, &want))
+    }
+
+    #[test]
+    fn one_by_one_matches_the_packed_product() {
+        // YOLO's 1x1 shapes on small maps (a concatenation in two blocks, the head's 80
+        // channels), odd sizes and channel counts, one pixel.
+        for (shape, act) in [
+            ([384, 256, 256, 10, 10], Activation::Silu),
+            ([192, 64, 128, 20, 20], Activation::Silu),
+            ([64, 0, 80, 40, 40], Activation::Identity),
+            ([7, 3, 33, 5, 29], Activation::Silu),
+            ([5, 2, 3, 1, 1], Activation::Silu),
+        ] {
+            let Some(diff) = max_difference_1x1(shape, act) else {
+                return;
+            };
+            assert!(diff < 1e-5, "{shape:?}: {diff}");
+        }
+    }
+
+    #[test]
+    fn large_maps_run_in_bands_that_match_the_im2col_path() {
+        // Copies past the band size: the stem's 3 channels at 320x240 and 16 channels at
+        // 100x90 (24 output channels, a block partly padding), at stride 2 and 1.
+        for (shape, stride) in [([3, 3, 16, 320, 240], 2), ([16, 8, 24, 100, 90], 1)] {
+            let [c_in, _, c_out, h, w] = shape;
+            let layout = PaddedLayout::new(h, w, stride);
+            assert!(Bands::new(&layout, c_out, c_in).is_some(), "{shape:?}");
+            if let Some(diff) = max_difference(shape, stride, Activation::Silu) {
+                assert!(diff < 1e-5, "{shape:?} stride {stride}: {diff}");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn random_shapes_match_the_im2col_path(
+            c_in in 1usize..24, split in 0usize..24, c_out in 1usize..70,
+            h in 1usize..23, w in 1usize..30, stride in 1usize..3, silu in any::<bool>(),
+        ) {
+            let act = if silu { Activation::Silu } else { Activation::Identity };
+            if let Some(diff) = max_difference([c_in, split, c_out, h, w], stride, act) {
+                prop_assert!(diff < 1e-5, "{diff}");
+            }
+        }
+
+        #[test]
+        fn random_1x1_shapes_match_the_packed_product(
+            c_in in 1usize..40, split in 0usize..40, c_out in 1usize..70,
+            h in 1usize..23, w in 1usize..30, silu in any::<bool>(),
+        ) {
+            let act = if silu { Activation::Silu } else { Activation::Identity };
+            if let Some(diff) = max_difference_1x1([c_in, split, c_out, h, w], act) {
+                prop_assert!(diff < 1e-5, "{diff}");
+            }
+        }
+    }
+}
