@@ -5,7 +5,10 @@
 //! into a zero-padded plane `width + 2 * padding` wide, output positions are numbered on
 //! that width, and each tap is then one multiply-add over a contiguous run of the padded
 //! plane at a fixed offset; the `k - 1` extra positions per row are computed and dropped.
-//! The bias and activation are applied while the sums are in cache. (Row by row and tap by
+//! The taps are summed a chunk of positions at a time with the chunk's sums in registers,
+//! one store per sum (a pass per tap over the sums loaded and stored each sum `k²` times:
+//! `cargo bench -p cpu-conv -- depthwise`, one thread, 80 channels at 40x40 about 8 %
+//! slower). The bias and activation are applied while the sums are in cache. (Row by row and tap by
 //! tap with the border worked out per call, the 10x10 and 20x20 maps of YOLO11's head ran
 //! at 2-5 GMAC/s: the bookkeeping of 90 short calls per plane cost more than the products.)
 //! Other strides accumulate each output row tap by tap over every `s`-th value of the
@@ -20,6 +23,10 @@ use crate::activation::{Activation, apply_bias_activation};
 use crate::conv::{FeatureMap, output_size};
 use crate::scratch::{prefix, with_reused};
 use crate::taps::pad_plane;
+
+/// Positions whose sums [`accumulate_taps`] keeps in registers over all taps: four AVX-512
+/// vectors.
+const TAP_CHUNK: usize = 64;
 
 thread_local! {
     /// The calling thread's zero-padded copy of one plane.
@@ -221,18 +228,54 @@ fn accumulate_taps_with(
     padded_width: usize,
     multiply_add: impl Fn(f32, f32, f32) -> f32,
 ) {
-    let positions = sums.len();
+    let offset = |tap: usize| (tap / k) * padded_width + tap % k;
+    // Every tap on a chunk of positions at a time, the chunk's sums in registers: one store
+    // per sum instead of a load and a store per tap. Chunks of four vectors, then of one,
+    // then one more vector ending at the last position (recomputing some sums rather than
+    // going tap by tap over a few).
+    const VECTOR: usize = TAP_CHUNK / 4;
+    let taps = (padded, filter, &offset, &multiply_add);
+    let first = sums_in_registers::<TAP_CHUNK>(sums, 0, taps);
+    let first = sums_in_registers::<VECTOR>(sums, first, taps);
+    if first < sums.len() && sums.len() >= VECTOR {
+        sums_in_registers::<VECTOR>(sums, sums.len() - VECTOR, taps);
+        return;
+    }
+    let tail = &mut sums[first..];
+    tail.fill(0.0);
     for (tap, &w) in filter.iter().enumerate() {
-        let offset = (tap / k) * padded_width + tap % k;
-        let taps = &padded[offset..offset + positions];
-        if tap == 0 {
-            sums.iter_mut().zip(taps).for_each(|(s, &x)| *s = x * w);
-        } else {
-            sums.iter_mut()
-                .zip(taps)
-                .for_each(|(s, &x)| *s = multiply_add(x, w, *s));
+        let values = &padded[first + offset(tap)..][..tail.len()];
+        for (s, &x) in tail.iter_mut().zip(values) {
+            *s = multiply_add(x, w, *s);
         }
     }
+}
+
+/// [`accumulate_taps_with`] on the whole chunks of `N` positions from `first` on, each
+/// chunk's sums kept in a local array over all taps; returns where the chunks end.
+#[inline(always)]
+fn sums_in_registers<const N: usize>(
+    sums: &mut [f32],
+    first: usize,
+    (padded, filter, offset, multiply_add): (
+        &[f32],
+        &[f32],
+        &impl Fn(usize) -> usize,
+        &impl Fn(f32, f32, f32) -> f32,
+    ),
+) -> usize {
+    let end = first + (sums.len() - first) / N * N;
+    for start in (first..end).step_by(N) {
+        let mut acc = [0.0f32; N];
+        for (tap, &w) in filter.iter().enumerate() {
+            let values = &padded[start + offset(tap)..][..N];
+            for (a, &x) in acc.iter_mut().zip(values) {
+                *a = multiply_add(x, w, *a);
+            }
+        }
+        sums[start..start + N].copy_from_slice(&acc);
+    }
+    end
 }
 
 /// `values` set to zeros, as the initialised values they now hold.
