@@ -147,6 +147,7 @@ pub fn conv_channel_blocked(
     }
     assert_eq!(bias.len(), weight.c_out, "bias shape");
     assert!(weight.kernel == 3 || stride == 1, "1x1 at stride 1");
+    // The 3x3 copy's layout; its output size is also a 1x1 stride-1 convolution's.
     let layout = PaddedLayout::new(height, width, stride);
     let (out_h, out_w) = layout.out_size();
     assert_eq!(out.len(), weight.c_out * out_h * out_w, "output shape");
