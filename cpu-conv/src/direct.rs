@@ -369,7 +369,7 @@ impl<'a> Block<'a> {
         };
         let pixels = xs.len();
         // SAFETY: AVX-512 was checked; the tile's pointers address what its fields say.
-        unsafe { x86::kernel(lanes / LANES, pixels)(&tile) };
+        unsafe { run_kernel(lanes / LANES, pixels, &tile) };
         let result = &mut result[..pixels * BLOCK];
         apply_bias_activation(result, 0.0, self.activation);
         for (lane, co) in self.channels.clone().enumerate() {
@@ -395,6 +395,25 @@ struct Tile {
     bias: *const f32,
     /// `[pixels][BLOCK]`: each pixel's sums plus bias.
     result: *mut f32,
+}
+
+/// The micro-kernel for `vectors` vectors of channels and `pixels` pixels, on `tile`.
+///
+/// # Safety
+/// The CPU has AVX-512F; the tile's pointers address what its fields say.
+#[cfg(target_arch = "x86_64")]
+unsafe fn run_kernel(vectors: usize, pixels: usize, tile: &Tile) {
+    // SAFETY: forwarded from the caller.
+    unsafe { x86::kernel(vectors, pixels)(tile) }
+}
+
+/// Other CPUs have no AVX-512: [`conv_channel_blocked`] refuses to run before this.
+///
+/// # Safety
+/// Never called.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn run_kernel(_vectors: usize, _pixels: usize, _tile: &Tile) {
+    unreachable!("the channel-blocked path needs AVX-512")
 }
 
 #[cfg(target_arch = "x86_64")]
