@@ -493,7 +493,8 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::test_values::{
-        max_difference_from_im2col, relative_difference, split_channels, values, written,
+        YOLO_3X3_SHAPES, max_difference_from_im2col, relative_difference, split_channels, values,
+        written,
     };
     use proptest::prelude::*;
 
@@ -519,17 +520,7 @@ mod tests {
 
     #[test]
     fn yolo_shapes_match_the_im2col_path() {
-        // YOLO's small maps (10x10 and 20x20, rows of 10 and 20 pixels as runs of up to 12),
-        // a head convolution of 80 channels (a last block of 16), the stem's 3 input
-        // channels, odd sizes and channel counts (a last block partly padding), one pixel.
-        for (shape, act) in [
-            ([128, 128, 128, 10, 10], Activation::Silu),
-            ([64, 32, 80, 20, 20], Activation::Silu),
-            ([3, 3, 16, 64, 48], Activation::Silu),
-            ([32, 8, 40, 17, 13], Activation::Identity),
-            ([5, 2, 3, 1, 1], Activation::Silu),
-            ([7, 3, 33, 3, 29], Activation::Identity),
-        ] {
+        for (shape, act) in YOLO_3X3_SHAPES {
             for stride in [1, 2] {
                 let Some(diff) = max_difference(shape, stride, act) else {
                     return;

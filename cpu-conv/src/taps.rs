@@ -533,11 +533,17 @@ impl Bands {
 mod tests {
     use super::*;
     use crate::PackedWeights;
-    use crate::test_values::max_difference_from_im2col;
+    use crate::test_values::{YOLO_3X3_SHAPES, max_difference_from_im2col};
     use proptest::prelude::*;
 
-    /// [`max_difference_from_im2col`] of the tap-wise path.
-    fn max_difference(shape: [usize; 5], stride: usize, activation: Activation) -> f32 {
+    /// [`max_difference_from_im2col`] of the tap-wise path, its bands chosen by `bands` as
+    /// [`conv3x3_taps_in`] takes them.
+    fn max_difference_with(
+        shape: [usize; 5],
+        stride: usize,
+        activation: Activation,
+        bands: impl FnOnce(&PaddedLayout, usize, usize) -> Option<Bands>,
+    ) -> f32 {
         let [c_in, _, c_out, h, w] = shape;
         max_difference_from_im2col(shape, stride, activation, |parts, weight, bias, out| {
             let packed = PackedWeights::new(weight, c_out, c_in * TAPS);
@@ -549,22 +555,18 @@ mod tests {
                 padding: 1,
                 activation,
             };
-            conv3x3_taps(parts, h, w, &params, out)
+            conv3x3_taps_in(parts, h, w, &params, out, bands)
         })
+    }
+
+    /// [`max_difference_with`] the bands [`conv3x3_taps`] chooses.
+    fn max_difference(shape: [usize; 5], stride: usize, activation: Activation) -> f32 {
+        max_difference_with(shape, stride, activation, Bands::new)
     }
 
     #[test]
     fn yolo_shapes_match_the_im2col_path() {
-        // The small maps of YOLO's last stages, a head convolution reading two blocks, the
-        // stem (3 channels), odd sizes, a map of one pixel; each at stride 1 and 2.
-        for (shape, act) in [
-            ([128, 128, 128, 10, 10], Activation::Silu),
-            ([64, 32, 80, 20, 20], Activation::Silu),
-            ([3, 3, 16, 64, 48], Activation::Silu),
-            ([32, 8, 24, 17, 13], Activation::Identity),
-            ([5, 2, 3, 1, 1], Activation::Silu),
-            ([7, 3, 9, 3, 2], Activation::Identity),
-        ] {
+        for (shape, act) in YOLO_3X3_SHAPES {
             for stride in [1, 2] {
                 let diff = max_difference(shape, stride, act);
                 assert!(diff < 1e-5, "{shape:?} stride {stride}: {diff}");
@@ -574,23 +576,10 @@ mod tests {
 
     /// [`max_difference`] with the output rows in `count` bands.
     fn max_difference_in_bands(shape: [usize; 5], stride: usize, count: usize) -> f32 {
-        let [c_in, _, c_out, h, w] = shape;
-        let activation = Activation::Silu;
-        max_difference_from_im2col(shape, stride, activation, |parts, weight, bias, out| {
-            let packed = PackedWeights::new(weight, c_out, c_in * TAPS);
-            let params = ConvParams {
-                weight: &packed,
-                bias,
-                kernel: 3,
-                stride,
-                padding: 1,
-                activation,
-            };
-            conv3x3_taps_in(parts, h, w, &params, out, |layout, _, _| {
-                Some(Bands {
-                    out_h: layout.out_h,
-                    count: count.min(layout.out_h),
-                })
+        max_difference_with(shape, stride, Activation::Silu, |layout, _, _| {
+            Some(Bands {
+                out_h: layout.out_h,
+                count: count.min(layout.out_h),
             })
         })
     }

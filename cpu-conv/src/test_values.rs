@@ -93,3 +93,18 @@ pub(crate) fn relative_difference(got: &[f32], want: &[f32]) -> f32 {
             }
         })
 }
+
+/// `([c_in, split, c_out, h, w], activation)` on which the 3x3 paths are checked against
+/// im2col, each at stride 1 and 2: YOLO's small maps (rows of 10 and 20 pixels), a head
+/// convolution of 80 channels reading two blocks, the stem's 3 input channels, odd sizes
+/// and channel counts (blocks of output channels partly padding), one pixel.
+pub(crate) const YOLO_3X3_SHAPES: [([usize; 5], crate::Activation); 8] = [
+    ([128, 128, 128, 10, 10], crate::Activation::Silu),
+    ([64, 32, 80, 20, 20], crate::Activation::Silu),
+    ([3, 3, 16, 64, 48], crate::Activation::Silu),
+    ([32, 8, 24, 17, 13], crate::Activation::Identity),
+    ([32, 8, 40, 17, 13], crate::Activation::Identity),
+    ([5, 2, 3, 1, 1], crate::Activation::Silu),
+    ([7, 3, 9, 3, 2], crate::Activation::Identity),
+    ([7, 3, 33, 3, 29], crate::Activation::Identity),
+];
