@@ -18,7 +18,6 @@
 //! The epilogue adds the bias as a vector, applies the activation and writes the block
 //! transposed into the `[c_out, out_h, out_w]` output.
 
-use std::cell::Cell;
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
@@ -27,7 +26,7 @@ use rayon::prelude::*;
 use crate::activation::{Activation, apply_bias_activation};
 use crate::conv::{FeatureMap, ITEMS_PER_THREAD, SharedOut};
 use crate::scratch::with_reused;
-use crate::taps::{Bands, PaddedLayout};
+use crate::taps::{Bands, PADDED, PaddedLayout};
 
 /// Output channels per block: two vectors of [`LANES`].
 const BLOCK: usize = 32;
@@ -36,12 +35,6 @@ const LANES: usize = 16;
 /// Output pixels per micro-kernel call, at most: with two vectors per pixel, 24
 /// accumulators, two weight vectors and a broadcast value in 32 registers.
 const MAX_PIXELS: usize = 12;
-
-thread_local! {
-    /// The calling thread's padded (and for stride 2, phase-split) copy of a 3x3
-    /// convolution's input.
-    static PADDED: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
-}
 
 /// A 1x1 or 3x3 convolution's weights in blocks of [`BLOCK`] output channels, depth-major
 /// within a block (`[block][c_in * kernel²][lanes]`, the depth in the `(channel, tap)` order

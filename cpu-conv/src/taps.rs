@@ -45,8 +45,9 @@ use crate::scratch::{prefix, with_reused};
 pub(crate) const TAPS: usize = 9;
 
 thread_local! {
-    /// The calling thread's padded (and for stride 2, phase-split) copy of the input.
-    static PADDED: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// The calling thread's padded (and for stride 2, phase-split) copy of the input, for
+    /// this path and the channel-blocked one (`direct.rs`), which reads the same copy.
+    pub(crate) static PADDED: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
     /// Each thread's product of one tile, `[c_out, tile]`.
     static PRODUCT: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
