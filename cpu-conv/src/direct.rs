@@ -281,10 +281,7 @@ fn convolve_bands(
     (0..bands.count).into_par_iter().for_each(|band| {
         let rows = bands.rows(band);
         with_reused(&PADDED, |buffer| {
-            let padded = band_layout.slack_buffer(planes.len(), &offsets, 0.0, buffer);
-            for (dst, src) in padded.chunks_exact_mut(band_layout.channel()).zip(planes) {
-                band_layout.fill(src, dst, 0.0, rows.start);
-            }
+            let padded = band_layout.copy_band(planes, &offsets, (0.0, rows.start), buffer);
             let steps = StepRows::at(padded, &offsets);
             for block in 0..weight.blocks() {
                 let block = Block::new(weight, block, epilogue);
@@ -292,7 +289,7 @@ fn convolve_bands(
                     let (y, xs) = runs.get(run);
                     let position = band_layout.position(y - rows.start, xs.start);
                     // SAFETY: every offset plus the band's last position lies inside
-                    // `padded` (`PaddedLayout::slack_buffer`, for bands of up to `max_rows`
+                    // `padded` (`PaddedLayout::copy_band`, for bands of up to `max_rows`
                     // rows); the band's output rows are this item's alone, and `out`
                     // outlives the loop.
                     unsafe { block.run(&steps.0, position, (y, xs), output) };

@@ -124,7 +124,7 @@ impl PaddedLayout {
         self.plane_height * self.plane_width
     }
 
-    pub(crate) fn channel(&self) -> usize {
+    fn channel(&self) -> usize {
         self.stride * self.stride * self.plane()
     }
 
@@ -170,9 +170,26 @@ impl PaddedLayout {
         padded
     }
 
+    /// The padded copy of a band of output rows from `first_row` (this layout being the
+    /// band's, [`Self::for_band`]) in `buffer`: the rows of `planes` it reads, with `pad`
+    /// around them and in the slack `offsets` read past them.
+    pub(crate) fn copy_band<'a, T: Copy>(
+        &self,
+        planes: &[&[T]],
+        offsets: &[usize],
+        (pad, first_row): (T, usize),
+        buffer: &'a mut Vec<T>,
+    ) -> &'a [T] {
+        let padded = self.slack_buffer(planes.len(), offsets, pad, buffer);
+        for (dst, src) in padded.chunks_exact_mut(self.channel()).zip(planes) {
+            self.fill(src, dst, pad, first_row);
+        }
+        padded
+    }
+
     /// `buffer` sized for `channels` channels of this layout and the slack past them that
     /// `offsets` read for the last, dropped positions, that slack set to `pad`.
-    pub(crate) fn slack_buffer<'a, T: Copy>(
+    fn slack_buffer<'a, T: Copy>(
         &self,
         channels: usize,
         offsets: &[usize],
@@ -191,7 +208,7 @@ impl PaddedLayout {
 
     /// Fills `dst` (one channel of this layout's `rows` output rows from output row
     /// `first_row`) from the `height x width` plane `src`.
-    pub(crate) fn fill<T: Copy>(&self, src: &[T], dst: &mut [T], pad: T, first_row: usize) {
+    fn fill<T: Copy>(&self, src: &[T], dst: &mut [T], pad: T, first_row: usize) {
         let width = self.width;
         let line = |y: usize| (y < self.height).then(|| &src[y * width..][..width]);
         let plane = self.plane();
@@ -437,13 +454,10 @@ fn convolve_bands(
         let rows = bands.rows(band);
         with_reused(&PADDED, |buffer| {
             with_reused(&PRODUCT, |product| {
-                let padded = band_layout.slack_buffer(planes.len(), &offsets, 0.0, buffer);
-                for (dst, src) in padded.chunks_exact_mut(band_layout.channel()).zip(planes) {
-                    band_layout.fill(src, dst, 0.0, rows.start);
-                }
+                let padded = band_layout.copy_band(planes, &offsets, (0.0, rows.start), buffer);
                 let item = (0..c_out.div_ceil(MR), 0..c_out, layout.row_positions(&rows));
                 // SAFETY: every offset plus the band's last position lies inside `padded`
-                // (`PaddedLayout::slack_buffer`, for bands of up to `max_rows` rows); the
+                // (`PaddedLayout::copy_band`, for bands of up to `max_rows` rows); the
                 // band's output rows are its own, and `out` outlives the loop.
                 unsafe {
                     compute_item(
