@@ -27,11 +27,13 @@
 //! with bias and activation fused.
 //!
 //! [`max_pool_same`] is the stride-1 max-pool of YOLO's SPPF block, separable;
-//! [`upsample_nearest`] the neck's nearest-neighbour upsampling;
+//! [`upsample_nearest`] the neck's nearest-neighbour upsampling; [`attention`] the
+//! multi-head self-attention of YOLO11's PSA block;
 //! [`sigmoid_in_place`] and [`exp_in_place`] are the vectorised activations the detection
 //! head needs.
 
 mod activation;
+mod attention;
 mod conv;
 mod depthwise;
 mod direct;
@@ -49,6 +51,7 @@ mod upsample;
 mod winograd;
 
 pub use activation::{Activation, apply_bias_activation, exp_in_place, sigmoid_in_place};
+pub use attention::{AttentionShape, attention};
 pub use conv::{ConvParams, FeatureMap, conv2d, output_size};
 pub use depthwise::{DepthwiseParams, depthwise_conv2d};
 pub use direct::{ChannelBlockedWeights, channel_blocked_supported, conv_channel_blocked};

@@ -138,6 +138,39 @@ pub(crate) fn upsample_nearest(x: &Tensor<4>, scale: usize) -> Option<Tensor<4>>
     Some(to_tensor(out, [b, c, h * scale, w * scale]))
 }
 
+/// YOLO11's multi-head self-attention on the fast path: `qkv` is `[B, heads, 2 * key_dim +
+/// head_dim, N]` (each head's queries, keys and values over the map's `N` positions); the
+/// result is `[B, heads, head_dim, N]`, the values weighted by the softmax of the scaled
+/// query-key products.
+pub(crate) fn attention(
+    qkv: &Tensor<4>,
+    (key_dim, head_dim): (usize, usize),
+    scale: f32,
+) -> Option<Tensor<4>> {
+    if !ENABLED.get() || !is_flex(qkv) {
+        return None;
+    }
+    let [batch, heads, rows, positions] = qkv.dims();
+    if rows != 2 * key_dim + head_dim {
+        return None;
+    }
+    let flex = qkv
+        .clone()
+        .try_into_primitive::<Flex>()
+        .ok()?
+        .to_contiguous();
+    let input = dense_f32(&flex)?;
+    let shape = cpu_conv::AttentionShape {
+        heads: batch * heads,
+        key_dim,
+        head_dim,
+        positions,
+    };
+    let mut out = vec![0.0f32; batch * heads * head_dim * positions];
+    cpu_conv::attention(input, shape, scale, &mut out);
+    Some(to_tensor(out, [batch, heads, head_dim, positions]))
+}
+
 /// The detection head's output `[B, 4 + nc, N]` from each level's box logits
 /// `[B, 4 * reg_max, n_l]` and class logits `[B, nc, n_l]` (levels in order, `N` the sum of
 /// their `n_l`): DFL expectation, distances to `cx, cy, w, h` around each anchor `(xs, ys)`

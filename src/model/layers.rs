@@ -318,15 +318,18 @@ impl Attention {
         let n = h * w;
         let (nh, kd, hd) = (self.num_heads, self.key_dim, self.head_dim);
         let qkv = self.qkv.forward(x).reshape([b, nh, 2 * kd + hd, n]);
-        let q = qkv.clone().narrow(2, 0, kd);
-        let k = qkv.clone().narrow(2, kd, kd);
-        let v = qkv.narrow(2, 2 * kd, hd);
+        let v = qkv.clone().narrow(2, 2 * kd, hd);
         let scale = (kd as f32).powf(-0.5);
         let v_map = v.clone().reshape([b, c, h, w]);
         let attended = timed(OpKind::Attention, || {
-            let attn = softmax(q.swap_dims(2, 3).matmul(k).mul_scalar(scale), 3);
-            v.matmul(attn.swap_dims(2, 3)).reshape([b, c, h, w])
-        });
+            fast_cpu::attention(&qkv, (kd, hd), scale).unwrap_or_else(|| {
+                let q = qkv.clone().narrow(2, 0, kd);
+                let k = qkv.narrow(2, kd, kd);
+                let attn = softmax(q.swap_dims(2, 3).matmul(k).mul_scalar(scale), 3);
+                v.matmul(attn.swap_dims(2, 3))
+            })
+        })
+        .reshape([b, c, h, w]);
         self.proj.forward(add(attended, self.pe.forward(v_map)))
     }
 }
