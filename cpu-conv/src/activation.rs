@@ -53,8 +53,32 @@ pub fn sigmoid_in_place(values: &mut [f32]) {
 }
 
 /// `v = e^v` for every value, in place.
-pub fn exp_in_place(values: &mut [f32]) {
+fn exp_in_place(values: &mut [f32]) {
     map_in_place(values, exp);
+}
+
+/// For a row-major `[rows, columns]` matrix: each value less its column's maximum,
+/// exponentiated, in place. That is the numerator of a softmax down each column, which
+/// cannot overflow.
+///
+/// # Panics
+/// When `columns` is 0 or does not divide `values.len()`.
+pub fn exp_minus_column_max(values: &mut [f32], columns: usize) {
+    assert!(
+        columns > 0 && values.len().is_multiple_of(columns),
+        "matrix shape"
+    );
+    let mut max = vec![f32::NEG_INFINITY; columns];
+    for row in values.chunks_exact(columns) {
+        // A comparison rather than `f32::max`, whose NaN rules keep it scalar.
+        max.iter_mut()
+            .zip(row)
+            .for_each(|(m, &v)| *m = if v > *m { v } else { *m });
+    }
+    for row in values.chunks_exact_mut(columns) {
+        row.iter_mut().zip(&max).for_each(|(v, m)| *v -= m);
+    }
+    exp_in_place(values);
 }
 
 /// `dst[i] = silu(src[i] + bias)` for `i < len`.
@@ -318,6 +342,31 @@ mod tests {
         for ((x, s), e) in xs.iter().zip(&sig).zip(&ex) {
             assert!((s - 1.0 / (1.0 + (-x).exp())).abs() < 1e-6, "sigmoid({x})");
             assert!((e - x.exp()).abs() <= 3e-7 * x.exp(), "exp({x})");
+        }
+    }
+
+    #[test]
+    fn exp_minus_column_max_matches_the_definition_without_overflow() {
+        // Three rows of four columns; the last column's values would overflow `e^v`.
+        let values = [
+            1.0f32, -2.0, 0.5, 200.0, //
+            3.0, -1.0, 0.5, 150.0, //
+            -4.0, -3.0, 0.5, 100.0,
+        ];
+        let mut shifted = values;
+        exp_minus_column_max(&mut shifted, 4);
+        for column in 0..4 {
+            let max = (0..3)
+                .map(|r| values[r * 4 + column])
+                .fold(f32::MIN, f32::max);
+            for row in 0..3 {
+                let want = f64::from(values[row * 4 + column] - max).exp();
+                let got = f64::from(shifted[row * 4 + column]);
+                assert!(
+                    (got - want).abs() <= 1e-6 * want.max(1e-30),
+                    "{row},{column}"
+                );
+            }
         }
     }
 

@@ -9,7 +9,7 @@
 use rayon::prelude::*;
 
 use crate::PackedWeights;
-use crate::activation::exp_in_place;
+use crate::activation::exp_minus_column_max;
 
 /// The sizes of one attention call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,18 +65,8 @@ fn attend(qkv: &[f32], shape: AttentionShape, scale: f32, out: &mut [f32]) {
     let scaled_keys = PackedWeights::from_fn(n, shape.key_dim, |j, d| keys[d * n + j] * scale);
     let mut weights = vec![0.0f32; n * n];
     scaled_keys.multiply(queries, n, &mut weights);
-    // Softmax over the keys j, for each query i: along the columns.
-    let mut max = vec![f32::NEG_INFINITY; n];
-    for row in weights.chunks_exact(n) {
-        // A comparison rather than `f32::max`, whose NaN rules keep it scalar.
-        max.iter_mut()
-            .zip(row)
-            .for_each(|(m, &v)| *m = if v > *m { v } else { *m });
-    }
-    for row in weights.chunks_exact_mut(n) {
-        row.iter_mut().zip(&max).for_each(|(v, m)| *v -= m);
-    }
-    exp_in_place(&mut weights);
+    // Softmax over the keys j, for each query i: down the columns.
+    exp_minus_column_max(&mut weights, n);
     let mut total = vec![0.0f32; n];
     for row in weights.chunks_exact(n) {
         total.iter_mut().zip(row).for_each(|(t, &v)| *t += v);

@@ -29,8 +29,8 @@
 //! [`max_pool_same`] is the stride-1 max-pool of YOLO's SPPF block, separable;
 //! [`upsample_nearest`] the neck's nearest-neighbour upsampling; [`attention`] the
 //! multi-head self-attention of YOLO11's PSA block;
-//! [`sigmoid_in_place`] and [`exp_in_place`] are the vectorised activations the detection
-//! head needs.
+//! [`sigmoid_in_place`] and [`exp_minus_column_max`] (a softmax's numerator) are the
+//! vectorised activations the detection head and the attention need.
 
 mod activation;
 mod attention;
@@ -50,7 +50,7 @@ mod test_values;
 mod upsample;
 mod winograd;
 
-pub use activation::{Activation, apply_bias_activation, exp_in_place, sigmoid_in_place};
+pub use activation::{Activation, apply_bias_activation, exp_minus_column_max, sigmoid_in_place};
 pub use attention::{AttentionShape, attention};
 pub use conv::{ConvParams, FeatureMap, conv2d, output_size};
 pub use depthwise::{DepthwiseParams, depthwise_conv2d};

@@ -256,17 +256,7 @@ fn dfl_distances(
     jobs.into_par_iter().for_each(|(dist, logits)| {
         let count = dist.len();
         let mut bins = logits.to_vec();
-        let mut max = vec![f32::NEG_INFINITY; count];
-        for row in bins.chunks_exact(count) {
-            // A comparison rather than `f32::max`, whose NaN rules keep it scalar.
-            max.iter_mut()
-                .zip(row)
-                .for_each(|(m, &v)| *m = if v > *m { v } else { *m });
-        }
-        for row in bins.chunks_exact_mut(count) {
-            row.iter_mut().zip(&max).for_each(|(v, m)| *v -= m);
-        }
-        cpu_conv::exp_in_place(&mut bins);
+        cpu_conv::exp_minus_column_max(&mut bins, count);
         let mut total = vec![0.0f32; count];
         for (k, row) in bins.chunks_exact(count).enumerate() {
             for ((t, d), &e) in total.iter_mut().zip(dist.iter_mut()).zip(row) {
