@@ -557,7 +557,7 @@ impl Bands {
 mod tests {
     use super::*;
     use crate::PackedWeights;
-    use crate::test_values::{YOLO_3X3_SHAPES, max_difference_from_im2col};
+    use crate::test_values::{BANDED_3X3_SHAPES, YOLO_3X3_SHAPES, max_difference_from_im2col};
     use proptest::prelude::*;
 
     /// [`max_difference_from_im2col`] of the tap-wise path, its bands chosen by `bands` as
@@ -612,7 +612,7 @@ mod tests {
     fn large_maps_run_in_bands_that_match_the_im2col_path() {
         // Copies past `BAND_BYTES`: the stem's 3 channels at 320x240 and 16 channels at
         // 100x90, at stride 2 and 1.
-        for (shape, stride) in [([3, 3, 16, 320, 240], 2), ([16, 8, 24, 100, 90], 1)] {
+        for (shape, stride) in BANDED_3X3_SHAPES {
             let [c_in, _, c_out, h, w] = shape;
             let layout = PaddedLayout::new(h, w, stride);
             assert!(Bands::new(&layout, c_out, c_in).is_some(), "{shape:?}");

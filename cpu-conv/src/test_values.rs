@@ -108,3 +108,9 @@ pub(crate) const YOLO_3X3_SHAPES: [([usize; 5], crate::Activation); 8] = [
     ([7, 3, 9, 3, 2], crate::Activation::Identity),
     ([7, 3, 33, 3, 29], crate::Activation::Identity),
 ];
+
+/// `([c_in, split, c_out, h, w], stride)` whose padded copy is too large to share, so the
+/// 3x3 paths run them in bands of output rows: the stem at 320x240 (stride 2) and 16
+/// channels at 100x90.
+pub(crate) const BANDED_3X3_SHAPES: [([usize; 5], usize); 2] =
+    [([3, 3, 16, 320, 240], 2), ([16, 8, 24, 100, 90], 1)];
