@@ -8,9 +8,13 @@
 //! work there is (`rayon::yield_now`) and otherwise yields the core to the OS scheduler,
 //! until the pass ends. Spinners are re-spawned as each layer starts if one has ended.
 //!
-//! Two rules keep this free of deadlocks:
+//! Three rules keep this free of deadlocks:
 //! - A spinner that lands on the pass's own thread (rayon pops its local jobs while that
 //!   thread waits at a join) returns at once, since the pass could not go on under it.
+//! - So does one that lands on a thread running a part of the pass that outlives a layer
+//!   (the detection head's level spawned while later layers run, see [`PassPart`]): a
+//!   spinner spawned after that part could otherwise be stolen by the part's thread while it
+//!   waits at a join inside the part, and it would spin above the part until the pass ends.
 //! - Only one pass at a time spins. Two spinning passes could each park a spinner above a
 //!   frame of the other pass, and each would wait for the other to end.
 
@@ -33,6 +37,34 @@ static ANY_PASS_SPINNING: AtomicBool = AtomicBool::new(false);
 thread_local! {
     /// The spinning pass this thread runs, if any.
     static CURRENT: RefCell<Option<Arc<SpinningPass>>> = const { RefCell::new(None) };
+    /// The spinning pass a part of which this thread is running, if any.
+    static RUNNING_PART_OF: RefCell<Option<Arc<SpinningPass>>> = const { RefCell::new(None) };
+}
+
+/// Work of the current forward pass that may run on another thread while the pass goes on
+/// through later layers (a rayon scope's task, not a parallel loop within one layer). Made on
+/// the pass's thread; [`PassPart::run`] runs the work wherever it lands.
+pub(crate) struct PassPart(Option<Arc<SpinningPass>>);
+
+impl PassPart {
+    /// A part of the pass running on this thread (none outside a spinning pass).
+    pub(crate) fn of_current_pass() -> Self {
+        Self(CURRENT.with(|current| current.borrow().clone()))
+    }
+
+    /// Runs `f`, the part's work; spinners of the pass that land on this thread meanwhile
+    /// return at once.
+    pub(crate) fn run<T>(self, f: impl FnOnce() -> T) -> T {
+        /// Puts back what the thread ran before, however `f` returns.
+        struct Restore(Option<Arc<SpinningPass>>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                RUNNING_PART_OF.with(|part| *part.borrow_mut() = self.0.take());
+            }
+        }
+        let _restore = Restore(RUNNING_PART_OF.with(|part| part.replace(self.0)));
+        f()
+    }
 }
 
 /// Runs `f`, a forward pass on a worker of rayon's pool, with the pool's other workers kept
@@ -94,7 +126,12 @@ pub(crate) fn keep_awake() {
 
 /// A spinner's body: runs rayon's pending work until the pass is done.
 fn spin(pass: &SpinningPass) {
-    if rayon::current_thread_index() != Some(pass.owner) {
+    let under_a_part = RUNNING_PART_OF.with(|part| {
+        part.borrow()
+            .as_ref()
+            .is_some_and(|running| std::ptr::eq(Arc::as_ptr(running), pass))
+    });
+    if rayon::current_thread_index() != Some(pass.owner) && !under_a_part {
         while !pass.done.load(Ordering::Acquire) {
             if rayon::yield_now() != Some(rayon::Yield::Executed) {
                 std::thread::yield_now();
@@ -146,5 +183,55 @@ mod tests {
                 .collect()
         });
         assert_eq!(parallel, sequential);
+    }
+
+    /// The same with a part of each pass spawned on a scope at its tenth layer and running
+    /// nested loops of its own while the pass goes on: every pass finishes (a spinner
+    /// stolen by a part's thread would otherwise wait above the part for the pass to end).
+    #[test]
+    fn concurrent_passes_with_parts_outliving_layers_finish() {
+        let layer =
+            |pass: u64, layer: u64, i: u64| (0..200).fold(i ^ layer ^ pass, |a, b| a ^ (b * 7));
+        let expected = |pass: u64| -> u64 {
+            (0..80)
+                .map(|l| (0..64).map(|i| layer(pass, l, i)).sum::<u64>())
+                .sum()
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .expect("pool");
+        let parallel: Vec<u64> = pool.install(|| {
+            (0..12u64)
+                .into_par_iter()
+                .map(|pass| {
+                    with_workers_awake(|| {
+                        let loop_sum = |l: u64| -> u64 {
+                            (0..64u64).into_par_iter().map(|i| layer(pass, l, i)).sum()
+                        };
+                        let part_sum = std::sync::OnceLock::<u64>::new();
+                        let main_sum: u64 = rayon::scope(|scope| {
+                            (0..40u64)
+                                .map(|l| {
+                                    keep_awake();
+                                    if l == 10 {
+                                        let part = PassPart::of_current_pass();
+                                        let part_sum = &part_sum;
+                                        scope.spawn(move |_| {
+                                            let sum: u64 =
+                                                part.run(|| (40..80).map(loop_sum).sum());
+                                            part_sum.set(sum).expect("one part");
+                                        });
+                                    }
+                                    loop_sum(l)
+                                })
+                                .sum()
+                        });
+                        main_sum + part_sum.get().expect("the part ran")
+                    })
+                })
+                .collect()
+        });
+        assert_eq!(parallel, (0..12).map(expected).collect::<Vec<_>>());
     }
 }

@@ -27,7 +27,7 @@ use rayon::prelude::*;
 
 use super::layers::ConvBlock;
 use super::profile::timed;
-use super::{awake, int8};
+use super::{awake, int8, profile};
 
 thread_local! {
     static ENABLED: Cell<bool> = const { Cell::new(true) };
@@ -40,6 +40,32 @@ pub(crate) fn with_fast_path<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
     let out = f();
     ENABLED.set(before);
     out
+}
+
+/// What a forward pass keeps per thread, carried to the threads that run its branches side
+/// by side (see [`branches_side_by_side`]).
+#[derive(Clone)]
+pub(crate) struct BranchContext {
+    int8_plan: Option<Arc<int8::Int8Plan>>,
+}
+
+impl BranchContext {
+    /// Runs `f`, a branch of the pass, on this thread with the pass's settings.
+    pub(crate) fn run<T>(&self, f: impl FnOnce() -> T) -> T {
+        int8::with_plan(self.int8_plan.clone(), f)
+    }
+}
+
+/// Whether independent branches of the network that read `x` (the detection head's box and
+/// class chains) may run side by side on rayon's pool, and with what: on the fast path, with
+/// `x` on the Flex backend and nothing recorded on this thread. The INT8 plan goes with each
+/// branch; the rest of what the pass keeps per thread (this switch, a calibration's
+/// recorder, an operation profile) then has its default on every thread.
+pub(crate) fn branches_side_by_side(x: &Tensor<4>) -> Option<BranchContext> {
+    let allowed = ENABLED.get() && is_flex(x) && !int8::is_recording() && !profile::is_recording();
+    allowed.then(|| BranchContext {
+        int8_plan: int8::current_plan(),
+    })
 }
 
 /// Whether `tensor` lives on the Flex backend.
@@ -702,6 +728,28 @@ mod tests {
             act,
             prepared: Default::default(),
         }
+    }
+
+    /// A branch run side by side on another thread sees the pass's INT8 plan (without it the
+    /// head's convolutions there would quietly run in f32).
+    #[test]
+    fn branches_on_other_threads_keep_the_int8_plan() {
+        let conv = block(4, 4, 3, 1, true);
+        let quant = QuantParams::covering(-1.0, 1.0);
+        let plan = Arc::new(int8::Int8Plan::from([(conv.weight.id, quant)]));
+        let x = random([1, 4, 8, 8], &Device::flex());
+        let context = int8::with_plan(Some(plan), || branches_side_by_side(&x))
+            .expect("branches run side by side on the fast path");
+        let seen = std::thread::scope(|s| {
+            s.spawn(|| context.run(|| int8::planned(conv.weight.id)))
+                .join()
+                .expect("branch thread")
+        });
+        assert_eq!(seen, Some(quant));
+        assert!(
+            profile::record(|| branches_side_by_side(&x)).0.is_none(),
+            "an operation profile keeps the branches on the recording thread"
+        );
     }
 
     /// Largest absolute difference between the fast path and Burn's `conv2d` (+ SiLU).

@@ -171,6 +171,11 @@ pub(crate) fn with_plan<T>(plan: Option<Arc<Int8Plan>>, f: impl FnOnce() -> T) -
     out
 }
 
+/// The plan in force on this thread.
+pub(crate) fn current_plan() -> Option<Arc<Int8Plan>> {
+    PLAN.with_borrow(Clone::clone)
+}
+
 /// The input quantisation of the convolution with weight `id`, if it runs in INT8.
 pub(crate) fn planned(id: ParamId) -> Option<QuantParams> {
     PLAN.with_borrow(|plan| plan.as_ref()?.get(&id).copied())

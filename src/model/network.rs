@@ -2,6 +2,8 @@
 //! detection head. `forward` returns exactly what the ONNX export returns: `[B, 4 + nc, N]`
 //! with `cx, cy, w, h` in input pixels followed by sigmoid class scores.
 
+use std::sync::OnceLock;
+
 use burn::module::Module;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::module::interpolate;
@@ -9,7 +11,8 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 use model_import::{Architecture, DetectSpec, LayerKind};
 
-use super::fast_cpu;
+use super::awake::PassPart;
+use super::fast_cpu::{self, BranchContext};
 use super::layers::{
     C2psa, ConvBlock, ConvChain, Csp, CspInner, PsaBlock, Sppf, WeightSource, decode_boxes,
 };
@@ -87,8 +90,55 @@ impl YoloNetwork {
     }
 
     /// Runs the network on a `[B, 3, H, W]` batch (RGB, 0..1); returns `[B, 4 + nc, N]`.
+    ///
+    /// On the CPU each level of the detection head starts as soon as its feature map is
+    /// ready, its box and class chains side by side and beside the layers that make the
+    /// next level's map: most of those layers are on 20x20 and 10x10 maps (at 640: 40x40 and
+    /// 20x20), too small to keep both cores busy one layer at a time.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<3> {
         let [_, _, input_h, input_w] = images.dims();
+        let Some(Layer::Detect(head)) = self.layers.last() else {
+            unreachable!("architecture ends with a Detect layer")
+        };
+        let mut levels: Vec<Option<(Tensor<4>, Tensor<4>)>> = vec![None; head.box_branches.len()];
+        if let Some(context) = fast_cpu::branches_side_by_side(&images) {
+            let slots: Vec<OnceLock<(Tensor<4>, Tensor<4>)>> =
+                levels.iter().map(|_| OnceLock::new()).collect();
+            rayon::scope(|scope| {
+                self.forward_to_head(images, &mut |level, x| {
+                    let slot = &slots[level];
+                    let (part, context) = (PassPart::of_current_pass(), context.clone());
+                    scope.spawn(move |_| {
+                        let level = part.run(|| head.level(level, x, Some(&context)));
+                        let _ = slot.set(level);
+                    });
+                })
+            });
+            for (level, slot) in levels.iter_mut().zip(slots) {
+                *level = slot.into_inner();
+            }
+        } else {
+            self.forward_to_head(images, &mut |level, x| {
+                levels[level] = Some(head.level(level, x, None));
+            });
+        }
+        let levels = levels
+            .into_iter()
+            .map(|level| level.expect("wiring feeds every head level"))
+            .collect();
+        head.finish(levels, [input_h, input_w])
+    }
+
+    /// Runs every layer before the detection head, handing each of the head's inputs to
+    /// `head_input` (with its level) as soon as it is made.
+    fn forward_to_head(&self, images: Tensor<4>, head_input: &mut dyn FnMut(usize, Tensor<4>)) {
+        let head_from = self.wiring.from.last().expect("a network has layers");
+        let mut hand_on = |i: i64, output: &Tensor<4>| {
+            for (level, _) in head_from.iter().enumerate().filter(|(_, src)| **src == i) {
+                head_input(level, output.clone());
+            }
+        };
+        hand_on(-1, &images);
         let mut saved: Vec<Option<Tensor<4>>> = vec![None; self.layers.len()];
         let mut previous = images.clone();
         let fetch = |saved: &[Option<Tensor<4>>], previous: &Tensor<4>, i: usize, src: i64| {
@@ -115,7 +165,7 @@ impl YoloNetwork {
                     .collect(),
             };
             let output = match layer {
-                Layer::Detect(head) => return head.forward(inputs, [input_h, input_w]),
+                Layer::Detect(_) => return,
                 Layer::Conv(m) => m.forward_parts(inputs),
                 Layer::Csp(m) => m.forward_parts(inputs),
                 Layer::Sppf(m) => m.forward(single(inputs)),
@@ -139,6 +189,7 @@ impl YoloNetwork {
                 }
                 Layer::Concat(m) => timed(OpKind::SplitConcat, || Tensor::cat(inputs, m.dim)),
             };
+            hand_on(i as i64, &output);
             if self.wiring.keep[i] {
                 saved[i] = Some(output.clone());
             }
@@ -210,24 +261,36 @@ impl DetectHead {
         }
     }
 
-    fn forward(&self, features: Vec<Tensor<4>>, input_hw: [usize; 2]) -> Tensor<3> {
-        let device = features[0].device();
+    /// Level `level`'s box and class outputs for its feature map `x`; the two chains side by
+    /// side on rayon's pool, each with the pass's `context`, when one is given.
+    fn level(
+        &self,
+        level: usize,
+        x: Tensor<4>,
+        side_by_side: Option<&BranchContext>,
+    ) -> (Tensor<4>, Tensor<4>) {
+        let (box_branch, cls_branch) = (&self.box_branches[level], &self.cls_branches[level]);
+        let for_boxes = x.clone();
+        match side_by_side {
+            Some(context) => rayon::join(
+                move || context.run(|| box_branch.forward(for_boxes)),
+                move || context.run(|| cls_branch.forward(x)),
+            ),
+            None => (box_branch.forward(for_boxes), cls_branch.forward(x)),
+        }
+    }
+
+    /// Decodes the levels' box and class outputs into `[B, 4 + nc, N]`.
+    fn finish(&self, levels: Vec<(Tensor<4>, Tensor<4>)>, input_hw: [usize; 2]) -> Tensor<3> {
+        let device = levels[0].0.device();
         let mut boxes = Vec::new();
         let mut scores = Vec::new();
         let mut grid = AnchorGrid::default();
-        for ((x, box_branch), cls_branch) in features
-            .into_iter()
-            .zip(&self.box_branches)
-            .zip(&self.cls_branches)
-        {
-            let [b, _, h, w] = x.dims();
+        for (box_out, class_out) in levels {
+            let [b, _, h, w] = box_out.dims();
             grid.add_level(h, w, input_hw[0] as f32 / h as f32);
-            boxes.push(
-                box_branch
-                    .forward(x.clone())
-                    .reshape([b, 4 * self.reg_max, h * w]),
-            );
-            scores.push(cls_branch.forward(x).reshape([b, self.num_classes, h * w]));
+            boxes.push(box_out.reshape([b, 4 * self.reg_max, h * w]));
+            scores.push(class_out.reshape([b, self.num_classes, h * w]));
         }
         timed(OpKind::HeadDecode, || {
             let anchors = [&grid.xs[..], &grid.ys[..], &grid.strides[..]];

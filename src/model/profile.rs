@@ -59,7 +59,7 @@ pub(crate) fn timed<T>(kind: OpKind, f: impl FnOnce() -> T) -> T {
 
 /// Like [`timed`], for an operation that may decline (`None`): only runs that happened count.
 pub(crate) fn timed_if_some<T>(kind: OpKind, f: impl FnOnce() -> Option<T>) -> Option<T> {
-    if !ACTIVE.with(|a| a.borrow().is_some()) {
+    if !is_recording() {
         return f();
     }
     let start = Instant::now();
@@ -73,6 +73,11 @@ pub(crate) fn timed_if_some<T>(kind: OpKind, f: impl FnOnce() -> Option<T>) -> O
         }
     });
     Some(out)
+}
+
+/// Whether a profile is being recorded on this thread.
+pub(crate) fn is_recording() -> bool {
+    ACTIVE.with(|a| a.borrow().is_some())
 }
 
 /// Runs `f` with profiling on for this thread and returns what it recorded.
