@@ -47,7 +47,7 @@ thread_local! {
 pub(crate) struct PassPart(Option<Arc<SpinningPass>>);
 
 impl PassPart {
-    /// A part of the pass running on this thread (none outside a spinning pass).
+    /// A part of the pass this thread runs (none outside a spinning pass).
     pub(crate) fn of_current_pass() -> Self {
         Self(CURRENT.with(|current| current.borrow().clone()))
     }
@@ -186,8 +186,8 @@ mod tests {
     }
 
     /// The same with a part of each pass spawned on a scope at its tenth layer and running
-    /// nested loops of its own while the pass goes on: every pass finishes (a spinner
-    /// stolen by a part's thread would otherwise wait above the part for the pass to end).
+    /// the pass's last 40 layers' loops while the pass goes on through its first 40: every
+    /// pass finishes with the sums the layers give run one after another.
     #[test]
     fn concurrent_passes_with_parts_outliving_layers_finish() {
         let layer =
