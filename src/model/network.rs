@@ -109,8 +109,8 @@ impl YoloNetwork {
                     let slot = &slots[level];
                     let (part, context) = (PassPart::of_current_pass(), context.clone());
                     scope.spawn(move |_| {
-                        let level = part.run(|| head.level(level, x, Some(&context)));
-                        let _ = slot.set(level);
+                        let outputs = part.run(|| head.level(level, x, Some(&context)));
+                        assert!(slot.set(outputs).is_ok(), "each head level is made once");
                     });
                 })
             });
