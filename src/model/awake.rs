@@ -146,25 +146,41 @@ mod tests {
     use super::*;
     use rayon::prelude::*;
 
+    /// The work of item `i` of layer `layer` of pass `pass`: enough to be worth a thread.
+    fn item(pass: u64, layer: u64, i: u64) -> u64 {
+        (0..200).fold(i ^ layer ^ pass, |a, b| a ^ (b * 7))
+    }
+
+    /// Pass `pass`'s result over `layers` layers of 64 items, computed on this thread.
+    fn one_after_another(pass: u64, layers: u64) -> u64 {
+        (0..layers)
+            .map(|l| (0..64).map(|i| item(pass, l, i)).sum::<u64>())
+            .sum()
+    }
+
+    /// Pass `pass`'s layer `layer` as a parallel loop.
+    fn parallel_layer(pass: u64, layer: u64) -> u64 {
+        (0..64u64)
+            .into_par_iter()
+            .map(|i| item(pass, layer, i))
+            .sum()
+    }
+
+    /// A pool of three threads: a spinning pass keeps two others awake, and other passes
+    /// run beside it.
+    fn pool() -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .expect("pool")
+    }
+
     /// Passes run side by side on the pool, each with nested parallel loops and a
     /// `keep_awake` before each, all finish (two spinning passes could deadlock) with the
     /// results they give run one after another.
     #[test]
     fn concurrent_passes_with_nested_loops_finish() {
-        let layer =
-            |pass: u64, layer: u64, i: u64| (0..200).fold(i ^ layer ^ pass, |a, b| a ^ (b * 7));
-        let sequential: Vec<u64> = (0..6u64)
-            .map(|pass| {
-                (0..40)
-                    .map(|l| (0..64).map(|i| layer(pass, l, i)).sum::<u64>())
-                    .sum()
-            })
-            .collect();
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(3)
-            .build()
-            .expect("pool");
-        let parallel: Vec<u64> = pool.install(|| {
+        let parallel: Vec<u64> = pool().install(|| {
             (0..6u64)
                 .into_par_iter()
                 .map(|pass| {
@@ -172,16 +188,14 @@ mod tests {
                         (0..40u64)
                             .map(|l| {
                                 keep_awake();
-                                (0..64u64)
-                                    .into_par_iter()
-                                    .map(|i| layer(pass, l, i))
-                                    .sum::<u64>()
+                                parallel_layer(pass, l)
                             })
                             .sum()
                     })
                 })
                 .collect()
         });
+        let sequential: Vec<u64> = (0..6).map(|pass| one_after_another(pass, 40)).collect();
         assert_eq!(parallel, sequential);
     }
 
@@ -190,25 +204,12 @@ mod tests {
     /// pass finishes with the sums the layers give run one after another.
     #[test]
     fn concurrent_passes_with_parts_outliving_layers_finish() {
-        let layer =
-            |pass: u64, layer: u64, i: u64| (0..200).fold(i ^ layer ^ pass, |a, b| a ^ (b * 7));
-        let expected = |pass: u64| -> u64 {
-            (0..80)
-                .map(|l| (0..64).map(|i| layer(pass, l, i)).sum::<u64>())
-                .sum()
-        };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(3)
-            .build()
-            .expect("pool");
-        let parallel: Vec<u64> = pool.install(|| {
+        let parallel: Vec<u64> = pool().install(|| {
             (0..12u64)
                 .into_par_iter()
                 .map(|pass| {
                     with_workers_awake(|| {
-                        let loop_sum = |l: u64| -> u64 {
-                            (0..64u64).into_par_iter().map(|i| layer(pass, l, i)).sum()
-                        };
+                        let loop_sum = |l: u64| parallel_layer(pass, l);
                         let part_sum = std::sync::OnceLock::<u64>::new();
                         let main_sum: u64 = rayon::scope(|scope| {
                             (0..40u64)
@@ -232,6 +233,7 @@ mod tests {
                 })
                 .collect()
         });
-        assert_eq!(parallel, (0..12).map(expected).collect::<Vec<_>>());
+        let sequential: Vec<u64> = (0..12).map(|pass| one_after_another(pass, 80)).collect();
+        assert_eq!(parallel, sequential);
     }
 }

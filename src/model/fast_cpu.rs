@@ -107,6 +107,17 @@ impl DenseImages {
     }
 }
 
+/// `tensor`'s Flex primitive, made contiguous (`None` off the Flex backend).
+fn contiguous_flex<const D: usize>(tensor: &Tensor<D>) -> Option<FlexTensor> {
+    Some(
+        tensor
+            .clone()
+            .try_into_primitive::<Flex>()
+            .ok()?
+            .to_contiguous(),
+    )
+}
+
 /// The elements of a contiguous f32 tensor, in order.
 fn dense_f32(t: &FlexTensor) -> Option<&[f32]> {
     if t.dtype() != DType::F32 {
@@ -132,7 +143,7 @@ pub(crate) fn max_pool(x: &Tensor<4>, kernel: usize) -> Option<Tensor<4>> {
         return None;
     }
     let shape = x.dims();
-    let flex = x.clone().try_into_primitive::<Flex>().ok()?.to_contiguous();
+    let flex = contiguous_flex(x)?;
     let input = dense_f32(&flex)?;
     let mut out = vec![0.0f32; input.len()];
     let [b, c, h, w] = shape;
@@ -147,7 +158,7 @@ pub(crate) fn upsample_nearest(x: &Tensor<4>, scale: usize) -> Option<Tensor<4>>
         return None;
     }
     let [b, c, h, w] = x.dims();
-    let flex = x.clone().try_into_primitive::<Flex>().ok()?.to_contiguous();
+    let flex = contiguous_flex(x)?;
     let input = dense_f32(&flex)?;
     let len = input.len() * scale * scale;
     let mut out = Vec::with_capacity(len);
@@ -180,11 +191,7 @@ pub(crate) fn attention(
     if rows != 2 * key_dim + head_dim {
         return None;
     }
-    let flex = qkv
-        .clone()
-        .try_into_primitive::<Flex>()
-        .ok()?
-        .to_contiguous();
+    let flex = contiguous_flex(qkv)?;
     let input = dense_f32(&flex)?;
     let shape = cpu_conv::AttentionShape {
         heads: batch * heads,
@@ -214,11 +221,14 @@ pub(crate) fn decode_head(
     }
     let [batch, _, _] = box_levels.first()?.dims();
     let classes = class_levels.first()?.dims()[1];
-    let contiguous =
-        |t: &Tensor<3>| Some(t.clone().try_into_primitive::<Flex>().ok()?.to_contiguous());
-    let box_tensors: Vec<FlexTensor> = box_levels.iter().map(contiguous).collect::<Option<_>>()?;
-    let class_tensors: Vec<FlexTensor> =
-        class_levels.iter().map(contiguous).collect::<Option<_>>()?;
+    let box_tensors: Vec<FlexTensor> = box_levels
+        .iter()
+        .map(contiguous_flex)
+        .collect::<Option<_>>()?;
+    let class_tensors: Vec<FlexTensor> = class_levels
+        .iter()
+        .map(contiguous_flex)
+        .collect::<Option<_>>()?;
     let boxes: Vec<&[f32]> = box_tensors.iter().map(dense_f32).collect::<Option<_>>()?;
     let scores: Vec<&[f32]> = class_tensors.iter().map(dense_f32).collect::<Option<_>>()?;
     // Each level's anchors: (first anchor, count).
