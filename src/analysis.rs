@@ -1,7 +1,7 @@
 //! The per-frame analysis after the network: track, estimate speeds, count zones, report
 //! events, write results and draw annotations.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use crate::live_view::LiveView;
 use crate::output::{FrameRecord, ResultWriters, TrackRecord};
 use crate::pipeline::FrameStage;
 use crate::speed::{SpeedEstimator, SpeedUnit, TrackSummary};
-use crate::track::Tracker;
+use crate::track::{GapFiller, Tracker};
 use crate::video::{Frame, Outage};
 use crate::zones::{TrackPosition, ZoneCounter, ZoneCounts, ZonesConfig};
 
@@ -52,6 +52,11 @@ impl ClassTally {
 pub struct Analysis {
     names: Vec<String>,
     tracker: Tracker,
+    /// Boxes for the frames a re-found track missed (`[tracker] fill_gaps`).
+    gaps: Option<GapFiller>,
+    /// The records written within the backfill's reach (`[speed] backfill`), oldest first:
+    /// what a late speed is added to.
+    recent: VecDeque<FrameRecord>,
     speeds: SpeedEstimator,
     /// Seconds after which an unseen track is summarised and forgotten.
     track_idle: f64,
@@ -93,6 +98,8 @@ impl Analysis {
     ) -> Self {
         Self {
             names,
+            gaps: tracker.gap_filler(),
+            recent: VecDeque::new(),
             tracker,
             speeds,
             track_idle,
@@ -139,6 +146,82 @@ impl Analysis {
 
     fn unit(&self) -> SpeedUnit {
         self.speeds.calibration().map_or(SpeedUnit::Kmh, |c| c.unit)
+    }
+
+    /// The earlier frames that get boxes for tracks of `records` found again after a gap,
+    /// when gaps are filled: one record per frame, each marked `late`.
+    fn filled_frames(&mut self, frame: &Frame, records: &[TrackRecord]) -> Vec<FrameRecord> {
+        let Some(gaps) = self.gaps.as_mut() else {
+            return Vec::new();
+        };
+        let seen = records.iter().map(|r| (r.id, r.bbox(), r.score));
+        let mut frames: Vec<FrameRecord> = Vec::new();
+        for filled in gaps.update(frame.index, frame.pts, seen) {
+            let found = records
+                .iter()
+                .find(|r| r.id == filled.track_id)
+                .expect("filled boxes belong to tracks of this frame");
+            let track = TrackRecord {
+                bbox: [
+                    filled.bbox.x1,
+                    filled.bbox.y1,
+                    filled.bbox.x2,
+                    filled.bbox.y2,
+                ],
+                score: filled.score,
+                speed: None,
+                ..found.clone()
+            };
+            match frames.last_mut() {
+                Some(last) if last.frame == filled.frame => last.tracks.push(track),
+                _ => frames.push(FrameRecord {
+                    frame: filled.frame,
+                    time: filled.time,
+                    tracks: vec![track],
+                    late: true,
+                }),
+            }
+        }
+        frames
+    }
+
+    /// Keeps `record` while a backfilled speed may still reach it.
+    fn remember(&mut self, record: FrameRecord) {
+        let Some(horizon) = self.speeds.backfill_horizon() else {
+            return;
+        };
+        let oldest = record.time - horizon;
+        self.recent.push_back(record);
+        while self.recent.front().is_some_and(|r| r.time < oldest) {
+            self.recent.pop_front();
+        }
+    }
+
+    /// Earlier frames again, with the speeds their tracks got since (`[speed] backfill`): one
+    /// record per frame, each marked `late`, holding the tracks whose speed it adds.
+    fn backfilled_frames(&mut self) -> Vec<FrameRecord> {
+        let mut frames: Vec<FrameRecord> = Vec::new();
+        for late in self.speeds.take_backfill() {
+            let Some(record) = self.recent.iter_mut().find(|r| r.time == late.timestamp) else {
+                continue;
+            };
+            let Some(track) = record.tracks.iter_mut().find(|t| t.id == late.track_id) else {
+                continue;
+            };
+            track.speed = Some(late.speed);
+            let track = track.clone();
+            match frames.iter_mut().find(|f| f.frame == record.frame) {
+                Some(earlier) => earlier.tracks.push(track),
+                None => frames.push(FrameRecord {
+                    frame: record.frame,
+                    time: record.time,
+                    tracks: vec![track],
+                    late: true,
+                }),
+            }
+        }
+        frames.sort_by_key(|f| f.frame);
+        frames
     }
 
     fn record_ended(&mut self, ended: Vec<TrackSummary>) -> Vec<Event> {
@@ -228,15 +311,25 @@ impl FrameStage for Analysis {
         events.extend(zone_events.into_iter().map(Event::Zone));
         let ended = self.speeds.take_finished(frame.pts, self.track_idle);
         events.extend(self.record_ended(ended));
+        let backfilled = self.backfilled_frames();
         annotate::draw_zones(canvas, self.zones.config(), self.zones.counts());
         self.annotator.draw(canvas, &annotations);
         self.last_annotations = annotations;
+        let filled = self.filled_frames(frame, &records);
         let record = FrameRecord {
             frame: frame.index,
             time: frame.pts,
             tracks: records,
+            late: false,
         };
         self.writers.write_frame(&record, &events)?;
+        for record in &filled {
+            self.writers.write_frame(record, &[])?;
+        }
+        for record in &backfilled {
+            self.writers.write_late_speeds(record)?;
+        }
+        self.remember(record);
         if let Some(times) = self.stage_times.as_mut() {
             *times = StageTimes {
                 track: tracked - started,
@@ -260,6 +353,9 @@ impl FrameStage for Analysis {
     fn finish(&mut self) -> anyhow::Result<()> {
         let ended = self.speeds.finish_all();
         let mut events = self.record_ended(ended);
+        for record in self.backfilled_frames() {
+            self.writers.write_late_speeds(&record)?;
+        }
         if !self.zones.counts().is_empty() {
             events.push(Event::ZoneCounts(self.zone_counts()));
         }

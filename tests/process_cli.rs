@@ -10,7 +10,8 @@ use streamtrack::video::FrameSource;
 use streamtrack::video::mp4_source::Mp4Source;
 
 /// Whether `line` of a run's output comes from streamtrack: its log lines (timestamp, level,
-/// a `streamtrack` target) and its summary (frames, outputs written, tracks per class).
+/// a `streamtrack` target) and its summary (frames, outputs written, tracks per class with
+/// their speeds).
 fn ours(line: &str) -> bool {
     let mut words = line.split_whitespace();
     let log_line = line.starts_with("20")
@@ -21,10 +22,14 @@ fn ours(line: &str) -> bool {
         || line.contains(" frames in ")
         || line.starts_with("wrote ")
         || line.ends_with(" tracks")
+        || line.contains(" tracks, mean speed ")
 }
 
 /// Every 10th frame analysed at 320: the video keeps every frame, the events hold exactly
-/// the analysed frames, and cars are still found and tracked. The run (default device, no
+/// the analysed frames, and cars are still found and tracked. With gaps filled, a track
+/// found again gets late lines for the analysed frames it missed; with speeds backfilled, a
+/// track's frames before its speed was known get it in late lines too.
+/// The run (default device, no
 /// `XDG_RUNTIME_DIR`, as under a service manager) prints nothing but streamtrack's own lines:
 /// no GPU driver or encoder library chatter.
 #[test]
@@ -32,13 +37,23 @@ fn frame_skip_and_input_size_keep_every_frame_and_report_analysed_ones() {
     let dir = std::env::temp_dir().join(format!("streamtrack-process-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (video, events) = (dir.join("out.mp4"), dir.join("events.jsonl"));
+    let (config, calibration) = (dir.join("late.toml"), dir.join("calibration.toml"));
+    let late = "[tracker]\nfill_gaps = true\n[speed]\nbackfill = true\n";
+    std::fs::write(&config, late).unwrap();
+    std::fs::write(&calibration, "metres_per_pixel = 0.05\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_streamtrack"))
         .env_remove("XDG_RUNTIME_DIR")
+        .arg("--config")
+        .arg(&config)
         .args(["process", "--frame-skip", "9"])
         .args(["--input-size", "320", "-o"])
         .arg(&video)
         .arg("--events")
         .arg(&events)
+        .arg("--calibration")
+        .arg(&calibration)
+        .arg("--mot")
+        .arg(dir.join("tracks.txt"))
         .arg(data("video/traffic-640x360.mp4"))
         .output()
         .expect("binary runs");
@@ -65,9 +80,67 @@ fn frame_skip_and_input_size_keep_every_frame_and_report_analysed_ones() {
         .collect();
     let analysed: Vec<u64> = lines
         .iter()
-        .filter_map(|l| l["frame"].as_u64().filter(|_| l.get("tracks").is_some()))
+        .filter(|l| l.get("tracks").is_some() && l.get("late").is_none())
+        .filter_map(|l| l["frame"].as_u64())
         .collect();
     assert_eq!(analysed, (0..1190).step_by(10).collect::<Vec<u64>>());
+    let (mut filled, mut backfilled) = (0, 0);
+    for (i, line) in lines.iter().enumerate().filter(|(_, l)| l["late"] == true) {
+        let frame = line["frame"].as_u64().unwrap();
+        assert_eq!(frame % 10, 0, "an analysed frame: {line}");
+        let own = lines
+            .iter()
+            .find(|l| l["frame"] == frame && l.get("late").is_none());
+        let own_tracks = own.unwrap()["tracks"].as_array().unwrap();
+        let frame_line =
+            |l: &&serde_json::Value| l.get("tracks").is_some() && l.get("late").is_none();
+        let before = lines[..i].iter().rev().find(frame_line);
+        assert!(
+            before.unwrap()["frame"].as_u64().unwrap() > frame,
+            "late: {line}"
+        );
+        for track in line["tracks"].as_array().unwrap() {
+            match own_tracks.iter().find(|t| t["id"] == track["id"]) {
+                // A speed learned later for a track that had none in its frame.
+                Some(first) => {
+                    assert!(
+                        first["speed"].is_null() && track["speed"].is_f64(),
+                        "{line}"
+                    );
+                    assert_eq!(first["box"], track["box"]);
+                    backfilled += 1;
+                }
+                // A box for a track that was not seen in this frame.
+                None => {
+                    assert!(track["speed"].is_null(), "{line}");
+                    filled += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        filled > 0 && backfilled > 0,
+        "{filled} filled, {backfilled} backfilled"
+    );
+    // The MOT file: every box once, the filled ones included, the backfilled speeds not.
+    let mot = std::fs::read_to_string(dir.join("tracks.txt")).unwrap();
+    let rows: std::collections::HashSet<(&str, &str)> = mot
+        .lines()
+        .map(|l| {
+            let mut fields = l.split(',');
+            (fields.next().unwrap(), fields.next().unwrap())
+        })
+        .collect();
+    let seen: usize = lines
+        .iter()
+        .filter(|l| l.get("late").is_none())
+        .filter_map(|l| l["tracks"].as_array())
+        .map(Vec::len)
+        .sum();
+    assert_eq!(
+        (mot.lines().count(), rows.len()),
+        (seen + filled, seen + filled)
+    );
     let car_ids: std::collections::HashSet<u64> = lines
         .iter()
         .filter_map(|l| l["tracks"].as_array())

@@ -149,3 +149,53 @@ fn the_oc_sort_kind_is_bytetrack_with_both_oc_sort_terms() {
     assert_eq!(weighted.momentum_weight(), 0.1);
     assert!(toml::from_str::<TrackerConfig>("kind = \"sort\"").is_err());
 }
+
+/// Filled gaps (`fill_gaps`): a re-found track gets boxes for the frames it missed, one per
+/// frame in which it had none, inside the span of its own rows; they raise the pooled HOTA
+/// and IDF1 (the filled boxes are mostly where the people were).
+#[test]
+fn filled_gaps_add_boxes_only_inside_a_tracks_gaps_and_raise_hota_and_idf1() {
+    let fill: TrackerConfig = toml::from_str("fill_gaps = true").unwrap();
+    let dir = data("mot/MOT17-09");
+    let info = read_seqinfo(&dir.join("seqinfo.ini")).unwrap();
+    let detections = read_rows(&dir.join("det.txt")).unwrap();
+    let plain = track_mot_rows(&detections, &info, &TrackerConfig::default());
+    let filled = track_mot_rows(&detections, &info, &fill);
+    assert!(filled.windows(2).all(|w| w[0].frame <= w[1].frame));
+    let frames_of = |rows: &[streamtrack::formats::mot::MotRow], id: i64| -> Vec<u32> {
+        rows.iter()
+            .filter(|r| r.id == id)
+            .map(|r| r.frame)
+            .collect()
+    };
+    let added = filled.len() - plain.len();
+    assert!(added > 100, "{added} boxes filled");
+    let ids: std::collections::BTreeSet<i64> = plain.iter().map(|r| r.id).collect();
+    for id in ids {
+        let (before, after) = (frames_of(&plain, id), frames_of(&filled, id));
+        let (first, last) = (before[0], *before.last().unwrap());
+        // One row per frame, the original rows kept, the new ones inside the track's span.
+        assert!(
+            after.windows(2).all(|w| w[0] < w[1]),
+            "track {id}: {after:?}"
+        );
+        assert!(before.iter().all(|f| after.contains(f)), "track {id}");
+        assert!(
+            after.iter().all(|f| (first..=last).contains(f)),
+            "track {id}"
+        );
+    }
+    let (with, without) = (combined(&fill), combined(&TrackerConfig::default()));
+    assert!(
+        with.hota > without.hota + 0.5,
+        "{} vs {}",
+        with.hota,
+        without.hota
+    );
+    assert!(
+        with.idf1 > without.idf1 + 0.5,
+        "{} vs {}",
+        with.idf1,
+        without.idf1
+    );
+}

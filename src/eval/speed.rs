@@ -242,28 +242,44 @@ pub fn compare_sequence(
         Some(band_of((gx - nx).hypot(gy - ny)))
     };
     let mut bands = [BandCounts::default(); BANDS];
+    // Tracks unseen for the tracker's buffer end, as in `process`, which backfills them.
+    let track_idle = tracker.track_buffer;
     let mut tracker = Tracker::new(tracker.clone(), info.frame_rate);
     let mut estimator = SpeedEstimator::new(
         Some(calibration.clone()),
         speed.clone(),
         (info.width, info.height),
     );
-    let mut errors = Vec::new();
-    let mut eligible = 0usize;
-    let mut covered = 0usize;
-    let mut reporting_tracks = std::collections::HashSet::new();
+    // Each scored true vehicle-frame with the track matched to it, and every speed reported
+    // per (frame, track): scored at the end, since a backfilled speed comes after its frame.
+    let mut scored: Vec<(u32, f64, Option<usize>, Option<u64>)> = Vec::new();
+    let mut speed_of: HashMap<(u32, u64), f64> = HashMap::new();
+    let record_backfill = |estimator: &mut SpeedEstimator, speed_of: &mut HashMap<_, _>| {
+        for late in estimator.take_backfill() {
+            let frame = (late.timestamp * info.frame_rate).round() as u32 + 1;
+            speed_of.insert((frame, late.track_id), late.speed);
+        }
+    };
     for (f, (frame_dets, frame_gt)) in dets.iter().zip(&gt).enumerate() {
         let frame = f as u32 + 1;
         if !(frame - 1).is_multiple_of(frame_step) {
             continue;
         }
         let detections: Vec<Detection> = frame_dets.iter().map(MotRow::detection).collect();
-        let tracks = tracker.update(&detections, (frame - 1) as f64 / info.frame_rate);
+        let timestamp = (frame - 1) as f64 / info.frame_rate;
+        let tracks = tracker.update(&detections, timestamp);
         let measured: Vec<_> = tracks
             .iter()
             .map(|t| t.with_detection_box(&detections))
             .collect();
-        let speeds = estimator.update((frame - 1) as f64 / info.frame_rate, &measured);
+        let speeds = estimator.update(timestamp, &measured);
+        for (t, speed) in tracks.iter().zip(speeds) {
+            if let Some(speed) = speed {
+                speed_of.insert((frame, t.track_id), speed);
+            }
+        }
+        estimator.take_finished(timestamp, track_idle);
+        record_backfill(&mut estimator, &mut speed_of);
         let cost: Vec<f64> = frame_gt
             .iter()
             .flat_map(|g| tracks.iter().map(move |t| 1.0 - g.bbox.iou(&t.bbox) as f64))
@@ -281,25 +297,36 @@ pub fn compare_sequence(
             if ((frame - first_frame[&g.id]) as f64) < info.frame_rate {
                 continue;
             }
-            eligible += 1;
-            let mut band = distance_band(g).map(|i| &mut bands[i]);
-            if let Some(band) = band.as_mut() {
-                band.eligible += 1;
-            }
-            if let Some((ti, s)) = matched.get(&gi).and_then(|&ti| speeds[ti].map(|s| (ti, s))) {
-                covered += 1;
-                let error = s - truth;
-                errors.push(error.abs());
-                reporting_tracks.insert(tracks[ti].track_id);
-                if let Some(band) = band {
-                    band.covered += 1;
-                    band.samples += 1;
-                    band.error_sum += error.abs();
-                    band.signed_error_sum += error;
-                }
-            }
+            let track = matched.get(&gi).map(|&ti| tracks[ti].track_id);
+            scored.push((frame, truth, distance_band(g), track));
         }
     }
+    estimator.finish_all();
+    record_backfill(&mut estimator, &mut speed_of);
+    let mut errors = Vec::new();
+    let mut covered = 0usize;
+    let mut reporting_tracks = std::collections::HashSet::new();
+    for &(frame, truth, band, track) in &scored {
+        let mut band = band.map(|i| &mut bands[i]);
+        if let Some(band) = band.as_mut() {
+            band.eligible += 1;
+        }
+        let Some((track, speed)) = track.and_then(|id| Some((id, *speed_of.get(&(frame, id))?)))
+        else {
+            continue;
+        };
+        covered += 1;
+        let error = speed - truth;
+        errors.push(error.abs());
+        reporting_tracks.insert(track);
+        if let Some(band) = band {
+            band.covered += 1;
+            band.samples += 1;
+            band.error_sum += error.abs();
+            band.signed_error_sum += error;
+        }
+    }
+    let eligible = scored.len();
     if errors.is_empty() {
         anyhow::bail!(
             "{}: no speed could be compared with the ground truth",

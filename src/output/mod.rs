@@ -39,6 +39,12 @@ pub struct FrameRecord {
     /// Presentation time, seconds.
     pub time: f64,
     pub tracks: Vec<TrackRecord>,
+    /// Written after later frames, with what they taught about this one: boxes of tracks
+    /// that went unseen here and were found again (`[tracker] fill_gaps`). Each track in it
+    /// adds to, or replaces, that track's entry in the frame's first record. Serialised only
+    /// when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
 }
 
 /// A failure writing results. The I/O error is part of the message, not a separate source,
@@ -185,40 +191,58 @@ impl ResultWriters {
             sinks.publish(events);
         }
         self.json_lines(std::iter::once(frame_line).chain(event_lines))?;
-        if let Some(out) = self.csv.as_mut() {
-            for t in &record.tracks {
-                out.line(&format!(
-                    "{},{:.4},{},{},{},{:.2},{:.2},{:.2},{:.2},{:.4},{}",
-                    record.frame,
-                    record.time,
-                    t.id,
-                    t.class,
-                    csv_field(&t.name),
-                    t.bbox[0],
-                    t.bbox[1],
-                    t.bbox[2],
-                    t.bbox[3],
-                    t.score,
-                    t.speed.map(|s| format!("{s:.2}")).unwrap_or_default()
-                ));
-            }
-            out.flush()?;
+        self.csv_rows(record)?;
+        self.mot_rows(record)
+    }
+
+    /// Writes a late record that only adds speeds to tracks already written for its frame
+    /// (`[speed] backfill`): to the JSON lines and the CSV, not to the MOT file, which has
+    /// no speed and already holds those boxes.
+    pub fn write_late_speeds(&mut self, record: &FrameRecord) -> Result<(), OutputError> {
+        let line = serde_json::to_string(record).expect("records serialise");
+        self.json_lines(std::iter::once(line))?;
+        self.csv_rows(record)
+    }
+
+    fn csv_rows(&mut self, record: &FrameRecord) -> Result<(), OutputError> {
+        let Some(out) = self.csv.as_mut() else {
+            return Ok(());
+        };
+        for t in &record.tracks {
+            out.line(&format!(
+                "{},{:.4},{},{},{},{:.2},{:.2},{:.2},{:.2},{:.4},{}",
+                record.frame,
+                record.time,
+                t.id,
+                t.class,
+                csv_field(&t.name),
+                t.bbox[0],
+                t.bbox[1],
+                t.bbox[2],
+                t.bbox[3],
+                t.score,
+                t.speed.map(|s| format!("{s:.2}")).unwrap_or_default()
+            ));
         }
-        if let Some(out) = self.mot.as_mut() {
-            for t in &record.tracks {
-                let row = crate::formats::mot::MotRow {
-                    frame: record.frame as u32 + 1,
-                    id: t.id as i64,
-                    bbox: t.bbox(),
-                    conf: t.score,
-                    class: None,
-                    visibility: None,
-                };
-                out.line(&crate::formats::mot::result_line(&row));
-            }
-            out.flush()?;
+        out.flush()
+    }
+
+    fn mot_rows(&mut self, record: &FrameRecord) -> Result<(), OutputError> {
+        let Some(out) = self.mot.as_mut() else {
+            return Ok(());
+        };
+        for t in &record.tracks {
+            let row = crate::formats::mot::MotRow {
+                frame: record.frame as u32 + 1,
+                id: t.id as i64,
+                bbox: t.bbox(),
+                conf: t.score,
+                class: None,
+                visibility: None,
+            };
+            out.line(&crate::formats::mot::result_line(&row));
         }
-        Ok(())
+        out.flush()
     }
 
     /// Writes events that are not tied to a frame (track summaries at the end).
@@ -264,6 +288,7 @@ mod tests {
                 score: 0.9,
                 speed: Some(42.5),
             }],
+            late: false,
         };
         let limit = Event::SpeedLimit {
             frame: 4,

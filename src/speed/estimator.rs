@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::calibration::Calibration;
+use super::calibration::{Calibration, SpeedUnit};
 use crate::track::TrackedObject;
 
 /// Estimator settings.
@@ -48,6 +48,10 @@ pub struct SpeedConfig {
     /// standard error (from its residuals) plus the lag a line has behind the acceleration a
     /// parabola fits; 0 waits for both rules.
     pub early_error_kmh: f64,
+    /// When a track's speed becomes known, also give its earlier frames that had none
+    /// (before enough positions, while the border cut its box), up to `window` seconds
+    /// back, the speed the fit puts at their time ([`SpeedEstimator::take_backfill`]).
+    pub backfill: bool,
 }
 
 /// How positions are modelled over the fitting window.
@@ -75,6 +79,7 @@ impl Default for SpeedConfig {
             motion: MotionModel::Auto,
             max_plausible_kmh: 400.0,
             early_error_kmh: 3.0,
+            backfill: false,
         }
     }
 }
@@ -122,6 +127,12 @@ struct History {
     last_point: Option<(f64, f64)>,
     /// Ground velocity (m/s) of the last fit.
     velocity: Option<(f64, f64)>,
+    /// Times of this track's frames with no speed since its history last restarted, within
+    /// the window, for the backfill.
+    unreported: VecDeque<f64>,
+    /// The latest fit and the times of its oldest and newest samples: what backfills the
+    /// frames still without a speed when the track ends.
+    last_fit: Option<(Motion, f64, f64)>,
     speed_sum: f64,
     speed_count: u64,
     speed_max: f64,
@@ -137,6 +148,27 @@ const RESUME_TOLERANCE_M: f64 = 2.0;
 const RESUME_TOLERANCE_SHARE: f64 = 0.25;
 
 impl History {
+    /// Speeds for the frames still without one up to the latest fit's newest position, from
+    /// that fit (not extrapolated before its first position); frames after it (the border
+    /// cutting a leaving vehicle's box) get none. None of them is waiting any more.
+    fn backfill(&mut self, track_id: u64, unit: SpeedUnit) -> Vec<BackfilledSpeed> {
+        let Some((motion, oldest, newest)) = self.last_fit else {
+            return Vec::new();
+        };
+        self.unreported
+            .drain(..)
+            .filter(|&timestamp| timestamp <= newest)
+            .map(|timestamp| {
+                let (vx, vy) = motion.velocity_at(timestamp.max(oldest) - newest);
+                BackfilledSpeed {
+                    track_id,
+                    timestamp,
+                    speed: unit.from_mps(vx.hypot(vy)),
+                }
+            })
+            .collect()
+    }
+
     /// True when the track comes back after a gap away from where its motion predicts:
     /// the tracker has most likely given its id to another vehicle.
     fn resumes_elsewhere(&self, timestamp: f64, (x, y): (f64, f64)) -> bool {
@@ -157,6 +189,17 @@ impl History {
     }
 }
 
+/// A speed given to an earlier frame of a track once its speed became known
+/// ([`SpeedConfig::backfill`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackfilledSpeed {
+    pub track_id: u64,
+    /// The earlier frame's timestamp, as passed to [`SpeedEstimator::update`].
+    pub timestamp: f64,
+    /// In the calibration's unit.
+    pub speed: f64,
+}
+
 /// Speeds for every track of a stream, and what each track did. Without a calibration it
 /// still keeps each track's summary (class, time in view), with no speed or distance.
 pub struct SpeedEstimator {
@@ -164,6 +207,8 @@ pub struct SpeedEstimator {
     config: SpeedConfig,
     image_size: (f32, f32),
     histories: HashMap<u64, History>,
+    /// Speeds for earlier frames found by the latest updates, until taken.
+    backfill: Vec<BackfilledSpeed>,
 }
 
 impl SpeedEstimator {
@@ -177,6 +222,7 @@ impl SpeedEstimator {
             config,
             image_size: (image_size.0 as f32, image_size.1 as f32),
             histories: HashMap::new(),
+            backfill: Vec::new(),
         }
     }
 
@@ -188,67 +234,110 @@ impl SpeedEstimator {
     /// Adds the tracks of the frame at `timestamp`; returns each track's speed in the
     /// calibration's unit, once enough history exists.
     pub fn update(&mut self, timestamp: f64, tracks: &[TrackedObject]) -> Vec<Option<f64>> {
-        tracks
+        let speeds: Vec<Option<f64>> = tracks
             .iter()
-            .map(|t| {
-                let history = self.histories.entry(t.track_id).or_insert_with(|| History {
-                    samples: VecDeque::new(),
-                    class_id: t.class_id,
-                    first_seen: timestamp,
-                    last_seen: timestamp,
-                    distance: 0.0,
-                    last_point: None,
-                    velocity: None,
-                    speed_sum: 0.0,
-                    speed_count: 0,
-                    speed_max: 0.0,
-                });
-                history.last_seen = timestamp;
-                history.class_id = t.class_id;
-                let (w, h) = self.image_size;
-                let (margin, fraction) = (self.config.border_margin, self.config.border_fraction);
-                if t.bbox.ground_point_cut(w, h, margin, fraction) {
-                    return None;
-                }
-                let calibration = self.calibration.as_ref()?;
-                let (gx, gy) = t.bbox.bottom_centre();
-                let (x, y) = calibration.to_ground(gx as f64, gy as f64)?;
-                if let (Some((px, py)), Some(&(pt, _, _))) =
-                    (history.last_point, history.samples.back())
-                {
-                    let step = (x - px).hypot(y - py);
-                    let dt = (timestamp - pt).max(1e-6);
-                    if step / dt * 3.6 > self.config.max_plausible_kmh
-                        || history.resumes_elsewhere(timestamp, (x, y))
-                    {
-                        history.samples.clear();
-                        history.velocity = None;
-                    } else {
-                        history.distance += step;
-                    }
-                }
-                history.last_point = Some((x, y));
-                history.samples.push_back((timestamp, x, y));
-                if let Some(start) = change_point(&history.samples) {
-                    history.samples.drain(..start);
+            .map(|t| self.track_speed(timestamp, t))
+            .collect();
+        if self.config.backfill {
+            for (t, speed) in tracks.iter().zip(&speeds) {
+                let history = self.histories.get_mut(&t.track_id).expect("updated above");
+                if speed.is_none() {
+                    history.unreported.push_back(timestamp);
                 }
                 while history
-                    .samples
+                    .unreported
                     .front()
-                    .is_some_and(|s| s.0 < timestamp - self.config.window)
+                    .is_some_and(|&u| u < timestamp - self.config.window)
                 {
-                    history.samples.pop_front();
+                    history.unreported.pop_front();
                 }
-                let velocity = fit_velocity(&history.samples, &self.config);
-                history.velocity = velocity;
-                let (vx, vy) = velocity?;
-                let speed = calibration.unit.from_mps(vx.hypot(vy));
-                history.speed_sum += speed;
-                history.speed_count += 1;
-                history.speed_max = history.speed_max.max(speed);
-                Some(speed)
-            })
-            .collect()
+            }
+        }
+        speeds
+    }
+
+    /// How far back (seconds) a backfilled speed may reach, when [`SpeedConfig::backfill`]
+    /// is on.
+    pub fn backfill_horizon(&self) -> Option<f64> {
+        self.config.backfill.then_some(self.config.window)
+    }
+
+    /// Speeds found by the latest updates (and track ends) for earlier frames of their
+    /// tracks, oldest frame first per track, when [`SpeedConfig::backfill`] is on; each is
+    /// given once.
+    pub fn take_backfill(&mut self) -> Vec<BackfilledSpeed> {
+        std::mem::take(&mut self.backfill)
+    }
+
+    /// One track's part of [`SpeedEstimator::update`].
+    fn track_speed(&mut self, timestamp: f64, t: &TrackedObject) -> Option<f64> {
+        let history = self.histories.entry(t.track_id).or_insert_with(|| History {
+            samples: VecDeque::new(),
+            class_id: t.class_id,
+            first_seen: timestamp,
+            last_seen: timestamp,
+            distance: 0.0,
+            last_point: None,
+            velocity: None,
+            unreported: VecDeque::new(),
+            last_fit: None,
+            speed_sum: 0.0,
+            speed_count: 0,
+            speed_max: 0.0,
+        });
+        history.last_seen = timestamp;
+        history.class_id = t.class_id;
+        let (w, h) = self.image_size;
+        let (margin, fraction) = (self.config.border_margin, self.config.border_fraction);
+        if t.bbox.ground_point_cut(w, h, margin, fraction) {
+            return None;
+        }
+        let calibration = self.calibration.as_ref()?;
+        let (gx, gy) = t.bbox.bottom_centre();
+        let (x, y) = calibration.to_ground(gx as f64, gy as f64)?;
+        if let (Some((px, py)), Some(&(pt, _, _))) = (history.last_point, history.samples.back()) {
+            let step = (x - px).hypot(y - py);
+            let dt = (timestamp - pt).max(1e-6);
+            if step / dt * 3.6 > self.config.max_plausible_kmh
+                || history.resumes_elsewhere(timestamp, (x, y))
+            {
+                history.samples.clear();
+                history.velocity = None;
+                history.unreported.clear();
+                history.last_fit = None;
+            } else {
+                history.distance += step;
+            }
+        }
+        history.last_point = Some((x, y));
+        history.samples.push_back((timestamp, x, y));
+        if let Some(start) = change_point(&history.samples) {
+            history.samples.drain(..start);
+            history.unreported.clear();
+            history.last_fit = None;
+        }
+        while history
+            .samples
+            .front()
+            .is_some_and(|s| s.0 < timestamp - self.config.window)
+        {
+            history.samples.pop_front();
+        }
+        let motion = fit_motion(&history.samples, &self.config);
+        history.velocity = motion.as_ref().map(|m| m.velocity_at(0.0));
+        let motion = motion?;
+        let oldest = history.samples.front().map_or(timestamp, |s| s.0);
+        history.last_fit = Some((motion, oldest, timestamp));
+        if motion.settled {
+            let unit = calibration.unit;
+            self.backfill.extend(history.backfill(t.track_id, unit));
+        }
+        let (vx, vy) = motion.velocity_at(0.0);
+        let speed = calibration.unit.from_mps(vx.hypot(vy));
+        history.speed_sum += speed;
+        history.speed_count += 1;
+        history.speed_max = history.speed_max.max(speed);
+        Some(speed)
     }
 
     /// Summaries of tracks not seen for `idle` seconds before `now`; they are forgotten.
@@ -269,9 +358,16 @@ impl SpeedEstimator {
     }
 
     fn take(&mut self, ids: Vec<u64>) -> Vec<TrackSummary> {
+        let unit = self.calibration.as_ref().map(|c| c.unit);
         let mut out: Vec<TrackSummary> = ids
             .into_iter()
             .filter_map(|id| self.histories.remove(&id).map(|h| (id, h)))
+            .map(|(track_id, mut h)| {
+                if let Some(unit) = unit.filter(|_| self.config.backfill) {
+                    self.backfill.extend(h.backfill(track_id, unit));
+                }
+                (track_id, h)
+            })
             .map(|(track_id, h)| TrackSummary {
                 track_id,
                 class_id: h.class_id,
@@ -287,12 +383,58 @@ impl SpeedEstimator {
     }
 }
 
-/// Velocity (m/s) at the newest sample from a least-squares fit of positions over time,
-/// refitted once without samples that lie far off the first fit; `None` until the history
-/// spans `min_span` seconds and holds `min_samples` samples, or before that, once a straight
-/// line through the samples gives the velocity with a standard error within
+/// The motion fitted to a track's window: its velocity at any time of the window.
+#[derive(Debug, Clone, Copy)]
+struct Motion {
+    /// Fitted under the settled rules (`min_span`, `min_samples`), not as an early speed.
+    settled: bool,
+    /// The straight line's velocity (m/s).
+    line: (f64, f64),
+    /// The parabola's velocity at the newest sample (m/s) and its acceleration (m/s²): the
+    /// line's for a line alone.
+    parabola: (f64, f64),
+    acceleration: (f64, f64),
+    /// The share of the way from the line's velocity to the parabola's that the model takes.
+    share: f64,
+}
+
+impl Motion {
+    /// A straight line's motion.
+    fn line(settled: bool, line: (f64, f64)) -> Motion {
+        Motion {
+            settled,
+            line,
+            parabola: line,
+            acceleration: (0.0, 0.0),
+            share: 0.0,
+        }
+    }
+
+    /// A line's velocity moved `share` of the way toward the parabola `quadratic`.
+    fn blend(settled: bool, line: (f64, f64), quadratic: &Fit, share: f64) -> Motion {
+        Motion {
+            settled,
+            line,
+            parabola: quadratic.velocity,
+            acceleration: quadratic.acceleration_components(),
+            share,
+        }
+    }
+
+    /// Velocity (m/s) at `dt` seconds from the newest sample (negative: before it).
+    fn velocity_at(&self, dt: f64) -> (f64, f64) {
+        let ((lx, ly), (qx, qy), (ax, ay)) = (self.line, self.parabola, self.acceleration);
+        let (qx, qy) = (qx + ax * dt, qy + ay * dt);
+        (lx + self.share * (qx - lx), ly + self.share * (qy - ly))
+    }
+}
+
+/// The motion of a least-squares fit of positions over time (times relative to the newest
+/// sample), refitted once without samples that lie far off the first fit; `None` until the
+/// history spans `min_span` seconds and holds `min_samples` samples, or before that, once a
+/// straight line through the samples gives the velocity with a standard error within
 /// `early_error_kmh`.
-fn fit_velocity(samples: &VecDeque<(f64, f64, f64)>, config: &SpeedConfig) -> Option<(f64, f64)> {
+fn fit_motion(samples: &VecDeque<(f64, f64, f64)>, config: &SpeedConfig) -> Option<Motion> {
     let newest = samples.back()?.0;
     let span = newest - samples.front()?.0;
     let settled = samples.len() >= config.min_samples.max(4) && span >= config.min_span;
@@ -305,21 +447,28 @@ fn fit_velocity(samples: &VecDeque<(f64, f64, f64)>, config: &SpeedConfig) -> Op
     if !settled && early_error(&inliers)? * 3.6 > config.early_error_kmh {
         return None;
     }
-    let fit = |degree| poly_fit(&inliers, degree);
     match config.motion {
-        MotionModel::Linear => Some(fit(1)?.velocity),
-        MotionModel::Quadratic => Some(fit(2)?.velocity),
+        MotionModel::Linear => Some(Motion::line(settled, poly_fit(&inliers, 1)?.velocity)),
+        MotionModel::Quadratic => {
+            let quadratic = poly_fit(&inliers, 2)?;
+            Some(Motion::blend(settled, quadratic.velocity, &quadratic, 1.0))
+        }
         MotionModel::Auto => {
-            let quadratic = fit(2)?;
-            let (lx, ly) = fit(1)?.velocity;
-            let (qx, qy) = quadratic.velocity;
+            let quadratic = poly_fit(&inliers, 2)?;
+            let line = poly_fit(&inliers, 1)?.velocity;
             // A shrinkage blend rather than a switch: no jump between the models where the
             // evidence crosses the threshold.
             let share =
                 (1.0 - ACCELERATION_SIGNIFICANCE / quadratic.acceleration_significance).max(0.0);
-            Some((lx + share * (qx - lx), ly + share * (qy - ly)))
+            Some(Motion::blend(settled, line, &quadratic, share))
         }
     }
+}
+
+/// The velocity (m/s) at the newest sample of [`fit_motion`].
+#[cfg(test)]
+fn fit_velocity(samples: &VecDeque<(f64, f64, f64)>, config: &SpeedConfig) -> Option<(f64, f64)> {
+    fit_motion(samples, config).map(|m| m.velocity_at(0.0))
 }
 
 /// The expected error (m/s) of a straight line's speed at the newest of `points` (times
@@ -438,8 +587,14 @@ impl Fit {
 
     /// The fitted acceleration's magnitude (m/s²; 0 for lines).
     fn acceleration(&self) -> f64 {
+        let (ax, ay) = self.acceleration_components();
+        ax.hypot(ay)
+    }
+
+    /// The fitted acceleration along x and y (m/s²; 0 for lines).
+    fn acceleration_components(&self) -> (f64, f64) {
         let (cx, cy) = self.coefficients;
-        2.0 * cx[2].hypot(cy[2])
+        (2.0 * cx[2], 2.0 * cy[2])
     }
 
     /// The fitted position at time `t`.
@@ -648,6 +803,8 @@ mod tests {
             distance: 0.0,
             last_point: Some((0.0, 7.2)),
             velocity: Some((0.0, 20.0)),
+            unreported: VecDeque::new(),
+            last_fit: None,
             speed_sum: 0.0,
             speed_count: 0,
             speed_max: 0.0,
@@ -766,6 +923,57 @@ mod tests {
             eprintln!("{name}: {all:.3} km/h ({n_all} speeds) -> {third:.3} km/h ({n_third})");
             assert!(all < 1.0 && third < 1.0, "{name}: {all} / {third} km/h");
             assert!((third - all).abs() < 0.3, "{name}: {all} -> {third} km/h");
+        }
+    }
+
+    /// With `backfill`, the frames of a braking vehicle that had no speed (before enough
+    /// positions) get one once the fit settles: each frame once, close to the truth at its
+    /// own time, the deceleration included. Without it, none.
+    #[test]
+    fn backfill_gives_the_first_frames_the_speed_at_their_time() {
+        let position = |t: f64| 90.0 - (20.0 * t - t * t);
+        for backfill in [false, true] {
+            let config = SpeedConfig {
+                backfill,
+                ..Default::default()
+            };
+            let mut estimator = SpeedEstimator::new(Some(calibration()), config, (1280, 720));
+            let (mut without_speed, mut late) = (Vec::new(), Vec::new());
+            for frame in 0..50 {
+                let t = frame as f64 / 25.0;
+                let (u, v, depth) = project(1.8, position(t));
+                let (w, h) = (1000.0 * 1.8 / depth, 1000.0 * 1.5 / depth);
+                let object = TrackedObject {
+                    track_id: 4,
+                    bbox: BBox::new(
+                        (u - w / 2.0) as f32,
+                        (v - h) as f32,
+                        (u + w / 2.0) as f32,
+                        v as f32,
+                    ),
+                    score: 0.9,
+                    class_id: 2,
+                    detection_index: 0,
+                };
+                if estimator.update(t, &[object])[0].is_none() {
+                    without_speed.push(t);
+                }
+                late.extend(estimator.take_backfill());
+            }
+            estimator.finish_all();
+            late.extend(estimator.take_backfill());
+            if !backfill {
+                assert!(late.is_empty());
+                continue;
+            }
+            assert!(without_speed.len() >= 5, "{without_speed:?}");
+            let times: Vec<f64> = late.iter().map(|b| b.timestamp).collect();
+            assert_eq!(times, without_speed);
+            for b in &late {
+                let truth = (20.0 - 2.0 * b.timestamp) * 3.6;
+                assert!((b.speed - truth).abs() < 0.5, "{b:?}: truth {truth} km/h");
+                assert_eq!(b.track_id, 4);
+            }
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod assignment;
 pub mod bytetrack;
+pub mod gaps;
 pub mod kalman;
 
 use std::collections::BTreeMap;
@@ -11,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::detect::Detection;
 use crate::geometry::BBox;
 pub use bytetrack::ByteTracker;
+pub use gaps::{FilledBox, GapFiller};
 pub use kalman::BoxState;
 
 /// ByteTrack settings; the defaults are Ultralytics' `bytetrack.yaml` (its 30-frame buffer as
@@ -54,6 +56,10 @@ pub struct TrackerConfig {
     /// The Kalman filter's box coordinates: `xyah` (ByteTrack's centre, aspect ratio and
     /// height) or `xywh` (BoT-SORT's centre, width and height).
     pub box_state: BoxState,
+    /// When a lost track is found again, give it boxes for the analysed frames it missed,
+    /// interpolated between the boxes before and after the gap ([`GapFiller`]). They reach
+    /// the result files late, after the frame that found the track.
+    pub fill_gaps: bool,
 }
 
 /// Which tracker [`TrackerConfig::kind`] selects.
@@ -88,6 +94,7 @@ impl Default for TrackerConfig {
             oru: false,
             ocm: 0.0,
             box_state: BoxState::Xyah,
+            fill_gaps: false,
         }
     }
 }
@@ -194,6 +201,12 @@ impl Tracker {
         out
     }
 
+    /// A gap filler for this tracker's buffer and frame rate, when `fill_gaps` asks for one.
+    pub fn gap_filler(&self) -> Option<GapFiller> {
+        let horizon = GapFiller::horizon_for(self.config.track_buffer, self.fps);
+        self.config.fill_gaps.then(|| GapFiller::new(horizon))
+    }
+
     /// Number of tracks being followed (tracked and lost).
     pub fn live_tracks(&self) -> usize {
         self.trackers.values().map(ByteTracker::live_tracks).sum()
@@ -201,13 +214,14 @@ impl Tracker {
 }
 
 /// Runs the tracker over MOTChallenge detection rows of a sequence and returns result rows
-/// (`frame, id, box, score`), frame by frame.
+/// (`frame, id, box, score`), frame by frame; with `fill_gaps`, the filled boxes among them.
 pub fn track_mot_rows(
     detections: &[crate::formats::mot::MotRow],
     info: &crate::formats::mot::SeqInfo,
     config: &TrackerConfig,
 ) -> Vec<crate::formats::mot::MotRow> {
     let mut tracker = Tracker::new(config.clone(), info.frame_rate);
+    let mut gaps = tracker.gap_filler();
     let mut out = Vec::new();
     for (f, rows) in crate::formats::mot::by_frame(detections, info.length)
         .iter()
@@ -218,16 +232,35 @@ pub fn track_mot_rows(
             .iter()
             .map(crate::formats::mot::MotRow::detection)
             .collect();
-        for t in tracker.update(&dets, f as f64 / info.frame_rate) {
-            out.push(crate::formats::mot::MotRow {
-                frame,
-                id: t.track_id as i64,
-                bbox: t.bbox,
-                conf: t.score,
-                class: None,
-                visibility: None,
-            });
+        let time = f as f64 / info.frame_rate;
+        let tracks = tracker.update(&dets, time);
+        if let Some(gaps) = gaps.as_mut() {
+            let seen = tracks.iter().map(|t| (t.track_id, t.bbox, t.score));
+            for filled in gaps.update(frame.into(), time, seen) {
+                out.push(mot_row(
+                    filled.frame as u32,
+                    filled.track_id,
+                    filled.bbox,
+                    filled.score,
+                ));
+            }
+        }
+        for t in tracks {
+            out.push(mot_row(frame, t.track_id, t.bbox, t.score));
         }
     }
+    out.sort_by_key(|row| row.frame);
     out
+}
+
+/// A MOTChallenge result row.
+fn mot_row(frame: u32, track_id: u64, bbox: BBox, score: f32) -> crate::formats::mot::MotRow {
+    crate::formats::mot::MotRow {
+        frame,
+        id: track_id as i64,
+        bbox,
+        conf: score,
+        class: None,
+        visibility: None,
+    }
 }
