@@ -10,11 +10,12 @@ use image::RgbImage;
 use crate::annotate::{self, Annotation, Annotator};
 use crate::detect::Detection;
 use crate::events::Event;
+use crate::geometry::BBox;
 use crate::live_view::LiveView;
 use crate::output::{FrameRecord, ResultWriters, TrackRecord};
 use crate::pipeline::FrameStage;
 use crate::speed::{SpeedEstimator, SpeedUnit, TrackSummary};
-use crate::track::{GapFiller, Tracker};
+use crate::track::{CameraMotion, GapFiller, Tracker};
 use crate::video::{Frame, Outage};
 use crate::zones::{TrackPosition, ZoneCounter, ZoneCounts, ZonesConfig};
 
@@ -54,6 +55,8 @@ pub struct Analysis {
     tracker: Tracker,
     /// Boxes for the frames a re-found track missed (`[tracker] fill_gaps`).
     gaps: Option<GapFiller>,
+    /// The camera's motion between analysed frames (`[tracker] camera_motion`).
+    camera: Option<CameraMotion>,
     /// The records written within the backfill's reach (`[speed] backfill`), oldest first:
     /// what a late speed is added to.
     recent: VecDeque<FrameRecord>,
@@ -78,7 +81,7 @@ pub struct Analysis {
 /// Time spent in each part of [`Analysis`]'s work on one frame.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StageTimes {
-    /// The tracker.
+    /// The tracker, with the camera's motion when `camera_motion` is on.
     pub track: Duration,
     /// The speed estimator.
     pub speed: Duration,
@@ -99,6 +102,7 @@ impl Analysis {
         Self {
             names,
             gaps: tracker.gap_filler(),
+            camera: tracker.camera_motion(),
             recent: VecDeque::new(),
             tracker,
             speeds,
@@ -250,7 +254,13 @@ impl FrameStage for Analysis {
             return Ok(());
         };
         let started = Instant::now();
-        let tracks = self.tracker.update(detections, frame.pts);
+        let camera = self.camera.as_mut().and_then(|c| {
+            let objects: Vec<BBox> = detections.iter().map(|d| d.bbox).collect();
+            c.estimate(&frame.image, &objects)
+        });
+        let tracks = self
+            .tracker
+            .update_with_camera_motion(detections, frame.pts, camera.as_ref());
         let tracked = Instant::now();
         let measured: Vec<_> = tracks
             .iter()

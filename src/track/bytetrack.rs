@@ -5,6 +5,7 @@
 //! taken from timestamps, so skipped frames stretch the Kalman prediction accordingly.
 
 use super::assignment::assign_with_limit;
+use super::camera_motion::Similarity;
 use super::kalman::{self, BoxState, Gaussian, Measurement};
 use super::{TrackedObject, TrackerConfig};
 use crate::detect::Detection;
@@ -218,11 +219,13 @@ impl ByteTracker {
         (self.config.track_buffer * self.fps).floor()
     }
 
-    /// Processes one frame; `next_id` hands out track ids.
+    /// Processes one frame; `camera` is the camera's motion since the previous frame, where
+    /// known; `next_id` hands out track ids.
     pub fn update(
         &mut self,
         detections: &[Detection],
         timestamp: f64,
+        camera: Option<&Similarity>,
         next_id: &mut u64,
     ) -> Vec<TrackedObject> {
         // Frame counter advanced by the elapsed time, so skipped frames count as frames.
@@ -258,6 +261,11 @@ impl ByteTracker {
                 t.kf.boxes.freeze_size(&mut t.kf.mean);
             }
             kalman::predict(&mut t.kf, steps.max(1e-3));
+        }
+        if let Some(camera) = camera {
+            for t in pool.iter_mut().chain(unconfirmed.iter_mut()) {
+                kalman::warp(&mut t.kf, camera);
+            }
         }
 
         let mut activated: Vec<Track> = Vec::new();
@@ -445,7 +453,7 @@ mod tests {
         frames
             .iter()
             .enumerate()
-            .map(|(i, dets)| tracker.update(dets, i as f64 / fps, next_id))
+            .map(|(i, dets)| tracker.update(dets, i as f64 / fps, None, next_id))
             .collect()
     }
 
@@ -487,6 +495,35 @@ mod tests {
         assert!(cost[..2].iter().all(|&c| c < gate));
         assert_eq!(cost[2], plain[2], "outside the gate");
         assert_eq!(cost[3..], plain[3..], "no motion, no momentum");
+    }
+
+    /// A parked object while the camera pans 30 px a frame, farther than its box overlaps
+    /// from frame to frame: moved with the camera, its track keeps one id in every frame;
+    /// without it, the first frame's track is never matched again.
+    #[test]
+    fn predictions_moved_with_the_camera_keep_ids_through_a_pan() {
+        let pan = Similarity {
+            tx: -30.0,
+            ..Similarity::IDENTITY
+        };
+        let frames: Vec<Vec<Detection>> = (0..12)
+            .map(|i| vec![det(400.0 - 30.0 * i as f32, 0.9)])
+            .collect();
+        let ids = |camera: Option<&Similarity>| {
+            let mut tracker = ByteTracker::new(TrackerConfig::default(), 30.0);
+            let mut next_id = 1;
+            let (mut ids, mut reports) = (std::collections::BTreeSet::new(), 0);
+            for (i, dets) in frames.iter().enumerate() {
+                let moved = camera.filter(|_| i > 0);
+                for t in tracker.update(dets, i as f64 / 30.0, moved, &mut next_id) {
+                    ids.insert(t.track_id);
+                    reports += 1;
+                }
+            }
+            (ids.len(), reports)
+        };
+        assert_eq!(ids(Some(&pan)), (1, 12));
+        assert_eq!(ids(None), (1, 1));
     }
 
     /// An object moving 5 px a frame vanishes for five frames and comes back having moved
@@ -584,7 +621,14 @@ mod tests {
         // An object moving 6 px per frame, seen only every 4th frame.
         let out: Vec<_> = (0..40)
             .step_by(4)
-            .map(|i| tracker.update(&[det(6.0 * i as f32, 0.9)], i as f64 / 30.0, &mut next_id))
+            .map(|i| {
+                tracker.update(
+                    &[det(6.0 * i as f32, 0.9)],
+                    i as f64 / 30.0,
+                    None,
+                    &mut next_id,
+                )
+            })
             .collect();
         assert!(out[1..].iter().all(|o| o.len() == 1 && o[0].track_id == 1));
     }

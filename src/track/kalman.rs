@@ -8,6 +8,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::camera_motion::Similarity;
+
 /// State: the four box coordinates and their velocities (per frame).
 pub type State = [f64; 8];
 /// 8 x 8 covariance, row-major.
@@ -119,6 +121,38 @@ pub fn predict(g: &mut Gaussian, dt: f64) {
         g.covariance[i][i] += position[i] * position[i] * dt.max(1e-6);
         g.covariance[i + 4][i + 4] += velocity[i] * velocity[i] * dt.max(1e-6);
     }
+}
+
+/// Moves the state with the camera: the centre by `motion`, its velocity and the box size
+/// by the motion's rotation and zoom (BoT-SORT's global motion compensation), and the
+/// covariance with them (`J P J^T`).
+pub fn warp(g: &mut Gaussian, motion: &Similarity) {
+    let (a, b, zoom) = (motion.a, motion.b, motion.scale());
+    // J: the rotation-and-zoom block on (cx, cy) and on (vx, vy); the zoom on the size
+    // coordinates (height, and width for xywh; the aspect ratio is unchanged).
+    let size_factor = |i: usize| match (g.boxes, i) {
+        (BoxState::Xyah, 2) => 1.0,
+        _ => zoom,
+    };
+    let mut j = [[0.0; 8]; 8];
+    for base in [0, 4] {
+        j[base][base] = a;
+        j[base][base + 1] = -b;
+        j[base + 1][base] = b;
+        j[base + 1][base + 1] = a;
+        for i in 2..4 {
+            j[base + i][base + i] = size_factor(i);
+        }
+    }
+    let m = g.mean;
+    let (cx, cy) = motion.apply(m[0], m[1]);
+    g.mean = std::array::from_fn(|i| (0..8).map(|k| j[i][k] * m[k]).sum());
+    (g.mean[0], g.mean[1]) = (cx, cy);
+    let p = g.covariance;
+    let jp: Covariance =
+        std::array::from_fn(|r| std::array::from_fn(|c| (0..8).map(|k| j[r][k] * p[k][c]).sum()));
+    g.covariance =
+        std::array::from_fn(|r| std::array::from_fn(|c| (0..8).map(|k| jp[r][k] * j[c][k]).sum()));
 }
 
 /// Projection to measurement space: mean and innovation covariance `S`, with the measurement

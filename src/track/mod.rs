@@ -2,6 +2,7 @@
 
 pub mod assignment;
 pub mod bytetrack;
+pub mod camera_motion;
 pub mod gaps;
 pub mod kalman;
 
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::detect::Detection;
 use crate::geometry::BBox;
 pub use bytetrack::ByteTracker;
+pub use camera_motion::{CameraMotion, Similarity};
 pub use gaps::{FilledBox, GapFiller};
 pub use kalman::BoxState;
 
@@ -60,6 +62,10 @@ pub struct TrackerConfig {
     /// interpolated between the boxes before and after the gap ([`GapFiller`]). They reach
     /// the result files late, after the frame that found the track.
     pub fill_gaps: bool,
+    /// Move every track's prediction with the camera before matching (BoT-SORT's global
+    /// motion compensation, measured on the frames' background: [`CameraMotion`]); for
+    /// cameras that pan, tilt, zoom or shake. Needs the frames (`process`, `live`, `serve`).
+    pub camera_motion: bool,
 }
 
 /// Which tracker [`TrackerConfig::kind`] selects.
@@ -95,6 +101,7 @@ impl Default for TrackerConfig {
             ocm: 0.0,
             box_state: BoxState::Xyah,
             fill_gaps: false,
+            camera_motion: false,
         }
     }
 }
@@ -173,12 +180,23 @@ impl Tracker {
     /// Updates with the detections of the frame presented at `timestamp` seconds. Call it for
     /// every processed frame, also when there are no detections.
     pub fn update(&mut self, detections: &[Detection], timestamp: f64) -> Vec<TrackedObject> {
+        self.update_with_camera_motion(detections, timestamp, None)
+    }
+
+    /// [`Tracker::update`] on a moving camera: every track's prediction is moved by
+    /// `camera`, the camera's motion since the previous frame ([`CameraMotion`]).
+    pub fn update_with_camera_motion(
+        &mut self,
+        detections: &[Detection],
+        timestamp: f64,
+        camera: Option<&Similarity>,
+    ) -> Vec<TrackedObject> {
         if !self.config.per_class {
             let tracker = self
                 .trackers
                 .entry(None)
                 .or_insert_with(|| ByteTracker::new(self.config.clone(), self.fps));
-            return tracker.update(detections, timestamp, &mut self.next_id);
+            return tracker.update(detections, timestamp, camera, &mut self.next_id);
         }
         let mut by_class: BTreeMap<Option<usize>, Vec<usize>> = BTreeMap::new();
         for (i, d) in detections.iter().enumerate() {
@@ -193,7 +211,7 @@ impl Tracker {
         for (class, tracker) in self.trackers.iter_mut() {
             let indices = by_class.remove(class).unwrap_or_default();
             let subset: Vec<Detection> = indices.iter().map(|&i| detections[i]).collect();
-            for mut t in tracker.update(&subset, timestamp, &mut self.next_id) {
+            for mut t in tracker.update(&subset, timestamp, camera, &mut self.next_id) {
                 t.detection_index = indices[t.detection_index];
                 out.push(t);
             }
@@ -205,6 +223,11 @@ impl Tracker {
     pub fn gap_filler(&self) -> Option<GapFiller> {
         let horizon = GapFiller::horizon_for(self.config.track_buffer, self.fps);
         self.config.fill_gaps.then(|| GapFiller::new(horizon))
+    }
+
+    /// A camera motion estimator, when `camera_motion` asks for one.
+    pub fn camera_motion(&self) -> Option<CameraMotion> {
+        self.config.camera_motion.then(CameraMotion::new)
     }
 
     /// Number of tracks being followed (tracked and lost).
