@@ -278,6 +278,43 @@ mod tests {
         );
     }
 
+    /// Warping by the camera's motion: a zoom of 2 with a quarter turn and a shift moves the
+    /// centre as the camera did, turns and doubles the velocity, doubles the height (and the
+    /// width of xywh, not xyah's aspect ratio), and the position's spread with them.
+    #[test]
+    fn warping_moves_centre_velocity_size_and_spread_with_the_camera() {
+        let motion = Similarity {
+            a: 0.0,
+            b: 2.0,
+            tx: 5.0,
+            ty: -3.0,
+        };
+        for boxes in [BoxState::Xyah, BoxState::Xywh] {
+            let mut g = initiate(boxes.measurement((10.0, 20.0), 30.0, 60.0), boxes);
+            g.mean[4] = 1.0;
+            let before = g.clone();
+            warp(&mut g, &motion);
+            // (10, 20) turned a quarter and doubled is (-40, 20), then shifted.
+            assert_eq!((g.mean[0], g.mean[1]), (-35.0, 17.0));
+            assert_eq!((g.mean[4], g.mean[5]), (0.0, 2.0));
+            let (w, h) = boxes.size(&g.mean);
+            assert!(
+                (w - 60.0).abs() < 1e-9 && (h - 120.0).abs() < 1e-9,
+                "{boxes:?}: {w} x {h}"
+            );
+            // x and y swap their spreads, each doubled.
+            assert!((g.covariance[0][0] - 4.0 * before.covariance[1][1]).abs() < 1e-9);
+            assert!((g.covariance[1][1] - 4.0 * before.covariance[0][0]).abs() < 1e-9);
+            assert!((g.covariance[3][3] - 4.0 * before.covariance[3][3]).abs() < 1e-9);
+            let identity = {
+                let mut same = before.clone();
+                warp(&mut same, &Similarity::IDENTITY);
+                same
+            };
+            assert_eq!(identity, before);
+        }
+    }
+
     #[test]
     fn update_pulls_towards_the_measurement_and_shrinks_uncertainty() {
         let mut g = initiate([0.0, 0.0, 1.0, 100.0], BoxState::Xyah);
