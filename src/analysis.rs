@@ -176,15 +176,7 @@ impl Analysis {
                 speed: None,
                 ..found.clone()
             };
-            match frames.last_mut() {
-                Some(last) if last.frame == filled.frame => last.tracks.push(track),
-                _ => frames.push(FrameRecord {
-                    frame: filled.frame,
-                    time: filled.time,
-                    tracks: vec![track],
-                    late: true,
-                }),
-            }
+            add_late(&mut frames, filled.frame, filled.time, track);
         }
         frames
     }
@@ -213,16 +205,7 @@ impl Analysis {
                 continue;
             };
             track.speed = Some(late.speed);
-            let track = track.clone();
-            match frames.iter_mut().find(|f| f.frame == record.frame) {
-                Some(earlier) => earlier.tracks.push(track),
-                None => frames.push(FrameRecord {
-                    frame: record.frame,
-                    time: record.time,
-                    tracks: vec![track],
-                    late: true,
-                }),
-            }
+            add_late(&mut frames, record.frame, record.time, track.clone());
         }
         frames.sort_by_key(|f| f.frame);
         frames
@@ -237,6 +220,19 @@ impl Analysis {
             self.classes.entry(s.class_id).or_default().add(s);
         }
         ended.into_iter().map(Event::TrackEnd).collect()
+    }
+}
+
+/// Adds `track` to the late record of `frame` in `frames`, starting one if there is none.
+fn add_late(frames: &mut Vec<FrameRecord>, frame: u64, time: f64, track: TrackRecord) {
+    match frames.iter_mut().find(|f| f.frame == frame) {
+        Some(record) => record.tracks.push(track),
+        None => frames.push(FrameRecord {
+            frame,
+            time,
+            tracks: vec![track],
+            late: true,
+        }),
     }
 }
 
