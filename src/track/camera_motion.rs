@@ -1,8 +1,9 @@
 //! Camera motion between analysed frames, for trackers on moving cameras (BoT-SORT's global
 //! motion compensation, without OpenCV): the frame is reduced to a small grey image, patches
 //! on a grid away from the detected objects are matched in the next frame by block matching
-//! (sum of absolute differences, refined to a tenth of a pixel), and a similarity transform
-//! (shift, rotation, zoom) is fitted to the patches' motions with RANSAC. The tracker moves
+//! (sum of absolute differences, refined to a tenth of a pixel), coarse to fine (on the image
+//! at half size, then around that motion), and a similarity transform (shift, rotation,
+//! zoom) is fitted to the patches' motions with RANSAC. The tracker moves
 //! its predicted boxes by it before matching them to the new detections.
 
 use image::RgbImage;
@@ -15,8 +16,10 @@ const WORK_WIDTH: u32 = 320;
 const GRID: (usize, usize) = (8, 6);
 /// Half the side of a patch, grey pixels.
 const PATCH_RADIUS: i64 = 6;
-/// How far a patch is searched for, grey pixels either way.
+/// How far a patch is searched for, grey pixels either way: on the half-size grey image
+/// without a guess (so up to twice this on the grey image), then around that guess.
 const SEARCH_RADIUS: i64 = 10;
+const REFINE_RADIUS: i64 = 3;
 /// Patches flatter than this (mean absolute deviation of their pixels) match anywhere.
 const MIN_TEXTURE: f64 = 4.0;
 /// A patch agrees with a transform when it moves within this many grey pixels of it.
@@ -174,16 +177,32 @@ impl Grey {
             .sum()
     }
 
-    /// Where the patch at `centre` went in `next`, to a fraction of a pixel, if it is the
-    /// single clear best match within the search radius.
-    fn track_patch(&self, next: &Grey, centre: (i64, i64)) -> Option<(f64, f64)> {
-        let costs: Vec<i64> = search_offsets()
+    /// Where the patch at `centre` went in `next`, as a shift to a fraction of a pixel,
+    /// searched within `radius` of the shift `around`: if the best match lies inside that
+    /// area (on its edge the true one may lie beyond) and the whole search stays in both
+    /// images.
+    fn track_patch(
+        &self,
+        next: &Grey,
+        centre: (i64, i64),
+        around: (i64, i64),
+        radius: i64,
+    ) -> Option<(f64, f64)> {
+        let reach = PATCH_RADIUS + radius;
+        let inside = |image: &Grey, (x, y): (i64, i64), r: i64| {
+            x - r >= 0 && y - r >= 0 && x + r < image.width && y + r < image.height
+        };
+        let moved = (centre.0 + around.0, centre.1 + around.1);
+        if !inside(self, centre, PATCH_RADIUS) || !inside(next, moved, reach) {
+            return None;
+        }
+        let side = 2 * radius + 1;
+        let costs: Vec<i64> = (0..side * side)
+            .map(|i| (around.0 + i % side - radius, around.1 + i / side - radius))
             .map(|d| self.sad(next, centre, d))
             .collect();
-        let side = 2 * SEARCH_RADIUS + 1;
         let best = (0..costs.len()).min_by_key(|&i| costs[i])?;
         let (bx, by) = (best as i64 % side, best as i64 / side);
-        // On the edge of the search area the true minimum may lie beyond it.
         if bx == 0 || by == 0 || bx == side - 1 || by == side - 1 {
             return None;
         }
@@ -199,19 +218,81 @@ impl Grey {
         let fx = refine(cost(bx - 1, by), cost(bx, by), cost(bx + 1, by));
         let fy = refine(cost(bx, by - 1), cost(bx, by), cost(bx, by + 1));
         Some((
-            (bx - SEARCH_RADIUS) as f64 + fx,
-            (by - SEARCH_RADIUS) as f64 + fy,
+            (around.0 + bx - radius) as f64 + fx,
+            (around.1 + by - radius) as f64 + fy,
         ))
+    }
+
+    /// The image at half the size (each pixel the mean of a 2x2 block).
+    fn half(&self) -> Grey {
+        let (width, height) = (self.width / 2, self.height / 2);
+        let mut pixels = Vec::with_capacity((width * height) as usize);
+        for y in 0..height {
+            for x in 0..width {
+                let sum = self.at(2 * x, 2 * y)
+                    + self.at(2 * x + 1, 2 * y)
+                    + self.at(2 * x, 2 * y + 1)
+                    + self.at(2 * x + 1, 2 * y + 1);
+                pixels.push(((sum + 2) / 4) as u8);
+            }
+        }
+        Grey {
+            width,
+            height,
+            pixels,
+            factor: 2 * self.factor,
+        }
+    }
+
+    /// The similarity the background patches' motions to `next` agree on, each patch
+    /// searched around where `guess` (in this image's pixels) puts it.
+    fn motion_to(
+        &self,
+        next: &Grey,
+        objects: &[BBox],
+        guess: Option<Similarity>,
+        radius: i64,
+    ) -> Option<Similarity> {
+        let margin = PATCH_RADIUS + radius;
+        let (usable_w, usable_h) = (self.width - 2 * margin, self.height - 2 * margin);
+        if usable_w <= 0 || usable_h <= 0 {
+            return None;
+        }
+        let factor = f64::from(self.factor);
+        let on_object = |x: i64, y: i64| {
+            let (fx, fy) = ((x as f64 + 0.5) * factor, (y as f64 + 0.5) * factor);
+            let reach = (PATCH_RADIUS as f64) * factor;
+            objects.iter().any(|b| {
+                fx + reach > f64::from(b.x1)
+                    && fx - reach < f64::from(b.x2)
+                    && fy + reach > f64::from(b.y1)
+                    && fy - reach < f64::from(b.y2)
+            })
+        };
+        let mut pairs = Vec::new();
+        for row in 0..GRID.1 {
+            for column in 0..GRID.0 {
+                let x = margin + (usable_w * (2 * column as i64 + 1)) / (2 * GRID.0 as i64);
+                let y = margin + (usable_h * (2 * row as i64 + 1)) / (2 * GRID.1 as i64);
+                if on_object(x, y) || self.texture(x, y) < MIN_TEXTURE {
+                    continue;
+                }
+                let (px, py) = (x as f64, y as f64);
+                let around = guess.map_or((0, 0), |g| {
+                    let (gx, gy) = g.apply(px, py);
+                    ((gx - px).round() as i64, (gy - py).round() as i64)
+                });
+                if let Some((dx, dy)) = self.track_patch(next, (x, y), around, radius) {
+                    pairs.push(((px, py), (px + dx, py + dy)));
+                }
+            }
+        }
+        robust_fit(&pairs)
     }
 }
 
 fn patch_offsets() -> impl Iterator<Item = (i64, i64)> {
     (-PATCH_RADIUS..=PATCH_RADIUS).flat_map(|y| (-PATCH_RADIUS..=PATCH_RADIUS).map(move |x| (x, y)))
-}
-
-fn search_offsets() -> impl Iterator<Item = (i64, i64)> {
-    (-SEARCH_RADIUS..=SEARCH_RADIUS)
-        .flat_map(|y| (-SEARCH_RADIUS..=SEARCH_RADIUS).map(move |x| (x, y)))
 }
 
 /// Estimates the camera's motion from one analysed frame to the next.
@@ -237,44 +318,26 @@ impl CameraMotion {
         {
             return None;
         }
-        let margin = PATCH_RADIUS + SEARCH_RADIUS;
-        let (usable_w, usable_h) = (previous.width - 2 * margin, previous.height - 2 * margin);
-        if usable_w <= 0 || usable_h <= 0 {
-            return None;
-        }
-        let factor = f64::from(previous.factor);
-        let on_object = |x: i64, y: i64| {
-            let (fx, fy) = ((x as f64 + 0.5) * factor, (y as f64 + 0.5) * factor);
-            let reach = (PATCH_RADIUS as f64) * factor;
-            objects.iter().any(|b| {
-                fx + reach > f64::from(b.x1)
-                    && fx - reach < f64::from(b.x2)
-                    && fy + reach > f64::from(b.y1)
-                    && fy - reach < f64::from(b.y2)
-            })
-        };
-        let mut pairs = Vec::new();
-        for row in 0..GRID.1 {
-            for column in 0..GRID.0 {
-                let x = margin + (usable_w * (2 * column as i64 + 1)) / (2 * GRID.0 as i64);
-                let y = margin + (usable_h * (2 * row as i64 + 1)) / (2 * GRID.1 as i64);
-                if on_object(x, y) || previous.texture(x, y) < MIN_TEXTURE {
-                    continue;
-                }
-                if let Some((dx, dy)) = previous.track_patch(current, (x, y)) {
-                    let (x, y) = (x as f64, y as f64);
-                    pairs.push(((x, y), (x + dx, y + dy)));
-                }
+        // Coarse to fine: the motion on the half-size images (up to twice the search
+        // radius on the grey image), then refined around it on the grey images.
+        let coarse = previous
+            .half()
+            .motion_to(&current.half(), objects, None, SEARCH_RADIUS);
+        let fine = match coarse {
+            Some(coarse) => {
+                previous.motion_to(current, objects, Some(rescale(coarse, 2.0)), REFINE_RADIUS)
             }
-        }
-        Some(to_frame_pixels(robust_fit(&pairs)?, factor))
+            None => previous.motion_to(current, objects, None, SEARCH_RADIUS),
+        };
+        Some(rescale(fine?, f64::from(previous.factor)))
     }
 }
 
-/// A grey-image transform in frame pixels.
-fn to_frame_pixels(grey: Similarity, factor: f64) -> Similarity {
-    // A frame point p is grey point p / factor - 0.5; it moves to grey q and back to frame
-    // (q + 0.5) * factor: the linear part stays, the shift is rescaled and corrected for
+/// A transform in the pixels of an image `factor` times smaller, in the larger image's
+/// pixels (pixel centres at `(p + 0.5) * factor`).
+fn rescale(grey: Similarity, factor: f64) -> Similarity {
+    // A large-image point p is small-image point p / factor - 0.5; it moves to q there and
+    // back to (q + 0.5) * factor: the linear part stays, the shift is rescaled and corrected for
     // the half-pixel offset.
     let (sx, sy) = grey.rotate(-0.5, -0.5);
     Similarity {
@@ -368,6 +431,21 @@ mod tests {
         );
         assert!(
             (motion.a - 1.0).abs() < 2e-3 && motion.b.abs() < 2e-3,
+            "{motion:?}"
+        );
+    }
+
+    /// A fast pan (34 px at 640 wide: 17 grey pixels, beyond the search radius on the grey
+    /// image) is found on the half-size image first and refined there.
+    #[test]
+    fn a_fast_pan_is_found_coarse_to_fine() {
+        let mut camera = CameraMotion::new();
+        camera.estimate(&frame(|x, y| (x, y)), &[]);
+        let motion = camera
+            .estimate(&frame(|x, y| (x - 34.0, y - 14.0)), &[])
+            .expect("a fast pan is measured");
+        assert!(
+            (motion.tx - 34.0).abs() < 0.3 && (motion.ty - 14.0).abs() < 0.3,
             "{motion:?}"
         );
     }
