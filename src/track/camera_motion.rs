@@ -3,8 +3,8 @@
 //! on a grid away from the detected objects are matched in the next frame by block matching
 //! (sum of absolute differences, refined to a tenth of a pixel), coarse to fine (on the image
 //! at half size, then around that motion), and a similarity transform (shift, rotation,
-//! zoom) is fitted to the patches' motions with RANSAC. The tracker moves
-//! its predicted boxes by it before matching them to the new detections.
+//! zoom) is fitted to the patches' motions with RANSAC. The tracker moves its predicted boxes
+//! by it before matching them to the new detections.
 
 use image::RgbImage;
 
@@ -19,6 +19,7 @@ const PATCH_RADIUS: i64 = 6;
 /// How far a patch is searched for, grey pixels either way: on the half-size grey image
 /// without a guess (so up to twice this on the grey image), then around that guess.
 const SEARCH_RADIUS: i64 = 10;
+/// How far around that guess, grey pixels either way.
 const REFINE_RADIUS: i64 = 3;
 /// Patches flatter than this (mean absolute deviation of their pixels) match anywhere.
 const MIN_TEXTURE: f64 = 4.0;
@@ -291,6 +292,7 @@ impl Grey {
     }
 }
 
+/// Where a patch's pixels are, relative to its centre.
 fn patch_offsets() -> impl Iterator<Item = (i64, i64)> {
     (-PATCH_RADIUS..=PATCH_RADIUS).flat_map(|y| (-PATCH_RADIUS..=PATCH_RADIUS).map(move |x| (x, y)))
 }
@@ -337,8 +339,10 @@ impl CameraMotion {
 /// pixels (pixel centres at `(p + 0.5) * factor`).
 fn rescale(grey: Similarity, factor: f64) -> Similarity {
     // A large-image point p is small-image point p / factor - 0.5; it moves to q there and
-    // back to (q + 0.5) * factor: the linear part stays, the shift is rescaled and corrected for
-    // the half-pixel offset.
+    // back to (q + 0.5) * factor: the linear part stays, the shift is rescaled and corrected
+    // for the half-pixel offset. (Between two grey images, whose coordinates are pixel
+    // indices rather than positions, this is off by half a small pixel: close enough for the
+    // coarse level's guess.)
     let (sx, sy) = grey.rotate(-0.5, -0.5);
     Similarity {
         tx: (grey.tx + sx + 0.5) * factor,
