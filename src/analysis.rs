@@ -81,7 +81,9 @@ pub struct Analysis {
 /// Time spent in each part of [`Analysis`]'s work on one frame.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StageTimes {
-    /// The tracker, with the camera's motion when `camera_motion` is on.
+    /// The camera's motion between analysed frames (`camera_motion`; zero when off).
+    pub camera: Duration,
+    /// The tracker.
     pub track: Duration,
     /// The speed estimator.
     pub speed: Duration,
@@ -254,6 +256,7 @@ impl FrameStage for Analysis {
             let objects: Vec<BBox> = detections.iter().map(|d| d.bbox).collect();
             c.estimate(&frame.image, &objects)
         });
+        let camera_measured = Instant::now();
         let tracks = self
             .tracker
             .update_with_camera_motion(detections, frame.pts, camera.as_ref());
@@ -338,7 +341,8 @@ impl FrameStage for Analysis {
         self.remember(record);
         if let Some(times) = self.stage_times.as_mut() {
             *times = StageTimes {
-                track: tracked - started,
+                camera: camera_measured - started,
+                track: tracked - camera_measured,
                 speed: measured_at - tracked,
                 annotate: measured_at.elapsed(),
             };

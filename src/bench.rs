@@ -26,11 +26,12 @@ use crate::video::sink::Mp4Sink;
 use crate::video::{self, FirstFrames, FrameSource, StreamInfo};
 
 /// The stages timed, in pipeline order.
-pub const STAGES: [&str; 8] = [
+pub const STAGES: [&str; 9] = [
     "decode",
     "preprocess",
     "network",
     "nms",
+    "camera motion",
     "track",
     "speed",
     "annotate",
@@ -171,8 +172,8 @@ impl StageRun {
         &mut self,
         source: &mut dyn FrameSource,
         detector: &mut Detector,
-    ) -> anyhow::Result<Option<[Duration; 8]>> {
-        let mut t = [Duration::ZERO; 8];
+    ) -> anyhow::Result<Option<[Duration; 9]>> {
+        let mut t = [Duration::ZERO; 9];
         let Some(frame) = lap(&mut t[0], || source.next_frame())? else {
             return Ok(None);
         };
@@ -188,8 +189,8 @@ impl StageRun {
             .analysis
             .last_stage_times()
             .expect("stage times were asked for");
-        (t[4], t[5], t[6]) = (times.track, times.speed, times.annotate);
-        lap(&mut t[7], || self.sink.write(&frame, &canvas))?;
+        (t[4], t[5], t[6], t[7]) = (times.camera, times.track, times.speed, times.annotate);
+        lap(&mut t[8], || self.sink.write(&frame, &canvas))?;
         Ok(Some(t))
     }
 }

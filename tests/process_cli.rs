@@ -195,12 +195,17 @@ fn int8_export_agrees_with_the_float_model_on_video_frames() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-/// `bench` times every stage, the analysis ones inside the same analysis `process` runs,
-/// and the real pipeline after them.
+/// `bench` times every stage, the analysis ones inside the same analysis `process` runs
+/// (with the camera's motion measured), and the real pipeline after them.
 #[test]
 fn bench_reports_every_stage_and_the_pipeline() {
+    let config =
+        std::env::temp_dir().join(format!("streamtrack-bench-{}.toml", std::process::id()));
+    std::fs::write(&config, "[tracker]\ncamera_motion = true\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_streamtrack"))
         .args(["-q", "bench", "--json", "--device", "cpu", "--frames", "8"])
+        .arg("--config")
+        .arg(&config)
         .args(["--warmup", "2", "-m"])
         .arg(data("models/yolo11n-coco-320.onnx"))
         .arg(data("video/traffic-640x360.mp4"))
@@ -226,8 +231,9 @@ fn bench_reports_every_stage_and_the_pipeline() {
         let median = stage["median_ms"].as_f64().unwrap();
         assert!(median.is_finite() && median >= 0.0, "{stage}");
     }
-    // The tracker and the drawing do real work on a street full of cars.
-    for busy in ["network", "track", "annotate", "encode"] {
+    std::fs::remove_file(&config).unwrap();
+    // The camera motion, the tracker and the drawing do real work on a street full of cars.
+    for busy in ["network", "camera motion", "track", "annotate", "encode"] {
         let stage = report["stages"]
             .as_array()
             .unwrap()
