@@ -297,10 +297,16 @@ fn patch_offsets() -> impl Iterator<Item = (i64, i64)> {
     (-PATCH_RADIUS..=PATCH_RADIUS).flat_map(|y| (-PATCH_RADIUS..=PATCH_RADIUS).map(move |x| (x, y)))
 }
 
+/// A frame's grey image and the same at half size.
+struct Pyramid {
+    grey: Grey,
+    half: Grey,
+}
+
 /// Estimates the camera's motion from one analysed frame to the next.
 #[derive(Default)]
 pub struct CameraMotion {
-    previous: Option<Grey>,
+    previous: Option<Pyramid>,
 }
 
 impl CameraMotion {
@@ -313,8 +319,15 @@ impl CameraMotion {
     /// frame, a frame of another size, or when too few patches agree on one motion.
     pub fn estimate(&mut self, image: &RgbImage, objects: &[BBox]) -> Option<Similarity> {
         let grey = Grey::from_frame(image);
-        let previous = self.previous.replace(grey)?;
-        let current = self.previous.as_ref().expect("just stored");
+        let half = grey.half();
+        let Pyramid {
+            grey: previous,
+            half: previous_half,
+        } = self.previous.replace(Pyramid { grey, half })?;
+        let Pyramid {
+            grey: current,
+            half: current_half,
+        } = self.previous.as_ref().expect("just stored");
         if (previous.width, previous.height, previous.factor)
             != (current.width, current.height, current.factor)
         {
@@ -322,9 +335,7 @@ impl CameraMotion {
         }
         // Coarse to fine: the motion on the half-size images (up to twice the search
         // radius on the grey image), then refined around it on the grey images.
-        let coarse = previous
-            .half()
-            .motion_to(&current.half(), objects, None, SEARCH_RADIUS);
+        let coarse = previous_half.motion_to(current_half, objects, None, SEARCH_RADIUS);
         let fine = match coarse {
             Some(coarse) => {
                 previous.motion_to(current, objects, Some(rescale(coarse, 2.0)), REFINE_RADIUS)
