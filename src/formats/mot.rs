@@ -23,6 +23,19 @@ pub struct MotRow {
 }
 
 impl MotRow {
+    /// A tracker's result row: track `id`'s box in `frame` (1-based) with its score, no
+    /// class or visibility.
+    pub fn result(frame: u32, id: u64, bbox: BBox, score: f32) -> MotRow {
+        MotRow {
+            frame,
+            id: id as i64,
+            bbox,
+            conf: score,
+            class: None,
+            visibility: None,
+        }
+    }
+
     /// The row as a detection: its box, its score, and its class (0 when absent).
     pub fn detection(&self) -> crate::detect::Detection {
         crate::detect::Detection {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::events::Event;
+use crate::formats::mot::MotRow;
 use crate::geometry::BBox;
 use crate::sinks::EventSinks;
 
@@ -40,8 +41,9 @@ pub struct FrameRecord {
     pub time: f64,
     pub tracks: Vec<TrackRecord>,
     /// Written after later frames, with what they taught about this one: boxes of tracks
-    /// that went unseen here and were found again (`[tracker] fill_gaps`). Each track in it
-    /// adds to, or replaces, that track's entry in the frame's first record. Serialised only
+    /// that went unseen here and were found again (`[tracker] fill_gaps`), and speeds of
+    /// tracks that had none here yet (`[speed] backfill`). Each track in it adds to, or
+    /// replaces, that track's entry in the frame's first record. Serialised only
     /// when true.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub late: bool,
@@ -232,14 +234,7 @@ impl ResultWriters {
             return Ok(());
         };
         for t in &record.tracks {
-            let row = crate::formats::mot::MotRow {
-                frame: record.frame as u32 + 1,
-                id: t.id as i64,
-                bbox: t.bbox(),
-                conf: t.score,
-                class: None,
-                visibility: None,
-            };
+            let row = MotRow::result(record.frame as u32 + 1, t.id, t.bbox(), t.score);
             out.line(&crate::formats::mot::result_line(&row));
         }
         out.flush()

@@ -201,7 +201,7 @@ impl ByteTracker {
     pub fn new(config: TrackerConfig, fps: f64) -> Self {
         Self {
             config,
-            fps: if fps > 0.0 { fps } else { 30.0 },
+            fps: super::nominal_fps(fps),
             tracked: Vec::new(),
             lost: Vec::new(),
             frame: 0,

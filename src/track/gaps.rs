@@ -56,8 +56,7 @@ impl GapFiller {
     /// Gap-filling horizon for a tracker keeping lost tracks for `track_buffer` seconds of a
     /// source at `fps`: the buffer plus the frame on which a lost track is matched again.
     pub fn horizon_for(track_buffer: f64, fps: f64) -> f64 {
-        let frame = if fps > 0.0 { 1.0 / fps } else { 1.0 / 30.0 };
-        track_buffer + 2.0 * frame
+        track_buffer + 2.0 / super::nominal_fps(fps)
     }
 
     /// Takes the tracks reported for analysed frame `frame` at `time` (frames in increasing

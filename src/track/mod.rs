@@ -81,6 +81,11 @@ pub enum TrackerKind {
     OcSort,
 }
 
+/// The frame rate a tracker counts its frames at: the source's, or 30 where it gives none.
+fn nominal_fps(fps: f64) -> f64 {
+    if fps > 0.0 { fps } else { 30.0 }
+}
+
 /// OC-SORT's published momentum weight, which `kind = "ocsort"` uses unless `ocm` is set.
 const OC_SORT_MOMENTUM: f32 = 0.2;
 
@@ -260,7 +265,7 @@ pub fn track_mot_rows(
         if let Some(gaps) = gaps.as_mut() {
             let seen = tracks.iter().map(|t| (t.track_id, t.bbox, t.score));
             for filled in gaps.update(frame.into(), time, seen) {
-                out.push(mot_row(
+                out.push(crate::formats::mot::MotRow::result(
                     filled.frame as u32,
                     filled.track_id,
                     filled.bbox,
@@ -269,21 +274,11 @@ pub fn track_mot_rows(
             }
         }
         for t in tracks {
-            out.push(mot_row(frame, t.track_id, t.bbox, t.score));
+            out.push(crate::formats::mot::MotRow::result(
+                frame, t.track_id, t.bbox, t.score,
+            ));
         }
     }
     out.sort_by_key(|row| row.frame);
     out
-}
-
-/// A MOTChallenge result row.
-fn mot_row(frame: u32, track_id: u64, bbox: BBox, score: f32) -> crate::formats::mot::MotRow {
-    crate::formats::mot::MotRow {
-        frame,
-        id: track_id as i64,
-        bbox,
-        conf: score,
-        class: None,
-        visibility: None,
-    }
 }
