@@ -11,10 +11,13 @@ use crate::activation::{Activation, apply_bias_activation};
 use crate::im2col::Window;
 use crate::packed::{MR, PackedWeights, Rows, block_width, multiply_packed_blocks};
 use crate::scratch::{prefix, with_reused};
+use crate::upsample::{LOW_PRODUCT, LowProduct, UpsampledPart};
 
 thread_local! {
     /// Each thread's im2col block, reused across tiles and convolutions.
     static IM2COL_BLOCK: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// Each thread's source positions of a tile's upsampled values.
+    static SOURCES: Cell<Vec<usize>> = const { Cell::new(Vec::new()) };
 }
 
 /// One image's feature map, or a block of its channels: `[channels, height, width]`, dense.
@@ -72,6 +75,93 @@ pub fn conv2d(
     params: &ConvParams,
     out: &mut [MaybeUninit<f32>],
 ) {
+    convolve(inputs, (height, width), params, None, out);
+}
+
+/// `activation(conv1x1(concat(upsample(upsampled), rest), weight) + bias)` for one image into
+/// `out` (`[c_out, height * scale, width * scale]`, every element written): `upsampled`'s
+/// product is computed at its own size (a `scale²`-th of its multiply-accumulates) and each
+/// tile starts from its values, spread, before the products of `rest` are added.
+///
+/// # Panics
+/// When `params` is not a 1x1 convolution with stride 1 and no padding, or a slice's length
+/// does not match the shapes given.
+pub fn conv1x1_upsampled(
+    upsampled: &UpsampledPart,
+    rest: &[FeatureMap],
+    params: &ConvParams,
+    out: &mut [MaybeUninit<f32>],
+) {
+    assert!(
+        params.kernel == 1 && params.stride == 1 && params.padding == 0,
+        "a 1x1 convolution with stride 1"
+    );
+    upsampled.check();
+    let c_out = params.weight.rows();
+    let low = upsampled.map;
+    let positions = upsampled.positions();
+    with_reused(&LOW_PRODUCT, |values| {
+        let values = prefix(values, c_out * positions, 0.0);
+        if low.channels > 0 {
+            let split = WorkSplit::new(positions, low.channels, c_out, block_width(), true);
+            let values_ptr = SharedOut::new(as_uninit(values));
+            split.for_each_item(&IM2COL_BLOCK, |item, _| {
+                let (start, len) = (item.columns.start, item.columns.len());
+                // SAFETY: the part's channels from column `start` are `low.channels` rows of
+                // `len` values; this item alone writes its columns of its rows of `values`.
+                unsafe {
+                    multiply_packed_blocks(
+                        params.weight,
+                        item.blocks,
+                        0..low.channels,
+                        Rows {
+                            ptr: low.data[start..].as_ptr(),
+                            stride: positions,
+                        },
+                        len,
+                        Rows {
+                            ptr: values_ptr
+                                .get()
+                                .add(item.channels.start * positions + start),
+                            stride: positions,
+                        },
+                        false,
+                    );
+                }
+            });
+        } else {
+            values.fill(0.0);
+        }
+        let start = LowProduct {
+            values,
+            height: upsampled.height,
+            width: upsampled.width,
+            scale: upsampled.scale,
+        };
+        let at = FeatureMap {
+            data: &[],
+            channels: low.channels,
+        };
+        let inputs: Vec<FeatureMap> = std::iter::once(at).chain(rest.iter().copied()).collect();
+        convolve(&inputs, upsampled.output_size(), params, Some(start), out);
+    });
+}
+
+/// `values` as the output slice the micro-kernels write.
+pub(crate) fn as_uninit(values: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and only f32s are written.
+    unsafe { &mut *(values as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+/// [`conv2d`], where with `first_values` the first input part is not read: each tile starts
+/// from those values of that part's product instead (see [`conv1x1_upsampled`]).
+fn convolve(
+    inputs: &[FeatureMap],
+    (height, width): (usize, usize),
+    params: &ConvParams,
+    first_values: Option<LowProduct>,
+    out: &mut [MaybeUninit<f32>],
+) {
     let c_in: usize = inputs.iter().map(|p| p.channels).sum();
     assert!(c_in > 0, "a convolution needs input channels");
     let k = params.kernel;
@@ -82,7 +172,12 @@ pub fn conv2d(
     assert_eq!(params.weight.depth(), k_total, "weight shape");
     assert_eq!(params.bias.len(), c_out, "bias shape");
     assert_eq!(out.len(), c_out * positions, "output shape");
-    for part in inputs {
+    // The parts the tiles read, and the depth of the weights they start at.
+    let (read, first_depth) = match first_values {
+        Some(_) => (&inputs[1..], inputs[0].channels * k * k),
+        None => (inputs, 0),
+    };
+    for part in read {
         assert_eq!(
             part.data.len(),
             part.channels * height * width,
@@ -101,7 +196,7 @@ pub fn conv2d(
     // Not a parallel loop of its own: stride 1 borrows the input, and a strided input is
     // split into phases in parallel inside (a parallel loop that has nothing to do still
     // wakes the other threads).
-    let phased: Vec<_> = inputs
+    let phased: Vec<_> = read
         .iter()
         .map(|part| window.phases(part.data, part.channels, 0.0))
         .collect();
@@ -122,8 +217,12 @@ pub fn conv2d(
             // SAFETY: this item writes columns `start..start + len` of output rows
             // `channels` and no other item touches them; `out` outlives the parallel loop.
             let dst = unsafe { out_ptr.get().add(channels.start * positions + start) };
-            let mut k_offset = 0;
-            let parts = inputs.iter().zip(&phased).filter(|(p, _)| p.channels > 0);
+            if let Some(low) = &first_values {
+                // SAFETY: as above.
+                unsafe { spread_into_tile(low, channels.clone(), columns.clone(), dst, positions) };
+            }
+            let mut k_offset = first_depth;
+            let parts = read.iter().zip(&phased).filter(|(p, _)| p.channels > 0);
             for (part, phased) in parts {
                 let rows = part.channels * k * k;
                 let x = if direct {
@@ -153,7 +252,7 @@ pub fn conv2d(
                             ptr: dst,
                             stride: positions,
                         },
-                        k_offset > 0,
+                        k_offset > 0 || first_values.is_some(),
                     );
                 }
                 k_offset += rows;
@@ -163,6 +262,34 @@ pub fn conv2d(
             unsafe { bias_activation_tile(dst, positions, len, bias, params.activation) };
         },
     );
+}
+
+/// Writes `low`'s values of output channels `channels` at output positions `columns` into the
+/// tile at `dst`, channel `channels.start + r`'s run at `dst + r * row_stride`.
+///
+/// # Safety
+/// Those runs of `columns.len()` values are writable and no one else uses them meanwhile.
+unsafe fn spread_into_tile(
+    low: &LowProduct,
+    channels: Range<usize>,
+    columns: Range<usize>,
+    dst: *mut f32,
+    row_stride: usize,
+) {
+    with_reused(&SOURCES, |sources| {
+        let sources = prefix(sources, columns.len(), 0);
+        low.sources(columns.start, sources);
+        for (r, co) in channels.enumerate() {
+            let plane = low.plane(co);
+            // SAFETY: run `r` of the tile, per the caller's contract.
+            let run = unsafe {
+                std::slice::from_raw_parts_mut(dst.add(r * row_stride).cast(), columns.len())
+            };
+            for (value, &source) in run.iter_mut().zip(sources.iter()) {
+                *value = MaybeUninit::new(plane[source]);
+            }
+        }
+    });
 }
 
 /// How a convolution's output `[c_out, positions]` is shared out among threads: tiles of
@@ -321,7 +448,7 @@ impl<T> SharedOut<T> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::test_values::{split_channels, written};
+    use crate::test_values::{max_difference_upsampled, split_channels, written};
     use proptest::prelude::*;
 
     /// Straightforward seven-loop convolution in f64.
@@ -419,8 +546,44 @@ pub(crate) mod tests {
         check([48, 24, 100, 7, 9], [1, 1, 0], Activation::Silu);
     }
 
+    /// [`max_difference_upsampled`] of [`conv1x1_upsampled`].
+    fn upsampled_difference(shape: [usize; 6], activation: Activation) -> f32 {
+        max_difference_upsampled(shape, activation, |upsampled, rest, params, _, out| {
+            conv1x1_upsampled(upsampled, rest, params, out)
+        })
+    }
+
+    #[test]
+    fn an_upsampled_part_matches_the_product_of_its_upsampled_map() {
+        // YOLO11n's neck at 320 (256 channels from 10x10 beside 128 at 20x20, 128 from
+        // 20x20 beside 128 at 40x40), a map small enough that items split the channels, a
+        // scale of 3, an empty rest and an empty upsampled part.
+        for (shape, act) in [
+            ([256, 128, 128, 10, 10, 2], Activation::Silu),
+            ([128, 128, 64, 20, 20, 2], Activation::Silu),
+            ([40, 8, 100, 3, 4, 2], Activation::Identity),
+            ([5, 7, 9, 4, 3, 3], Activation::Silu),
+            ([6, 0, 5, 3, 3, 2], Activation::Silu),
+            ([0, 6, 5, 3, 3, 2], Activation::Identity),
+        ] {
+            let diff = upsampled_difference(shape, act);
+            assert!(diff < 1e-5, "{shape:?}: {diff}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn random_upsampled_parts_match_the_product_of_their_upsampled_maps(
+            c_low in 0usize..20, c_rest in 0usize..20, c_out in 1usize..40,
+            h in 1usize..9, w in 1usize..9, scale in 1usize..4, silu in any::<bool>(),
+        ) {
+            prop_assume!(c_low + c_rest > 0);
+            let act = if silu { Activation::Silu } else { Activation::Identity };
+            let diff = upsampled_difference([c_low, c_rest, c_out, h, w, scale], act);
+            prop_assert!(diff < 1e-5, "{diff}");
+        }
+
         #[test]
         fn random_shapes_match_the_reference(
             c_in in 1usize..12, split in 0usize..12, c_out in 1usize..20,

@@ -24,9 +24,10 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::activation::{Activation, apply_bias_activation};
-use crate::conv::{FeatureMap, ITEMS_PER_THREAD, SharedOut};
-use crate::scratch::with_reused;
+use crate::conv::{FeatureMap, ITEMS_PER_THREAD, SharedOut, as_uninit};
+use crate::scratch::{prefix, with_reused};
 use crate::taps::{Bands, PADDED, PaddedLayout};
+use crate::upsample::{LOW_PRODUCT, LowProduct, UpsampledPart};
 
 /// Output channels per block: two vectors of [`LANES`].
 const BLOCK: usize = 32;
@@ -157,7 +158,7 @@ pub fn conv_channel_blocked(
         // The whole map as one row; step `k` reads channel `k` in place.
         let steps = StepRows(planes.iter().map(|p| p.as_ptr()).collect());
         let runs = Runs::new(1, height * width);
-        convolve_shared(&steps, runs, |_, x| x, weight, epilogue, out);
+        convolve_shared(&steps, runs, |_, x| x, weight, (epilogue, Start::ZERO), out);
         return;
     }
     match Bands::new(&layout, weight.c_out, c_in) {
@@ -169,10 +170,103 @@ pub fn conv_channel_blocked(
                 let steps = StepRows::at(padded, &offsets);
                 let runs = Runs::new(out_h, out_w);
                 let position = |y, x| layout.position(y, x);
-                convolve_shared(&steps, runs, position, weight, epilogue, out);
+                convolve_shared(&steps, runs, position, weight, (epilogue, Start::ZERO), out);
             });
         }
     }
+}
+
+/// [`conv1x1_upsampled`](crate::conv1x1_upsampled) with the output channels in the vector
+/// lanes: `activation(conv1x1(concat(upsample(upsampled), rest), weight) + bias)` into `out`
+/// (`[c_out, height * scale, width * scale]`); `weight` is a 1x1 convolution's.
+///
+/// # Panics
+/// As [`conv_channel_blocked`], and when `weight` is not a 1x1 convolution's.
+pub fn conv1x1_channel_blocked_upsampled(
+    upsampled: &UpsampledPart,
+    rest: &[FeatureMap],
+    weight: &ChannelBlockedWeights,
+    (bias, activation): (&[f32], Activation),
+    out: &mut [MaybeUninit<f32>],
+) {
+    assert!(channel_blocked_supported(), "AVX-512 needed");
+    assert_eq!(weight.kernel, 1, "a 1x1 convolution");
+    upsampled.check();
+    let (height, width) = upsampled.output_size();
+    let low = upsampled.map;
+    let c_in = low.channels + rest.iter().map(|p| p.channels).sum::<usize>();
+    assert_eq!(c_in, weight.c_in, "input channels");
+    for part in rest {
+        assert_eq!(
+            part.data.len(),
+            part.channels * height * width,
+            "input shape"
+        );
+    }
+    assert_eq!(bias.len(), weight.c_out, "bias shape");
+    assert_eq!(out.len(), weight.c_out * height * width, "output shape");
+    if out.is_empty() {
+        return;
+    }
+    let planes = |parts: &[FeatureMap], plane: usize| {
+        StepRows(
+            parts
+                .iter()
+                .flat_map(|p| p.data.chunks_exact(plane))
+                .map(|p| p.as_ptr())
+                .collect(),
+        )
+    };
+    let positions = upsampled.positions();
+    with_reused(&LOW_PRODUCT, |values| {
+        let values = prefix(values, weight.c_out * positions, 0.0);
+        let no_bias = vec![0.0; weight.c_out];
+        let low_steps = planes(&[low], positions);
+        convolve_shared(
+            &low_steps,
+            Runs::new(1, positions),
+            |_, x| x,
+            weight,
+            ((&no_bias, Activation::Identity), Start::ZERO),
+            SharedOut::new(as_uninit(values)),
+        );
+        let start = Start {
+            depth: low.channels,
+            values: Some(LowProduct {
+                values,
+                height: upsampled.height,
+                width: upsampled.width,
+                scale: upsampled.scale,
+            }),
+        };
+        let steps = planes(rest, height * width);
+        let runs = Runs::new(1, height * width);
+        let epilogue = (bias, activation);
+        convolve_shared(
+            &steps,
+            runs,
+            |_, x| x,
+            weight,
+            (epilogue, start),
+            SharedOut::new(out),
+        );
+    });
+}
+
+/// Where a block's sums start: at zero from the weights' first step, or at an upsampled
+/// part's product from the step after that part's channels.
+#[derive(Clone, Copy)]
+struct Start<'a> {
+    /// The weights' depth steps the values cover; the block's steps start after them.
+    depth: usize,
+    values: Option<LowProduct<'a>>,
+}
+
+impl Start<'_> {
+    const ZERO: Self = Self {
+        depth: 0,
+        values: None,
+    };
 }
 
 /// Where each depth step reads the map's position 0: pixel `p` of a step at `p` values on.
@@ -233,7 +327,7 @@ fn convolve_shared(
     runs: Runs,
     position: impl Fn(usize, usize) -> usize + Sync,
     weight: &ChannelBlockedWeights,
-    epilogue: (&[f32], Activation),
+    (epilogue, start): ((&[f32], Activation), Start),
     out: SharedOut,
 ) {
     let blocks = weight.blocks();
@@ -247,7 +341,7 @@ fn convolve_shared(
     };
     (0..blocks * parts).into_par_iter().for_each(|item| {
         let (block, part) = (item / parts, item % parts);
-        let block = Block::new(weight, block, epilogue);
+        let block = Block::new(weight, block, epilogue, start);
         let all = runs.count();
         for run in all * part / parts..all * (part + 1) / parts {
             let (y, xs) = runs.get(run);
@@ -284,7 +378,7 @@ fn convolve_bands(
             let padded = band_layout.copy_band(planes, &offsets, (0.0, rows.start), buffer);
             let steps = StepRows::at(padded, &offsets);
             for block in 0..weight.blocks() {
-                let block = Block::new(weight, block, epilogue);
+                let block = Block::new(weight, block, epilogue, Start::ZERO);
                 for run in runs.of_rows(rows.clone()) {
                     let (y, xs) = runs.get(run);
                     let position = band_layout.position(y - rows.start, xs.start);
@@ -314,20 +408,25 @@ struct Block<'a> {
     /// The block's bias, zero-padded.
     bias: [f32; BLOCK],
     activation: Activation,
+    /// An upsampled part's product, added to the sums before the activation.
+    start: Option<LowProduct<'a>>,
 }
 
 impl<'a> Block<'a> {
-    /// Block `block` of `weight`.
+    /// Block `block` of `weight`, its steps from `start.depth` on.
     fn new(
         weight: &'a ChannelBlockedWeights,
         block: usize,
         (bias, activation): (&[f32], Activation),
+        start: Start<'a>,
     ) -> Self {
         let (channels, weights) = weight.block(block);
+        let lanes = block_lanes(channels.len());
         let mut block_bias = [0.0; BLOCK];
         block_bias[..channels.len()].copy_from_slice(&bias[channels.clone()]);
         Self {
-            weights,
+            weights: &weights[start.depth * lanes..],
+            start: start.values,
             channels,
             bias: block_bias,
             activation,
@@ -361,6 +460,16 @@ impl<'a> Block<'a> {
         // SAFETY: AVX-512 was checked; the tile's pointers address what its fields say.
         unsafe { run_kernel(lanes / LANES, pixels, &tile) };
         let result = &mut result[..pixels * BLOCK];
+        if let Some(low) = &self.start {
+            let mut sources = [0; MAX_PIXELS];
+            low.sources(y * out.width + xs.start, &mut sources[..pixels]);
+            for (lane, co) in self.channels.clone().enumerate() {
+                let plane = low.plane(co);
+                for (pixel, &source) in sources[..pixels].iter().enumerate() {
+                    result[pixel * BLOCK + lane] += plane[source];
+                }
+            }
+        }
         apply_bias_activation(result, 0.0, self.activation);
         for (lane, co) in self.channels.clone().enumerate() {
             // SAFETY: pixels `xs` of row `y` of channel `co`, this caller's alone.
@@ -483,8 +592,8 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::test_values::{
-        BANDED_3X3_SHAPES, YOLO_3X3_SHAPES, max_difference_from_im2col, relative_difference,
-        split_channels, values, written,
+        BANDED_3X3_SHAPES, YOLO_3X3_SHAPES, max_difference_from_im2col, max_difference_upsampled,
+        relative_difference, split_channels, values, written,
     };
     use proptest::prelude::*;
 
@@ -568,6 +677,44 @@ mod tests {
         }
     }
 
+    /// [`max_difference_upsampled`] of [`conv1x1_channel_blocked_upsampled`]; `None` on a CPU
+    /// without AVX-512.
+    fn upsampled_difference(shape: [usize; 6], activation: Activation) -> Option<f32> {
+        if !channel_blocked_supported() {
+            eprintln!("no AVX-512: the channel-blocked path is not run");
+            return None;
+        }
+        let [c_low, c_rest, c_out, ..] = shape;
+        Some(max_difference_upsampled(
+            shape,
+            activation,
+            |upsampled, rest, params, weight, out| {
+                let blocked = ChannelBlockedWeights::new(weight, c_out, c_low + c_rest, 1);
+                let epilogue = (params.bias, params.activation);
+                conv1x1_channel_blocked_upsampled(upsampled, rest, &blocked, epilogue, out)
+            },
+        ))
+    }
+
+    #[test]
+    fn an_upsampled_part_matches_the_product_of_its_upsampled_map() {
+        // YOLO11n's neck at 320 (256 channels from 10x10 beside 128 at 20x20), a last block
+        // of 16 lanes, a scale of 3 with rows that end inside a run, an empty rest and an
+        // empty upsampled part.
+        for (shape, act) in [
+            ([256, 128, 128, 10, 10, 2], Activation::Silu),
+            ([24, 8, 40, 5, 7, 2], Activation::Identity),
+            ([5, 7, 9, 4, 3, 3], Activation::Silu),
+            ([6, 0, 5, 3, 3, 2], Activation::Silu),
+            ([0, 6, 33, 3, 3, 2], Activation::Identity),
+        ] {
+            let Some(diff) = upsampled_difference(shape, act) else {
+                return;
+            };
+            assert!(diff < 1e-5, "{shape:?}: {diff}");
+        }
+    }
+
     #[test]
     fn large_maps_run_in_bands_that_match_the_im2col_path() {
         // Copies past the band size: the stem's 3 channels at 320x240 and 16 channels at
@@ -591,6 +738,18 @@ mod tests {
         ) {
             let act = if silu { Activation::Silu } else { Activation::Identity };
             if let Some(diff) = max_difference([c_in, split, c_out, h, w], stride, act) {
+                prop_assert!(diff < 1e-5, "{diff}");
+            }
+        }
+
+        #[test]
+        fn random_upsampled_parts_match_the_product_of_their_upsampled_maps(
+            c_low in 0usize..20, c_rest in 0usize..20, c_out in 1usize..70,
+            h in 1usize..9, w in 1usize..9, scale in 1usize..4, silu in any::<bool>(),
+        ) {
+            prop_assume!(c_low + c_rest > 0);
+            let act = if silu { Activation::Silu } else { Activation::Identity };
+            if let Some(diff) = upsampled_difference([c_low, c_rest, c_out, h, w, scale], act) {
                 prop_assert!(diff < 1e-5, "{diff}");
             }
         }

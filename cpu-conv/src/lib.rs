@@ -17,6 +17,10 @@
 //! Layout is NCHW, one image at a time, so feature maps move between
 //! layers without layout conversions; an input may be given as several channel blocks (the
 //! parts of a concatenation), which are read in place instead of being copied together first.
+//! A 1x1 convolution whose first block is another map upsampled ([`UpsampledPart`], YOLO's
+//! neck) computes that block's product before the upsampling, at a `scale²`-th of the cost,
+//! and never makes the upsampled map ([`conv1x1_upsampled`],
+//! [`conv1x1_channel_blocked_upsampled`]).
 //!
 //! [`conv2d_int8`] is the INT8 convolution: u8 activations times i8 weights packed once
 //! ([`QuantizedWeights`]), exact i32 accumulation (`vpdpbusd` with AVX-512 VNNI or AVX-VNNI,
@@ -52,9 +56,12 @@ mod winograd;
 
 pub use activation::{Activation, apply_bias_activation, exp_minus_column_max, sigmoid_in_place};
 pub use attention::{AttentionShape, attention};
-pub use conv::{ConvParams, FeatureMap, conv2d, output_size};
+pub use conv::{ConvParams, FeatureMap, conv1x1_upsampled, conv2d, output_size};
 pub use depthwise::{DepthwiseParams, depthwise_conv2d};
-pub use direct::{ChannelBlockedWeights, channel_blocked_supported, conv_channel_blocked};
+pub use direct::{
+    ChannelBlockedWeights, channel_blocked_supported, conv_channel_blocked,
+    conv1x1_channel_blocked_upsampled,
+};
 pub use int8::{
     Int8ConvParams, Int8Output, QuantParams, QuantizedMap, QuantizedWeights, conv2d_int8,
     conv2d_int8_quantized,
@@ -63,5 +70,5 @@ pub use int8_kernels::int8_kernel_name;
 pub use packed::PackedWeights;
 pub use pool::max_pool_same;
 pub use taps::conv3x3_taps;
-pub use upsample::upsample_nearest;
+pub use upsample::{UpsampledPart, upsample_nearest};
 pub use winograd::{WinogradTile, WinogradWeights, conv3x3_winograd};

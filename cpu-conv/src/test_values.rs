@@ -114,3 +114,62 @@ pub(crate) const YOLO_3X3_SHAPES: [([usize; 5], crate::Activation); 8] = [
 /// channels at 100x90.
 pub(crate) const BANDED_3X3_SHAPES: [([usize; 5], usize); 2] =
     [([3, 3, 16, 320, 240], 2), ([16, 8, 24, 100, 90], 1)];
+
+/// The largest relative difference (as [`relative_difference`]) between `run`, a 1x1
+/// convolution of a `[c_low, h, w]` map upsampled by `scale` and concatenated with a
+/// `[c_rest, h * scale, w * scale]` map into `c_out` channels, and [`crate::conv2d`] over the
+/// upsampled map made first. `run` gets the upsampled part, the rest, the parameters (the
+/// weights packed), the row-major `[c_out, c_low + c_rest]` weights and the output.
+pub(crate) fn max_difference_upsampled(
+    [c_low, c_rest, c_out, h, w, scale]: [usize; 6],
+    activation: crate::Activation,
+    run: impl FnOnce(
+        &crate::UpsampledPart,
+        &[crate::FeatureMap],
+        &crate::ConvParams,
+        &[f32],
+        &mut [MaybeUninit<f32>],
+    ),
+) -> f32 {
+    let (out_h, out_w) = (h * scale, w * scale);
+    let low = values(c_low * h * w, 1);
+    let rest = values(c_rest * out_h * out_w, 4);
+    let weight = values(c_out * (c_low + c_rest), 2);
+    let bias = values(c_out, 3);
+    let up = written(low.len() * scale * scale, |out| {
+        crate::upsample_nearest(&low, c_low, h, w, scale, out)
+    });
+    let packed = crate::PackedWeights::new(&weight, c_out, c_low + c_rest);
+    let params = crate::ConvParams {
+        weight: &packed,
+        bias: &bias,
+        kernel: 1,
+        stride: 1,
+        padding: 0,
+        activation,
+    };
+    let rest = [crate::FeatureMap {
+        data: &rest,
+        channels: c_rest,
+    }];
+    let len = c_out * out_h * out_w;
+    let made = [
+        crate::FeatureMap {
+            data: &up,
+            channels: c_low,
+        },
+        rest[0],
+    ];
+    let want = written(len, |out| crate::conv2d(&made, out_h, out_w, &params, out));
+    let upsampled = crate::UpsampledPart {
+        map: crate::FeatureMap {
+            data: &low,
+            channels: c_low,
+        },
+        height: h,
+        width: w,
+        scale,
+    };
+    let got = written(len, |out| run(&upsampled, &rest, &params, &weight, out));
+    relative_difference(&got, &want)
+}

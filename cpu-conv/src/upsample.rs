@@ -1,8 +1,89 @@
-//! Nearest-neighbour upsampling by an integer factor (YOLO's neck), in parallel over planes.
+//! Nearest-neighbour upsampling by an integer factor (YOLO's neck), in parallel over planes,
+//! and the upsampled first part of a 1x1 convolution's input, which is never made.
+//!
+//! YOLO's neck upsamples a map and concatenates it with an earlier one for a 1x1
+//! convolution. Upsampling commutes with a 1x1 convolution (each output pixel reads only the
+//! input pixel it copies), so that part's product is computed at its own size, with a
+//! `scale²`-th of the multiply-accumulates, and each of its values spread over the block of
+//! output pixels it covers ([`LowProduct`]); the upsampled map is never written.
 
+use std::cell::Cell;
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
+
+use crate::conv::FeatureMap;
+
+/// The first channels of a 1x1 convolution's input, given at `1/scale` of the output's size:
+/// the convolution reads `map` upsampled (nearest neighbour) by `scale`.
+#[derive(Debug, Clone, Copy)]
+pub struct UpsampledPart<'a> {
+    /// `[channels, height, width]`.
+    pub map: FeatureMap<'a>,
+    pub height: usize,
+    pub width: usize,
+    pub scale: usize,
+}
+
+impl UpsampledPart<'_> {
+    /// The size the convolution runs at: the map's upsampled by `scale`.
+    pub fn output_size(&self) -> (usize, usize) {
+        (self.height * self.scale, self.width * self.scale)
+    }
+
+    /// Pixels of the map.
+    pub(crate) fn positions(&self) -> usize {
+        self.height * self.width
+    }
+
+    /// # Panics
+    /// When the scale is 0 or the map does not hold its channels' planes.
+    pub(crate) fn check(&self) {
+        assert!(self.scale > 0, "scale must be at least 1");
+        assert_eq!(
+            self.map.data.len(),
+            self.map.channels * self.positions(),
+            "upsampled part's shape"
+        );
+    }
+}
+
+thread_local! {
+    /// Each thread's [`LowProduct`] buffer, reused across convolutions.
+    pub(crate) static LOW_PRODUCT: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// The product of an [`UpsampledPart`]'s channels with their weights, `[c_out, height * width]`
+/// at the part's own size, read as the product of its upsampled map.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LowProduct<'a> {
+    pub values: &'a [f32],
+    pub height: usize,
+    pub width: usize,
+    pub scale: usize,
+}
+
+impl LowProduct<'_> {
+    /// Output channel `co`'s values at the part's own size.
+    pub fn plane(&self, co: usize) -> &[f32] {
+        let positions = self.height * self.width;
+        &self.values[co * positions..][..positions]
+    }
+
+    /// For each output position `first..first + sources.len()` (numbered row by row over the
+    /// upsampled width), the position in a [`plane`](Self::plane) it copies.
+    pub fn sources(&self, first: usize, sources: &mut [usize]) {
+        let out_width = self.width * self.scale;
+        let (mut y, mut x) = (first / out_width, first % out_width);
+        for source in sources {
+            *source = y / self.scale * self.width + x / self.scale;
+            x += 1;
+            if x == out_width {
+                (x, y) = (0, y + 1);
+            }
+        }
+    }
+}
 
 /// Repeats every pixel of each `height x width` plane of `input` into a `scale x scale`
 /// block of `out` (`[channels, height * scale, width * scale]`, every element written, so it

@@ -21,11 +21,12 @@ use burn::module::ParamId;
 use burn::tensor::{DType, Tensor, TensorData};
 use cpu_conv::{
     Activation, ChannelBlockedWeights, ConvParams, DepthwiseParams, FeatureMap, Int8ConvParams,
-    Int8Output, PackedWeights, QuantizedMap, QuantizedWeights, WinogradTile, WinogradWeights,
+    Int8Output, PackedWeights, QuantizedMap, QuantizedWeights, UpsampledPart, WinogradTile,
+    WinogradWeights,
 };
 use rayon::prelude::*;
 
-use super::layers::ConvBlock;
+use super::layers::{ConvBlock, Parts};
 use super::profile::timed;
 use super::{awake, int8, profile};
 
@@ -481,10 +482,6 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
     };
     let weights = prepared_weights(block, layout)?;
     awake::keep_awake();
-    let out_len = c_out * out_h * out_w;
-    // Not zeroed: the convolutions write every element (clearing the layers' outputs first
-    // took 4 % of an INT8 forward pass).
-    let mut out: Vec<f32> = Vec::with_capacity(batch * out_len);
     let inputs_of = |b: usize| -> Vec<FeatureMap> {
         images
             .iter()
@@ -554,6 +551,20 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
             }
         }
     };
+    Some(convolve_images([batch, c_out, out_h, out_w], convolve))
+}
+
+/// The `shape` output of a convolution that `convolve(b, out)` computes image by image, each
+/// writing every value of its image's `out`.
+fn convolve_images(
+    shape: [usize; 4],
+    convolve: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+) -> Tensor<4> {
+    let [batch, c_out, out_h, out_w] = shape;
+    let out_len = c_out * out_h * out_w;
+    // Not zeroed: the convolutions write every element (clearing the layers' outputs first
+    // took 4 % of an INT8 forward pass).
+    let mut out: Vec<f32> = Vec::with_capacity(batch * out_len);
     // The images of a batch side by side: on small maps one image's convolution leaves the
     // pool's threads waiting at its joins, and other images' work fills those waits.
     out.spare_capacity_mut()[..batch * out_len]
@@ -562,7 +573,86 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
         .for_each(|(b, out_image)| convolve(b, out_image));
     // SAFETY: each image's convolution above wrote all `out_len` values of its chunk.
     unsafe { out.set_len(batch * out_len) };
-    Some(to_tensor(out, [batch, c_out, out_h, out_w]))
+    to_tensor(out, shape)
+}
+
+/// `block`, a 1x1 convolution, applied to the concatenation of `parts` whose first part is
+/// still to be upsampled, on the fast path: that part's product is computed before the
+/// upsampling (`cpu_conv::conv1x1_upsampled`). `None` where `parts` has no such part, or the
+/// block does not run in f32 with the packed or channel-blocked weights (an INT8 plan, a
+/// calibration recording the inputs' values, another kernel); the caller then upsamples
+/// first.
+pub(crate) fn forward_upsampled(block: &ConvBlock, parts: &Parts) -> Option<Tensor<4>> {
+    let scale = parts.first_scale;
+    let [c_out, c_in, kernel, _] = block.weight.dims();
+    let plain_1x1 = kernel == 1 && block.stride == 1 && block.padding == 0 && block.groups == 1;
+    if scale < 2
+        || !plain_1x1
+        || !ENABLED.get()
+        || int8::is_recording()
+        || int8::planned(block.weight.id).is_some()
+        || !parts.tensors.iter().all(is_flex)
+    {
+        return None;
+    }
+    let (low, rest) = parts.tensors.split_first()?;
+    let [batch, c_low, low_h, low_w] = low.dims();
+    let (height, width) = (low_h * scale, low_w * scale);
+    let layout = if channel_blocked(kernel, c_in, c_out, height * width) {
+        Layout::ChannelBlocked
+    } else {
+        Layout::Packed
+    };
+    let low = DenseImages::new(low.clone())?;
+    let rest: Vec<(DenseImages, usize)> = rest
+        .iter()
+        .map(|p| Some((DenseImages::new(p.clone())?, p.dims()[1])))
+        .collect::<Option<_>>()?;
+    let bias = contiguous_bias(block)?;
+    let bias = dense_f32(&bias)?;
+    let activation = activation_of(block);
+    let weights = prepared_weights(block, layout)?;
+    awake::keep_awake();
+    let convolve = |b: usize, out_image: &mut [MaybeUninit<f32>]| {
+        let upsampled = UpsampledPart {
+            map: FeatureMap {
+                data: low.image(b, c_low * low_h * low_w),
+                channels: c_low,
+            },
+            height: low_h,
+            width: low_w,
+            scale,
+        };
+        let rest: Vec<FeatureMap> = rest
+            .iter()
+            .map(|(img, channels)| FeatureMap {
+                data: img.image(b, channels * height * width),
+                channels: *channels,
+            })
+            .collect();
+        match weights.as_ref() {
+            ConvWeights::ChannelBlocked(blocked) => cpu_conv::conv1x1_channel_blocked_upsampled(
+                &upsampled,
+                &rest,
+                blocked,
+                (bias, activation),
+                out_image,
+            ),
+            ConvWeights::Packed(packed) => {
+                let params = ConvParams {
+                    weight: packed,
+                    bias,
+                    kernel,
+                    stride: 1,
+                    padding: 0,
+                    activation,
+                };
+                cpu_conv::conv1x1_upsampled(&upsampled, &rest, &params, out_image)
+            }
+            _ => unreachable!("weights made in the layout chosen above"),
+        }
+    };
+    Some(convolve_images([batch, c_out, height, width], convolve))
 }
 
 /// The block's bias as a contiguous Flex tensor.
@@ -765,7 +855,7 @@ mod tests {
     /// Largest absolute difference between the fast path and Burn's `conv2d` (+ SiLU).
     fn max_difference(block: &ConvBlock, parts: Vec<Tensor<4>>) -> f32 {
         let fast = with_fast_path(true, || forward(block, &parts)).expect("fast path taken");
-        let stock = with_fast_path(false, || block.forward_parts(parts));
+        let stock = with_fast_path(false, || block.forward_parts(parts.into()));
         fast.sub(stock).abs().max().into_scalar()
     }
 
@@ -822,6 +912,39 @@ mod tests {
         let extra = random([2, 8, 12, 12], &device);
         let parts = vec![halves[0].clone(), halves[1].clone(), extra];
         assert!(max_difference(&conv, parts) < 1e-4);
+    }
+
+    #[test]
+    fn folds_an_upsampled_first_part_into_a_1x1_convolution() {
+        let device = Device::flex();
+        // YOLO11n's neck at 320 (384 -> 128 at 20x20, channel-blocked with AVX-512) and a
+        // smaller YOLOv8n neck (192 -> 64 at 24x24, packed), two images each.
+        for (c_low, c_rest, c_out, low_size) in [(256, 128, 128, 10), (128, 64, 64, 12)] {
+            let conv = block(c_low + c_rest, c_out, 1, 1, true);
+            let parts = Parts {
+                tensors: vec![
+                    random([2, c_low, low_size, low_size], &device),
+                    random([2, c_rest, 2 * low_size, 2 * low_size], &device),
+                ],
+                first_scale: 2,
+            };
+            let folded = with_fast_path(true, || forward_upsampled(&conv, &parts));
+            let folded = folded.expect("a 1x1 convolution folds the upsampling");
+            let stock = with_fast_path(false, || conv.forward_parts(parts));
+            let diff: f32 = folded.sub(stock).abs().max().into_scalar();
+            assert!(diff < 1e-4, "{c_low} + {c_rest} -> {c_out}: {diff}");
+        }
+        // A 3x3 convolution reads the upsampled map; so does a part at its size.
+        let conv = block(12, 8, 3, 1, true);
+        let low = random([1, 8, 5, 5], &device);
+        let rest = random([1, 4, 10, 10], &device);
+        let parts = Parts {
+            tensors: vec![low, rest],
+            first_scale: 2,
+        };
+        assert!(forward_upsampled(&conv, &parts).is_none());
+        let at_size = Parts::from(parts.made());
+        assert!(forward_upsampled(&block(12, 8, 1, 1, true), &at_size).is_none());
     }
 
     #[test]

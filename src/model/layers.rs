@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use burn::module::{Module, Param};
 use burn::tensor::activation::{silu, softmax};
-use burn::tensor::module::{conv2d, max_pool2d};
-use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
+use burn::tensor::module::{conv2d, interpolate, max_pool2d};
+use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions, MaxPoolOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 use model_import::ConvWeights;
 
@@ -73,13 +73,18 @@ impl ConvBlock {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.forward_parts(vec![x])
+        self.forward_parts(vec![x].into())
     }
 
     /// The block applied to the channel concatenation of `parts`; the fast CPU path reads
-    /// the parts in place instead of concatenating them first.
-    pub fn forward_parts(&self, parts: Vec<Tensor<4>>) -> Tensor<4> {
+    /// the parts in place instead of concatenating them first, and folds a first part's
+    /// upsampling into a 1x1 convolution.
+    pub fn forward_parts(&self, parts: Parts) -> Tensor<4> {
         let kind = self.op_kind();
+        if let Some(y) = timed_if_some(kind, || fast_cpu::forward_upsampled(self, &parts)) {
+            return y;
+        }
+        let parts = parts.made();
         if let Some(y) = timed_if_some(kind, || fast_cpu::forward(self, &parts)) {
             return y;
         }
@@ -119,6 +124,53 @@ fn chain(mut convs: &[&ConvBlock], mut x: Tensor<4>) -> Tensor<4> {
         }
     }
     x
+}
+
+/// The inputs of a layer that reads a channel concatenation, in order. The first may still
+/// wait for the nearest-neighbour upsampling that YOLO's neck puts before a concatenation:
+/// the fast CPU path computes a 1x1 convolution's product of that part before upsampling it
+/// (a quarter of the work at scale 2), and everything else upsamples it first ([`made`]).
+///
+/// [`made`]: Parts::made
+#[derive(Debug, Clone)]
+pub struct Parts {
+    pub tensors: Vec<Tensor<4>>,
+    /// The factor the first part is still to be upsampled by (1: as it is).
+    pub first_scale: usize,
+}
+
+impl From<Vec<Tensor<4>>> for Parts {
+    fn from(tensors: Vec<Tensor<4>>) -> Self {
+        Self {
+            tensors,
+            first_scale: 1,
+        }
+    }
+}
+
+impl Parts {
+    /// The parts as the concatenation reads them, the first upsampled.
+    pub fn made(mut self) -> Vec<Tensor<4>> {
+        if self.first_scale > 1 {
+            let first = self.tensors[0].clone();
+            self.tensors[0] = upsample(first, self.first_scale);
+        }
+        self.tensors
+    }
+}
+
+/// Nearest-neighbour upsampling of `x` by `scale`.
+pub fn upsample(x: Tensor<4>, scale: usize) -> Tensor<4> {
+    let [_, _, h, w] = x.dims();
+    timed(OpKind::Upsample, || {
+        fast_cpu::upsample_nearest(&x, scale).unwrap_or_else(|| {
+            interpolate(
+                x,
+                InterpolateOptions::new(InterpolateMode::Nearest)
+                    .with_output_size([h * scale, w * scale]),
+            )
+        })
+    })
 }
 
 /// Channel concatenation (a no-op for one tensor).
@@ -188,7 +240,7 @@ impl C3k {
             .blocks
             .iter()
             .fold(self.cv1.forward(x.clone()), |y, b| b.forward(y));
-        self.cv3.forward_parts(vec![a, self.cv2.forward(x)])
+        self.cv3.forward_parts(vec![a, self.cv2.forward(x)].into())
     }
 }
 
@@ -249,7 +301,7 @@ pub struct Csp {
 impl Csp {
     /// The block applied to the channel concatenation of `parts` (read in place by `cv1` on
     /// the fast CPU path).
-    pub fn forward_parts(&self, parts: Vec<Tensor<4>>) -> Tensor<4> {
+    pub fn forward_parts(&self, parts: Parts) -> Tensor<4> {
         let y = self.cv1.forward_parts(parts);
         // The chain's share of cv1's channels: half, unless the layer was pruned unevenly.
         let mut parts = match self.blocks.first() {
@@ -260,7 +312,7 @@ impl Csp {
             let last = parts.last().expect("two halves").clone();
             parts.push(block.forward(last));
         }
-        self.cv2.forward_parts(parts)
+        self.cv2.forward_parts(parts.into())
     }
 }
 
@@ -285,7 +337,7 @@ impl Sppf {
                     .unwrap_or_else(|| max_pool2d(last, options.clone()))
             }));
         }
-        self.cv2.forward_parts(parts)
+        self.cv2.forward_parts(parts.into())
     }
 }
 
@@ -371,7 +423,7 @@ impl C2psa {
         let b = parts.pop().expect("two halves");
         let b = self.blocks.iter().fold(b, |y, block| block.forward(y));
         parts.push(b);
-        self.cv2.forward_parts(parts)
+        self.cv2.forward_parts(parts.into())
     }
 }
 

@@ -6,15 +6,14 @@ use std::sync::OnceLock;
 
 use burn::module::Module;
 use burn::tensor::activation::sigmoid;
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor, TensorData};
 use model_import::{Architecture, DetectSpec, LayerKind};
 
 use super::awake::PassPart;
 use super::fast_cpu::{self, BranchContext};
 use super::layers::{
-    C2psa, ConvBlock, ConvChain, Csp, CspInner, PsaBlock, Sppf, WeightSource, decode_boxes,
+    C2psa, ConvBlock, ConvChain, Csp, CspInner, Parts, PsaBlock, Sppf, WeightSource, decode_boxes,
+    upsample,
 };
 use super::profile::{OpKind, timed};
 
@@ -154,40 +153,42 @@ impl YoloNetwork {
         };
         // A channel concatenation that only the next layer reads, and whose first
         // convolution reads concatenation parts in place: handed on as its parts.
-        let mut pending_parts: Option<Vec<Tensor<4>>> = None;
+        let mut pending_parts: Option<Parts> = None;
+        // An upsampling that such a concatenation reads first: its input is handed on as
+        // that part, with the scale still to apply (see `Parts`).
+        let mut deferred_scale = None;
         for (i, layer) in self.layers.iter().enumerate() {
             let from = &self.wiring.from[i];
-            let inputs: Vec<Tensor<4>> = match pending_parts.take() {
+            let inputs: Parts = match pending_parts.take() {
                 Some(parts) => parts,
                 None => from
                     .iter()
                     .map(|&src| fetch(&saved, &previous, i, src))
-                    .collect(),
+                    .collect::<Vec<_>>()
+                    .into(),
             };
             let output = match layer {
                 Layer::Detect(_) => return,
                 Layer::Conv(m) => m.forward_parts(inputs),
                 Layer::Csp(m) => m.forward_parts(inputs),
-                Layer::Sppf(m) => m.forward(single(inputs)),
-                Layer::C2psa(m) => m.forward(single(inputs)),
-                Layer::Upsample(m) => {
-                    let x = single(inputs);
-                    let [_, _, h, w] = x.dims();
-                    timed(OpKind::Upsample, || {
-                        fast_cpu::upsample_nearest(&x, m.scale).unwrap_or_else(|| {
-                            interpolate(
-                                x,
-                                InterpolateOptions::new(InterpolateMode::Nearest)
-                                    .with_output_size([h * m.scale, w * m.scale]),
-                            )
-                        })
-                    })
-                }
-                Layer::Concat(m) if m.dim == 1 && self.hands_on_parts(i) => {
-                    pending_parts = Some(inputs);
+                Layer::Sppf(m) => m.forward(single(inputs.made())),
+                Layer::C2psa(m) => m.forward(single(inputs.made())),
+                Layer::Upsample(m) if self.defers_upsampling(i) => {
+                    deferred_scale = Some(m.scale);
+                    previous = single(inputs.made());
                     continue;
                 }
-                Layer::Concat(m) => timed(OpKind::SplitConcat, || Tensor::cat(inputs, m.dim)),
+                Layer::Upsample(m) => upsample(single(inputs.made()), m.scale),
+                Layer::Concat(m) if m.dim == 1 && self.hands_on_parts(i) => {
+                    pending_parts = Some(Parts {
+                        tensors: inputs.made(),
+                        first_scale: deferred_scale.take().unwrap_or(1),
+                    });
+                    continue;
+                }
+                Layer::Concat(m) => {
+                    timed(OpKind::SplitConcat, || Tensor::cat(inputs.made(), m.dim))
+                }
             };
             hand_on(i as i64, &output);
             if self.wiring.keep[i] {
@@ -207,6 +208,18 @@ impl YoloNetwork {
         !self.wiring.keep[i]
             && self.wiring.from.get(i + 1) == Some(&vec![i as i64])
             && matches!(self.layers.get(i + 1), Some(Layer::Conv(_) | Layer::Csp(_)))
+    }
+}
+
+impl YoloNetwork {
+    /// Whether layer `i` is an upsampling that only the next layer reads, as the first part
+    /// of a concatenation handed on as its parts: the upsampling is left to the layer that
+    /// reads the parts.
+    fn defers_upsampling(&self, i: usize) -> bool {
+        !self.wiring.keep[i]
+            && self.wiring.from.get(i + 1).and_then(|from| from.first()) == Some(&(i as i64))
+            && matches!(self.layers.get(i + 1), Some(Layer::Concat(c)) if c.dim == 1)
+            && self.hands_on_parts(i + 1)
     }
 }
 
