@@ -446,39 +446,24 @@ fn channel_blocked(kernel: usize, c_in: usize, c_out: usize, out_pixels: usize) 
 /// tensors are not on the Flex backend or the block is a grouped convolution other than a
 /// depthwise one.
 pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4>> {
-    let [c_out, c_in_per_group, _, _] = block.weight.dims();
+    let [c_out, c_in_per_group, kernel, _] = block.weight.dims();
     let depthwise = block.groups == c_out && c_in_per_group == 1;
     if !ENABLED.get() || (block.groups != 1 && !depthwise) || !parts.iter().all(is_flex) {
         return None;
     }
     let [batch, _, height, width] = parts[0].dims();
-    let images: Vec<(DenseImages, usize)> = parts
-        .iter()
-        .map(|p| Some((DenseImages::new(p.clone())?, p.dims()[1])))
-        .collect::<Option<_>>()?;
+    let images = dense_parts(parts)?;
     let bias = contiguous_bias(block)?;
     let bias = dense_f32(&bias)?;
-    let [_, c_in, kernel, _] = block.weight.dims();
     let activation = activation_of(block);
     let int8_input = int8::planned(block.weight.id).filter(|_| !depthwise);
     let (out_h, out_w) = cpu_conv::output_size(height, width, kernel, block.stride, block.padding);
-    let same_padding = block.padding == kernel / 2;
     let layout = if depthwise {
         Layout::Depthwise
     } else if int8_input.is_some() {
         Layout::Int8
-    } else if let Some(tile) = (kernel == 3 && block.stride == 1 && same_padding)
-        .then(|| winograd_tile(height, width, c_in, c_out))
-        .flatten()
-    {
-        Layout::Winograd(tile)
-    } else if matches!((kernel, block.stride), (3, 1 | 2) | (1, 1))
-        && same_padding
-        && channel_blocked(kernel, c_in, c_out, out_h * out_w)
-    {
-        Layout::ChannelBlocked
     } else {
-        Layout::Packed
+        f32_layout(block, (height, width), out_h * out_w)
     };
     let weights = prepared_weights(block, layout)?;
     awake::keep_awake();
@@ -554,6 +539,34 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
     Some(convolve_images([batch, c_out, out_h, out_w], convolve))
 }
 
+/// Each of `parts` as dense images, with its channels.
+fn dense_parts(parts: &[Tensor<4>]) -> Option<Vec<(DenseImages, usize)>> {
+    parts
+        .iter()
+        .map(|p| Some((DenseImages::new(p.clone())?, p.dims()[1])))
+        .collect()
+}
+
+/// The f32 layout a convolution with one group runs with on a `height x width` input with
+/// `out_pixels` output pixels: Winograd, channel-blocked or packed.
+fn f32_layout(block: &ConvBlock, (height, width): (usize, usize), out_pixels: usize) -> Layout {
+    let [c_out, c_in, kernel, _] = block.weight.dims();
+    let same_padding = block.padding == kernel / 2;
+    if let Some(tile) = (kernel == 3 && block.stride == 1 && same_padding)
+        .then(|| winograd_tile(height, width, c_in, c_out))
+        .flatten()
+    {
+        Layout::Winograd(tile)
+    } else if matches!((kernel, block.stride), (3, 1 | 2) | (1, 1))
+        && same_padding
+        && channel_blocked(kernel, c_in, c_out, out_pixels)
+    {
+        Layout::ChannelBlocked
+    } else {
+        Layout::Packed
+    }
+}
+
 /// The `shape` output of a convolution that `convolve(b, out)` computes image by image, each
 /// writing every value of its image's `out`.
 fn convolve_images(
@@ -584,7 +597,7 @@ fn convolve_images(
 /// first.
 pub(crate) fn forward_upsampled(block: &ConvBlock, parts: &Parts) -> Option<Tensor<4>> {
     let scale = parts.first_scale;
-    let [c_out, c_in, kernel, _] = block.weight.dims();
+    let [c_out, _, kernel, _] = block.weight.dims();
     let plain_1x1 = kernel == 1 && block.stride == 1 && block.padding == 0 && block.groups == 1;
     if scale < 2
         || !plain_1x1
@@ -598,16 +611,9 @@ pub(crate) fn forward_upsampled(block: &ConvBlock, parts: &Parts) -> Option<Tens
     let (low, rest) = parts.tensors.split_first()?;
     let [batch, c_low, low_h, low_w] = low.dims();
     let (height, width) = (low_h * scale, low_w * scale);
-    let layout = if channel_blocked(kernel, c_in, c_out, height * width) {
-        Layout::ChannelBlocked
-    } else {
-        Layout::Packed
-    };
+    let layout = f32_layout(block, (height, width), height * width);
     let low = DenseImages::new(low.clone())?;
-    let rest: Vec<(DenseImages, usize)> = rest
-        .iter()
-        .map(|p| Some((DenseImages::new(p.clone())?, p.dims()[1])))
-        .collect::<Option<_>>()?;
+    let rest = dense_parts(rest)?;
     let bias = contiguous_bias(block)?;
     let bias = dense_f32(&bias)?;
     let activation = activation_of(block);
@@ -649,7 +655,7 @@ pub(crate) fn forward_upsampled(block: &ConvBlock, parts: &Parts) -> Option<Tens
                 };
                 cpu_conv::conv1x1_upsampled(&upsampled, &rest, &params, out_image)
             }
-            _ => unreachable!("weights made in the layout chosen above"),
+            _ => unreachable!("a 1x1 convolution's f32 weights are channel-blocked or packed"),
         }
     };
     Some(convolve_images([batch, c_out, height, width], convolve))
