@@ -241,18 +241,23 @@ pub(crate) fn decode_head(
         n += count;
     }
     let rows = 4 + classes;
-    let mut out = vec![0.0f32; batch * rows * n];
-    for (b, image) in out.chunks_exact_mut(rows * n).enumerate() {
+    let len = batch * rows * n;
+    // Not zeroed: every value is written below (the clearing took 0.1-0.2 ms at 640).
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    for (b, image) in out.spare_capacity_mut()[..len]
+        .chunks_exact_mut(rows * n)
+        .enumerate()
+    {
         let (box_rows, score_rows) = image.split_at_mut(4 * n);
         let distances = dfl_distances(&boxes, &levels, b, reg_max, n);
         let [xs, ys, strides] = anchors;
         for i in 0..n {
             let [left, top, right, bottom] = std::array::from_fn(|side| distances[side * n + i]);
             let (x1, y1, x2, y2) = (xs[i] - left, ys[i] - top, xs[i] + right, ys[i] + bottom);
-            box_rows[i] = (x1 + x2) / 2.0 * strides[i];
-            box_rows[n + i] = (y1 + y2) / 2.0 * strides[i];
-            box_rows[2 * n + i] = (x2 - x1) * strides[i];
-            box_rows[3 * n + i] = (y2 - y1) * strides[i];
+            box_rows[i].write((x1 + x2) / 2.0 * strides[i]);
+            box_rows[n + i].write((y1 + y2) / 2.0 * strides[i]);
+            box_rows[2 * n + i].write((x2 - x1) * strides[i]);
+            box_rows[3 * n + i].write((y2 - y1) * strides[i]);
         }
         score_rows
             .par_chunks_mut(n)
@@ -260,18 +265,28 @@ pub(crate) fn decode_head(
             .for_each(|(class, row)| {
                 for (&(first, count), level) in levels.iter().zip(&scores) {
                     let logits = &level[(b * classes + class) * count..][..count];
-                    row[first..first + count].copy_from_slice(logits);
+                    row[first..first + count].write_copy_of_slice(logits);
                 }
-                cpu_conv::sigmoid_in_place(row);
+                // SAFETY: the levels' anchors tile the row, so every value was just written.
+                cpu_conv::sigmoid_in_place(unsafe { row.assume_init_mut() });
             });
     }
+    // SAFETY: each image's box and score rows were all written above.
+    unsafe { out.set_len(len) };
     let flex = FlexTensor::from_data(TensorData::new(out, [batch, rows, n]));
     Some(Tensor::from_primitive::<Flex>(flex))
 }
 
+/// Anchors whose DFL bins are exponentiated and summed together: their `reg_max` rows of
+/// logits (16 KiB for 16 bins) stay in the core's L1 cache from the copy to the sums.
+const DFL_ANCHORS_PER_JOB: usize = 256;
+
 /// Per side (left, top, right, bottom) and anchor of image `b`, the expected bin of the
 /// softmax over the side's `reg_max` logits: `[4, n]`, from each level's box logits
-/// (`levels`: each level's first anchor and anchor count). Sides and levels run in parallel.
+/// (`levels`: each level's first anchor and anchor count). Runs of
+/// [`DFL_ANCHORS_PER_JOB`] anchors of a side and level run in parallel (a level's side
+/// as one job copied 400 KiB of logits at 640, and four such jobs carried three quarters of
+/// the work).
 fn dfl_distances(
     boxes: &[&[f32]],
     levels: &[(usize, usize)],
@@ -280,28 +295,38 @@ fn dfl_distances(
     n: usize,
 ) -> Vec<f32> {
     let mut distances = vec![0.0f32; 4 * n];
-    let mut jobs = Vec::with_capacity(4 * levels.len());
+    // (distances of a run of anchors, the side's logits of their level, the run's first
+    // anchor in the level)
+    let mut jobs = Vec::with_capacity(4 * n.div_ceil(DFL_ANCHORS_PER_JOB) + 4 * levels.len());
     for (side, side_distances) in distances.chunks_exact_mut(n).enumerate() {
         let mut rest = side_distances;
         for (&(_, count), logits) in levels.iter().zip(boxes) {
-            let (dist, tail) = rest.split_at_mut(count);
+            let (level_distances, tail) = rest.split_at_mut(count);
             rest = tail;
             let image = &logits[b * 4 * reg_max * count..][..4 * reg_max * count];
-            jobs.push((dist, &image[side * reg_max * count..][..reg_max * count]));
+            let side_logits = &image[side * reg_max * count..][..reg_max * count];
+            for (run, dist) in level_distances.chunks_mut(DFL_ANCHORS_PER_JOB).enumerate() {
+                jobs.push((dist, side_logits, run * DFL_ANCHORS_PER_JOB));
+            }
         }
     }
-    jobs.into_par_iter().for_each(|(dist, logits)| {
-        let count = dist.len();
-        let mut bins = logits.to_vec();
-        cpu_conv::exp_minus_column_max(&mut bins, count);
-        let mut total = vec![0.0f32; count];
-        for (k, row) in bins.chunks_exact(count).enumerate() {
+    jobs.into_par_iter().for_each(|(dist, logits, first)| {
+        let (anchors, count) = (dist.len(), logits.len() / reg_max);
+        let mut bins = Vec::with_capacity(reg_max * anchors);
+        for k in 0..reg_max {
+            bins.extend_from_slice(&logits[k * count + first..][..anchors]);
+        }
+        cpu_conv::exp_minus_column_max(&mut bins, anchors);
+        let mut total = [0.0f32; DFL_ANCHORS_PER_JOB];
+        let total = &mut total[..anchors];
+        dist.fill(0.0);
+        for (k, row) in bins.chunks_exact(anchors).enumerate() {
             for ((t, d), &e) in total.iter_mut().zip(dist.iter_mut()).zip(row) {
                 *t += e;
                 *d += k as f32 * e;
             }
         }
-        dist.iter_mut().zip(&total).for_each(|(d, t)| *d /= t);
+        dist.iter_mut().zip(total.iter()).for_each(|(d, t)| *d /= t);
     });
     distances
 }
