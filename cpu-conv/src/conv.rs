@@ -27,6 +27,27 @@ pub struct FeatureMap<'a> {
     pub channels: usize,
 }
 
+impl FeatureMap<'_> {
+    /// The channels of `parts` together, each part checked to hold its channels' planes of
+    /// `height x width`.
+    ///
+    /// # Panics
+    /// When a part's data does not.
+    pub(crate) fn channels_of(parts: &[FeatureMap], (height, width): (usize, usize)) -> usize {
+        parts
+            .iter()
+            .map(|part| {
+                assert_eq!(
+                    part.data.len(),
+                    part.channels * height * width,
+                    "input shape"
+                );
+                part.channels
+            })
+            .sum()
+    }
+}
+
 /// A square-kernel convolution with one group, no dilation, and its bias and activation.
 #[derive(Debug, Clone, Copy)]
 pub struct ConvParams<'a> {
@@ -177,13 +198,7 @@ fn convolve(
         Some(_) => (&inputs[1..], inputs[0].channels * k * k),
         None => (inputs, 0),
     };
-    for part in read {
-        assert_eq!(
-            part.data.len(),
-            part.channels * height * width,
-            "input shape"
-        );
-    }
+    FeatureMap::channels_of(read, (height, width));
     let window = Window {
         height,
         width,

@@ -130,15 +130,8 @@ pub fn conv_channel_blocked(
     out: &mut [MaybeUninit<f32>],
 ) {
     assert!(channel_blocked_supported(), "AVX-512 needed");
-    let c_in: usize = inputs.iter().map(|p| p.channels).sum();
+    let c_in = FeatureMap::channels_of(inputs, (height, width));
     assert_eq!(c_in, weight.c_in, "input channels");
-    for part in inputs {
-        assert_eq!(
-            part.data.len(),
-            part.channels * height * width,
-            "input shape"
-        );
-    }
     assert_eq!(bias.len(), weight.c_out, "bias shape");
     assert!(weight.kernel == 3 || stride == 1, "1x1 at stride 1");
     // The 3x3 copy's layout; its output size is also a 1x1 stride-1 convolution's.
@@ -194,15 +187,8 @@ pub fn conv1x1_channel_blocked_upsampled(
     upsampled.check();
     let (height, width) = upsampled.output_size();
     let low = upsampled.map;
-    let c_in = low.channels + rest.iter().map(|p| p.channels).sum::<usize>();
+    let c_in = low.channels + FeatureMap::channels_of(rest, (height, width));
     assert_eq!(c_in, weight.c_in, "input channels");
-    for part in rest {
-        assert_eq!(
-            part.data.len(),
-            part.channels * height * width,
-            "input shape"
-        );
-    }
     assert_eq!(bias.len(), weight.c_out, "bias shape");
     assert_eq!(out.len(), weight.c_out * height * width, "output shape");
     if out.is_empty() {
@@ -593,7 +579,7 @@ mod tests {
     use super::*;
     use crate::test_values::{
         BANDED_3X3_SHAPES, YOLO_3X3_SHAPES, max_difference_from_im2col, max_difference_upsampled,
-        relative_difference, split_channels, values, written,
+        one_by_one, relative_difference, split_channels, values, written,
     };
     use proptest::prelude::*;
 
@@ -641,14 +627,7 @@ mod tests {
         let bias = values(c_out, 3);
         let parts = split_channels(&x, c_in, split, h * w);
         let packed = crate::PackedWeights::new(&weight, c_out, c_in);
-        let params = crate::ConvParams {
-            weight: &packed,
-            bias: &bias,
-            kernel: 1,
-            stride: 1,
-            padding: 0,
-            activation,
-        };
+        let params = one_by_one(&packed, &bias, activation);
         let len = c_out * h * w;
         let want = written(len, |out| crate::conv2d(&parts, h, w, &params, out));
         let blocked = ChannelBlockedWeights::new(&weight, c_out, c_in, 1);

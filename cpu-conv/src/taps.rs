@@ -380,16 +380,9 @@ fn conv3x3_taps_in(
         params.kernel == 3 && params.padding == 1 && matches!(params.stride, 1 | 2),
         "3x3 kernel, padding 1, stride 1 or 2"
     );
-    let c_in: usize = inputs.iter().map(|p| p.channels).sum();
+    let c_in = FeatureMap::channels_of(inputs, (height, width));
     let c_out = params.weight.rows();
     assert_eq!(params.weight.depth(), TAPS * c_in, "weight shape");
-    for part in inputs {
-        assert_eq!(
-            part.data.len(),
-            part.channels * height * width,
-            "input shape"
-        );
-    }
     assert_eq!(params.bias.len(), c_out, "bias shape");
     let layout = PaddedLayout::new(height, width, params.stride);
     assert_eq!(

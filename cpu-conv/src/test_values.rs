@@ -14,6 +14,22 @@ pub(crate) fn written(len: usize, run: impl FnOnce(&mut [MaybeUninit<f32>])) -> 
         .collect()
 }
 
+/// A 1x1 stride-1 convolution's parameters with `weight`, `bias` and `activation`.
+pub(crate) fn one_by_one<'a>(
+    weight: &'a crate::PackedWeights,
+    bias: &'a [f32],
+    activation: crate::Activation,
+) -> crate::ConvParams<'a> {
+    crate::ConvParams {
+        weight,
+        bias,
+        kernel: 1,
+        stride: 1,
+        padding: 0,
+        activation,
+    }
+}
+
 /// `n` values from xorshift64 seeded with `seed`.
 pub(crate) fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -140,14 +156,7 @@ pub(crate) fn max_difference_upsampled(
         crate::upsample_nearest(&low, c_low, h, w, scale, out)
     });
     let packed = crate::PackedWeights::new(&weight, c_out, c_low + c_rest);
-    let params = crate::ConvParams {
-        weight: &packed,
-        bias: &bias,
-        kernel: 1,
-        stride: 1,
-        padding: 0,
-        activation,
-    };
+    let params = one_by_one(&packed, &bias, activation);
     let rest = [crate::FeatureMap {
         data: &rest,
         channels: c_rest,

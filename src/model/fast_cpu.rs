@@ -319,7 +319,6 @@ fn dfl_distances(
         cpu_conv::exp_minus_column_max(&mut bins, anchors);
         let mut total = [0.0f32; DFL_ANCHORS_PER_JOB];
         let total = &mut total[..anchors];
-        dist.fill(0.0);
         for (k, row) in bins.chunks_exact(anchors).enumerate() {
             for ((t, d), &e) in total.iter_mut().zip(dist.iter_mut()).zip(row) {
                 *t += e;

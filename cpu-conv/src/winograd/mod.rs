@@ -144,17 +144,10 @@ pub fn conv3x3_winograd(
 ) {
     let (c_in, c_out) = (weights.c_in, weights.c_out);
     assert_eq!(
-        inputs.iter().map(|p| p.channels).sum::<usize>(),
+        FeatureMap::channels_of(inputs, (height, width)),
         c_in,
         "input channels"
     );
-    for part in inputs {
-        assert_eq!(
-            part.data.len(),
-            part.channels * height * width,
-            "input shape"
-        );
-    }
     assert_eq!(bias.len(), c_out, "bias shape");
     assert_eq!(out.len(), c_out * height * width, "output shape");
     if height == 0 || width == 0 {
