@@ -23,6 +23,7 @@ use crate::im2col::Window;
 use crate::int8_kernels::{MR, Tile, kernel};
 use crate::packed::{InputRows, Offsets, Strided};
 use crate::taps::PaddedLayout;
+use crate::upsample::{UpsampledPart, upsample_nearest};
 
 // `WorkSplit` groups output channels in blocks of the f32 kernels' height.
 const _: () = assert!(MR == crate::packed::MR);
@@ -94,28 +95,103 @@ impl QuantizedMap {
     /// # Panics
     /// When a part's length is not its channels times `plane`.
     pub fn quantize(parts: &[FeatureMap], plane: usize, params: QuantParams) -> Self {
-        let mut channels: Vec<&[f32]> = Vec::new();
-        for part in parts {
-            assert_eq!(part.data.len(), part.channels * plane, "input shape");
-            channels.extend((0..part.channels).map(|c| &part.data[c * plane..(c + 1) * plane]));
-        }
-        let groups = channels.len().div_ceil(4);
+        let channels = channel_planes(parts, plane);
+        let len = channels.len().div_ceil(4) * plane;
         // Not zeroed first: every quad is written below (the clearing took 1 % of an INT8
         // forward pass).
-        let mut quads = Vec::with_capacity(groups * plane);
-        if plane > 0 {
-            quads.spare_capacity_mut()[..groups * plane]
-                .par_chunks_exact_mut(plane)
-                .zip(channels.par_chunks(4))
-                .for_each(|(out, group)| quantize_group(lanes_of(group), params, out));
-        }
-        // SAFETY: each group's plane of quads was written by `quantize_group`.
-        unsafe { quads.set_len(groups * plane) };
+        let mut quads = Vec::with_capacity(len);
+        quantize_channels(
+            &channels,
+            plane,
+            params,
+            &mut quads.spare_capacity_mut()[..len],
+        );
+        // SAFETY: `quantize_channels` wrote every quad.
+        unsafe { quads.set_len(len) };
         Self {
             quads,
             channels: channels.len(),
             params,
         }
+    }
+
+    /// The channel concatenation of `upsampled`, upsampled, and `rest` (each `[channels,
+    /// plane]` f32 at the upsampled size) quantised with `params`. Quantisation is per value,
+    /// so the upsampled part's quads are those of the map at its own size, repeated: it is
+    /// quantised at a `scale²`-th of the values, and the f32 upsampled map is never made.
+    ///
+    /// # Panics
+    /// When the upsampled part's channels are not a multiple of four (its last quad would
+    /// take lanes from `rest`), or a part's length is not its channels times its plane.
+    pub fn quantize_upsampled(
+        upsampled: &UpsampledPart,
+        rest: &[FeatureMap],
+        params: QuantParams,
+    ) -> Self {
+        upsampled.check();
+        let low = upsampled.map;
+        assert!(
+            low.channels.is_multiple_of(4),
+            "the upsampled part fills whole quads"
+        );
+        let (height, width) = upsampled.output_size();
+        let plane = height * width;
+        let low_quads = Self::quantize(&[low], upsampled.height * upsampled.width, params).quads;
+        let rest = channel_planes(rest, plane);
+        let low_groups = low.channels / 4;
+        let len = (low_groups + rest.len().div_ceil(4)) * plane;
+        let mut quads = Vec::with_capacity(len);
+        let (spread, tail) = quads.spare_capacity_mut()[..len].split_at_mut(low_groups * plane);
+        upsample_nearest(
+            &low_quads,
+            low_groups,
+            upsampled.height,
+            upsampled.width,
+            upsampled.scale,
+            spread,
+        );
+        quantize_channels(&rest, plane, params, tail);
+        // SAFETY: the upsampling wrote the upsampled part's quads, `quantize_channels` the
+        // rest.
+        unsafe { quads.set_len(len) };
+        Self {
+            quads,
+            channels: low.channels + rest.len(),
+            params,
+        }
+    }
+}
+
+/// Every channel of `parts` as its plane of `plane` values, in order.
+///
+/// # Panics
+/// When a part's length is not its channels times `plane`.
+fn channel_planes<'a>(parts: &[FeatureMap<'a>], plane: usize) -> Vec<&'a [f32]> {
+    let mut channels = Vec::new();
+    for part in parts {
+        assert_eq!(part.data.len(), part.channels * plane, "input shape");
+        channels.extend((0..part.channels).map(|c| &part.data[c * plane..(c + 1) * plane]));
+    }
+    channels
+}
+
+/// `channels`, planes of `plane` values, quantised with `params` into `out`: a plane of
+/// quads per group of four channels, one after another.
+fn quantize_channels(
+    channels: &[&[f32]],
+    plane: usize,
+    params: QuantParams,
+    out: &mut [MaybeUninit<u32>],
+) {
+    assert_eq!(
+        out.len(),
+        channels.len().div_ceil(4) * plane,
+        "quads' shape"
+    );
+    if plane > 0 {
+        out.par_chunks_exact_mut(plane)
+            .zip(channels.par_chunks(4))
+            .for_each(|(out, group)| quantize_group(lanes_of(group), params, out));
     }
 }
 
@@ -838,6 +914,52 @@ mod tests {
         let image = QuantParams::covering(0.0, 1.0);
         assert_eq!((image.zero_point, image.quantize(128.0 / 255.0)), (0, 128));
         assert_eq!(QuantParams::covering(0.0, 0.0).scale, 1.0);
+    }
+
+    /// Quantising a part at its own size and upsampling its quads gives exactly the quads of
+    /// the upsampled map quantised with the rest: YOLO's neck at 320 (256 channels of 10x10
+    /// doubled, beside 128 of 20x20), scale 3 with a rest whose channels leave the last
+    /// quad short, and an empty rest.
+    #[test]
+    fn quantised_upsampled_part_matches_the_upsampled_map_quantised() {
+        let params = QuantParams::covering(-0.3, 0.9);
+        for (c_low, c_rest, h, w, scale) in
+            [(256, 128, 10, 10, 2), (8, 5, 3, 4, 3), (4, 0, 5, 2, 2)]
+        {
+            let (out_h, out_w) = (h * scale, w * scale);
+            let low = values(c_low * h * w, 1);
+            let rest = values(c_rest * out_h * out_w, 2);
+            let up = written(low.len() * scale * scale, |out| {
+                upsample_nearest(&low, c_low, h, w, scale, out)
+            });
+            let rest = FeatureMap {
+                data: &rest,
+                channels: c_rest,
+            };
+            let made = [
+                FeatureMap {
+                    data: &up,
+                    channels: c_low,
+                },
+                rest,
+            ];
+            let want = QuantizedMap::quantize(&made, out_h * out_w, params);
+            let part = UpsampledPart {
+                map: FeatureMap {
+                    data: &low,
+                    channels: c_low,
+                },
+                height: h,
+                width: w,
+                scale,
+            };
+            let got = QuantizedMap::quantize_upsampled(&part, &[rest], params);
+            assert_eq!(got.channels, want.channels);
+            assert!(
+                got.quads == want.quads,
+                "{c_low} + {c_rest} at {h}x{w} x{scale}"
+            );
+        }
     }
 
     /// The vectorised quantisation gives the portable one's quads, out-of-range values, a

@@ -20,7 +20,8 @@
 //! A 1x1 convolution whose first block is another map upsampled ([`UpsampledPart`], YOLO's
 //! neck) computes that block's product before the upsampling, at a `scale²`-th of the cost,
 //! and never makes the upsampled map ([`conv1x1_upsampled`],
-//! [`conv1x1_channel_blocked_upsampled`]).
+//! [`conv1x1_channel_blocked_upsampled`]); the INT8 path quantises such a block before the
+//! upsampling and upsamples its quads ([`QuantizedMap::quantize_upsampled`]).
 //!
 //! [`conv2d_int8`] is the INT8 convolution: u8 activations times i8 weights packed once
 //! ([`QuantizedWeights`]), exact i32 accumulation (`vpdpbusd` with AVX-512 VNNI or AVX-VNNI,

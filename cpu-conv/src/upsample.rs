@@ -87,17 +87,17 @@ impl LowProduct<'_> {
 
 /// Repeats every pixel of each `height x width` plane of `input` into a `scale x scale`
 /// block of `out` (`[channels, height * scale, width * scale]`, every element written, so it
-/// may start uninitialised).
+/// may start uninitialised). The pixels are f32 values or the INT8 path's quads.
 ///
 /// # Panics
 /// When `scale` is 0, or the slices do not hold `channels` planes of their sizes.
-pub fn upsample_nearest(
-    input: &[f32],
+pub fn upsample_nearest<T: Copy + Send + Sync>(
+    input: &[T],
     channels: usize,
     height: usize,
     width: usize,
     scale: usize,
-    out: &mut [MaybeUninit<f32>],
+    out: &mut [MaybeUninit<T>],
 ) {
     assert!(scale > 0, "scale must be at least 1");
     let plane = height * width;
@@ -116,7 +116,7 @@ pub fn upsample_nearest(
             {
                 let (first, copies) = rows.split_at_mut(out_width);
                 match scale {
-                    2 => spread::<2>(line, first),
+                    2 => spread::<2, T>(line, first),
                     _ => {
                         for (block, &v) in first.chunks_exact_mut(scale).zip(line) {
                             block.fill(MaybeUninit::new(v));
@@ -132,9 +132,9 @@ pub fn upsample_nearest(
 
 /// Each value of `line` written `S` times into `out`: with `S` known, a loop the compiler
 /// vectorises (YOLO upsamples by 2; a `fill` call per pixel took 3 % of an INT8 forward pass).
-fn spread<const S: usize>(line: &[f32], out: &mut [MaybeUninit<f32>]) {
+fn spread<const S: usize, T: Copy>(line: &[T], out: &mut [MaybeUninit<T>]) {
     for (block, &v) in out.chunks_exact_mut(S).zip(line) {
-        let block: &mut [MaybeUninit<f32>; S] = block.try_into().expect("chunks of S");
+        let block: &mut [MaybeUninit<T>; S] = block.try_into().expect("chunks of S");
         *block = [MaybeUninit::new(v); S];
     }
 }

@@ -614,11 +614,11 @@ fn convolve_images(
 }
 
 /// `block`, a 1x1 convolution, applied to the concatenation of `parts` whose first part is
-/// still to be upsampled, on the fast path: that part's product is computed before the
-/// upsampling (`cpu_conv::conv1x1_upsampled`). `None` where `parts` has no such part, or the
-/// block does not run in f32 with the packed or channel-blocked weights (an INT8 plan, a
-/// calibration recording the inputs' values, another kernel); the caller then upsamples
-/// first.
+/// still to be upsampled, on the fast path. In f32 that part's product is computed before
+/// the upsampling (`cpu_conv::conv1x1_upsampled`); in INT8 the part is quantised before it
+/// and its quads upsampled (`QuantizedMap::quantize_upsampled`), which needs its channels in
+/// whole quads. `None` where `parts` has no such part, for another kernel, or while a
+/// calibration records the inputs' values; the caller then upsamples first.
 pub(crate) fn forward_upsampled(block: &ConvBlock, parts: &Parts) -> Option<Tensor<4>> {
     let scale = parts.first_scale;
     let [c_out, _, kernel, _] = block.weight.dims();
@@ -627,7 +627,6 @@ pub(crate) fn forward_upsampled(block: &ConvBlock, parts: &Parts) -> Option<Tens
         || !plain_1x1
         || !ENABLED.get()
         || int8::is_recording()
-        || int8::planned(block.weight.id).is_some()
         || !parts.tensors.iter().all(is_flex)
     {
         return None;
@@ -635,7 +634,14 @@ pub(crate) fn forward_upsampled(block: &ConvBlock, parts: &Parts) -> Option<Tens
     let (low, rest) = parts.tensors.split_first()?;
     let [batch, c_low, low_h, low_w] = low.dims();
     let (height, width) = (low_h * scale, low_w * scale);
-    let layout = f32_layout(block, (height, width), height * width);
+    let int8_input = int8::planned(block.weight.id);
+    if int8_input.is_some() && !c_low.is_multiple_of(4) {
+        return None;
+    }
+    let layout = match int8_input {
+        Some(_) => Layout::Int8,
+        None => f32_layout(block, (height, width), height * width),
+    };
     let low = DenseImages::new(low.clone())?;
     let rest = dense_parts(rest)?;
     let bias = contiguous_bias(block)?;
@@ -661,6 +667,13 @@ pub(crate) fn forward_upsampled(block: &ConvBlock, parts: &Parts) -> Option<Tens
             })
             .collect();
         match weights.as_ref() {
+            ConvWeights::Int8(quantized) => {
+                let input_params = int8_input.expect("INT8 weights only where planned");
+                let input = QuantizedMap::quantize_upsampled(&upsampled, &rest, input_params);
+                let params = int8_params(block, quantized, bias);
+                let out_image = Int8Output::Float(out_image);
+                cpu_conv::conv2d_int8(&input, height, width, &params, out_image)
+            }
             ConvWeights::ChannelBlocked(blocked) => cpu_conv::conv1x1_channel_blocked_upsampled(
                 &upsampled,
                 &rest,
@@ -679,7 +692,7 @@ pub(crate) fn forward_upsampled(block: &ConvBlock, parts: &Parts) -> Option<Tens
                 };
                 cpu_conv::conv1x1_upsampled(&upsampled, &rest, &params, out_image)
             }
-            _ => unreachable!("a 1x1 convolution's f32 weights are channel-blocked or packed"),
+            _ => unreachable!("a 1x1 convolution's weights are INT8, channel-blocked or packed"),
         }
     };
     Some(convolve_images([batch, c_out, height, width], convolve))
@@ -964,6 +977,25 @@ mod tests {
             let diff: f32 = folded.sub(stock).abs().max().into_scalar();
             assert!(diff < 1e-4, "{c_low} + {c_rest} -> {c_out}: {diff}");
         }
+        // INT8: the part's quads upsampled give exactly what the upsampled map quantised gives.
+        let conv = block(64 + 32, 48, 1, 1, true);
+        let parts = Parts {
+            tensors: vec![
+                random([2, 64, 6, 5], &device),
+                random([2, 32, 12, 10], &device),
+            ],
+            first_scale: 2,
+        };
+        let plan: int8::Int8Plan = [(conv.weight.id, QuantParams::covering(-0.4, 1.5))].into();
+        let (folded, made) = int8::with_plan(Some(Arc::new(plan)), || {
+            let folded = forward_upsampled(&conv, &parts).expect("an INT8 1x1 folds too");
+            (
+                folded,
+                forward(&conv, &parts.clone().made()).expect("fast path taken"),
+            )
+        });
+        let same: bool = folded.equal(made).all().into_scalar();
+        assert!(same, "INT8 with the upsampled part's quads");
         // A 3x3 convolution reads the upsampled map; so does a part at its size.
         let conv = block(12, 8, 3, 1, true);
         let low = random([1, 8, 5, 5], &device);
