@@ -754,7 +754,7 @@ fn conv3x3_taps_int8(
 mod tests {
     use super::*;
     use crate::activation::apply_bias_activation;
-    use crate::test_values::{split_channels, values, written};
+    use crate::test_values::{UpsampledCase, split_channels, values, written};
     use proptest::prelude::*;
 
     /// Plain integer convolution: `Σ (x - zero_point) · w` over the taps inside the image,
@@ -923,42 +923,13 @@ mod tests {
     #[test]
     fn quantised_upsampled_part_matches_the_upsampled_map_quantised() {
         let params = QuantParams::covering(-0.3, 0.9);
-        for (c_low, c_rest, h, w, scale) in
-            [(256, 128, 10, 10, 2), (8, 5, 3, 4, 3), (4, 0, 5, 2, 2)]
-        {
-            let (out_h, out_w) = (h * scale, w * scale);
-            let low = values(c_low * h * w, 1);
-            let rest = values(c_rest * out_h * out_w, 2);
-            let up = written(low.len() * scale * scale, |out| {
-                upsample_nearest(&low, c_low, h, w, scale, out)
-            });
-            let rest = FeatureMap {
-                data: &rest,
-                channels: c_rest,
-            };
-            let made = [
-                FeatureMap {
-                    data: &up,
-                    channels: c_low,
-                },
-                rest,
-            ];
-            let want = QuantizedMap::quantize(&made, out_h * out_w, params);
-            let part = UpsampledPart {
-                map: FeatureMap {
-                    data: &low,
-                    channels: c_low,
-                },
-                height: h,
-                width: w,
-                scale,
-            };
-            let got = QuantizedMap::quantize_upsampled(&part, &[rest], params);
+        for shape in [[256, 128, 10, 10, 2], [8, 5, 3, 4, 3], [4, 0, 5, 2, 2]] {
+            let case = UpsampledCase::new(shape);
+            let [_, _, h, w, scale] = shape;
+            let want = QuantizedMap::quantize(&case.made(), h * scale * w * scale, params);
+            let got = QuantizedMap::quantize_upsampled(&case.part(), &[case.rest()], params);
             assert_eq!(got.channels, want.channels);
-            assert!(
-                got.quads == want.quads,
-                "{c_low} + {c_rest} at {h}x{w} x{scale}"
-            );
+            assert!(got.quads == want.quads, "{shape:?}");
         }
     }
 

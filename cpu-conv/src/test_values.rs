@@ -147,38 +147,75 @@ pub(crate) fn max_difference_upsampled(
         &mut [MaybeUninit<f32>],
     ),
 ) -> f32 {
+    let case = UpsampledCase::new([c_low, c_rest, h, w, scale]);
     let (out_h, out_w) = (h * scale, w * scale);
-    let low = values(c_low * h * w, 1);
-    let rest = values(c_rest * out_h * out_w, 4);
     let weight = values(c_out * (c_low + c_rest), 2);
     let bias = values(c_out, 3);
-    let up = written(low.len() * scale * scale, |out| {
-        crate::upsample_nearest(&low, c_low, h, w, scale, out)
-    });
     let packed = crate::PackedWeights::new(&weight, c_out, c_low + c_rest);
     let params = one_by_one(&packed, &bias, activation);
-    let rest = [crate::FeatureMap {
-        data: &rest,
-        channels: c_rest,
-    }];
     let len = c_out * out_h * out_w;
-    let made = [
-        crate::FeatureMap {
-            data: &up,
-            channels: c_low,
-        },
-        rest[0],
-    ];
-    let want = written(len, |out| crate::conv2d(&made, out_h, out_w, &params, out));
-    let upsampled = crate::UpsampledPart {
-        map: crate::FeatureMap {
-            data: &low,
-            channels: c_low,
-        },
-        height: h,
-        width: w,
-        scale,
-    };
-    let got = written(len, |out| run(&upsampled, &rest, &params, &weight, out));
+    let want = written(len, |out| {
+        crate::conv2d(&case.made(), out_h, out_w, &params, out)
+    });
+    let got = written(len, |out| {
+        run(&case.part(), &[case.rest()], &params, &weight, out)
+    });
     relative_difference(&got, &want)
+}
+
+/// A `[c_low, h, w]` map to be upsampled by `scale` beside a `[c_rest, h * scale, w * scale]`
+/// one, both of [`values`], and the upsampled map made.
+pub(crate) struct UpsampledCase {
+    low: Vec<f32>,
+    rest: Vec<f32>,
+    up: Vec<f32>,
+    /// `[c_low, c_rest, h, w, scale]`.
+    shape: [usize; 5],
+}
+
+impl UpsampledCase {
+    pub(crate) fn new(shape: [usize; 5]) -> Self {
+        let [c_low, c_rest, h, w, scale] = shape;
+        let low = values(c_low * h * w, 1);
+        let up = written(low.len() * scale * scale, |out| {
+            crate::upsample_nearest(&low, c_low, h, w, scale, out)
+        });
+        Self {
+            rest: values(c_rest * h * scale * w * scale, 4),
+            low,
+            up,
+            shape,
+        }
+    }
+
+    /// The map as the part a convolution reads upsampled.
+    pub(crate) fn part(&self) -> crate::UpsampledPart<'_> {
+        let [c_low, _, h, w, scale] = self.shape;
+        crate::UpsampledPart {
+            map: crate::FeatureMap {
+                data: &self.low,
+                channels: c_low,
+            },
+            height: h,
+            width: w,
+            scale,
+        }
+    }
+
+    /// The part beside it.
+    pub(crate) fn rest(&self) -> crate::FeatureMap<'_> {
+        crate::FeatureMap {
+            data: &self.rest,
+            channels: self.shape[1],
+        }
+    }
+
+    /// The concatenation with the upsampled map made.
+    pub(crate) fn made(&self) -> [crate::FeatureMap<'_>; 2] {
+        let up = crate::FeatureMap {
+            data: &self.up,
+            channels: self.shape[0],
+        };
+        [up, self.rest()]
+    }
 }

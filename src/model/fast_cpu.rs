@@ -491,15 +491,7 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
     };
     let weights = prepared_weights(block, layout)?;
     awake::keep_awake();
-    let inputs_of = |b: usize| -> Vec<FeatureMap> {
-        images
-            .iter()
-            .map(|(img, channels)| FeatureMap {
-                data: img.image(b, channels * height * width),
-                channels: *channels,
-            })
-            .collect()
-    };
+    let inputs_of = |b: usize| image_maps(&images, b, height * width);
     // Calibration records on this thread (its recorder is thread-local).
     for b in 0..batch {
         int8::observe(block.weight.id, &inputs_of(b));
@@ -568,6 +560,17 @@ fn dense_parts(parts: &[Tensor<4>]) -> Option<Vec<(DenseImages, usize)>> {
     parts
         .iter()
         .map(|p| Some((DenseImages::new(p.clone())?, p.dims()[1])))
+        .collect()
+}
+
+/// Image `b` of each of `parts` (as [`dense_parts`] gives them), planes of `plane` values.
+fn image_maps(parts: &[(DenseImages, usize)], b: usize, plane: usize) -> Vec<FeatureMap<'_>> {
+    parts
+        .iter()
+        .map(|(images, channels)| FeatureMap {
+            data: images.image(b, channels * plane),
+            channels: *channels,
+        })
         .collect()
 }
 
@@ -659,13 +662,7 @@ pub(crate) fn forward_upsampled(block: &ConvBlock, parts: &Parts) -> Option<Tens
             width: low_w,
             scale,
         };
-        let rest: Vec<FeatureMap> = rest
-            .iter()
-            .map(|(img, channels)| FeatureMap {
-                data: img.image(b, channels * height * width),
-                channels: *channels,
-            })
-            .collect();
+        let rest = image_maps(&rest, b, height * width);
         match weights.as_ref() {
             ConvWeights::Int8(quantized) => {
                 let input_params = int8_input.expect("INT8 weights only where planned");
