@@ -12,10 +12,11 @@
 //! Run with `cargo bench -p cpu-conv`.
 
 use cpu_conv::{
-    Activation, ChannelBlockedWeights, ConvParams, DepthwiseParams, FeatureMap, Int8ConvParams,
-    Int8Output, PackedWeights, QuantParams, QuantizedMap, QuantizedWeights, WinogradTile,
-    WinogradWeights, channel_blocked_supported, conv_channel_blocked, conv2d, conv2d_int8,
-    conv2d_int8_quantized, conv3x3_taps, conv3x3_winograd, depthwise_conv2d, output_size,
+    Activation, ChannelBlockedWeights, ConvParams, DepthwiseParams, Epilogue, FeatureMap,
+    Int8ConvParams, Int8Output, PackedWeights, QuantParams, QuantizedMap, QuantizedWeights,
+    WinogradTile, WinogradWeights, channel_blocked_supported, conv_channel_blocked, conv2d,
+    conv2d_int8, conv2d_int8_quantized, conv3x3_taps, conv3x3_winograd, depthwise_conv2d,
+    output_size,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -53,13 +54,13 @@ fn layers(c: &mut Criterion) {
             .collect();
         let bias = vec![0.1f32; c_out];
         let packed = PackedWeights::new(&weight, c_out, c_in * k * k);
+        let epilogue = Epilogue::new(&bias, Activation::Silu);
         let params = ConvParams {
             weight: &packed,
-            bias: &bias,
             kernel: k,
             stride: s,
             padding: k / 2,
-            activation: Activation::Silu,
+            epilogue,
         };
         let (oh, ow) = output_size(size, size, k, s, k / 2);
         let mut out = vec![std::mem::MaybeUninit::uninit(); c_out * oh * ow];
@@ -73,10 +74,9 @@ fn layers(c: &mut Criterion) {
         let quantized_weights = QuantizedWeights::new(&weight, c_out, c_in, k);
         let int8_params = Int8ConvParams {
             weight: &quantized_weights,
-            bias: &bias,
             stride: s,
             padding: k / 2,
-            activation: Activation::Silu,
+            epilogue,
         };
         let range = QuantParams::covering(0.0, 0.5);
         c.bench_function(&format!("{name} int8"), |b| {
@@ -122,13 +122,7 @@ fn layers(c: &mut Criterion) {
             let blocked = ChannelBlockedWeights::new(&weight, c_out, c_in, k);
             c.bench_function(&format!("{name} channel-blocked"), |b| {
                 b.iter(|| {
-                    conv_channel_blocked(
-                        &input,
-                        (size, size),
-                        &blocked,
-                        (&bias, s, Activation::Silu),
-                        &mut out,
-                    )
+                    conv_channel_blocked(&input, (size, size), &blocked, s, &epilogue, &mut out)
                 })
             });
         }
@@ -137,15 +131,7 @@ fn layers(c: &mut Criterion) {
                 let transformed = WinogradWeights::new(&weight, c_out, c_in, tile);
                 c.bench_function(&format!("{name} winograd {tile:?}"), |b| {
                     b.iter(|| {
-                        conv3x3_winograd(
-                            &input,
-                            size,
-                            size,
-                            &transformed,
-                            &bias,
-                            Activation::Silu,
-                            &mut out,
-                        )
+                        conv3x3_winograd(&input, size, size, &transformed, &epilogue, &mut out)
                     })
                 });
             }
@@ -231,11 +217,10 @@ fn depthwise(c: &mut Criterion) {
         let bias = vec![0.1f32; channels];
         let params = DepthwiseParams {
             weight: &weight,
-            bias: &bias,
             kernel: 3,
             stride: 1,
             padding: 1,
-            activation: Activation::Silu,
+            epilogue: Epilogue::new(&bias, Activation::Silu),
         };
         let input = [FeatureMap { data: &x, channels }];
         let mut out = vec![std::mem::MaybeUninit::uninit(); channels * size * size];

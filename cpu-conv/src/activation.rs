@@ -1,5 +1,5 @@
-//! Bias addition and activation over one output row, in place or into another buffer,
-//! vectorised with runtime dispatch.
+//! A convolution's epilogue (bias addition, activation, residual) over one output row, in
+//! place or into another buffer, vectorised with runtime dispatch.
 
 /// The activation applied after the bias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -8,6 +8,82 @@ pub enum Activation {
     Identity,
     /// SiLU (swish): `y = z * sigmoid(z)` with `z = x + b`.
     Silu,
+}
+
+/// What a convolution does to its sums before they are its output:
+/// `activation(sums + bias) + residual`.
+#[derive(Debug, Clone, Copy)]
+pub struct Epilogue<'a> {
+    /// `[c_out]`.
+    pub bias: &'a [f32],
+    pub activation: Activation,
+    /// `[c_out, out_h, out_w]`, added after the activation: a residual block's shortcut,
+    /// which then needs no pass of its own over the output.
+    pub residual: Option<&'a [f32]>,
+}
+
+impl<'a> Epilogue<'a> {
+    /// Bias and activation, no residual.
+    pub fn new(bias: &'a [f32], activation: Activation) -> Self {
+        Self {
+            bias,
+            activation,
+            residual: None,
+        }
+    }
+
+    /// Finishes output values `at..at + row.len()` of the `[c_out, out_h, out_w]` output,
+    /// all of channel `co`, in place.
+    pub(crate) fn finish(&self, row: &mut [f32], co: usize, at: usize) {
+        apply_bias_activation(row, self.bias[co], self.activation);
+        self.add_residual(row, at);
+    }
+
+    /// [`finish`](Self::finish) from `src` into `dst`.
+    ///
+    /// # Safety
+    /// As for [`apply_bias_activation_into`].
+    pub(crate) unsafe fn finish_into(&self, src: &[f32], dst: *mut f32, co: usize, at: usize) {
+        // SAFETY: forwarded from the caller.
+        unsafe { apply_bias_activation_into(src, dst, self.bias[co], self.activation) };
+        if self.residual.is_some() {
+            // SAFETY: the caller's `src.len()` values at `dst`, just written.
+            let row = unsafe { std::slice::from_raw_parts_mut(dst, src.len()) };
+            self.add_residual(row, at);
+        }
+    }
+
+    /// Adds the residual's values `at..at + row.len()` to `row`, if there is a residual.
+    pub(crate) fn add_residual(&self, row: &mut [f32], at: usize) {
+        if let Some(residual) = self.residual {
+            let residual = &residual[at..at + row.len()];
+            row.iter_mut().zip(residual).for_each(|(v, r)| *v += r);
+        }
+    }
+
+    /// What the epilogue makes of output value `at` whose sum plus bias is `acc`, computed
+    /// in f64 for the reference convolutions of the tests.
+    #[cfg(test)]
+    pub(crate) fn reference(&self, acc: f64, at: usize) -> f32 {
+        let activated = match self.activation {
+            Activation::Identity => acc,
+            Activation::Silu => acc / (1.0 + (-acc).exp()),
+        };
+        let residual = self.residual.map_or(0.0, |r| f64::from(r[at]));
+        (activated + residual) as f32
+    }
+
+    /// Checks the bias against `c_out` channels and the residual against an output of
+    /// `out_len` values.
+    ///
+    /// # Panics
+    /// When either does not match.
+    pub(crate) fn check(&self, c_out: usize, out_len: usize) {
+        assert_eq!(self.bias.len(), c_out, "bias shape");
+        if let Some(residual) = self.residual {
+            assert_eq!(residual.len(), out_len, "residual shape");
+        }
+    }
 }
 
 /// Adds `bias` to every value of `row` and applies `activation`, in place.

@@ -7,7 +7,7 @@ use std::thread::LocalKey;
 
 use rayon::prelude::*;
 
-use crate::activation::{Activation, apply_bias_activation};
+use crate::activation::Epilogue;
 use crate::im2col::Window;
 use crate::packed::{MR, PackedWeights, Rows, block_width, multiply_packed_blocks};
 use crate::scratch::{prefix, with_reused};
@@ -54,12 +54,11 @@ pub struct ConvParams<'a> {
     /// `[c_out, c_in * kernel * kernel]`, packed once: `PackedWeights::new(w, c_out, c_in * kernel * kernel)` of
     /// row-major `[c_out, c_in, kernel, kernel]` weights.
     pub weight: &'a PackedWeights,
-    /// `[c_out]`.
-    pub bias: &'a [f32],
     pub kernel: usize,
     pub stride: usize,
     pub padding: usize,
-    pub activation: Activation,
+    /// Bias, activation and residual.
+    pub epilogue: Epilogue<'a>,
 }
 
 /// Output `(height, width)` of a convolution over a `height x width` input.
@@ -191,8 +190,8 @@ fn convolve(
     let positions = out_h * out_w;
     let c_out = params.weight.rows();
     assert_eq!(params.weight.depth(), k_total, "weight shape");
-    assert_eq!(params.bias.len(), c_out, "bias shape");
     assert_eq!(out.len(), c_out * positions, "output shape");
+    params.epilogue.check(c_out, out.len());
     // The parts the tiles read, and the depth of the weights they start at.
     let (read, first_depth) = match first_values {
         Some(_) => (&inputs[1..], inputs[0].channels * k * k),
@@ -272,9 +271,15 @@ fn convolve(
                 }
                 k_offset += rows;
             }
-            let bias = &params.bias[channels];
             // SAFETY: as above: this item's columns of its output rows.
-            unsafe { bias_activation_tile(dst, positions, len, bias, params.activation) };
+            unsafe {
+                finish_tile(
+                    (dst, positions),
+                    (channels, columns),
+                    positions,
+                    &params.epilogue,
+                )
+            };
         },
     );
 }
@@ -413,22 +418,22 @@ pub(crate) fn tile_width(positions: usize, block_rows: usize, nr: usize) -> usiz
         .next_multiple_of(nr)
 }
 
-/// Adds each output channel's bias and applies the activation to the `len` columns of one
-/// tile, in its rows `dst + co * row_stride` (one per bias).
+/// Applies `epilogue` to one tile of a `[c_out, positions]` output: its output `channels` at
+/// output positions `columns`, channel `channels.start + r`'s run at `dst + r * row_stride`
+/// (the output itself, or a buffer).
 ///
 /// # Safety
-/// Those `bias.len()` runs of `len` values are writable and no one else uses them meanwhile.
-pub(crate) unsafe fn bias_activation_tile(
-    dst: *mut f32,
-    row_stride: usize,
-    len: usize,
-    bias: &[f32],
-    activation: Activation,
+/// Those runs of `columns.len()` values are writable and no one else uses them meanwhile.
+pub(crate) unsafe fn finish_tile(
+    (dst, row_stride): (*mut f32, usize),
+    (channels, columns): (Range<usize>, Range<usize>),
+    positions: usize,
+    epilogue: &Epilogue,
 ) {
-    for (co, &b) in bias.iter().enumerate() {
-        // SAFETY: per the caller's contract, row `co` of the tile.
-        let row = unsafe { std::slice::from_raw_parts_mut(dst.add(co * row_stride), len) };
-        apply_bias_activation(row, b, activation);
+    for (r, co) in channels.enumerate() {
+        // SAFETY: per the caller's contract, run `r` of the tile.
+        let row = unsafe { std::slice::from_raw_parts_mut(dst.add(r * row_stride), columns.len()) };
+        epilogue.finish(row, co, co * positions + columns.start);
     }
 }
 
@@ -463,7 +468,10 @@ impl<T> SharedOut<T> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::test_values::{max_difference_upsampled, split_channels, written};
+    use crate::Activation;
+    use crate::test_values::{
+        assert_adds_residual, max_difference_upsampled, split_channels, written,
+    };
     use proptest::prelude::*;
 
     /// Straightforward seven-loop convolution in f64.
@@ -479,7 +487,7 @@ pub(crate) mod tests {
         for co in 0..p.weight.rows() {
             for oy in 0..oh {
                 for ox in 0..ow {
-                    let mut acc = p.bias[co] as f64;
+                    let mut acc = p.epilogue.bias[co] as f64;
                     for ci in 0..c_in {
                         for ky in 0..k {
                             for kx in 0..k {
@@ -494,10 +502,8 @@ pub(crate) mod tests {
                             }
                         }
                     }
-                    out[(co * oh + oy) * ow + ox] = match p.activation {
-                        Activation::Identity => acc as f32,
-                        Activation::Silu => (acc / (1.0 + (-acc).exp())) as f32,
-                    };
+                    let at = (co * oh + oy) * ow + ox;
+                    out[at] = p.epilogue.reference(acc, at);
                 }
             }
         }
@@ -530,11 +536,10 @@ pub(crate) mod tests {
         let packed = PackedWeights::new(&weight, c_out, c_in * k * k);
         let params = ConvParams {
             weight: &packed,
-            bias: &bias,
             kernel: k,
             stride: s,
             padding: pad,
-            activation: act,
+            epilogue: Epilogue::new(&bias, act),
         };
         let (oh, ow) = output_size(h, w, k, s, pad);
         let parts = split_channels(&x, c_in, split, h * w);
@@ -559,6 +564,33 @@ pub(crate) mod tests {
         check([64, 32, 40, 5, 7], [1, 1, 0], Activation::Identity);
         assert!(WorkSplit::new(7 * 9, 48, 100, block_width(), true).splits_channels());
         check([48, 24, 100, 7, 9], [1, 1, 0], Activation::Silu);
+    }
+
+    #[test]
+    fn a_residual_is_added_to_every_output() {
+        // A 1x1 read in place with the channels split among items, and a 3x3 of stride 2
+        // through im2col blocks, each over two parts.
+        for ([c_in, split, c_out, h, w], [k, s, pad]) in [
+            ([48, 24, 100, 7, 9], [1, 1, 0]),
+            ([16, 5, 24, 20, 24], [3, 2, 1]),
+        ] {
+            let x = values(c_in * h * w, 1);
+            let weight = values(c_out * c_in * k * k, 2);
+            let bias = values(c_out, 3);
+            let packed = PackedWeights::new(&weight, c_out, c_in * k * k);
+            let parts = split_channels(&x, c_in, split, h * w);
+            let (oh, ow) = output_size(h, w, k, s, pad);
+            assert_adds_residual(c_out * oh * ow, &bias, Activation::Silu, |epilogue, out| {
+                let params = ConvParams {
+                    weight: &packed,
+                    kernel: k,
+                    stride: s,
+                    padding: pad,
+                    epilogue: *epilogue,
+                };
+                conv2d(&parts, h, w, &params, out)
+            });
+        }
     }
 
     /// [`max_difference_upsampled`] of [`conv1x1_upsampled`].

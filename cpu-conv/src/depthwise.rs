@@ -19,7 +19,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use crate::activation::{Activation, apply_bias_activation};
+use crate::activation::{Epilogue, apply_bias_activation};
 use crate::conv::{FeatureMap, output_size};
 use crate::scratch::{prefix, with_reused};
 use crate::taps::pad_plane;
@@ -39,18 +39,18 @@ thread_local! {
 /// handing it to another thread.
 const MIN_VALUES_PER_TASK: usize = 4096;
 
-/// A depthwise convolution: `weight` is `[channels, kernel, kernel]`, `bias` `[channels]`.
+/// A depthwise convolution: `weight` is `[channels, kernel, kernel]`.
 #[derive(Debug, Clone, Copy)]
 pub struct DepthwiseParams<'a> {
     pub weight: &'a [f32],
-    pub bias: &'a [f32],
     pub kernel: usize,
     pub stride: usize,
     pub padding: usize,
-    pub activation: Activation,
+    /// Bias, activation and residual.
+    pub epilogue: Epilogue<'a>,
 }
 
-/// Computes `activation(depthwise_conv(inputs) + bias)` for one image into `out`
+/// Computes `depthwise_conv(inputs)` and its epilogue for one image into `out`
 /// (`[channels, out_h, out_w]`); `inputs` are the channel blocks of the input in order, all
 /// `height x width`.
 ///
@@ -67,8 +67,8 @@ pub fn depthwise_conv2d(
     let channels = FeatureMap::channels_of(inputs, (height, width));
     let (out_h, out_w) = output_size(height, width, k, params.stride, params.padding);
     assert_eq!(params.weight.len(), channels * k * k, "weight shape");
-    assert_eq!(params.bias.len(), channels, "bias shape");
     assert_eq!(out.len(), channels * out_h * out_w, "output shape");
+    params.epilogue.check(channels, out.len());
     let planes: Vec<&[f32]> = inputs
         .iter()
         .flat_map(|part| part.data.chunks_exact(height * width))
@@ -80,16 +80,16 @@ pub fn depthwise_conv2d(
     out.par_chunks_exact_mut(out_h * out_w)
         .zip(planes)
         .zip(params.weight.par_chunks_exact(k * k))
-        .zip(params.bias)
+        .enumerate()
         .with_min_len(min_planes)
-        .for_each(|(((out, plane), filter), &bias)| {
+        .for_each(|(channel, ((out, plane), filter))| {
             if params.stride == 1 {
                 let shape = PlaneShape {
                     height,
                     width,
                     out_w,
                 };
-                return padded_plane_stride1(plane, shape, filter, bias, params, out);
+                return padded_plane_stride1(plane, shape, filter, channel, params, out);
             }
             let out = zeroed(out);
             for (oy, row) in out.chunks_exact_mut(out_w).enumerate() {
@@ -108,7 +108,7 @@ pub fn depthwise_conv2d(
             }
             // Once per plane: on the small maps of the detection head a row is a few dozen
             // values, and a call per row cost more than the activation itself.
-            apply_bias_activation(out, bias, params.activation);
+            params.epilogue.finish(out, channel, channel * out.len());
         });
 }
 
@@ -120,13 +120,13 @@ struct PlaneShape {
     out_w: usize,
 }
 
-/// One channel's stride-1 depthwise convolution with bias and activation, through a
+/// Channel `channel`'s stride-1 depthwise convolution and its epilogue, through a
 /// zero-padded copy of its plane (see the module's documentation).
 fn padded_plane_stride1(
     plane: &[f32],
     shape: PlaneShape,
     filter: &[f32],
-    bias: f32,
+    channel: usize,
     params: &DepthwiseParams,
     out: &mut [MaybeUninit<f32>],
 ) {
@@ -148,12 +148,17 @@ fn padded_plane_stride1(
             pad_plane(plane, [height, width], (pad, 0.0), padded);
             let sums = prefix(sums, positions, 0.0);
             accumulate_taps(sums, padded, filter, k, padded_width);
-            apply_bias_activation(sums, bias, params.activation);
-            for (to, from) in out
+            let epilogue = &params.epilogue;
+            apply_bias_activation(sums, epilogue.bias[channel], epilogue.activation);
+            let first = channel * out.len();
+            for (y, (to, from)) in out
                 .chunks_exact_mut(out_w)
-                .zip(sums.chunks_exact(padded_width))
+                .zip(sums.chunks_exact_mut(padded_width))
+                .enumerate()
             {
-                for (t, &f) in to.iter_mut().zip(from) {
+                let from = &mut from[..out_w];
+                epilogue.add_residual(from, first + y * out_w);
+                for (t, &f) in to.iter_mut().zip(&*from) {
                     t.write(f);
                 }
             }
@@ -306,6 +311,7 @@ fn accumulate_tap(row: &mut [f32], line: &[f32], w: f32, kx: usize, params: &Dep
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Activation;
     use crate::test_values::{values, written};
     use proptest::prelude::*;
 
@@ -362,7 +368,7 @@ mod tests {
         for ch in 0..c {
             for oy in 0..oh {
                 for ox in 0..ow {
-                    let mut acc = f64::from(p.bias[ch]);
+                    let mut acc = f64::from(p.epilogue.bias[ch]);
                     for ky in 0..k {
                         for kx in 0..k {
                             let iy = (oy * p.stride + ky) as isize - p.padding as isize;
@@ -373,10 +379,7 @@ mod tests {
                             }
                         }
                     }
-                    out.push(match p.activation {
-                        Activation::Identity => acc as f32,
-                        Activation::Silu => (acc / (1.0 + (-acc).exp())) as f32,
-                    });
+                    out.push(p.epilogue.reference(acc, out.len()));
                 }
             }
         }
@@ -389,26 +392,30 @@ mod tests {
         fn matches_the_reference(
             c in 1usize..6, split in 0usize..6, h in 1usize..15, w in 1usize..15,
             k in prop::sample::select(vec![1usize, 3, 5]), s in 1usize..4, pad in 0usize..3,
-            silu in any::<bool>(),
+            silu in any::<bool>(), with_residual in any::<bool>(),
         ) {
             prop_assume!(h + 2 * pad >= k && w + 2 * pad >= k);
             let x = values(c * h * w, 1);
             let weight = values(c * k * k, 2);
             let bias = values(c, 3);
+            let (oh, ow) = output_size(h, w, k, s, pad);
+            let residual = values(c * oh * ow, 4);
+            let activation = if silu { Activation::Silu } else { Activation::Identity };
             let params = DepthwiseParams {
                 weight: &weight,
-                bias: &bias,
                 kernel: k,
                 stride: s,
                 padding: pad,
-                activation: if silu { Activation::Silu } else { Activation::Identity },
+                epilogue: Epilogue {
+                    residual: with_residual.then_some(&residual[..]),
+                    ..Epilogue::new(&bias, activation)
+                },
             };
             let split = split.min(c);
             let parts = [
                 FeatureMap { data: &x[..split * h * w], channels: split },
                 FeatureMap { data: &x[split * h * w..], channels: c - split },
             ];
-            let (oh, ow) = output_size(h, w, k, s, pad);
             let out = written(c * oh * ow, |out| depthwise_conv2d(&parts, h, w, &params, out));
             for (i, (g, r)) in out.iter().zip(reference(&x, [c, h, w], &params)).enumerate() {
                 prop_assert!((g - r).abs() <= 1e-5 * (1.0 + r.abs()), "element {i}: {g} vs {r}");

@@ -16,14 +16,15 @@
 //! computed.
 //!
 //! The epilogue adds the bias as a vector, applies the activation and writes the block
-//! transposed into the `[c_out, out_h, out_w]` output.
+//! transposed into the `[c_out, out_h, out_w]` output, adding a residual there if there is
+//! one.
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::activation::{Activation, apply_bias_activation};
+use crate::activation::{Activation, Epilogue, apply_bias_activation};
 use crate::conv::{FeatureMap, ITEMS_PER_THREAD, SharedOut, as_uninit};
 use crate::scratch::{prefix, with_reused};
 use crate::taps::{Bands, PADDED, PaddedLayout};
@@ -115,7 +116,7 @@ pub fn channel_blocked_supported() -> bool {
     crate::simd::avx512f()
 }
 
-/// `activation(conv(input, weight) + bias)`, the output channels in the vector lanes: 3x3
+/// `conv(input, weight)` and its `epilogue`, the output channels in the vector lanes: 3x3
 /// with padding 1 and `stride` 1 or 2, or 1x1 with stride 1. `inputs` are the channel blocks
 /// of the input, each `[channels, height, width]`; `out` is `[c_out, out_h, out_w]`.
 ///
@@ -126,18 +127,19 @@ pub fn conv_channel_blocked(
     inputs: &[FeatureMap],
     (height, width): (usize, usize),
     weight: &ChannelBlockedWeights,
-    (bias, stride, activation): (&[f32], usize, Activation),
+    stride: usize,
+    epilogue: &Epilogue,
     out: &mut [MaybeUninit<f32>],
 ) {
     assert!(channel_blocked_supported(), "AVX-512 needed");
     let c_in = FeatureMap::channels_of(inputs, (height, width));
     assert_eq!(c_in, weight.c_in, "input channels");
-    assert_eq!(bias.len(), weight.c_out, "bias shape");
     assert!(weight.kernel == 3 || stride == 1, "1x1 at stride 1");
     // The 3x3 copy's layout; its output size is also a 1x1 stride-1 convolution's.
     let layout = PaddedLayout::new(height, width, stride);
     let (out_h, out_w) = layout.out_size();
     assert_eq!(out.len(), weight.c_out * out_h * out_w, "output shape");
+    epilogue.check(weight.c_out, out.len());
     if out.is_empty() || c_in == 0 {
         return;
     }
@@ -146,7 +148,6 @@ pub fn conv_channel_blocked(
         .flat_map(|p| p.data.chunks_exact(height * width))
         .collect();
     let out = SharedOut::new(out);
-    let epilogue = (bias, activation);
     if weight.kernel == 1 {
         // The whole map as one row; step `k` reads channel `k` in place.
         let steps = StepRows(planes.iter().map(|p| p.as_ptr()).collect());
@@ -170,7 +171,7 @@ pub fn conv_channel_blocked(
 }
 
 /// [`conv1x1_upsampled`](crate::conv1x1_upsampled) with the output channels in the vector
-/// lanes: `activation(conv1x1(concat(upsample(upsampled), rest), weight) + bias)` into `out`
+/// lanes: `conv1x1(concat(upsample(upsampled), rest), weight)` and its `epilogue` into `out`
 /// (`[c_out, height * scale, width * scale]`); `weight` is a 1x1 convolution's.
 ///
 /// # Panics
@@ -179,7 +180,7 @@ pub fn conv1x1_channel_blocked_upsampled(
     upsampled: &UpsampledPart,
     rest: &[FeatureMap],
     weight: &ChannelBlockedWeights,
-    (bias, activation): (&[f32], Activation),
+    epilogue: &Epilogue,
     out: &mut [MaybeUninit<f32>],
 ) {
     assert!(channel_blocked_supported(), "AVX-512 needed");
@@ -189,8 +190,8 @@ pub fn conv1x1_channel_blocked_upsampled(
     let low = upsampled.map;
     let c_in = low.channels + FeatureMap::channels_of(rest, (height, width));
     assert_eq!(c_in, weight.c_in, "input channels");
-    assert_eq!(bias.len(), weight.c_out, "bias shape");
     assert_eq!(out.len(), weight.c_out * height * width, "output shape");
+    epilogue.check(weight.c_out, out.len());
     if out.is_empty() {
         return;
     }
@@ -213,7 +214,7 @@ pub fn conv1x1_channel_blocked_upsampled(
             Runs::new(1, positions),
             |_, x| x,
             weight,
-            ((&no_bias, Activation::Identity), Start::ZERO),
+            (&Epilogue::new(&no_bias, Activation::Identity), Start::ZERO),
             SharedOut::new(as_uninit(values)),
         );
         let start = Start {
@@ -227,7 +228,6 @@ pub fn conv1x1_channel_blocked_upsampled(
         };
         let steps = planes(rest, height * width);
         let runs = Runs::new(1, height * width);
-        let epilogue = (bias, activation);
         convolve_shared(
             &steps,
             runs,
@@ -313,7 +313,7 @@ fn convolve_shared(
     runs: Runs,
     position: impl Fn(usize, usize) -> usize + Sync,
     weight: &ChannelBlockedWeights,
-    (epilogue, start): ((&[f32], Activation), Start),
+    (epilogue, start): (&Epilogue, Start),
     out: SharedOut,
 ) {
     let blocks = weight.blocks();
@@ -346,7 +346,7 @@ fn convolve_bands(
     layout: &PaddedLayout,
     bands: &Bands,
     weight: &ChannelBlockedWeights,
-    epilogue: (&[f32], Activation),
+    epilogue: &Epilogue,
     out: SharedOut,
 ) {
     let band_layout = layout.for_band(bands.max_rows());
@@ -394,6 +394,8 @@ struct Block<'a> {
     /// The block's bias, zero-padded.
     bias: [f32; BLOCK],
     activation: Activation,
+    /// The output's residual, added as the block is written.
+    residual: Option<&'a [f32]>,
     /// An upsampled part's product, added to the sums before the activation.
     start: Option<LowProduct<'a>>,
 }
@@ -403,19 +405,20 @@ impl<'a> Block<'a> {
     fn new(
         weight: &'a ChannelBlockedWeights,
         block: usize,
-        (bias, activation): (&[f32], Activation),
+        epilogue: &Epilogue<'a>,
         start: Start<'a>,
     ) -> Self {
         let (channels, weights) = weight.block(block);
         let lanes = block_lanes(channels.len());
         let mut block_bias = [0.0; BLOCK];
-        block_bias[..channels.len()].copy_from_slice(&bias[channels.clone()]);
+        block_bias[..channels.len()].copy_from_slice(&epilogue.bias[channels.clone()]);
         Self {
             weights: &weights[start.depth * lanes..],
             start: start.values,
             channels,
             bias: block_bias,
-            activation,
+            activation: epilogue.activation,
+            residual: epilogue.residual,
         }
     }
 
@@ -458,11 +461,23 @@ impl<'a> Block<'a> {
         }
         apply_bias_activation(result, 0.0, self.activation);
         for (lane, co) in self.channels.clone().enumerate() {
+            let at = co * out.plane + y * out.width + xs.start;
             // SAFETY: pixels `xs` of row `y` of channel `co`, this caller's alone.
-            let row = unsafe { out.ptr.get().add(co * out.plane + y * out.width + xs.start) };
-            for pixel in 0..pixels {
-                // SAFETY: as above, `pixel < xs.len()`.
-                unsafe { *row.add(pixel) = result[pixel * BLOCK + lane] };
+            let row = unsafe { out.ptr.get().add(at) };
+            let values = (0..pixels).map(|pixel| result[pixel * BLOCK + lane]);
+            match self.residual {
+                Some(residual) => {
+                    for (pixel, (v, r)) in values.zip(&residual[at..at + pixels]).enumerate() {
+                        // SAFETY: as above, `pixel < xs.len()`.
+                        unsafe { *row.add(pixel) = v + r };
+                    }
+                }
+                None => {
+                    for (pixel, v) in values.enumerate() {
+                        // SAFETY: as above, `pixel < xs.len()`.
+                        unsafe { *row.add(pixel) = v };
+                    }
+                }
             }
         }
     }
@@ -578,8 +593,8 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::test_values::{
-        BANDED_3X3_SHAPES, YOLO_3X3_SHAPES, max_difference_from_im2col, max_difference_upsampled,
-        one_by_one, relative_difference, split_channels, values, written,
+        BANDED_3X3_SHAPES, YOLO_3X3_SHAPES, assert_adds_residual, max_difference_from_im2col,
+        max_difference_upsampled, one_by_one, relative_difference, split_channels, values, written,
     };
     use proptest::prelude::*;
 
@@ -598,7 +613,8 @@ mod tests {
             activation,
             |parts, weight, bias, out| {
                 let blocked = ChannelBlockedWeights::new(weight, c_out, c_in, 3);
-                conv_channel_blocked(parts, (h, w), &blocked, (bias, stride, activation), out)
+                let epilogue = Epilogue::new(bias, activation);
+                conv_channel_blocked(parts, (h, w), &blocked, stride, &epilogue, out)
             },
         ))
     }
@@ -631,9 +647,8 @@ mod tests {
         let len = c_out * h * w;
         let want = written(len, |out| crate::conv2d(&parts, h, w, &params, out));
         let blocked = ChannelBlockedWeights::new(&weight, c_out, c_in, 1);
-        let epilogue = (&bias[..], 1, activation);
         let got = written(len, |out| {
-            conv_channel_blocked(&parts, (h, w), &blocked, epilogue, out)
+            conv_channel_blocked(&parts, (h, w), &blocked, 1, &params.epilogue, out)
         });
         Some(relative_difference(&got, &want))
     }
@@ -669,7 +684,7 @@ mod tests {
             activation,
             |upsampled, rest, params, weight, out| {
                 let blocked = ChannelBlockedWeights::new(weight, c_out, c_low + c_rest, 1);
-                let epilogue = (params.bias, params.activation);
+                let epilogue = &params.epilogue;
                 conv1x1_channel_blocked_upsampled(upsampled, rest, &blocked, epilogue, out)
             },
         ))
@@ -691,6 +706,35 @@ mod tests {
                 return;
             };
             assert!(diff < 1e-5, "{shape:?}: {diff}");
+        }
+    }
+
+    #[test]
+    fn a_residual_is_added_to_every_output() {
+        if !channel_blocked_supported() {
+            eprintln!("no AVX-512: the channel-blocked path is not run");
+            return;
+        }
+        // A bottleneck's 3x3 on a shared copy and in bands, stride 2, and a 1x1; the last
+        // block 16 lanes wide, or partly padding.
+        for ([c_in, c_out, h, w], kernel, stride) in [
+            ([32, 48, 10, 10], 3, 1),
+            ([16, 24, 100, 90], 3, 1),
+            ([8, 40, 9, 7], 3, 2),
+            ([24, 40, 7, 9], 1, 1),
+        ] {
+            let x = values(c_in * h * w, 1);
+            let weight = values(c_out * c_in * kernel * kernel, 2);
+            let bias = values(c_out, 3);
+            let blocked = ChannelBlockedWeights::new(&weight, c_out, c_in, kernel);
+            let (out_h, out_w) = PaddedLayout::new(h, w, stride).out_size();
+            let input = [FeatureMap {
+                data: &x,
+                channels: c_in,
+            }];
+            assert_adds_residual(c_out * out_h * out_w, &bias, Activation::Silu, |e, out| {
+                conv_channel_blocked(&input, (h, w), &blocked, stride, e, out)
+            });
         }
     }
 

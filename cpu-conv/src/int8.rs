@@ -17,8 +17,8 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::activation::Activation;
-use crate::conv::{FeatureMap, SharedOut, WorkItem, WorkSplit, bias_activation_tile, output_size};
+use crate::activation::Epilogue;
+use crate::conv::{FeatureMap, SharedOut, WorkItem, WorkSplit, finish_tile, output_size};
 use crate::im2col::Window;
 use crate::int8_kernels::{MR, Tile, kernel};
 use crate::packed::{InputRows, Offsets, Strided};
@@ -371,15 +371,15 @@ fn symmetric_per_row(values: &[f32], rows: usize, per_row: usize) -> (Vec<i8>, V
     (quantized, scales)
 }
 
-/// An INT8 convolution with one group, no dilation, and its f32 bias and activation.
+/// An INT8 convolution with one group, no dilation, and its f32 epilogue. A residual is
+/// added only to an [`Int8Output::Float`] output.
 #[derive(Debug, Clone, Copy)]
 pub struct Int8ConvParams<'a> {
     pub weight: &'a QuantizedWeights,
-    /// `[c_out]`.
-    pub bias: &'a [f32],
     pub stride: usize,
     pub padding: usize,
-    pub activation: Activation,
+    /// Bias, activation and residual.
+    pub epilogue: Epilogue<'a>,
 }
 
 /// Where an INT8 convolution's output goes.
@@ -402,11 +402,12 @@ enum Destination {
     Quantized(SharedOut<u32>, QuantParams),
 }
 
-/// Computes `activation(conv(input, weight) + bias)` for one image into `out` from a
-/// quantised `height x width` input.
+/// Computes `conv(input, weight)` and its epilogue for one image into `out` from a quantised
+/// `height x width` input.
 ///
 /// # Panics
-/// When the input's channels or length, the bias or `out` do not match the weights.
+/// When the input's channels or length, the bias, the residual or `out` do not match the
+/// weights, or a residual comes with a quantised output.
 pub fn conv2d_int8(
     input: &QuantizedMap,
     height: usize,
@@ -421,19 +422,27 @@ pub fn conv2d_int8(
     assert_eq!(input.quads.len(), groups * height * width, "input shape");
     let (out_h, out_w) = output_size(height, width, k, params.stride, params.padding);
     let positions = out_h * out_w;
-    assert_eq!(params.bias.len(), weight.rows, "bias shape");
     let destination = match out {
         Int8Output::Float(out) => {
             assert_eq!(out.len(), weight.rows * positions, "output shape");
+            params.epilogue.check(weight.rows, out.len());
             Destination::Float(SharedOut::new(out))
         }
-        Int8Output::Quantized { quads, params } => {
+        Int8Output::Quantized {
+            quads,
+            params: out_params,
+        } => {
+            assert!(
+                params.epilogue.residual.is_none(),
+                "a residual needs a float output"
+            );
+            assert_eq!(params.epilogue.bias.len(), weight.rows, "bias shape");
             assert_eq!(
                 quads.len(),
                 weight.rows.div_ceil(4) * positions,
                 "output shape"
             );
-            Destination::Quantized(SharedOut::new(quads), params)
+            Destination::Quantized(SharedOut::new(quads), out_params)
         }
     };
     let zero_point = input.params.zero_point as i32;
@@ -452,11 +461,10 @@ pub fn conv2d_int8(
         padding: params.padding,
     };
     let pad = input.params.zero_quad();
-    let epilogue = Epilogue {
+    let epilogue = Dequantize {
         init: &init,
         scale: &scale,
-        bias: params.bias,
-        activation: params.activation,
+        finish: params.epilogue,
     };
     if k == 3 && params.padding == 1 && taps_pay(params.stride, height * width, weight) {
         let layout = PaddedLayout::new(height, width, params.stride);
@@ -500,7 +508,7 @@ pub fn conv2d_int8(
                     )
                 };
             };
-            let bias = &params.bias[channels.clone()];
+            let tile = (channels.clone(), columns.clone());
             match destination {
                 Destination::Float(out) => {
                     // SAFETY: this item writes columns `start..start + len` of the output
@@ -509,14 +517,15 @@ pub fn conv2d_int8(
                     let dst = unsafe { out.get().add(channels.start * positions + start) };
                     multiply((dst, positions));
                     // SAFETY: as above: this item's columns of its output rows.
-                    unsafe { bias_activation_tile(dst, positions, len, bias, params.activation) };
+                    unsafe { finish_tile((dst, positions), tile, positions, &params.epilogue) };
                 }
                 Destination::Quantized(quads, out_params) => with_reused(&PRODUCT, |product| {
                     let product = prefix(product, channels.len() * len, 0.0);
                     multiply((product.as_mut_ptr(), len));
                     let dst = product.as_mut_ptr();
-                    // SAFETY: `product` has a row of `len` per channel of the item.
-                    unsafe { bias_activation_tile(dst, len, len, bias, params.activation) };
+                    // SAFETY: `product` has a row of `len` per channel of the item (no
+                    // residual here: checked above).
+                    unsafe { finish_tile((dst, len), tile, positions, &params.epilogue) };
                     let runs = std::iter::once((0, start, len));
                     // SAFETY: this item's columns of its channels' groups (whole groups:
                     // blocks of `MR` channels start at a multiple of four).
@@ -628,13 +637,12 @@ fn taps_pay(stride: usize, pixels: usize, weight: &QuantizedWeights) -> bool {
 }
 
 /// What turns a convolution's i32 accumulators into its f32 output: each output channel's
-/// accumulator start (the zero-point correction) and scale, then its bias and activation.
+/// accumulator start (the zero-point correction) and scale, then the f32 epilogue.
 #[derive(Clone, Copy)]
-struct Epilogue<'a> {
+struct Dequantize<'a> {
     init: &'a [i32],
     scale: &'a [f32],
-    bias: &'a [f32],
-    activation: Activation,
+    finish: Epilogue<'a>,
 }
 
 /// `dst = scale · (init + weight · x)` for the output rows of `blocks` and `len` columns,
@@ -651,7 +659,7 @@ unsafe fn multiply_blocks<R: InputRows>(
     blocks: Range<usize>,
     (x, x_rows): (*const u32, R),
     len: usize,
-    epilogue: &Epilogue,
+    epilogue: &Dequantize,
     (dst, dst_stride): (*mut f32, usize),
 ) {
     let quads = weight.quads();
@@ -686,7 +694,7 @@ fn conv3x3_taps_int8(
     plane: usize,
     layout: PaddedLayout,
     weight: &QuantizedWeights,
-    epilogue: Epilogue,
+    epilogue: Dequantize,
     destination: Destination,
 ) {
     if plane == 0 {
@@ -729,16 +737,17 @@ fn conv3x3_taps_int8(
                 let tile = (start, len);
                 match destination {
                     Destination::Float(out) => {
-                        let bias = (epilogue.bias, epilogue.activation);
+                        let finish = &epilogue.finish;
                         // SAFETY: the item's positions of its channels are its own; `out`
                         // outlives the parallel loop.
-                        unsafe { layout.finish_tile(product, tile, channels, bias, out) }
+                        unsafe { layout.finish_tile(product, tile, channels, finish, out) }
                     }
                     Destination::Quantized(quads, out_params) => {
                         let dst = product.as_mut_ptr();
-                        let bias = &epilogue.bias[channels.clone()];
-                        // SAFETY: `product` has a row of `len` per channel of the item.
-                        unsafe { bias_activation_tile(dst, len, len, bias, epilogue.activation) };
+                        let rows = (channels.clone(), 0..len);
+                        // SAFETY: `product` has a row of `len` per channel of the item (no
+                        // residual here: checked in `conv2d_int8`).
+                        unsafe { finish_tile((dst, len), rows, 0, &epilogue.finish) };
                         let runs = layout.output_runs(tile);
                         let out = (quads, layout.out_plane(), out_params);
                         // SAFETY: the item's pixels of its channels' groups, its own.
@@ -753,8 +762,10 @@ fn conv3x3_taps_int8(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::activation::apply_bias_activation;
-    use crate::test_values::{UpsampledCase, split_channels, values, written};
+    use crate::Activation;
+    use crate::test_values::{
+        UpsampledCase, assert_adds_residual, split_channels, values, written,
+    };
     use proptest::prelude::*;
 
     /// Plain integer convolution: `Σ (x - zero_point) · w` over the taps inside the image,
@@ -794,7 +805,7 @@ mod tests {
                 }
             }
             let row = &mut out[co * oh * ow..(co + 1) * oh * ow];
-            apply_bias_activation(row, p.bias[co], p.activation);
+            p.epilogue.finish(row, co, co * oh * ow);
         }
         out
     }
@@ -811,10 +822,9 @@ mod tests {
         let bias = values(c_out, 13);
         let params = Int8ConvParams {
             weight: &weights,
-            bias: &bias,
             stride: s,
             padding: pad,
-            activation: act,
+            epilogue: Epilogue::new(&bias, act),
         };
         let parts = split_channels(&x, c_in, split, h * w);
         let quantized = QuantizedMap::quantize(&parts, h * w, x_params);
@@ -832,11 +842,10 @@ mod tests {
         let packed = crate::PackedWeights::new(&float_weights, c_out, c_in * k * k);
         let float_params = crate::ConvParams {
             weight: &packed,
-            bias: &bias,
             kernel: k,
             stride: s,
             padding: pad,
-            activation: act,
+            epilogue: params.epilogue,
         };
         let float = crate::conv::tests::reference(&x, [c_in, h, w], &float_weights, &float_params);
         let tolerance = 0.01 * (c_in * k * k) as f32;
@@ -875,10 +884,9 @@ mod tests {
             let bias = values(c_out, 32);
             let params = Int8ConvParams {
                 weight: &weights,
-                bias: &bias,
                 stride: s,
                 padding: pad,
-                activation: Activation::Silu,
+                epilogue: Epilogue::new(&bias, Activation::Silu),
             };
             let x = QuantizedMap::quantize(
                 &split_channels(&values(c_in * h * w, 33), c_in, c_in, h * w),
@@ -901,6 +909,37 @@ mod tests {
                 got.quads == want.quads,
                 "{c_in}->{c_out} {k}x{k}/{s} at {h}x{w}"
             );
+        }
+    }
+
+    /// A float output gets the residual added: through the direct 1x1 product, im2col
+    /// blocks and the tap-wise product at strides 1 and 2.
+    #[test]
+    fn a_residual_is_added_to_every_float_output() {
+        for ([c_in, c_out, h, w], [k, s, pad]) in [
+            ([24, 40, 9, 11], [1, 1, 0]),
+            ([32, 24, 45, 41], [3, 1, 1]),
+            ([16, 16, 10, 10], [3, 1, 1]),
+            ([16, 30, 19, 22], [3, 2, 1]),
+        ] {
+            let weights = QuantizedWeights::new(&values(c_out * c_in * k * k, 41), c_out, c_in, k);
+            let x = values(c_in * h * w, 43);
+            let input = FeatureMap {
+                data: &x,
+                channels: c_in,
+            };
+            let x = QuantizedMap::quantize(&[input], h * w, QuantParams::covering(-1.0, 1.0));
+            let (oh, ow) = output_size(h, w, k, s, pad);
+            let bias = values(c_out, 42);
+            assert_adds_residual(c_out * oh * ow, &bias, Activation::Silu, |epilogue, out| {
+                let params = Int8ConvParams {
+                    weight: &weights,
+                    stride: s,
+                    padding: pad,
+                    epilogue: *epilogue,
+                };
+                conv2d_int8(&x, h, w, &params, Int8Output::Float(out))
+            });
         }
     }
 

@@ -55,7 +55,9 @@ mod test_values;
 mod upsample;
 mod winograd;
 
-pub use activation::{Activation, apply_bias_activation, exp_minus_column_max, sigmoid_in_place};
+pub use activation::{
+    Activation, Epilogue, apply_bias_activation, exp_minus_column_max, sigmoid_in_place,
+};
 pub use attention::{AttentionShape, attention};
 pub use conv::{ConvParams, FeatureMap, conv1x1_upsampled, conv2d, output_size};
 pub use depthwise::{DepthwiseParams, depthwise_conv2d};

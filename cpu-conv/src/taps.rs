@@ -33,7 +33,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::activation::{Activation, apply_bias_activation_into};
+use crate::activation::Epilogue;
 use crate::conv::{
     ConvParams, FeatureMap, ITEMS_PER_THREAD, SharedOut, WorkItem, WorkSplit, output_size,
 };
@@ -296,17 +296,17 @@ impl PaddedLayout {
         product: &[f32],
         (start, len): (usize, usize),
         channels: Range<usize>,
-        (bias, activation): (&[f32], Activation),
+        epilogue: &Epilogue,
         out: SharedOut,
     ) {
-        let rows = product.chunks_exact(len).zip(&bias[channels.clone()]);
-        for (co, (row, &b)) in channels.zip(rows) {
+        for (co, row) in channels.zip(product.chunks_exact(len)) {
             for (offset, pixel, kept) in self.output_runs((start, len)) {
+                let at = co * self.out_plane() + pixel;
                 // SAFETY: output pixels `pixel..pixel + kept` of channel `co`, this caller's
                 // alone, apart from the tile's `product`.
                 unsafe {
-                    let to = out.get().add(co * self.out_plane() + pixel);
-                    apply_bias_activation_into(&row[offset..offset + kept], to, b, activation);
+                    let to = out.get().add(at);
+                    epilogue.finish_into(&row[offset..offset + kept], to, co, at);
                 }
             }
         }
@@ -383,13 +383,13 @@ fn conv3x3_taps_in(
     let c_in = FeatureMap::channels_of(inputs, (height, width));
     let c_out = params.weight.rows();
     assert_eq!(params.weight.depth(), TAPS * c_in, "weight shape");
-    assert_eq!(params.bias.len(), c_out, "bias shape");
     let layout = PaddedLayout::new(height, width, params.stride);
     assert_eq!(
         out.len(),
         c_out * layout.out_h * layout.out_w,
         "output shape"
     );
+    params.epilogue.check(c_out, out.len());
     if height == 0 || width == 0 || c_in == 0 {
         return;
     }
@@ -501,9 +501,8 @@ unsafe fn compute_item(
     // SAFETY: the copy as the caller says; `product` holds a row of `len` for each of
     // `channels`.
     unsafe { multiply_indirect_blocks(params.weight, blocks, x, offsets, len, rows) };
-    let epilogue = (params.bias, params.activation);
     // SAFETY: the item's output pixels, as the caller says.
-    unsafe { layout.finish_tile(product, (start, len), channels, epilogue, out) };
+    unsafe { layout.finish_tile(product, (start, len), channels, &params.epilogue, out) };
 }
 
 /// Bytes of a band's padded copy and product together: within a core's L2 cache.
@@ -549,8 +548,11 @@ impl Bands {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::PackedWeights;
-    use crate::test_values::{BANDED_3X3_SHAPES, YOLO_3X3_SHAPES, max_difference_from_im2col};
+    use crate::test_values::{
+        BANDED_3X3_SHAPES, YOLO_3X3_SHAPES, assert_adds_residual, max_difference_from_im2col,
+        values,
+    };
+    use crate::{Activation, PackedWeights};
     use proptest::prelude::*;
 
     /// [`max_difference_from_im2col`] of the tap-wise path, its bands chosen by `bands` as
@@ -566,11 +568,10 @@ mod tests {
             let packed = PackedWeights::new(weight, c_out, c_in * TAPS);
             let params = ConvParams {
                 weight: &packed,
-                bias,
                 kernel: 3,
                 stride,
                 padding: 1,
-                activation,
+                epilogue: Epilogue::new(bias, activation),
             };
             conv3x3_taps_in(parts, h, w, &params, out, bands)
         })
@@ -611,6 +612,37 @@ mod tests {
             assert!(Bands::new(&layout, c_out, c_in).is_some(), "{shape:?}");
             let diff = max_difference(shape, stride, Activation::Silu);
             assert!(diff < 1e-5, "{shape:?} stride {stride}: {diff}");
+        }
+    }
+
+    #[test]
+    fn a_residual_is_added_to_every_output() {
+        // One shared copy, with the channels split among items at 10x10, and bands, at
+        // strides 1 and 2.
+        for ([c_in, c_out, h, w], stride) in [
+            ([32, 48, 10, 10], 1),
+            ([16, 24, 100, 90], 1),
+            ([8, 40, 9, 7], 2),
+            ([3, 16, 320, 240], 2),
+        ] {
+            let x = values(c_in * h * w, 1);
+            let input = [FeatureMap {
+                data: &x,
+                channels: c_in,
+            }];
+            let packed = PackedWeights::new(&values(c_out * c_in * TAPS, 2), c_out, c_in * TAPS);
+            let bias = values(c_out, 3);
+            let (out_h, out_w) = PaddedLayout::new(h, w, stride).out_size();
+            assert_adds_residual(c_out * out_h * out_w, &bias, Activation::Silu, |e, out| {
+                let params = ConvParams {
+                    weight: &packed,
+                    kernel: 3,
+                    stride,
+                    padding: 1,
+                    epilogue: *e,
+                };
+                conv3x3_taps(&input, h, w, &params, out)
+            });
         }
     }
 

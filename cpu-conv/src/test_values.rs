@@ -22,11 +22,36 @@ pub(crate) fn one_by_one<'a>(
 ) -> crate::ConvParams<'a> {
     crate::ConvParams {
         weight,
-        bias,
         kernel: 1,
         stride: 1,
         padding: 0,
-        activation,
+        epilogue: crate::Epilogue::new(bias, activation),
+    }
+}
+
+/// Asserts that `run`, a convolution into `len` outputs with the epilogue it is given, adds
+/// a residual exactly: with bias `bias`, `activation` and a residual of [`values`], every
+/// output is what it is without the residual plus the residual's value at that index.
+pub(crate) fn assert_adds_residual(
+    len: usize,
+    bias: &[f32],
+    activation: crate::Activation,
+    run: impl Fn(&crate::Epilogue, &mut [MaybeUninit<f32>]),
+) {
+    let residual = values(len, 9);
+    let plain = crate::Epilogue::new(bias, activation);
+    let with_residual = crate::Epilogue {
+        residual: Some(&residual),
+        ..plain
+    };
+    let without = written(len, |out| run(&plain, out));
+    let with = written(len, |out| run(&with_residual, out));
+    for (i, ((w, o), r)) in with.iter().zip(&without).zip(&residual).enumerate() {
+        assert_eq!(
+            w.to_bits(),
+            (o + r).to_bits(),
+            "element {i}: {w} vs {o} + {r}"
+        );
     }
 }
 
@@ -82,11 +107,10 @@ pub(crate) fn max_difference_from_im2col(
     let packed = crate::PackedWeights::new(&weight, c_out, c_in * 9);
     let params = crate::ConvParams {
         weight: &packed,
-        bias: &bias,
         kernel: 3,
         stride,
         padding: 1,
-        activation,
+        epilogue: crate::Epilogue::new(&bias, activation),
     };
     let (out_h, out_w) = crate::output_size(h, w, 3, stride, 1);
     let len = c_out * out_h * out_w;

@@ -2,7 +2,8 @@
 //! (Winograd F(4x4, 3x3) or F(2x2, 3x3) for 3x3 stride-1 convolutions on larger maps; on
 //! small maps with AVX-512, the output channels in the vector lanes; the tap-wise indirect
 //! product for the other 3x3 ones, im2col for the rest, all with micro-kernels over weights
-//! packed once and bias and SiLU fused, parallel over output tiles)
+//! packed once and bias, SiLU and a residual block's shortcut fused, parallel over output
+//! tiles)
 //! on the Flex tensors' own storage, without layout conversions, and read the parts of a
 //! channel concatenation in place; SPPF's max-pools and the detection head's DFL decoding and
 //! sigmoid run as plain vectorised loops. Convolutions that an INT8 plan names
@@ -20,9 +21,9 @@ use burn::backend::{DispatchDevice, Flex};
 use burn::module::ParamId;
 use burn::tensor::{DType, Tensor, TensorData};
 use cpu_conv::{
-    Activation, ChannelBlockedWeights, ConvParams, DepthwiseParams, FeatureMap, Int8ConvParams,
-    Int8Output, PackedWeights, QuantizedMap, QuantizedWeights, UpsampledPart, WinogradTile,
-    WinogradWeights,
+    Activation, ChannelBlockedWeights, ConvParams, DepthwiseParams, Epilogue, FeatureMap,
+    Int8ConvParams, Int8Output, PackedWeights, QuantizedMap, QuantizedWeights, UpsampledPart,
+    WinogradTile, WinogradWeights,
 };
 use rayon::prelude::*;
 
@@ -466,22 +467,36 @@ fn channel_blocked(kernel: usize, c_in: usize, c_out: usize, out_pixels: usize) 
     cpu_conv::channel_blocked_supported() && out_pixels <= 20 * 20 && c_out >= 16 && enough_depth
 }
 
-/// `block` applied to the channel concatenation of `parts`, on the fast path; `None` when the
-/// tensors are not on the Flex backend or the block is a grouped convolution other than a
-/// depthwise one.
-pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4>> {
+/// `block` applied to the channel concatenation of `parts`, with `residual` (the output's
+/// shape) added to its output, on the fast path; `None` when the tensors are not on the Flex
+/// backend or the block is a grouped convolution other than a depthwise one.
+pub(crate) fn forward(
+    block: &ConvBlock,
+    parts: &[Tensor<4>],
+    residual: Option<&Tensor<4>>,
+) -> Option<Tensor<4>> {
     let [c_out, c_in_per_group, kernel, _] = block.weight.dims();
     let depthwise = block.groups == c_out && c_in_per_group == 1;
-    if !ENABLED.get() || (block.groups != 1 && !depthwise) || !parts.iter().all(is_flex) {
+    if !ENABLED.get()
+        || (block.groups != 1 && !depthwise)
+        || !parts.iter().chain(residual).all(is_flex)
+    {
         return None;
     }
     let [batch, _, height, width] = parts[0].dims();
+    let (out_h, out_w) = cpu_conv::output_size(height, width, kernel, block.stride, block.padding);
+    let out_len = c_out * out_h * out_w;
     let images = dense_parts(parts)?;
+    let residual = residual_images(residual, [batch, c_out, out_h, out_w])?;
     let bias = contiguous_bias(block)?;
     let bias = dense_f32(&bias)?;
     let activation = activation_of(block);
+    let epilogue = |b: usize| Epilogue {
+        bias,
+        activation,
+        residual: residual.as_ref().map(|r| r.image(b, out_len)),
+    };
     let int8_input = int8::planned(block.weight.id).filter(|_| !depthwise);
-    let (out_h, out_w) = cpu_conv::output_size(height, width, kernel, block.stride, block.padding);
     let layout = if depthwise {
         Layout::Depthwise
     } else if int8_input.is_some() {
@@ -502,7 +517,7 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
             ConvWeights::Int8(quantized) => {
                 let input_params = int8_input.expect("INT8 weights only where planned");
                 let input = QuantizedMap::quantize(&inputs, height * width, input_params);
-                let params = int8_params(block, quantized, bias);
+                let params = int8_params(block, quantized, epilogue(b));
                 cpu_conv::conv2d_int8(&input, height, width, &params, Int8Output::Float(out_image))
             }
             ConvWeights::Winograd(transformed) => cpu_conv::conv3x3_winograd(
@@ -510,36 +525,34 @@ pub(crate) fn forward(block: &ConvBlock, parts: &[Tensor<4>]) -> Option<Tensor<4
                 height,
                 width,
                 transformed,
-                bias,
-                activation,
+                &epilogue(b),
                 out_image,
             ),
             ConvWeights::ChannelBlocked(blocked) => cpu_conv::conv_channel_blocked(
                 &inputs,
                 (height, width),
                 blocked,
-                (bias, block.stride, activation),
+                block.stride,
+                &epilogue(b),
                 out_image,
             ),
             ConvWeights::Depthwise(weight) => {
                 let params = DepthwiseParams {
                     weight,
-                    bias,
                     kernel,
                     stride: block.stride,
                     padding: block.padding,
-                    activation,
+                    epilogue: epilogue(b),
                 };
                 cpu_conv::depthwise_conv2d(&inputs, height, width, &params, out_image)
             }
             ConvWeights::Packed(packed) => {
                 let params = ConvParams {
                     weight: packed,
-                    bias,
                     kernel,
                     stride: block.stride,
                     padding: block.padding,
-                    activation,
+                    epilogue: epilogue(b),
                 };
                 // 3x3 convolutions that Winograd does not take: tap-wise (stride 2: 1.3x to
                 // 1.6x faster than im2col on YOLOv8n's and YOLO11n's downsampling layers at
@@ -561,6 +574,21 @@ fn dense_parts(parts: &[Tensor<4>]) -> Option<Vec<(DenseImages, usize)>> {
         .iter()
         .map(|p| Some((DenseImages::new(p.clone())?, p.dims()[1])))
         .collect()
+}
+
+/// `residual` as dense images, checked to have `shape`: `Some(None)` without a residual,
+/// `None` when it is not a Flex f32 tensor.
+///
+/// # Panics
+/// When its shape is not `shape`.
+fn residual_images(residual: Option<&Tensor<4>>, shape: [usize; 4]) -> Option<Option<DenseImages>> {
+    match residual {
+        None => Some(None),
+        Some(residual) => {
+            assert_eq!(residual.dims(), shape, "residual shape");
+            DenseImages::new(residual.clone()).map(Some)
+        }
+    }
 }
 
 /// Image `b` of each of `parts` (as [`dense_parts`] gives them), planes of `plane` values.
@@ -649,7 +677,7 @@ pub(crate) fn forward_upsampled(block: &ConvBlock, parts: &Parts) -> Option<Tens
     let rest = dense_parts(rest)?;
     let bias = contiguous_bias(block)?;
     let bias = dense_f32(&bias)?;
-    let activation = activation_of(block);
+    let epilogue = Epilogue::new(bias, activation_of(block));
     let weights = prepared_weights(block, layout)?;
     awake::keep_awake();
     let convolve = |b: usize, out_image: &mut [MaybeUninit<f32>]| {
@@ -667,25 +695,20 @@ pub(crate) fn forward_upsampled(block: &ConvBlock, parts: &Parts) -> Option<Tens
             ConvWeights::Int8(quantized) => {
                 let input_params = int8_input.expect("INT8 weights only where planned");
                 let input = QuantizedMap::quantize_upsampled(&upsampled, &rest, input_params);
-                let params = int8_params(block, quantized, bias);
+                let params = int8_params(block, quantized, epilogue);
                 let out_image = Int8Output::Float(out_image);
                 cpu_conv::conv2d_int8(&input, height, width, &params, out_image)
             }
             ConvWeights::ChannelBlocked(blocked) => cpu_conv::conv1x1_channel_blocked_upsampled(
-                &upsampled,
-                &rest,
-                blocked,
-                (bias, activation),
-                out_image,
+                &upsampled, &rest, blocked, &epilogue, out_image,
             ),
             ConvWeights::Packed(packed) => {
                 let params = ConvParams {
                     weight: packed,
-                    bias,
                     kernel,
                     stride: 1,
                     padding: 0,
-                    activation,
+                    epilogue,
                 };
                 cpu_conv::conv1x1_upsampled(&upsampled, &rest, &params, out_image)
             }
@@ -735,14 +758,13 @@ fn prepared_weights(block: &ConvBlock, layout: Layout) -> Option<Arc<ConvWeights
 fn int8_params<'a>(
     block: &ConvBlock,
     weight: &'a QuantizedWeights,
-    bias: &'a [f32],
+    epilogue: Epilogue<'a>,
 ) -> Int8ConvParams<'a> {
     Int8ConvParams {
         weight,
-        bias,
         stride: block.stride,
         padding: block.padding,
-        activation: activation_of(block),
+        epilogue,
     }
 }
 
@@ -761,13 +783,24 @@ pub(crate) fn int8_run(convs: &[&ConvBlock]) -> usize {
 /// `convs` (an [`int8_run`]) applied one after another to `x` on the fast path, each
 /// handing its output to the next as quantised quads: the producer's epilogue quantises
 /// with the consumer's input parameters, so no f32 map is written and read back between
-/// them. The last one's output is f32. `None` where `x` is not a Flex tensor.
-pub(crate) fn forward_int8_chain(convs: &[&ConvBlock], x: &Tensor<4>) -> Option<Tensor<4>> {
-    if convs.is_empty() || !is_flex(x) {
+/// them. The last one's output is f32, with `residual` (its shape) added in its epilogue.
+/// `None` where `x` or `residual` is not a Flex tensor.
+pub(crate) fn forward_int8_chain(
+    convs: &[&ConvBlock],
+    x: &Tensor<4>,
+    residual: Option<&Tensor<4>>,
+) -> Option<Tensor<4>> {
+    if convs.is_empty() || !std::iter::once(x).chain(residual).all(is_flex) {
         return None;
     }
     let [batch, c_in, mut height, mut width] = x.dims();
     let images = DenseImages::new(x.clone())?;
+    let (out_h, out_w) = convs.iter().fold((height, width), |(h, w), conv| {
+        let kernel = conv.weight.dims()[2];
+        cpu_conv::output_size(h, w, kernel, conv.stride, conv.padding)
+    });
+    let c_out = convs[convs.len() - 1].weight.dims()[0];
+    let residual = residual_images(residual, [batch, c_out, out_h, out_w])?;
     // Each convolution's weights, bias and input quantisation.
     let mut layers = Vec::with_capacity(convs.len());
     for conv in convs {
@@ -799,7 +832,8 @@ pub(crate) fn forward_int8_chain(convs: &[&ConvBlock], x: &Tensor<4>) -> Option<
         let ConvWeights::Int8(weights) = weights.as_ref() else {
             return None;
         };
-        let params = int8_params(conv, weights, dense_f32(bias)?);
+        let epilogue = Epilogue::new(dense_f32(bias)?, activation_of(conv));
+        let params = int8_params(conv, weights, epilogue);
         let [c_out, _, kernel, _] = conv.weight.dims();
         let (in_h, in_w) = (height, width);
         (height, width) = cpu_conv::output_size(in_h, in_w, kernel, conv.stride, conv.padding);
@@ -824,7 +858,16 @@ pub(crate) fn forward_int8_chain(convs: &[&ConvBlock], x: &Tensor<4>) -> Option<
                     out.spare_capacity_mut()[..batch * out_len]
                         .par_chunks_exact_mut(out_len)
                         .zip(&inputs)
-                        .for_each(|(out_image, map)| {
+                        .enumerate()
+                        .for_each(|(b, (out_image, map))| {
+                            let residual = residual.as_ref().map(|r| r.image(b, out_len));
+                            let params = Int8ConvParams {
+                                epilogue: Epilogue {
+                                    residual,
+                                    ..epilogue
+                                },
+                                ..params
+                            };
                             let out_image = Int8Output::Float(out_image);
                             cpu_conv::conv2d_int8(map, in_h, in_w, &params, out_image)
                         })
@@ -835,7 +878,6 @@ pub(crate) fn forward_int8_chain(convs: &[&ConvBlock], x: &Tensor<4>) -> Option<
             }
         }
     }
-    let c_out = convs[convs.len() - 1].weight.dims()[0];
     Some(to_tensor(out, [batch, c_out, height, width]))
 }
 
@@ -892,11 +934,13 @@ mod tests {
         );
     }
 
-    /// Largest absolute difference between the fast path and Burn's `conv2d` (+ SiLU).
+    /// Largest difference between the fast path and Burn's `conv2d` (+ SiLU), relative to
+    /// `1 + |value|`: Winograd F(4x4, 3x3)'s rounding error grows with the values' size.
     fn max_difference(block: &ConvBlock, parts: Vec<Tensor<4>>) -> f32 {
-        let fast = with_fast_path(true, || forward(block, &parts)).expect("fast path taken");
+        let fast = with_fast_path(true, || forward(block, &parts, None)).expect("fast path taken");
         let stock = with_fast_path(false, || block.forward_parts(parts.into()));
-        fast.sub(stock).abs().max().into_scalar()
+        let scale = stock.clone().abs().add_scalar(1.0);
+        fast.sub(stock).abs().div(scale).max().into_scalar()
     }
 
     #[test]
@@ -929,9 +973,10 @@ mod tests {
         for (c_in, c_out, k, s, size) in [(16, 24, 1, 1, 12), (8, 16, 3, 2, 20), (8, 8, 3, 1, 48)] {
             let conv = block(c_in, c_out, k, s, true);
             let x = random([3, c_in, size, size], &device);
-            let batched = forward(&conv, std::slice::from_ref(&x)).expect("fast path taken");
+            let batched = forward(&conv, std::slice::from_ref(&x), None).expect("fast path taken");
             for b in 0..3 {
-                let alone = forward(&conv, &[x.clone().narrow(0, b, 1)]).expect("fast path taken");
+                let alone =
+                    forward(&conv, &[x.clone().narrow(0, b, 1)], None).expect("fast path taken");
                 let same: bool = batched
                     .clone()
                     .narrow(0, b, 1)
@@ -988,7 +1033,7 @@ mod tests {
             let folded = forward_upsampled(&conv, &parts).expect("an INT8 1x1 folds too");
             (
                 folded,
-                forward(&conv, &parts.clone().made()).expect("fast path taken"),
+                forward(&conv, &parts.clone().made(), None).expect("fast path taken"),
             )
         });
         let same: bool = folded.equal(made).all().into_scalar();
@@ -1046,9 +1091,50 @@ mod tests {
         }
     }
 
+    /// Whether `got` and `want` hold the same values, bit for bit.
+    fn identical(got: Tensor<4>, want: Tensor<4>) -> bool {
+        got.dims() == want.dims() && got.equal(want).all().into_scalar()
+    }
+
+    /// A residual given to a convolution comes out added to exactly what the convolution
+    /// gives without it, in every layout a bottleneck's convolution may take (batch of two,
+    /// so each image gets its own residual): Winograd, channel-blocked, tap-wise, a 1x1
+    /// read in place, depthwise, and INT8.
+    #[test]
+    fn a_residual_is_added_in_every_layout() {
+        let device = Device::flex();
+        let mut depthwise = block(1, 16, 3, 1, true);
+        depthwise.groups = 16;
+        let int8_conv = block(16, 16, 3, 1, true);
+        let plan = int8::Int8Plan::from([(int8_conv.weight.id, QuantParams::covering(-1.0, 1.0))]);
+        let cases = [
+            (block(16, 16, 3, 1, true), 40),
+            (block(64, 64, 3, 1, true), 10),
+            (block(7, 7, 3, 1, true), 9),
+            (block(48, 32, 1, 1, false), 20),
+            (depthwise, 13),
+            (int8_conv, 20),
+        ];
+        int8::with_plan(Some(Arc::new(plan)), || {
+            for (conv, size) in &cases {
+                let [c_out, c_in, ..] = conv.weight.dims();
+                let c_in = if conv.groups > 1 { c_out } else { c_in };
+                let x = random([2, c_in, *size, *size], &device);
+                let residual = random([2, c_out, *size, *size], &device);
+                let fused = forward(conv, &[x.clone()], Some(&residual)).expect("fast path taken");
+                let plain = forward(conv, &[x], None).expect("fast path taken");
+                assert!(
+                    identical(fused, plain + residual),
+                    "{c_in} -> {c_out} @{size}"
+                );
+            }
+        });
+    }
+
     /// A chain of INT8 convolutions handing quantised maps on gives exactly what the same
     /// convolutions give one by one (each quantising the previous one's f32 output): a
     /// head branch (3x3, 3x3, 1x1 without activation) and a stride-2 pair, batch of two.
+    /// With a residual, the chain's output is that plus the residual.
     #[test]
     fn int8_chain_hands_on_exactly_what_the_convolutions_give_one_by_one() {
         let device = Device::flex();
@@ -1073,17 +1159,28 @@ mod tests {
                 })
                 .collect();
             let x = random([2, convs[0].weight.dims()[1], 21, 19], &device);
-            let (chained, one_by_one) = int8::with_plan(Some(Arc::new(plan)), || {
+            let outputs = int8::with_plan(Some(Arc::new(plan)), || {
                 assert_eq!(int8_run(&convs), convs.len());
-                let chained = forward_int8_chain(&convs, &x).expect("fast path taken");
+                let chained = forward_int8_chain(&convs, &x, None).expect("fast path taken");
                 let one_by_one = convs.iter().fold(x.clone(), |y, conv| {
-                    forward(conv, &[y]).expect("fast path taken")
+                    forward(conv, &[y], None).expect("fast path taken")
                 });
-                (chained, one_by_one)
+                let residual = random(one_by_one.dims(), &device);
+                let with_residual = forward_int8_chain(&convs, &x, Some(&residual));
+                let with_residual = with_residual.expect("fast path taken");
+                (chained, one_by_one, with_residual, residual)
             });
-            assert_eq!(chained.dims(), one_by_one.dims());
-            let same: bool = chained.equal(one_by_one).all().into_scalar();
-            assert!(same, "{} convolutions", convs.len());
+            let (chained, one_by_one, with_residual, residual) = outputs;
+            assert!(
+                identical(chained, one_by_one.clone()),
+                "{} convolutions",
+                convs.len()
+            );
+            assert!(
+                identical(with_residual, one_by_one + residual),
+                "{} convolutions with a residual",
+                convs.len()
+            );
         }
     }
 
@@ -1134,8 +1231,8 @@ mod tests {
         let mut grouped = block(4, 8, 3, 1, true);
         grouped.groups = 2;
         let x = random([1, 8, 6, 6], &device);
-        assert!(forward(&grouped, std::slice::from_ref(&x)).is_none());
+        assert!(forward(&grouped, std::slice::from_ref(&x), None).is_none());
         let conv = block(8, 4, 3, 1, true);
-        assert!(with_fast_path(false, || forward(&conv, &[x])).is_none());
+        assert!(with_fast_path(false, || forward(&conv, &[x], None)).is_none());
     }
 }

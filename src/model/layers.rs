@@ -76,6 +76,17 @@ impl ConvBlock {
         self.forward_parts(vec![x].into())
     }
 
+    /// The block applied to `x`, with `residual` (a residual block's shortcut) added to its
+    /// output: on the fast CPU path in the convolution's epilogue, without a pass of its own.
+    pub fn forward_residual(&self, x: Tensor<4>, residual: Tensor<4>) -> Tensor<4> {
+        let parts = [x];
+        let fused = timed_if_some(self.op_kind(), || {
+            fast_cpu::forward(self, &parts, Some(&residual))
+        });
+        let [x] = parts;
+        fused.unwrap_or_else(|| add(residual, self.forward(x)))
+    }
+
     /// The block applied to the channel concatenation of `parts`; the fast CPU path reads
     /// the parts in place instead of concatenating them first, and folds a first part's
     /// upsampling into a 1x1 convolution.
@@ -85,7 +96,7 @@ impl ConvBlock {
             return y;
         }
         let parts = parts.made();
-        if let Some(y) = timed_if_some(kind, || fast_cpu::forward(self, &parts)) {
+        if let Some(y) = timed_if_some(kind, || fast_cpu::forward(self, &parts, None)) {
             return y;
         }
         let x = concat(parts);
@@ -110,20 +121,32 @@ impl ConvBlock {
     }
 }
 
-/// `convs` applied one after another, where each output feeds only the next convolution.
-/// On the fast CPU path, consecutive INT8 convolutions hand their outputs on quantised.
-fn chain(mut convs: &[&ConvBlock], mut x: Tensor<4>) -> Tensor<4> {
-    while let Some((first, rest)) = convs.split_first() {
-        let run = fast_cpu::int8_run(convs);
-        if run >= 2
-            && let Some(y) = fast_cpu::forward_int8_chain(&convs[..run], &x)
-        {
-            (x, convs) = (y, &convs[run..]);
+/// `convs` applied one after another, where each output feeds only the next convolution,
+/// with `residual` added to the last one's output. On the fast CPU path, consecutive INT8
+/// convolutions hand their outputs on quantised, and the residual is added in the last
+/// convolution's epilogue.
+fn chain(convs: &[&ConvBlock], x: Tensor<4>, residual: Option<Tensor<4>>) -> Tensor<4> {
+    let run = fast_cpu::int8_run(convs);
+    let ends_chain = run == convs.len();
+    if run >= 2
+        && let Some(y) = fast_cpu::forward_int8_chain(
+            &convs[..run],
+            &x,
+            residual.as_ref().filter(|_| ends_chain),
+        )
+    {
+        return if ends_chain {
+            y
         } else {
-            (x, convs) = (first.forward(x), rest);
-        }
+            chain(&convs[run..], y, residual)
+        };
     }
-    x
+    match (convs, residual) {
+        ([], None) => x,
+        ([], Some(residual)) => add(residual, x),
+        ([last], Some(residual)) => last.forward_residual(x, residual),
+        ([first, rest @ ..], residual) => chain(rest, first.forward(x), residual),
+    }
 }
 
 /// The inputs of a layer that reads a channel concatenation, in order. The first may still
@@ -220,8 +243,8 @@ impl Bottleneck {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let y = chain(&[&self.cv1, &self.cv2], x.clone());
-        if self.shortcut { add(x, y) } else { y }
+        let residual = self.shortcut.then(|| x.clone());
+        chain(&[&self.cv1, &self.cv2], x, residual)
     }
 }
 
@@ -365,11 +388,13 @@ impl Attention {
         }
     }
 
-    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    /// `x` plus its attention (the first residual of a PSA block), each addition in a
+    /// convolution's epilogue on the fast CPU path.
+    pub fn add_to(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         let n = h * w;
         let (nh, kd, hd) = (self.num_heads, self.key_dim, self.head_dim);
-        let qkv = self.qkv.forward(x).reshape([b, nh, 2 * kd + hd, n]);
+        let qkv = self.qkv.forward(x.clone()).reshape([b, nh, 2 * kd + hd, n]);
         let v = qkv.clone().narrow(2, 2 * kd, hd);
         let scale = (kd as f32).powf(-0.5);
         let v_map = v.clone().reshape([b, c, h, w]);
@@ -382,7 +407,8 @@ impl Attention {
             })
         })
         .reshape([b, c, h, w]);
-        self.proj.forward(add(attended, self.pe.forward(v_map)))
+        let mixed = self.pe.forward_residual(v_map, attended);
+        self.proj.forward_residual(mixed, x)
     }
 }
 
@@ -404,8 +430,8 @@ impl PsaBlock {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = add(x.clone(), self.attn.forward(x));
-        add(x.clone(), self.ffn1.forward(self.ffn0.forward(x)))
+        let x = self.attn.add_to(x);
+        chain(&[&self.ffn0, &self.ffn1], x.clone(), Some(x))
     }
 }
 
@@ -444,7 +470,7 @@ impl ConvChain {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        chain(&self.convs.iter().collect::<Vec<_>>(), x)
+        chain(&self.convs.iter().collect::<Vec<_>>(), x, None)
     }
 }
 

@@ -18,7 +18,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use crate::activation::{Activation, apply_bias_activation};
+use crate::activation::Epilogue;
 use crate::conv::{FeatureMap, SharedOut};
 use crate::packed::{PackedWeights, Rows, multiply_packed};
 use crate::scratch::{prefix, with_reused};
@@ -127,7 +127,7 @@ impl WinogradWeights {
     }
 }
 
-/// Computes `activation(conv3x3(inputs, weights) + bias)` with stride 1 and padding 1 for
+/// Computes `conv3x3(inputs, weights)` with stride 1 and padding 1 and its `epilogue` for
 /// one image into `out` (`[c_out, height, width]`). `inputs` are the channel blocks of the
 /// input in order, all `height x width`.
 ///
@@ -138,8 +138,7 @@ pub fn conv3x3_winograd(
     height: usize,
     width: usize,
     weights: &WinogradWeights,
-    bias: &[f32],
-    activation: Activation,
+    epilogue: &Epilogue,
     out: &mut [MaybeUninit<f32>],
 ) {
     let (c_in, c_out) = (weights.c_in, weights.c_out);
@@ -148,8 +147,8 @@ pub fn conv3x3_winograd(
         c_in,
         "input channels"
     );
-    assert_eq!(bias.len(), c_out, "bias shape");
     assert_eq!(out.len(), c_out * height * width, "output shape");
+    epilogue.check(c_out, out.len());
     if height == 0 || width == 0 {
         return;
     }
@@ -202,14 +201,12 @@ pub fn conv3x3_winograd(
             }
             let plane = height * width;
             let out_rows = size * rows.start..(size * rows.end).min(height);
-            for (co, &b) in bias.iter().enumerate() {
+            for co in 0..c_out {
+                let at = co * plane + out_rows.start * width;
                 // SAFETY: this block alone writes output rows `out_rows` of every channel;
                 // `out` outlives the parallel loop.
                 let dst = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        out_ptr.get().add(co * plane + out_rows.start * width),
-                        out_rows.len() * width,
-                    )
+                    std::slice::from_raw_parts_mut(out_ptr.get().add(at), out_rows.len() * width)
                 };
                 for r in 0..rows.len() {
                     let m = Points {
@@ -225,7 +222,7 @@ pub fn conv3x3_winograd(
                         &mut dst[first_row..first_row + lines],
                     );
                 }
-                apply_bias_activation(dst, b, activation);
+                epilogue.finish(dst, co, at);
             }
         })
     });
@@ -389,7 +386,8 @@ unsafe fn transform_output_avx2(grid: &TileGrid, m: Points, columns: &mut [f32],
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_values::max_difference_from_im2col;
+    use crate::Activation;
+    use crate::test_values::{assert_adds_residual, max_difference_from_im2col, values};
     use proptest::prelude::*;
 
     const TILES: [WinogradTile; 2] = [WinogradTile::F2x2, WinogradTile::F4x4];
@@ -399,7 +397,8 @@ mod tests {
         let [c_in, _, c_out, h, w] = shape;
         max_difference_from_im2col(shape, 1, activation, |parts, weight, bias, out| {
             let transformed = WinogradWeights::new(weight, c_out, c_in, tile);
-            conv3x3_winograd(parts, h, w, &transformed, bias, activation, out)
+            let epilogue = Epilogue::new(bias, activation);
+            conv3x3_winograd(parts, h, w, &transformed, &epilogue, out)
         })
     }
 
@@ -454,6 +453,28 @@ mod tests {
                 let diff = max_difference(shape, act, tile);
                 assert!(diff < bound(tile), "{tile:?} {shape:?}: {diff}");
             }
+        }
+    }
+
+    #[test]
+    fn a_residual_is_added_to_every_output() {
+        // A bottleneck's 3x3 (more rows of tiles than one block holds), and a map whose
+        // last row of tiles is partly outside it.
+        for ([c, h, w], tile) in [
+            ([16, 80, 80], WinogradTile::F4x4),
+            ([16, 80, 80], WinogradTile::F2x2),
+            ([6, 7, 9], WinogradTile::F4x4),
+        ] {
+            let x = values(c * h * w, 1);
+            let input = [FeatureMap {
+                data: &x,
+                channels: c,
+            }];
+            let weights = WinogradWeights::new(&values(c * c * 9, 2), c, c, tile);
+            let bias = values(c, 3);
+            assert_adds_residual(c * h * w, &bias, Activation::Silu, |epilogue, out| {
+                conv3x3_winograd(&input, h, w, &weights, epilogue, out)
+            });
         }
     }
 
