@@ -1121,7 +1121,8 @@ mod tests {
                 let c_in = if conv.groups > 1 { c_out } else { c_in };
                 let x = random([2, c_in, *size, *size], &device);
                 let residual = random([2, c_out, *size, *size], &device);
-                let fused = forward(conv, &[x.clone()], Some(&residual)).expect("fast path taken");
+                let fused = forward(conv, std::slice::from_ref(&x), Some(&residual))
+                    .expect("fast path taken");
                 let plain = forward(conv, &[x], None).expect("fast path taken");
                 assert!(
                     identical(fused, plain + residual),
