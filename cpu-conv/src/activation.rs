@@ -287,7 +287,9 @@ fn exp(x: f32) -> f32 {
 /// divider out of the loop: 1.22x faster than the auto-vectorised loop on AVX-512 for a
 /// tile in cache, 1.18x over 512k values (`cargo bench -p cpu-conv -- SiLU`: 1.67 against
 /// 2.04 µs, 108 against 128 µs). AVX-512 runs row tails masked, so short tile rows
-/// need no scalar loop.
+/// need no scalar loop; it takes two vectors an iteration, so that their chains of
+/// dependent operations interleave, and forms no `-z`: 0.34 -> 0.29 ns a value over 4 096
+/// values in cache, 0.33 -> 0.28 over 65 536 (one thread, medians of 2 000 calls).
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{EXP_MAX, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO, LOG2_E, ROUNDER};
@@ -300,22 +302,19 @@ mod x86 {
         let bias = _mm512_set1_ps(bias);
         let one = _mm512_set1_ps(1.0);
         let two = _mm512_set1_ps(2.0);
-        for start in (0..len).step_by(16) {
-            let lanes = (len - start).min(16);
-            let mask = ((1u32 << lanes) - 1) as __mmask16;
-            // SAFETY: the masked lanes lie inside the `len` values.
-            let z = _mm512_add_ps(unsafe { _mm512_maskz_loadu_ps(mask, src.add(start)) }, bias);
-            // e^-z, as `super::exp`, with the rounding and the power of two as one
-            // instruction each.
-            let x = _mm512_sub_ps(_mm512_setzero_ps(), z);
-            let x = _mm512_min_ps(
-                _mm512_max_ps(x, _mm512_set1_ps(EXP_MIN)),
-                _mm512_set1_ps(EXP_MAX),
+        // `z / (1 + e^-z)`, `e^-z` as `super::exp` with the rounding and the power of two as
+        // one instruction each, the division a refined reciprocal.
+        let silu = |z: __m512| {
+            // `x = -z` is not formed: the clamp, the product and the first reduction step
+            // take `z` with their signs turned, which gives the same values.
+            let clamped = _mm512_min_ps(
+                _mm512_max_ps(z, _mm512_set1_ps(-EXP_MAX)),
+                _mm512_set1_ps(-EXP_MIN),
             );
             let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                _mm512_mul_ps(x, _mm512_set1_ps(LOG2_E)),
+                _mm512_mul_ps(clamped, _mm512_set1_ps(-LOG2_E)),
             );
-            let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
+            let r = _mm512_fnmsub_ps(n, _mm512_set1_ps(LN2_HI), clamped);
             let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
             let mut p = _mm512_set1_ps(EXP_POLY[0]);
             for &c in &EXP_POLY[1..] {
@@ -323,12 +322,30 @@ mod x86 {
             }
             let poly = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, one));
             let e = _mm512_scalef_ps(poly, n);
-            // z / (1 + e^-z) with a refined reciprocal.
             let d = _mm512_add_ps(one, e);
             let estimate = _mm512_rcp14_ps(d);
             let reciprocal = _mm512_mul_ps(estimate, _mm512_fnmadd_ps(d, estimate, two));
+            _mm512_mul_ps(z, reciprocal)
+        };
+        // Two vectors an iteration: their chains interleave.
+        let pairs = len / 32 * 32;
+        for start in (0..pairs).step_by(32) {
+            // SAFETY: `start + 32 <= len`.
+            unsafe {
+                let z0 = _mm512_add_ps(_mm512_loadu_ps(src.add(start)), bias);
+                let z1 = _mm512_add_ps(_mm512_loadu_ps(src.add(start + 16)), bias);
+                let (y0, y1) = (silu(z0), silu(z1));
+                _mm512_storeu_ps(dst.add(start), y0);
+                _mm512_storeu_ps(dst.add(start + 16), y1);
+            }
+        }
+        for start in (pairs..len).step_by(16) {
+            let lanes = (len - start).min(16);
+            let mask = ((1u32 << lanes) - 1) as __mmask16;
+            // SAFETY: the masked lanes lie inside the `len` values.
+            let z = _mm512_add_ps(unsafe { _mm512_maskz_loadu_ps(mask, src.add(start)) }, bias);
             // SAFETY: as the load.
-            unsafe { _mm512_mask_storeu_ps(dst.add(start), mask, _mm512_mul_ps(z, reciprocal)) };
+            unsafe { _mm512_mask_storeu_ps(dst.add(start), mask, silu(z)) };
         }
     }
 
@@ -470,7 +487,7 @@ mod tests {
             }
         }
         for (name, path) in paths {
-            for len in [1, 7, 8, 15, 16, 17, 33, values.len()] {
+            for len in [1, 7, 8, 15, 16, 17, 31, 32, 33, 48, 63, values.len()] {
                 let mut in_place = values[..len].to_vec();
                 let mut into = vec![f32::NAN; len + 1];
                 let ptr = in_place.as_mut_ptr();
