@@ -795,12 +795,6 @@ pub(crate) fn forward_int8_chain(
     }
     let [batch, c_in, mut height, mut width] = x.dims();
     let images = DenseImages::new(x.clone())?;
-    let (out_h, out_w) = convs.iter().fold((height, width), |(h, w), conv| {
-        let kernel = conv.weight.dims()[2];
-        cpu_conv::output_size(h, w, kernel, conv.stride, conv.padding)
-    });
-    let c_out = convs[convs.len() - 1].weight.dims()[0];
-    let residual = residual_images(residual, [batch, c_out, out_h, out_w])?;
     // Each convolution's weights, bias and input quantisation.
     let mut layers = Vec::with_capacity(convs.len());
     for conv in convs {
@@ -850,6 +844,7 @@ pub(crate) fn forward_int8_chain(
                 });
             }
             None => {
+                let residual = residual_images(residual, [batch, c_out, height, width])?;
                 let out_len = c_out * height * width;
                 out.reserve_exact(batch * out_len);
                 let inputs = std::mem::take(&mut maps);
@@ -878,6 +873,7 @@ pub(crate) fn forward_int8_chain(
             }
         }
     }
+    let c_out = convs[convs.len() - 1].weight.dims()[0];
     Some(to_tensor(out, [batch, c_out, height, width]))
 }
 
@@ -977,13 +973,9 @@ mod tests {
             for b in 0..3 {
                 let alone =
                     forward(&conv, &[x.clone().narrow(0, b, 1)], None).expect("fast path taken");
-                let same: bool = batched
-                    .clone()
-                    .narrow(0, b, 1)
-                    .equal(alone)
-                    .all()
-                    .into_scalar();
-                assert!(same, "{c_in}->{c_out} {k}x{k}/{s} @{size}, image {b}");
+                let image = batched.clone().narrow(0, b, 1);
+                let context = format!("{c_in}->{c_out} {k}x{k}/{s} @{size}, image {b}");
+                assert!(identical(image, alone), "{context}");
             }
         }
     }
@@ -1036,8 +1028,10 @@ mod tests {
                 forward(&conv, &parts.clone().made(), None).expect("fast path taken"),
             )
         });
-        let same: bool = folded.equal(made).all().into_scalar();
-        assert!(same, "INT8 with the upsampled part's quads");
+        assert!(
+            identical(folded, made),
+            "INT8 with the upsampled part's quads"
+        );
         // A 3x3 convolution reads the upsampled map; so does a part at its size.
         let conv = block(12, 8, 3, 1, true);
         let low = random([1, 8, 5, 5], &device);
