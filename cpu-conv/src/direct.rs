@@ -15,16 +15,19 @@
 //! of pixels. No lane computes a padding column, and nothing past a row's last pixel is
 //! computed.
 //!
-//! The epilogue adds the bias as a vector, applies the activation and writes the block
-//! transposed into the `[c_out, out_h, out_w]` output, adding a residual there if there is
-//! one.
+//! The epilogue works on the sums in registers: it adds the bias as a vector, applies the
+//! activation, transposes each vector's 16 channels x pixels in registers and writes each
+//! channel's pixels into the `[c_out, out_h, out_w]` output with one masked store, adding a
+//! residual there if there is one. (Through a buffer and a scalar transposition, as before,
+//! the path was about 5 % slower on shallow layers, such as 1x1 convolutions of 64-128
+//! input channels, and the same on deep ones.)
 
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::activation::{Activation, Epilogue, apply_bias_activation};
+use crate::activation::{Activation, Epilogue};
 use crate::conv::{FeatureMap, ITEMS_PER_THREAD, SharedOut, as_uninit};
 use crate::scratch::{prefix, with_reused};
 use crate::taps::{Bands, PADDED, PaddedLayout};
@@ -426,8 +429,9 @@ impl<'a> Block<'a> {
     /// `position`.
     ///
     /// # Safety
-    /// Each of `steps` plus `position + xs.len()` lies inside what it reads; no one else
-    /// writes these pixels of these channels meanwhile.
+    /// Each of `steps` plus `position + xs.len()` lies inside what it reads; `out` holds the
+    /// block's channels, and the residual (if any) has its shape; no one else writes these
+    /// pixels of these channels meanwhile.
     unsafe fn run(
         &self,
         steps: &[*const f32],
@@ -436,54 +440,42 @@ impl<'a> Block<'a> {
         out: Output,
     ) {
         let lanes = block_lanes(self.channels.len());
-        let mut result = [0.0f32; MAX_PIXELS * BLOCK];
+        let pixels = xs.len();
+        // The upsampled part's values, `[pixels][BLOCK]` as the sums are.
+        let mut start = MaybeUninit::<[f32; MAX_PIXELS * BLOCK]>::uninit();
+        let start = self.start.as_ref().map(|low| {
+            let start = start.write([0.0; MAX_PIXELS * BLOCK]);
+            let mut sources = [0; MAX_PIXELS];
+            low.sources(y * out.width + xs.start, &mut sources[..pixels]);
+            for (lane, co) in self.channels.clone().enumerate() {
+                let plane = low.plane(co);
+                for (pixel, &source) in sources[..pixels].iter().enumerate() {
+                    start[pixel * BLOCK + lane] = plane[source];
+                }
+            }
+            start.as_ptr()
+        });
+        let at = self.channels.start * out.plane + y * out.width + xs.start;
         let tile = Tile {
             weights: self.weights.as_ptr(),
             depth: steps.len(),
             steps: steps.as_ptr(),
             position,
             bias: self.bias.as_ptr(),
-            result: result.as_mut_ptr(),
+            start: start.unwrap_or(std::ptr::null()),
+            silu: self.activation == Activation::Silu,
+            // SAFETY: pixel `xs.start` of row `y` of the block's first channel.
+            out: unsafe { out.ptr.get().add(at) },
+            residual: self.residual.map_or(std::ptr::null(), |r| r[at..].as_ptr()),
+            plane: out.plane,
+            channels: self.channels.len(),
         };
-        let pixels = xs.len();
         // SAFETY: AVX-512 was checked; the tile's pointers address what its fields say.
         unsafe { run_kernel(lanes / LANES, pixels, &tile) };
-        let result = &mut result[..pixels * BLOCK];
-        if let Some(low) = &self.start {
-            let mut sources = [0; MAX_PIXELS];
-            low.sources(y * out.width + xs.start, &mut sources[..pixels]);
-            for (lane, co) in self.channels.clone().enumerate() {
-                let plane = low.plane(co);
-                for (pixel, &source) in sources[..pixels].iter().enumerate() {
-                    result[pixel * BLOCK + lane] += plane[source];
-                }
-            }
-        }
-        apply_bias_activation(result, 0.0, self.activation);
-        for (lane, co) in self.channels.clone().enumerate() {
-            let at = co * out.plane + y * out.width + xs.start;
-            // SAFETY: pixels `xs` of row `y` of channel `co`, this caller's alone.
-            let row = unsafe { out.ptr.get().add(at) };
-            let values = (0..pixels).map(|pixel| result[pixel * BLOCK + lane]);
-            match self.residual {
-                Some(residual) => {
-                    for (pixel, (v, r)) in values.zip(&residual[at..at + pixels]).enumerate() {
-                        // SAFETY: as above, `pixel < xs.len()`.
-                        unsafe { *row.add(pixel) = v + r };
-                    }
-                }
-                None => {
-                    for (pixel, v) in values.enumerate() {
-                        // SAFETY: as above, `pixel < xs.len()`.
-                        unsafe { *row.add(pixel) = v };
-                    }
-                }
-            }
-        }
     }
 }
 
-/// One micro-kernel call.
+/// One micro-kernel call: its sums, and where its epilogue writes them.
 struct Tile {
     /// The block's weights of depth step 0; step `k` at `weights + k * lanes`.
     weights: *const f32,
@@ -493,8 +485,18 @@ struct Tile {
     position: usize,
     /// The block's bias, [`BLOCK`] values.
     bias: *const f32,
-    /// `[pixels][BLOCK]`: each pixel's sums plus bias.
-    result: *mut f32,
+    /// `[pixels][BLOCK]` values added to the sums before the activation, or null.
+    start: *const f32,
+    /// SiLU, else the identity.
+    silu: bool,
+    /// The block's first channel's first pixel; channel `c` at `out + c * plane`, its pixels
+    /// consecutive.
+    out: *mut f32,
+    /// The residual at the same positions, or null.
+    residual: *const f32,
+    plane: usize,
+    /// The block's channels to write: the vectors' lanes from the first.
+    channels: usize,
 }
 
 /// The micro-kernel for `vectors` vectors of channels and `pixels` pixels, on `tile`.
@@ -518,11 +520,14 @@ unsafe fn run_kernel(_vectors: usize, _pixels: usize, _tile: &Tile) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    //! The AVX-512 micro-kernels, one per vector count and pixel count.
+    //! The AVX-512 micro-kernels, one per vector count and pixel count, and their
+    //! epilogue: bias, activation and the transposition into the output's rows in
+    //! registers.
 
     use std::arch::x86_64::*;
 
     use super::{BLOCK, LANES, MAX_PIXELS, Tile};
+    use crate::activation::x86::silu_avx512;
 
     /// The micro-kernel for `vectors` (1 or 2) vectors of channels and `pixels` (1 to
     /// [`MAX_PIXELS`]) pixels.
@@ -576,14 +581,113 @@ mod x86 {
                 w = w.add(LANES * VECTORS);
             }
         }
+        // The sums by vector, out of the registers that the loop above keeps them in (the
+        // epilogue's loop over vectors indexes them).
+        let mut by_vector = [[_mm512_setzero_ps(); PIXELS]; VECTORS];
         for (pixel, sums) in acc.iter().enumerate() {
             for (v, &sum) in sums.iter().enumerate() {
-                // SAFETY: `result` holds `BLOCK` values per pixel, `bias` `BLOCK` values.
-                unsafe {
-                    let bias = _mm512_loadu_ps(t.bias.add(LANES * v));
-                    let at = t.result.add(pixel * BLOCK + LANES * v);
-                    _mm512_storeu_ps(at, _mm512_add_ps(sum, bias));
+                by_vector[v][pixel] = sum;
+            }
+        }
+        let mask = ((1u32 << PIXELS) - 1) as __mmask16;
+        for (v, sums) in by_vector.iter().enumerate() {
+            // SAFETY: `bias` holds `BLOCK` values, `start` (if not null) `BLOCK` per pixel.
+            let bias = unsafe { _mm512_loadu_ps(t.bias.add(LANES * v)) };
+            let mut pixels = [_mm512_setzero_ps(); LANES];
+            for (pixel, &sum) in sums.iter().enumerate() {
+                let mut z = _mm512_add_ps(sum, bias);
+                if !t.start.is_null() {
+                    // SAFETY: as above.
+                    let start = unsafe { _mm512_loadu_ps(t.start.add(pixel * BLOCK + LANES * v)) };
+                    z = _mm512_add_ps(z, start);
                 }
+                pixels[pixel] = if t.silu { silu_avx512(z) } else { z };
+            }
+            let rows = transpose(pixels);
+            for (c, &row) in rows
+                .iter()
+                .enumerate()
+                .take(t.channels.saturating_sub(LANES * v))
+            {
+                let at = (LANES * v + c) * t.plane;
+                // SAFETY: the first `PIXELS` values of channel `c`'s row, in the output and
+                // the residual, per the tile's fields.
+                unsafe {
+                    let row = if t.residual.is_null() {
+                        row
+                    } else {
+                        _mm512_add_ps(row, _mm512_maskz_loadu_ps(mask, t.residual.add(at)))
+                    };
+                    _mm512_mask_storeu_ps(t.out.add(at), mask, row);
+                }
+            }
+        }
+    }
+
+    /// The 16 x 16 transposition: lane `j` of vector `i` becomes lane `i` of vector `j`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn transpose(r: [__m512; LANES]) -> [__m512; LANES] {
+        // Pairs of rows interleaved, then pairs of pairs: `u[4i + k]`'s 128-bit lane `l`
+        // holds column `4l + k` of rows `4i..4i + 4`.
+        let t: [__m512; LANES] = std::array::from_fn(|i| {
+            let (a, b) = (r[i & !1], r[i | 1]);
+            if i % 2 == 0 {
+                _mm512_unpacklo_ps(a, b)
+            } else {
+                _mm512_unpackhi_ps(a, b)
+            }
+        });
+        let u: [__m512; LANES] = std::array::from_fn(|i| {
+            let (group, k) = (i / 4 * 4, i % 4);
+            let (a, b) = (
+                _mm512_castps_pd(t[group + k / 2]),
+                _mm512_castps_pd(t[group + k / 2 + 2]),
+            );
+            _mm512_castpd_ps(if k % 2 == 0 {
+                _mm512_unpacklo_pd(a, b)
+            } else {
+                _mm512_unpackhi_pd(a, b)
+            })
+        });
+        // Then the 4 x 4 transposition of 128-bit lanes across `u[k], u[4 + k], u[8 + k],
+        // u[12 + k]`: column `4l + k` gets lane `l` of each.
+        let mut out = [_mm512_setzero_ps(); LANES];
+        for k in 0..4 {
+            let even = _mm512_shuffle_f32x4::<0x88>(u[k], u[4 + k]);
+            let odd = _mm512_shuffle_f32x4::<0xdd>(u[k], u[4 + k]);
+            let even_high = _mm512_shuffle_f32x4::<0x88>(u[8 + k], u[12 + k]);
+            let odd_high = _mm512_shuffle_f32x4::<0xdd>(u[8 + k], u[12 + k]);
+            out[k] = _mm512_shuffle_f32x4::<0x88>(even, even_high);
+            out[8 + k] = _mm512_shuffle_f32x4::<0xdd>(even, even_high);
+            out[4 + k] = _mm512_shuffle_f32x4::<0x88>(odd, odd_high);
+            out[12 + k] = _mm512_shuffle_f32x4::<0xdd>(odd, odd_high);
+        }
+        out
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn transpose_swaps_vectors_and_lanes() {
+            if !crate::simd::avx512f() {
+                eprintln!("no AVX-512: the transposition is not run");
+                return;
+            }
+            let values: Vec<f32> = (0..LANES * LANES).map(|i| i as f32).collect();
+            // SAFETY: AVX-512 was checked; each load reads 16 of the 256 values.
+            let rows: [__m512; LANES] =
+                std::array::from_fn(|i| unsafe { _mm512_loadu_ps(values[i * LANES..].as_ptr()) });
+            // SAFETY: AVX-512 was checked.
+            let columns = unsafe { transpose(rows) };
+            for (j, column) in columns.iter().enumerate() {
+                let mut lanes = [0.0f32; LANES];
+                // SAFETY: 16 values into 16.
+                unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *column) };
+                let expected: Vec<f32> = (0..LANES).map(|i| values[i * LANES + j]).collect();
+                assert_eq!(lanes.to_vec(), expected, "column {j}");
             }
         }
     }
