@@ -192,6 +192,10 @@ fn int8_exports_agree_with_the_float_reference() {
     ] {
         let model =
             YoloModel::load(&data(&format!("models/{file}")), ComputeDevice::cpu()).unwrap();
+        assert!(model.card.dequantized_int8_export, "{file}: an INT8 export");
+        let float = data(&format!("models/{reference_model}.onnx"));
+        let float = YoloModel::load(&float, ComputeDevice::cpu()).unwrap();
+        assert!(!float.card.dequantized_int8_export, "{reference_model}");
         let mut detector = Detector::new(model, DetectConfig::default());
         for image in ["bus", "zidane"] {
             let frame = read_image(&data(&format!("images/{image}.jpg"))).unwrap();

@@ -54,6 +54,11 @@ pub fn default_cache_dir() -> Option<PathBuf> {
         .or_else(|| env("HOME").map(|d| d.join(".cache/streamtrack")))
 }
 
+/// The version of what a cached conversion holds, part of its file name: a conversion
+/// written by a streamtrack whose card lacked something is made again, not loaded stale.
+/// 2: the card says whether the source was an INT8 export.
+const CONVERSION_FORMAT: u32 = 2;
+
 /// FNV-1a over the file, with its length: the cache key of a conversion.
 fn content_hash(bytes: &[u8]) -> u64 {
     let mut hash = 0xcbf2_9ce4_8422_2325u64 ^ bytes.len() as u64;
@@ -73,6 +78,10 @@ pub struct ModelCard {
     /// Calibrated INT8 inference (`quantize --calibrate`), where the model has it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub int8: Option<int8::Int8Calibration>,
+    /// The source was an INT8 export (`ConvInteger`) whose weights the import dequantised:
+    /// without a calibration it runs in f32.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dequantized_int8_export: bool,
 }
 
 /// The raw network output for a batch: `[batch, 4 + classes, anchors]`, row-major.
@@ -136,13 +145,19 @@ impl YoloModel {
         if path.extension().is_some_and(|e| e == "bpk") {
             let mut model = Self::load_record(path, device)?;
             model.card.source = path.display().to_string();
+            model.note_dequantized_int8_export(path);
             return Ok(model);
         }
         let bytes = std::fs::read(path).map_err(|e| model_import::FileImportError {
             path: path.to_path_buf(),
             reason: e.into(),
         })?;
-        let cached = cache_dir.map(|dir| dir.join(format!("{:016x}.bpk", content_hash(&bytes))));
+        let cached = cache_dir.map(|dir| {
+            dir.join(format!(
+                "{:016x}-v{CONVERSION_FORMAT}.bpk",
+                content_hash(&bytes)
+            ))
+        });
         if let Some(record) = cached.as_deref().filter(|r| r.exists()) {
             match Self::load_record(record, device.clone()) {
                 Ok(mut model) => {
@@ -152,6 +167,7 @@ impl YoloModel {
                         record.display()
                     );
                     model.card.source = path.display().to_string();
+                    model.note_dequantized_int8_export(path);
                     return Ok(model);
                 }
                 Err(e) => tracing::warn!("ignoring a stale cached conversion: {e}"),
@@ -194,7 +210,7 @@ impl YoloModel {
             &device.device,
         );
         tracing::info!(
-            "loaded {} {}{} ({} classes, input {}x{}{}) from {}",
+            "loaded {} {}{} ({} classes, input {}x{}) from {}",
             imported.architecture.family,
             imported.architecture.family.to_string().to_lowercase(),
             imported
@@ -205,23 +221,36 @@ impl YoloModel {
             imported.metadata.names.len(),
             imported.metadata.imgsz[1],
             imported.metadata.imgsz[0],
-            if imported.quantized_weights {
-                ", INT8 weights dequantised"
-            } else {
-                ""
-            },
             source.display()
         );
-        Self {
+        let model = Self {
             network,
             card: ModelCard {
                 metadata: imported.metadata,
                 architecture: imported.architecture,
                 source: source.display().to_string(),
                 int8: None,
+                dequantized_int8_export: imported.quantized_weights,
             },
             device,
             int8_plan: None,
+        };
+        model.note_dequantized_int8_export(source);
+        model
+    }
+
+    /// Says, for an INT8 export whose weights the import dequantised, that it runs in f32
+    /// and how to make a model that runs the INT8 kernels.
+    fn note_dequantized_int8_export(&self, source: &Path) {
+        if self.card.dequantized_int8_export && self.card.int8.is_none() {
+            tracing::info!(
+                "{}: an INT8 export (weights only, activations quantised at run time): its \
+                 weights are dequantised and it runs in f32; `streamtrack quantize -m {} \
+                 --calibrate VIDEO -o MODEL-int8.bpk` makes a model whose convolutions run in \
+                 INT8 on the CPU",
+                source.display(),
+                source.display()
+            );
         }
     }
 
