@@ -21,19 +21,12 @@ pub fn decode_candidates(output: &[f32], anchors: usize, config: &DetectConfig) 
     let channels = output.len() / anchors;
     let classes = channels - 4;
     let row = |c: usize| &output[c * anchors..(c + 1) * anchors];
-    // Best class per anchor, scanning class rows so memory is read sequentially.
+    // Best score per anchor, scanning class rows so memory is read sequentially; a select
+    // rather than a branch, so the loop vectorises (a NaN score never wins, as before).
     let mut best_score = row(4).to_vec();
-    let mut best_class = vec![0u16; anchors];
     for c in 1..classes {
-        for ((score, class), &s) in best_score
-            .iter_mut()
-            .zip(best_class.iter_mut())
-            .zip(row(4 + c))
-        {
-            if s > *score {
-                *score = s;
-                *class = c as u16;
-            }
+        for (best, &s) in best_score.iter_mut().zip(row(4 + c)) {
+            *best = if s > *best { s } else { *best };
         }
     }
     let floor = config.min_threshold();
@@ -41,8 +34,12 @@ pub fn decode_candidates(output: &[f32], anchors: usize, config: &DetectConfig) 
     (0..anchors)
         .filter(|&a| best_score[a] > floor)
         .filter_map(|a| {
+            // The first class with the best score, for the few anchors past the floor.
+            let class = (0..classes)
+                .find(|&c| row(4 + c)[a] == best_score[a])
+                .expect("the best score is one of the anchor's scores");
             let bbox = BBox::from_cxcywh(cx[a], cy[a], w[a], h[a]);
-            accept(bbox, best_score[a], best_class[a] as usize, config)
+            accept(bbox, best_score[a], class, config)
         })
         .collect()
 }
@@ -124,6 +121,27 @@ mod tests {
             2,
             "0.3 is not > 0.3"
         );
+    }
+
+    /// A tie goes to the first class with the best score, and a NaN never beats a score nor
+    /// is beaten: an anchor whose first class is NaN is dropped, as one of NaNs is, while a
+    /// NaN after a real score is passed over.
+    #[test]
+    fn ties_go_to_the_first_class_and_nan_scores_never_win() {
+        let nan = f32::NAN;
+        let output = vec![
+            10.0, 50.0, 90.0, // cx
+            10.0, 50.0, 90.0, // cy
+            4.0, 8.0, 2.0, // w
+            4.0, 8.0, 2.0, // h
+            0.2, nan, nan, // class 0
+            0.7, 0.5, nan, // class 1
+            0.7, 0.6, nan, // class 2
+            nan, 0.9, nan, // class 3
+        ];
+        let c = decode_candidates(&output, 3, &DetectConfig::default());
+        let found: Vec<_> = c.iter().map(|c| (c.class_id, c.score)).collect();
+        assert_eq!(found, vec![(1, 0.7)]);
     }
 
     #[test]
