@@ -2,6 +2,8 @@
 //! with OpenCV `INTER_LINEAR` semantics (half-pixel centres, 11-bit fixed-point weights, no
 //! antialiasing), pad to the network size with grey 114, then RGB / 255 in NCHW order.
 
+use std::borrow::Cow;
+
 use image::RgbImage;
 use rayon::prelude::*;
 
@@ -132,13 +134,14 @@ pub(super) fn axis_taps(src: usize, dst: usize) -> Vec<(usize, usize, i32, i32)>
         .collect()
 }
 
-/// OpenCV-compatible bilinear resize of interleaved RGB, returning interleaved RGB.
-fn resize_linear(image: &RgbImage, dw: u32, dh: u32) -> Vec<u8> {
+/// OpenCV-compatible bilinear resize of interleaved RGB, returning interleaved RGB (the
+/// image itself, borrowed, at its own size).
+fn resize_linear(image: &RgbImage, dw: u32, dh: u32) -> Cow<'_, [u8]> {
     let (sw, sh) = (image.width() as usize, image.height() as usize);
     let (dw, dh) = (dw as usize, dh as usize);
     let src = image.as_raw();
     if (sw, sh) == (dw, dh) {
-        return src.clone();
+        return Cow::Borrowed(src);
     }
     let xt = axis_taps(sw, dw);
     let yt = axis_taps(sh, dh);
@@ -165,7 +168,7 @@ fn resize_linear(image: &RgbImage, dw: u32, dh: u32) -> Vec<u8> {
             }
         },
     );
-    out
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -183,10 +186,11 @@ mod tests {
     }
 
     #[test]
-    fn identity_size_copies_and_uniform_images_stay_uniform() {
+    fn identity_size_borrows_the_image_and_uniform_images_stay_uniform() {
         let image = RgbImage::from_pixel(7, 5, image::Rgb([10, 200, 33]));
         let resized = resize_linear(&image, 13, 3);
         assert!(resized.chunks(3).all(|p| p == [10, 200, 33]));
+        assert!(matches!(resize_linear(&image, 7, 5), Cow::Borrowed(_)));
         let mut out = vec![0.0; 3 * 16 * 16];
         let lb = letterbox_into(&image, (16, 16), &mut out);
         assert_eq!(lb.resized(), (16, 11));
@@ -205,6 +209,6 @@ mod tests {
         }
         // Half-pixel centres: output pixel 0 samples at source x = 0.5.
         let resized = resize_linear(&image, 2, 1);
-        assert_eq!(resized, vec![30, 30, 30, 150, 150, 150]);
+        assert_eq!(*resized, [30, 30, 30, 150, 150, 150]);
     }
 }
