@@ -463,7 +463,7 @@ impl<'a> Block<'a> {
             position,
             bias: self.bias.as_ptr(),
             start: start.unwrap_or(std::ptr::null()),
-            silu: self.activation == Activation::Silu,
+            activation: self.activation,
             // SAFETY: pixel `xs.start` of row `y` of the block's first channel.
             out: unsafe { out.ptr.get().add(at) },
             residual: self.residual.map_or(std::ptr::null(), |r| r[at..].as_ptr()),
@@ -487,8 +487,7 @@ struct Tile {
     bias: *const f32,
     /// `[pixels][BLOCK]` values added to the sums before the activation, or null.
     start: *const f32,
-    /// SiLU, else the identity.
-    silu: bool,
+    activation: Activation,
     /// The block's first channel's first pixel; channel `c` at `out + c * plane`, its pixels
     /// consecutive.
     out: *mut f32,
@@ -527,6 +526,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{BLOCK, LANES, MAX_PIXELS, Tile};
+    use crate::activation::Activation;
     use crate::activation::x86::silu_avx512;
 
     /// The micro-kernel for `vectors` (1 or 2) vectors of channels and `pixels` (1 to
@@ -601,7 +601,10 @@ mod x86 {
                     let start = unsafe { _mm512_loadu_ps(t.start.add(pixel * BLOCK + LANES * v)) };
                     z = _mm512_add_ps(z, start);
                 }
-                pixels[pixel] = if t.silu { silu_avx512(z) } else { z };
+                pixels[pixel] = match t.activation {
+                    Activation::Identity => z,
+                    Activation::Silu => silu_avx512(z),
+                };
             }
             let rows = transpose(pixels);
             for (c, &row) in rows
