@@ -48,9 +48,10 @@ pub struct SpeedConfig {
     /// standard error (from its residuals) plus the lag a line has behind the acceleration a
     /// parabola fits; 0 waits for both rules.
     pub early_error_kmh: f64,
-    /// When a track's speed becomes known, also give its earlier frames that had none
-    /// (before enough positions, while the border cut its box), up to `window` seconds
-    /// back, the speed the fit puts at their time ([`SpeedEstimator::take_backfill`]).
+    /// Also give a track's frames that had no speed (before enough positions, while the
+    /// border cut its box) the speed a later fit puts at their time
+    /// ([`SpeedEstimator::take_backfill`]): the latest fit whose window still holds the frame,
+    /// so each such speed arrives up to `window` seconds late.
     pub backfill: bool,
 }
 
@@ -79,7 +80,7 @@ impl Default for SpeedConfig {
             motion: MotionModel::Auto,
             max_plausible_kmh: 400.0,
             early_error_kmh: 3.0,
-            backfill: false,
+            backfill: true,
         }
     }
 }
@@ -148,15 +149,16 @@ const RESUME_TOLERANCE_M: f64 = 2.0;
 const RESUME_TOLERANCE_SHARE: f64 = 0.25;
 
 impl History {
-    /// Speeds for the frames still without one up to the latest fit's newest position, from
-    /// that fit (not extrapolated before its first position); frames after it (the border
+    /// Speeds for the frames still without one from before `until`, from the latest fit (not
+    /// extrapolated before its first position); frames after its newest position (the border
     /// cutting a leaving vehicle's box) get none. None of them is waiting any more.
-    fn backfill(&mut self, track_id: u64, unit: SpeedUnit) -> Vec<BackfilledSpeed> {
+    fn backfill(&mut self, until: f64, track_id: u64, unit: SpeedUnit) -> Vec<BackfilledSpeed> {
+        let waiting = self.unreported.partition_point(|&t| t < until);
+        let leaving = self.unreported.drain(..waiting);
         let Some((motion, oldest, newest)) = self.last_fit else {
             return Vec::new();
         };
-        self.unreported
-            .drain(..)
+        leaving
             .filter(|&timestamp| timestamp <= newest)
             .map(|timestamp| {
                 let (vx, vy) = motion.velocity_at(timestamp.max(oldest) - newest);
@@ -240,16 +242,9 @@ impl SpeedEstimator {
             .collect();
         if self.config.backfill {
             for (t, speed) in tracks.iter().zip(&speeds) {
-                let history = self.histories.get_mut(&t.track_id).expect("updated above");
                 if speed.is_none() {
+                    let history = self.histories.get_mut(&t.track_id).expect("updated above");
                     history.unreported.push_back(timestamp);
-                }
-                while history
-                    .unreported
-                    .front()
-                    .is_some_and(|&u| u < timestamp - self.config.window)
-                {
-                    history.unreported.pop_front();
                 }
             }
         }
@@ -287,6 +282,20 @@ impl SpeedEstimator {
         });
         history.last_seen = timestamp;
         history.class_id = t.class_id;
+        let backfill_unit = self
+            .calibration
+            .as_ref()
+            .map(|c| c.unit)
+            .filter(|_| self.config.backfill);
+        // Frames still without a speed from before `until` take it from the last fit, the
+        // one that holds them: as they leave the window, or before the history restarts.
+        let mut backfill_before = |history: &mut History, until: f64| {
+            if let Some(unit) = backfill_unit {
+                self.backfill
+                    .extend(history.backfill(until, t.track_id, unit));
+            }
+        };
+        backfill_before(history, timestamp - self.config.window);
         let (w, h) = self.image_size;
         let (margin, fraction) = (self.config.border_margin, self.config.border_fraction);
         if t.bbox.ground_point_cut(w, h, margin, fraction) {
@@ -301,9 +310,9 @@ impl SpeedEstimator {
             if step / dt * 3.6 > self.config.max_plausible_kmh
                 || history.resumes_elsewhere(timestamp, (x, y))
             {
+                backfill_before(history, timestamp);
                 history.samples.clear();
                 history.velocity = None;
-                history.unreported.clear();
                 history.last_fit = None;
             } else {
                 history.distance += step;
@@ -312,6 +321,7 @@ impl SpeedEstimator {
         history.last_point = Some((x, y));
         history.samples.push_back((timestamp, x, y));
         if let Some(start) = change_point(&history.samples) {
+            backfill_before(history, history.samples[start].0);
             history.samples.drain(..start);
             history.unreported.clear();
             history.last_fit = None;
@@ -328,10 +338,6 @@ impl SpeedEstimator {
         let motion = motion?;
         let oldest = history.samples.front().map_or(timestamp, |s| s.0);
         history.last_fit = Some((motion, oldest, timestamp));
-        if motion.settled {
-            let unit = calibration.unit;
-            self.backfill.extend(history.backfill(t.track_id, unit));
-        }
         let (vx, vy) = motion.velocity_at(0.0);
         let speed = calibration.unit.from_mps(vx.hypot(vy));
         history.speed_sum += speed;
@@ -364,7 +370,8 @@ impl SpeedEstimator {
             .filter_map(|id| self.histories.remove(&id).map(|h| (id, h)))
             .map(|(track_id, mut h)| {
                 if let Some(unit) = unit.filter(|_| self.config.backfill) {
-                    self.backfill.extend(h.backfill(track_id, unit));
+                    self.backfill
+                        .extend(h.backfill(f64::INFINITY, track_id, unit));
                 }
                 (track_id, h)
             })
@@ -386,8 +393,6 @@ impl SpeedEstimator {
 /// The motion fitted to a track's window: its velocity at any time of the window.
 #[derive(Debug, Clone, Copy)]
 struct Motion {
-    /// Fitted under the settled rules (`min_span`, `min_samples`), not as an early speed.
-    settled: bool,
     /// The straight line's velocity (m/s).
     line: (f64, f64),
     /// The parabola's velocity at the newest sample (m/s) and its acceleration (m/s²): the
@@ -400,9 +405,8 @@ struct Motion {
 
 impl Motion {
     /// A straight line's motion.
-    fn line(settled: bool, line: (f64, f64)) -> Motion {
+    fn line(line: (f64, f64)) -> Motion {
         Motion {
-            settled,
             line,
             parabola: line,
             acceleration: (0.0, 0.0),
@@ -411,9 +415,8 @@ impl Motion {
     }
 
     /// A line's velocity moved `share` of the way toward the parabola `quadratic`.
-    fn blend(settled: bool, line: (f64, f64), quadratic: &Fit, share: f64) -> Motion {
+    fn blend(line: (f64, f64), quadratic: &Fit, share: f64) -> Motion {
         Motion {
-            settled,
             line,
             parabola: quadratic.velocity,
             acceleration: quadratic.acceleration_components(),
@@ -448,10 +451,10 @@ fn fit_motion(samples: &VecDeque<(f64, f64, f64)>, config: &SpeedConfig) -> Opti
         return None;
     }
     match config.motion {
-        MotionModel::Linear => Some(Motion::line(settled, poly_fit(&inliers, 1)?.velocity)),
+        MotionModel::Linear => Some(Motion::line(poly_fit(&inliers, 1)?.velocity)),
         MotionModel::Quadratic => {
             let quadratic = poly_fit(&inliers, 2)?;
-            Some(Motion::blend(settled, quadratic.velocity, &quadratic, 1.0))
+            Some(Motion::blend(quadratic.velocity, &quadratic, 1.0))
         }
         MotionModel::Auto => {
             let quadratic = poly_fit(&inliers, 2)?;
@@ -460,7 +463,7 @@ fn fit_motion(samples: &VecDeque<(f64, f64, f64)>, config: &SpeedConfig) -> Opti
             // evidence crosses the threshold.
             let share =
                 (1.0 - ACCELERATION_SIGNIFICANCE / quadratic.acceleration_significance).max(0.0);
-            Some(Motion::blend(settled, line, &quadratic, share))
+            Some(Motion::blend(line, &quadratic, share))
         }
     }
 }
@@ -927,8 +930,8 @@ mod tests {
     }
 
     /// With `backfill`, the frames of a braking vehicle that had no speed (before enough
-    /// positions) get one once the fit settles: each frame once, close to the truth at its
-    /// own time, the deceleration included. Without it, none.
+    /// positions) get one as they leave the window, from the latest fit: each frame once,
+    /// close to the truth at its own time, the deceleration included. Without it, none.
     #[test]
     fn backfill_gives_the_first_frames_the_speed_at_their_time() {
         let position = |t: f64| 90.0 - (20.0 * t - t * t);
@@ -939,7 +942,7 @@ mod tests {
             };
             let mut estimator = SpeedEstimator::new(Some(calibration()), config, (1280, 720));
             let (mut without_speed, mut late) = (Vec::new(), Vec::new());
-            for frame in 0..50 {
+            for frame in 0..125 {
                 let t = frame as f64 / 25.0;
                 let (u, v, depth) = project(1.8, position(t));
                 let (w, h) = (1000.0 * 1.8 / depth, 1000.0 * 1.5 / depth);
@@ -958,7 +961,12 @@ mod tests {
                 if estimator.update(t, &[object])[0].is_none() {
                     without_speed.push(t);
                 }
-                late.extend(estimator.take_backfill());
+                let given = estimator.take_backfill();
+                assert!(
+                    given.iter().all(|b| t - b.timestamp > 3.99),
+                    "{t}: {given:?}"
+                );
+                late.extend(given);
             }
             estimator.finish_all();
             late.extend(estimator.take_backfill());
