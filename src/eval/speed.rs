@@ -16,7 +16,8 @@ use crate::speed::{Calibration, SpeedConfig, SpeedEstimator};
 use crate::track::assignment::assign_with_limit;
 use crate::track::{Tracker, TrackerConfig};
 
-/// IoU a track needs with a true box to be taken as that object.
+/// IoU a track's box (its detection's, as the outputs show it) needs with a true box to be
+/// taken as that object.
 const MATCH_IOU: f64 = 0.5;
 
 /// Where the distance bands end, in metres from the nearest ground the camera sees; a last
@@ -280,9 +281,14 @@ pub fn compare_sequence(
         }
         estimator.take_finished(timestamp, track_idle);
         record_backfill(&mut estimator, &mut speed_of);
+        // Matched by the box the outputs show with the speed: the track's detection's.
         let cost: Vec<f64> = frame_gt
             .iter()
-            .flat_map(|g| tracks.iter().map(move |t| 1.0 - g.bbox.iou(&t.bbox) as f64))
+            .flat_map(|g| {
+                measured
+                    .iter()
+                    .map(move |t| 1.0 - g.bbox.iou(&t.bbox) as f64)
+            })
             .collect();
         let matched: HashMap<usize, usize> =
             assign_with_limit(&cost, frame_gt.len(), tracks.len(), 1.0 - MATCH_IOU)
