@@ -4,7 +4,9 @@
 //! with its frame's timestamp. The speed is the derivative at the newest sample of a
 //! least-squares polynomial fitted over a sliding time window, after rejecting outliers.
 //! Boxes whose bottom or side the image border cuts are skipped (that moves the bottom centre,
-//! the ground point); a box cut only at the top is used.
+//! the ground point); a box cut only at the top is used. A frame whose position the fit
+//! rejects as an outlier gets no speed, then or later: its box is most likely another
+//! object's (the tracker gave the id to a neighbour for a frame) or badly placed.
 //! A track's history restarts where its motion breaks: an impossible jump, a return after a
 //! gap far from where its velocity points, or recent samples that all leave the motion of
 //! the older ones (the tracker has handed the id to another object, typically a
@@ -137,6 +139,9 @@ struct History {
     speed_sum: f64,
     speed_count: u64,
     speed_max: f64,
+    /// The newest position did not fit the motion of the others: the frame gets no speed,
+    /// and no backfilled one either.
+    off_track: bool,
 }
 
 /// Samples closer together than this many typical frame intervals are consecutive; a larger
@@ -149,6 +154,25 @@ const RESUME_TOLERANCE_M: f64 = 2.0;
 const RESUME_TOLERANCE_SHARE: f64 = 0.25;
 
 impl History {
+    /// A track first seen at `timestamp`.
+    fn new(timestamp: f64, class_id: usize) -> Self {
+        History {
+            samples: VecDeque::new(),
+            class_id,
+            first_seen: timestamp,
+            last_seen: timestamp,
+            distance: 0.0,
+            last_point: None,
+            velocity: None,
+            unreported: VecDeque::new(),
+            last_fit: None,
+            speed_sum: 0.0,
+            speed_count: 0,
+            speed_max: 0.0,
+            off_track: false,
+        }
+    }
+
     /// Speeds for the frames still without one from before `until`, from the latest fit (not
     /// extrapolated before its first position); frames after its newest position (the border
     /// cutting a leaving vehicle's box) get none. None of them is waiting any more.
@@ -242,8 +266,8 @@ impl SpeedEstimator {
             .collect();
         if self.config.backfill {
             for (t, speed) in tracks.iter().zip(&speeds) {
-                if speed.is_none() {
-                    let history = self.histories.get_mut(&t.track_id).expect("updated above");
+                let history = self.histories.get_mut(&t.track_id).expect("updated above");
+                if speed.is_none() && !history.off_track {
                     history.unreported.push_back(timestamp);
                 }
             }
@@ -266,22 +290,13 @@ impl SpeedEstimator {
 
     /// One track's part of [`SpeedEstimator::update`].
     fn track_speed(&mut self, timestamp: f64, t: &TrackedObject) -> Option<f64> {
-        let history = self.histories.entry(t.track_id).or_insert_with(|| History {
-            samples: VecDeque::new(),
-            class_id: t.class_id,
-            first_seen: timestamp,
-            last_seen: timestamp,
-            distance: 0.0,
-            last_point: None,
-            velocity: None,
-            unreported: VecDeque::new(),
-            last_fit: None,
-            speed_sum: 0.0,
-            speed_count: 0,
-            speed_max: 0.0,
-        });
+        let history = self
+            .histories
+            .entry(t.track_id)
+            .or_insert_with(|| History::new(timestamp, t.class_id));
         history.last_seen = timestamp;
         history.class_id = t.class_id;
+        history.off_track = false;
         let backfill_unit = self
             .calibration
             .as_ref()
@@ -333,11 +348,18 @@ impl SpeedEstimator {
         {
             history.samples.pop_front();
         }
-        let motion = fit_motion(&history.samples, &self.config);
-        history.velocity = motion.as_ref().map(|m| m.velocity_at(0.0));
-        let motion = motion?;
+        let fitted = fit_motion(&history.samples, &self.config);
+        history.velocity = fitted.as_ref().map(|f| f.motion.velocity_at(0.0));
+        let Fitted {
+            motion,
+            newest_fits,
+        } = fitted?;
         let oldest = history.samples.front().map_or(timestamp, |s| s.0);
         history.last_fit = Some((motion, oldest, timestamp));
+        if !newest_fits {
+            history.off_track = true;
+            return None;
+        }
         let (vx, vy) = motion.velocity_at(0.0);
         let speed = calibration.unit.from_mps(vx.hypot(vy));
         history.speed_sum += speed;
@@ -432,12 +454,19 @@ impl Motion {
     }
 }
 
+/// A track's fitted motion, and whether its newest position fits it.
+struct Fitted {
+    motion: Motion,
+    /// The newest position is not among the samples rejected as outliers.
+    newest_fits: bool,
+}
+
 /// The motion of a least-squares fit of positions over time (times relative to the newest
 /// sample), refitted once without samples that lie far off the first fit; `None` until the
 /// history spans `min_span` seconds and holds `min_samples` samples, or before that, once a
 /// straight line through the samples gives the velocity with a standard error within
 /// `early_error_kmh`.
-fn fit_motion(samples: &VecDeque<(f64, f64, f64)>, config: &SpeedConfig) -> Option<Motion> {
+fn fit_motion(samples: &VecDeque<(f64, f64, f64)>, config: &SpeedConfig) -> Option<Fitted> {
     let newest = samples.back()?.0;
     let span = newest - samples.front()?.0;
     let settled = samples.len() >= config.min_samples.max(4) && span >= config.min_span;
@@ -450,11 +479,11 @@ fn fit_motion(samples: &VecDeque<(f64, f64, f64)>, config: &SpeedConfig) -> Opti
     if !settled && early_error(&inliers)? * 3.6 > config.early_error_kmh {
         return None;
     }
-    match config.motion {
-        MotionModel::Linear => Some(Motion::line(poly_fit(&inliers, 1)?.velocity)),
+    let motion = match config.motion {
+        MotionModel::Linear => Motion::line(poly_fit(&inliers, 1)?.velocity),
         MotionModel::Quadratic => {
             let quadratic = poly_fit(&inliers, 2)?;
-            Some(Motion::blend(quadratic.velocity, &quadratic, 1.0))
+            Motion::blend(quadratic.velocity, &quadratic, 1.0)
         }
         MotionModel::Auto => {
             let quadratic = poly_fit(&inliers, 2)?;
@@ -463,15 +492,21 @@ fn fit_motion(samples: &VecDeque<(f64, f64, f64)>, config: &SpeedConfig) -> Opti
             // evidence crosses the threshold.
             let share =
                 (1.0 - ACCELERATION_SIGNIFICANCE / quadratic.acceleration_significance).max(0.0);
-            Some(Motion::blend(line, &quadratic, share))
+            Motion::blend(line, &quadratic, share)
         }
-    }
+    };
+    // The newest sample is the last point, at time 0.
+    let newest_fits = inliers.last().is_some_and(|p| p.0 == 0.0);
+    Some(Fitted {
+        motion,
+        newest_fits,
+    })
 }
 
 /// The velocity (m/s) at the newest sample of [`fit_motion`].
 #[cfg(test)]
 fn fit_velocity(samples: &VecDeque<(f64, f64, f64)>, config: &SpeedConfig) -> Option<(f64, f64)> {
-    fit_motion(samples, config).map(|m| m.velocity_at(0.0))
+    fit_motion(samples, config).map(|f| f.motion.velocity_at(0.0))
 }
 
 /// The expected error (m/s) of a straight line's speed at the newest of `points` (times
@@ -800,17 +835,10 @@ mod tests {
             samples: (0..10)
                 .map(|i| (i as f64 * 0.04, 0.0, i as f64 * 0.8))
                 .collect(),
-            class_id: 2,
-            first_seen: 0.0,
             last_seen: 0.36,
-            distance: 0.0,
             last_point: Some((0.0, 7.2)),
             velocity: Some((0.0, 20.0)),
-            unreported: VecDeque::new(),
-            last_fit: None,
-            speed_sum: 0.0,
-            speed_count: 0,
-            speed_max: 0.0,
+            ..History::new(0.0, 2)
         };
         // Next frame, anywhere plausible: no gap, no judgement.
         assert!(!history.resumes_elsewhere(0.40, (0.0, 9.0)));
@@ -927,6 +955,53 @@ mod tests {
             assert!(all < 1.0 && third < 1.0, "{name}: {all} / {third} km/h");
             assert!((third - all).abs() < 0.3, "{name}: {all} -> {third} km/h");
         }
+    }
+
+    /// A car's box taken for a frame by its neighbour one lane over: that frame gets no
+    /// speed, then or as a backfill, and the frames around it keep theirs.
+    #[test]
+    fn a_frame_off_the_tracks_motion_gets_no_speed_then_or_later() {
+        let mut estimator =
+            SpeedEstimator::new(Some(calibration()), SpeedConfig::default(), (1280, 720));
+        let (swapped, mut late) = (40, Vec::new());
+        let box_at = |x: f64, y: f64| {
+            let (u, v, depth) = project(x, y);
+            let (w, h) = (1000.0 * 1.8 / depth, 1000.0 * 1.5 / depth);
+            BBox::new(
+                (u - w / 2.0) as f32,
+                (v - h) as f32,
+                (u + w / 2.0) as f32,
+                v as f32,
+            )
+        };
+        for frame in 0..60 {
+            let t = frame as f64 / 25.0;
+            let lane = if frame == swapped { -1.7 } else { 1.8 };
+            let object = TrackedObject {
+                track_id: 7,
+                bbox: box_at(lane, 70.0 - 20.0 * t),
+                score: 0.9,
+                class_id: 2,
+                detection_index: 0,
+            };
+            let speed = estimator.update(t, &[object])[0];
+            if frame >= 20 {
+                assert_eq!(
+                    speed.is_none(),
+                    frame == swapped,
+                    "frame {frame}: {speed:?}"
+                );
+            }
+            if let Some(speed) = speed {
+                assert!((speed - 72.0).abs() < 0.5, "frame {frame}: {speed} km/h");
+            }
+            late.extend(estimator.take_backfill());
+        }
+        estimator.finish_all();
+        late.extend(estimator.take_backfill());
+        assert!(!late.is_empty());
+        let swapped_at = swapped as f64 / 25.0;
+        assert!(late.iter().all(|b| b.timestamp != swapped_at), "{late:?}");
     }
 
     /// With `backfill`, the frames of a braking vehicle that had no speed (before enough
