@@ -185,7 +185,9 @@ impl Analysis {
 
     /// Keeps `record` while a backfilled speed may still reach it.
     fn remember(&mut self, record: FrameRecord) {
-        let Some(horizon) = self.speeds.backfill_horizon() else {
+        // A frame's speed may come as late as the backfill's reach after the track was last
+        // seen, which is up to `track_idle` before the track ends.
+        let Some(horizon) = self.speeds.backfill_horizon().map(|h| h + self.track_idle) else {
             return;
         };
         let oldest = record.time - horizon;

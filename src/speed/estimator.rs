@@ -275,8 +275,9 @@ impl SpeedEstimator {
         speeds
     }
 
-    /// How far back (seconds) a backfilled speed may reach, when [`SpeedConfig::backfill`]
-    /// is on.
+    /// How far back (seconds) from the frame that gives it, or from its track's last frame
+    /// when the track ends, a backfilled speed may reach, when [`SpeedConfig::backfill`] is
+    /// on.
     pub fn backfill_horizon(&self) -> Option<f64> {
         self.config.backfill.then_some(self.config.window)
     }
@@ -888,6 +889,51 @@ mod tests {
         .unwrap()
     }
 
+    /// Track `track_id`'s box for a car 1.8 m wide and 1.5 m tall at road point `(x, y)` of
+    /// [`project`]'s camera, its bottom centre moved by `jitter` box heights.
+    fn car(track_id: u64, (x, y): (f64, f64), jitter: (f64, f64)) -> TrackedObject {
+        let (u, v, depth) = project(x, y);
+        let (w, h) = (1000.0 * 1.8 / depth, 1000.0 * 1.5 / depth);
+        let (u, v) = (u + jitter.0 * h, v + jitter.1 * h);
+        TrackedObject {
+            track_id,
+            bbox: BBox::new(
+                (u - w / 2.0) as f32,
+                (v - h) as f32,
+                (u + w / 2.0) as f32,
+                v as f32,
+            ),
+            score: 0.9,
+            class_id: 2,
+            detection_index: 0,
+        }
+    }
+
+    /// A track lost while its first frames still wait for a backfill ends a buffer later:
+    /// their speeds reach back further than the window, but not further than the window plus
+    /// the tracker's buffer, which is what the outputs keep.
+    #[test]
+    fn backfill_at_a_tracks_end_reaches_back_the_window_plus_the_buffer() {
+        let mut estimator =
+            SpeedEstimator::new(Some(calibration()), SpeedConfig::default(), (1280, 720));
+        let idle = 1.0;
+        let mut last_seen = 0.0;
+        for frame in 0..88 {
+            last_seen = frame as f64 / 25.0;
+            estimator.update(
+                last_seen,
+                &[car(3, (1.8, 80.0 - 20.0 * last_seen), (0.0, 0.0))],
+            );
+            assert!(estimator.take_backfill().is_empty(), "frame {frame}");
+        }
+        let now = last_seen + idle + 0.04;
+        assert_eq!(estimator.take_finished(now, idle).len(), 1);
+        let late = estimator.take_backfill();
+        let horizon = estimator.backfill_horizon().unwrap();
+        assert!(late.iter().any(|b| b.timestamp < now - horizon), "{late:?}");
+        assert!(late.iter().all(|b| b.timestamp >= now - horizon - idle));
+    }
+
     /// Mean absolute speed error (km/h) over a vehicle's reported speeds after its first
     /// second, analysing every `step`-th frame of 25 fps video, and how many speeds were
     /// reported. The vehicle (1.8 m wide, 1.5 m tall) drives `position(t)` metres along the
@@ -911,22 +957,7 @@ mod tests {
             if frame % step != 0 {
                 continue;
             }
-            let (u, v, depth) = project(1.8, position(t));
-            let (w, h) = (1000.0 * 1.8 / depth, 1000.0 * 1.5 / depth);
-            let (u, v) = (u + 0.015 * h * du, v + 0.015 * h * dv);
-            let bbox = BBox::new(
-                (u - w / 2.0) as f32,
-                (v - h) as f32,
-                (u + w / 2.0) as f32,
-                v as f32,
-            );
-            let object = TrackedObject {
-                track_id: 1,
-                bbox,
-                score: 0.9,
-                class_id: 2,
-                detection_index: 0,
-            };
+            let object = car(1, (1.8, position(t)), (0.015 * du, 0.015 * dv));
             let speed = estimator.update(t, &[object])[0];
             if let (Some(speed), true) = (speed, t >= 1.0) {
                 let truth = (position(t + 1e-4) - position(t - 1e-4)).abs() / 2e-4 * 3.6;
@@ -964,26 +995,10 @@ mod tests {
         let mut estimator =
             SpeedEstimator::new(Some(calibration()), SpeedConfig::default(), (1280, 720));
         let (swapped, mut late) = (40, Vec::new());
-        let box_at = |x: f64, y: f64| {
-            let (u, v, depth) = project(x, y);
-            let (w, h) = (1000.0 * 1.8 / depth, 1000.0 * 1.5 / depth);
-            BBox::new(
-                (u - w / 2.0) as f32,
-                (v - h) as f32,
-                (u + w / 2.0) as f32,
-                v as f32,
-            )
-        };
         for frame in 0..60 {
             let t = frame as f64 / 25.0;
             let lane = if frame == swapped { -1.7 } else { 1.8 };
-            let object = TrackedObject {
-                track_id: 7,
-                bbox: box_at(lane, 70.0 - 20.0 * t),
-                score: 0.9,
-                class_id: 2,
-                detection_index: 0,
-            };
+            let object = car(7, (lane, 70.0 - 20.0 * t), (0.0, 0.0));
             let speed = estimator.update(t, &[object])[0];
             if frame >= 20 {
                 assert_eq!(
@@ -1019,20 +1034,7 @@ mod tests {
             let (mut without_speed, mut late) = (Vec::new(), Vec::new());
             for frame in 0..125 {
                 let t = frame as f64 / 25.0;
-                let (u, v, depth) = project(1.8, position(t));
-                let (w, h) = (1000.0 * 1.8 / depth, 1000.0 * 1.5 / depth);
-                let object = TrackedObject {
-                    track_id: 4,
-                    bbox: BBox::new(
-                        (u - w / 2.0) as f32,
-                        (v - h) as f32,
-                        (u + w / 2.0) as f32,
-                        v as f32,
-                    ),
-                    score: 0.9,
-                    class_id: 2,
-                    detection_index: 0,
-                };
+                let object = car(4, (1.8, position(t)), (0.0, 0.0));
                 if estimator.update(t, &[object])[0].is_none() {
                     without_speed.push(t);
                 }
