@@ -291,6 +291,7 @@ impl SpeedEstimator {
 
     /// One track's part of [`SpeedEstimator::update`].
     fn track_speed(&mut self, timestamp: f64, t: &TrackedObject) -> Option<f64> {
+        let backfill_unit = self.backfill_unit();
         let history = self
             .histories
             .entry(t.track_id)
@@ -298,11 +299,6 @@ impl SpeedEstimator {
         history.last_seen = timestamp;
         history.class_id = t.class_id;
         history.off_track = false;
-        let backfill_unit = self
-            .calibration
-            .as_ref()
-            .map(|c| c.unit)
-            .filter(|_| self.config.backfill);
         // Frames still without a speed from before `until` take it from the last fit, the
         // one that holds them: as they leave the window, or before the history restarts.
         let mut backfill_before = |history: &mut History, until: f64| {
@@ -386,13 +382,22 @@ impl SpeedEstimator {
         self.take(all)
     }
 
+    /// The unit backfilled speeds are given in, when there are any: with a calibration and
+    /// [`SpeedConfig::backfill`] on.
+    fn backfill_unit(&self) -> Option<SpeedUnit> {
+        self.calibration
+            .as_ref()
+            .map(|c| c.unit)
+            .filter(|_| self.config.backfill)
+    }
+
     fn take(&mut self, ids: Vec<u64>) -> Vec<TrackSummary> {
-        let unit = self.calibration.as_ref().map(|c| c.unit);
+        let backfill_unit = self.backfill_unit();
         let mut out: Vec<TrackSummary> = ids
             .into_iter()
             .filter_map(|id| self.histories.remove(&id).map(|h| (id, h)))
             .map(|(track_id, mut h)| {
-                if let Some(unit) = unit.filter(|_| self.config.backfill) {
+                if let Some(unit) = backfill_unit {
                     self.backfill
                         .extend(h.backfill(f64::INFINITY, track_id, unit));
                 }
