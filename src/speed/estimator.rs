@@ -3,14 +3,19 @@
 //! Each track's ground point (bottom centre of its detection's box) is mapped to metres
 //! with its frame's timestamp. The speed is the derivative at the newest sample of a
 //! least-squares polynomial fitted over a sliding time window, after rejecting outliers.
-//! Boxes whose bottom or side the image border cuts are skipped (that moves the bottom centre,
-//! the ground point); a box cut only at the top is used. A frame whose position the fit
-//! rejects as an outlier gets no speed, then or later: its box is most likely another
-//! object's (the tracker gave the id to a neighbour for a frame) or badly placed.
-//! A track's history restarts where its motion breaks: an impossible jump, a return after a
-//! gap far from where its velocity points, or recent samples that all leave the motion of
-//! the older ones (the tracker has handed the id to another object, typically a
-//! false-positive track taking over a passing vehicle).
+//! Boxes whose bottom or side the image border cuts give no position (that moves the bottom
+//! centre, the ground point); a box cut only at the top is used. A cut box keeps its track's
+//! last speed for `border_hold` seconds while its uncut edges move on as before
+//! ([`super::hold`]): a vehicle leaving the image keeps its label. A frame whose position
+//! the fit rejects as an outlier gets no speed, then or later: its box is most likely
+//! another object's (the tracker gave the id to a neighbour for a frame) or badly placed.
+//! A fit whose speed is too uncertain (`max_standard_error_kmh`, typically far from a low
+//! camera) gives none: its frames take a later, surer fit's speed through the backfill.
+//! A track's history restarts where its motion breaks: a jump beyond any plausible speed
+//! and the positions' own noise, a return after a gap far from where its velocity points,
+//! or recent samples that all leave the motion of the older ones, by an offset or at a new
+//! velocity (the tracker has handed the id to another object: a false-positive track
+//! taking over a passing vehicle, or a vehicle passing another at a different speed).
 
 // Small dense matrices read best with explicit indices.
 #![allow(clippy::needless_range_loop)]
@@ -20,6 +25,8 @@ use std::collections::{HashMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::calibration::{Calibration, SpeedUnit};
+use super::hold::UncutBoxes;
+use crate::geometry::BBox;
 use crate::track::TrackedObject;
 
 /// Estimator settings.
@@ -42,14 +49,24 @@ pub struct SpeedConfig {
     pub border_fraction: f32,
     /// Motion model fitted to the window's positions.
     pub motion: MotionModel,
-    /// A track whose ground point moves faster than this between two frames (km/h) has
-    /// jumped to another object; its history restarts.
+    /// A track whose box the border cuts (a vehicle leaving the image) keeps the speed of
+    /// its last fit with `min_span` and `min_samples` for up to this many seconds after that
+    /// fit's newest position, while the box's uncut edges keep moving as they did; 0 gives
+    /// cut boxes no speed.
+    pub border_hold: f64,
+    /// A track whose ground point moves faster than this between two frames (km/h), beyond
+    /// the noise of its positions, has jumped to another object; its history restarts.
     pub max_plausible_kmh: f64,
     /// Before `min_span` and `min_samples` are reached, a speed is reported from at least
     /// six positions once its expected error is at most this many km/h: a straight line's
     /// standard error (from its residuals) plus the lag a line has behind the acceleration a
     /// parabola fits; 0 waits for both rules.
     pub early_error_kmh: f64,
+    /// A fit with `min_span` and `min_samples` gives a speed only when the standard error of
+    /// its window's mean speed is at most this many km/h (a straight line's, with the noise
+    /// measured about a parabola); its frames take the speed of a later fit that does
+    /// through the backfill, or none. 0 turns the check off.
+    pub max_standard_error_kmh: f64,
     /// Also give a track's frames that had no speed (before enough positions, while the
     /// border cut its box) the speed a later fit puts at their time
     /// ([`SpeedEstimator::take_backfill`]): the latest fit whose window still holds the frame,
@@ -80,8 +97,10 @@ impl Default for SpeedConfig {
             border_margin: 6.0,
             border_fraction: 0.04,
             motion: MotionModel::Auto,
+            border_hold: 1.0,
             max_plausible_kmh: 400.0,
             early_error_kmh: 3.0,
+            max_standard_error_kmh: 0.5,
             backfill: true,
         }
     }
@@ -102,6 +121,8 @@ impl SpeedConfig {
         at_least("border_margin", self.border_margin.into(), 0.0)?;
         at_least("border_fraction", self.border_fraction.into(), 0.0)?;
         at_least("early_error_kmh", self.early_error_kmh, 0.0)?;
+        at_least("max_standard_error_kmh", self.max_standard_error_kmh, 0.0)?;
+        at_least("border_hold", self.border_hold, 0.0)?;
         positive("max_plausible_kmh", self.max_plausible_kmh)
     }
 }
@@ -142,7 +163,16 @@ struct History {
     /// The newest position did not fit the motion of the others: the frame gets no speed,
     /// and no backfilled one either.
     off_track: bool,
+    /// The newest uncut boxes, which a cut box must follow to keep the track's speed.
+    uncut: UncutBoxes,
+    /// A cut box since the last uncut one did not follow them: no speed is held until the
+    /// box is whole again.
+    hold_broken: bool,
 }
+
+/// A step faster than the plausible speed is a jump once it passes that speed's reach by
+/// this many noise scales of the track's positions.
+const JUMP_NOISE_SCALES: f64 = 3.0;
 
 /// Samples closer together than this many typical frame intervals are consecutive; a larger
 /// gap means the track was lost and found again.
@@ -170,7 +200,58 @@ impl History {
             speed_count: 0,
             speed_max: 0.0,
             off_track: false,
+            uncut: UncutBoxes::default(),
+            hold_broken: false,
         }
+    }
+
+    /// Whether the history is long enough for a speed without the early rule: `min_span`
+    /// seconds and `min_samples` samples.
+    fn settled(&self, config: &SpeedConfig) -> bool {
+        settled(&self.samples, config)
+    }
+
+    /// The velocity (m/s) a track whose box the border cuts keeps: that of its last fit,
+    /// when the fit is settled, until `border_hold` seconds after its newest position, and
+    /// while each cut box's uncut edges follow the track's last uncut boxes (once one does
+    /// not, another vehicle has most likely taken the id: nothing more is held until a
+    /// whole box comes).
+    fn held_velocity(
+        &mut self,
+        timestamp: f64,
+        bbox: &BBox,
+        config: &SpeedConfig,
+        (width, side_margin): (f32, f32),
+    ) -> Option<(f64, f64)> {
+        let (motion, _, newest) = self.last_fit?;
+        if self.hold_broken || timestamp - newest > config.border_hold || !self.settled(config) {
+            return None;
+        }
+        if !self.uncut.followed_by(timestamp, bbox, width, side_margin) {
+            self.hold_broken = true;
+            return None;
+        }
+        Some(motion.velocity_at(0.0))
+    }
+
+    /// True when a step of `step` metres in `dt` seconds from the last position is faster
+    /// than `max_kmh`, beyond [`JUMP_NOISE_SCALES`] times the noise of the positions (far
+    /// from a low camera one frame's noise alone can pass any plausible speed).
+    fn jumped(&self, step: f64, dt: f64, max_kmh: f64) -> bool {
+        let reach = max_kmh / 3.6 * dt;
+        step > reach && step > reach + JUMP_NOISE_SCALES * self.noise_scale()
+    }
+
+    /// [`Fit::noise_scale`] of a straight line through the history; 0 for a history too
+    /// short to tell.
+    fn noise_scale(&self) -> f64 {
+        let Some(&(newest, _, _)) = self.samples.back() else {
+            return 0.0;
+        };
+        if self.samples.len() < EARLY_MIN_SAMPLES {
+            return 0.0;
+        }
+        poly_fit(&relative_to(&self.samples, newest), 1).map_or(0.0, |f| f.noise_scale())
     }
 
     /// Speeds for the frames still without one from before `until`, from the latest fit (not
@@ -311,18 +392,25 @@ impl SpeedEstimator {
         let (w, h) = self.image_size;
         let (margin, fraction) = (self.config.border_margin, self.config.border_fraction);
         if t.bbox.ground_point_cut(w, h, margin, fraction) {
-            return None;
+            let unit = self.calibration.as_ref()?.unit;
+            let side_margin = margin.max(fraction * t.bbox.width());
+            let (vx, vy) =
+                history.held_velocity(timestamp, &t.bbox, &self.config, (w, side_margin))?;
+            return Some(unit.from_mps(vx.hypot(vy)));
         }
+        history.hold_broken = false;
+        history.uncut.push(timestamp, t.bbox);
         let calibration = self.calibration.as_ref()?;
         let (gx, gy) = t.bbox.bottom_centre();
         let (x, y) = calibration.to_ground(gx as f64, gy as f64)?;
         if let (Some((px, py)), Some(&(pt, _, _))) = (history.last_point, history.samples.back()) {
             let step = (x - px).hypot(y - py);
             let dt = (timestamp - pt).max(1e-6);
-            if step / dt * 3.6 > self.config.max_plausible_kmh
+            if history.jumped(step, dt, self.config.max_plausible_kmh)
                 || history.resumes_elsewhere(timestamp, (x, y))
             {
                 backfill_before(history, timestamp);
+                history.uncut.forget_before(timestamp);
                 history.samples.clear();
                 history.velocity = None;
                 history.last_fit = None;
@@ -333,7 +421,9 @@ impl SpeedEstimator {
         history.last_point = Some((x, y));
         history.samples.push_back((timestamp, x, y));
         if let Some(start) = change_point(&history.samples) {
-            backfill_before(history, history.samples[start].0);
+            let change = history.samples[start].0;
+            backfill_before(history, change);
+            history.uncut.forget_before(change);
             history.samples.drain(..start);
             history.unreported.clear();
             history.last_fit = None;
@@ -474,8 +564,7 @@ struct Fitted {
 /// `early_error_kmh`.
 fn fit_motion(samples: &VecDeque<(f64, f64, f64)>, config: &SpeedConfig) -> Option<Fitted> {
     let newest = samples.back()?.0;
-    let span = newest - samples.front()?.0;
-    let settled = samples.len() >= config.min_samples.max(4) && span >= config.min_span;
+    let settled = settled(samples, config);
     let early = config.early_error_kmh > 0.0 && samples.len() >= EARLY_MIN_SAMPLES;
     if !settled && !early {
         return None;
@@ -485,20 +574,28 @@ fn fit_motion(samples: &VecDeque<(f64, f64, f64)>, config: &SpeedConfig) -> Opti
     if !settled && early_error(&inliers)? * 3.6 > config.early_error_kmh {
         return None;
     }
+    let line = poly_fit(&inliers, 1)?;
+    let quadratic = poly_fit(&inliers, 2);
+    if settled
+        && config.max_standard_error_kmh > 0.0
+        && mean_speed_error(&line, quadratic.as_ref())
+            .is_some_and(|error| error * 3.6 > config.max_standard_error_kmh)
+    {
+        return None;
+    }
     let motion = match config.motion {
-        MotionModel::Linear => Motion::line(poly_fit(&inliers, 1)?.velocity),
+        MotionModel::Linear => Motion::line(line.velocity),
         MotionModel::Quadratic => {
-            let quadratic = poly_fit(&inliers, 2)?;
+            let quadratic = quadratic?;
             Motion::blend(quadratic.velocity, &quadratic, 1.0)
         }
         MotionModel::Auto => {
-            let quadratic = poly_fit(&inliers, 2)?;
-            let line = poly_fit(&inliers, 1)?.velocity;
+            let quadratic = quadratic?;
             // A shrinkage blend rather than a switch: no jump between the models where the
             // evidence crosses the threshold.
             let share =
                 (1.0 - ACCELERATION_SIGNIFICANCE / quadratic.acceleration_significance).max(0.0);
-            Motion::blend(line, &quadratic, share)
+            Motion::blend(line.velocity, &quadratic, share)
         }
     };
     // The newest sample is the last point, at time 0.
@@ -507,6 +604,22 @@ fn fit_motion(samples: &VecDeque<(f64, f64, f64)>, config: &SpeedConfig) -> Opti
         motion,
         newest_fits,
     })
+}
+
+/// Whether `samples` span `min_span` seconds and number `min_samples` (at least 4).
+fn settled(samples: &VecDeque<(f64, f64, f64)>, config: &SpeedConfig) -> bool {
+    let span = match (samples.front(), samples.back()) {
+        (Some(oldest), Some(newest)) => newest.0 - oldest.0,
+        _ => return false,
+    };
+    samples.len() >= config.min_samples.max(4) && span >= config.min_span
+}
+
+/// The standard error (m/s, along one direction) of the window's mean speed: the straight
+/// line's velocity, with the noise measured about the parabola so that an acceleration does
+/// not count as noise. `None` without the degrees of freedom to measure it.
+fn mean_speed_error(line: &Fit, quadratic: Option<&Fit>) -> Option<f64> {
+    Some((quadratic?.noise_variance? * line.velocity_variance_factor).sqrt())
 }
 
 /// The velocity (m/s) at the newest sample of [`fit_motion`].
@@ -562,19 +675,48 @@ fn change_point(samples: &VecDeque<(f64, f64, f64)>) -> Option<usize> {
     let degree = if inliers.len() > 8 { 2 } else { 1 };
     let fit = poly_fit(&inliers, degree)?;
     let tolerance = CHANGE_RESIDUALS * fit.median_residual() + CHANGE_MARGIN_M;
-    after
-        .iter()
-        .all(|&(t, x, y)| {
-            let (ex, ey) = fit.position(t);
-            (x - ex).hypot(y - ey) > tolerance
-        })
-        .then_some(older)
+    let offset = after.iter().all(|&(t, x, y)| {
+        let (ex, ey) = fit.position(t);
+        (x - ex).hypot(y - ey) > tolerance
+    });
+    (offset || velocity_changed(&fit, before.last()?.0, after)).then_some(older)
+}
+
+/// Whether the samples `after` leave the motion `fit` at a new velocity from the time
+/// `since` of the last sample before them: the velocity change that best explains their
+/// offsets from the fit (offsets growing with the time since) is at least
+/// [`CHANGE_MIN_VELOCITY`] and [`CHANGE_SIGNIFICANCE`] in squared noise-scaled units. This
+/// finds an id handed to a vehicle passing at another speed, where the two positions meet
+/// and no offset shows at first.
+fn velocity_changed(fit: &Fit, since: f64, after: &[(f64, f64, f64)]) -> bool {
+    let (mut sum_x, mut sum_y, mut sum_tt) = (0.0, 0.0, 0.0);
+    for &(t, x, y) in after {
+        let (ex, ey) = fit.position(t);
+        let elapsed = t - since;
+        sum_x += (x - ex) * elapsed;
+        sum_y += (y - ey) * elapsed;
+        sum_tt += elapsed * elapsed;
+    }
+    if sum_tt <= 0.0 {
+        return false;
+    }
+    let change = (sum_x / sum_tt).hypot(sum_y / sum_tt);
+    let noise = fit.noise_scale();
+    change >= CHANGE_MIN_VELOCITY
+        && change * change * sum_tt / (noise * noise) >= CHANGE_SIGNIFICANCE
 }
 
 /// A recent sample is off the older motion beyond this many median residuals plus
 /// [`CHANGE_MARGIN_M`].
 const CHANGE_RESIDUALS: f64 = 4.0;
 const CHANGE_MARGIN_M: f64 = 1.0;
+
+/// A change of velocity (m/s) smaller than this is left to the motion model: braking hard
+/// for the 0.2 s of recent samples changes a vehicle's velocity by about 2 m/s.
+const CHANGE_MIN_VELOCITY: f64 = 8.0;
+/// The squared size of a velocity change, in units of its standard error, above which it
+/// is not the positions' noise (10 standard errors).
+const CHANGE_SIGNIFICANCE: f64 = 100.0;
 
 /// Positions a history needs before an early speed (`early_error_kmh`): a line through
 /// them leaves four degrees of freedom to estimate its residuals' spread.
@@ -624,6 +766,13 @@ impl Fit {
         sorted[sorted.len() / 2]
     }
 
+    /// A cautious scale (m) of one coordinate's noise: the median distance from the curve,
+    /// read as the median absolute deviate of one normal coordinate (which overstates the
+    /// noise when it spreads over both), plus a floor for noiseless positions.
+    fn noise_scale(&self) -> f64 {
+        self.median_residual() / MEDIAN_ABSOLUTE_NORMAL + NOISE_FLOOR_M
+    }
+
     /// Standard error of the velocity along one direction (m/s), from the residuals.
     fn velocity_standard_error(&self) -> Option<f64> {
         Some((self.noise_variance? * self.velocity_variance_factor).sqrt())
@@ -647,6 +796,11 @@ impl Fit {
         (eval(&self.coefficients.0), eval(&self.coefficients.1))
     }
 }
+
+/// The median of the absolute value of a standard normal variate.
+const MEDIAN_ABSOLUTE_NORMAL: f64 = 0.6745;
+/// The smallest noise scale (m) a fit is granted.
+const NOISE_FLOOR_M: f64 = 0.05;
 
 /// Fits `x(t)` and `y(t)` with polynomials of `degree` (1 or 2) around `t = 0`.
 fn poly_fit(points: &[(f64, f64, f64)], degree: usize) -> Option<Fit> {
@@ -695,7 +849,7 @@ fn poly_fit(points: &[(f64, f64, f64)], degree: usize) -> Option<Fit> {
 }
 
 /// Solves the leading `k x k` system by Gaussian elimination with partial pivoting.
-fn solve(a: &[[f64; 3]; 3], b: &[f64; 3], k: usize) -> Option<[f64; 3]> {
+pub(super) fn solve(a: &[[f64; 3]; 3], b: &[f64; 3], k: usize) -> Option<[f64; 3]> {
     let mut m = *a;
     let mut v = *b;
     for col in 0..k {
@@ -939,6 +1093,17 @@ mod tests {
         assert!(late.iter().all(|b| b.timestamp >= now - horizon - idle));
     }
 
+    /// Deterministic noise, uniform in -1..1.
+    fn jitter_source() -> impl FnMut() -> f64 {
+        let mut seed = 0x9E37_79B9_u32;
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            f64::from(seed) / f64::from(u32::MAX) * 2.0 - 1.0
+        }
+    }
+
     /// Mean absolute speed error (km/h) over a vehicle's reported speeds after its first
     /// second, analysing every `step`-th frame of 25 fps video, and how many speeds were
     /// reported. The vehicle (1.8 m wide, 1.5 m tall) drives `position(t)` metres along the
@@ -947,13 +1112,7 @@ mod tests {
     fn error_kmh(position: impl Fn(f64) -> f64, seconds: f64, step: usize) -> (f64, usize) {
         let mut estimator =
             SpeedEstimator::new(Some(calibration()), SpeedConfig::default(), (1280, 720));
-        let mut seed = 0x9E37_79B9_u32;
-        let mut jitter = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            f64::from(seed) / f64::from(u32::MAX) * 2.0 - 1.0
-        };
+        let mut jitter = jitter_source();
         let (mut sum, mut count) = (0.0, 0);
         for frame in 0..(seconds * 25.0) as usize {
             let t = frame as f64 / 25.0;
@@ -1065,5 +1224,206 @@ mod tests {
                 assert_eq!(b.track_id, 4);
             }
         }
+    }
+
+    /// 2 s at 25 fps of a vehicle at 10 m/s, then, from the same spot, its id on one
+    /// passing at 25 m/s: no jump in position, only in velocity. Positions jitter by 5 cm.
+    fn passing(after: usize) -> VecDeque<(f64, f64, f64)> {
+        let mut jitter = jitter_source();
+        (0..50 + after)
+            .map(|i| {
+                let t = i as f64 / 25.0;
+                let y = if i < 50 {
+                    10.0 * t
+                } else {
+                    20.0 + 25.0 * (t - 2.0)
+                };
+                (t, 1.8 + 0.05 * jitter(), y + 0.05 * jitter())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_id_handed_to_a_vehicle_passing_at_another_speed_restarts_the_history() {
+        // Every prefix of the first vehicle's drive is steady, and so are the first two
+        // samples of the other one.
+        for n in 10..=52 {
+            let samples: VecDeque<_> = passing(2).into_iter().take(n).collect();
+            assert_eq!(change_point(&samples), None, "{n} samples");
+        }
+        let start = change_point(&passing(6)).expect("the new velocity is found");
+        assert!((50..=53).contains(&start), "{start}");
+        // Hard braking (8 m/s² from 25 m/s) with the same jitter never restarts.
+        let mut jitter = jitter_source();
+        let braking: Vec<(f64, f64, f64)> = (0..75)
+            .map(|i| {
+                let t = i as f64 / 25.0;
+                (
+                    t,
+                    1.8 + 0.05 * jitter(),
+                    25.0 * t - 4.0 * t * t + 0.05 * jitter(),
+                )
+            })
+            .collect();
+        for n in 10..=braking.len() {
+            let samples: VecDeque<_> = braking[..n].iter().copied().collect();
+            assert_eq!(change_point(&samples), None, "{n} samples");
+        }
+    }
+
+    #[test]
+    fn a_step_within_the_positions_noise_is_no_jump() {
+        // 1 s at 30 fps at 20 m/s, with positions 2 m off either way along the road (a
+        // vehicle far from a low camera): consecutive steps reach 5 m, faster than 400 km/h
+        // (3.7 m a frame) allows.
+        let noisy = |amplitude: f64| History {
+            samples: (0..30)
+                .map(|i| {
+                    let t = i as f64 / 30.0;
+                    let noise = amplitude * if i % 2 == 0 { 1.0 } else { -1.0 };
+                    (t, 0.0, 20.0 * t + noise)
+                })
+                .collect(),
+            ..History::new(0.0, 2)
+        };
+        let dt = 1.0 / 30.0;
+        assert!(!noisy(2.0).jumped(4.7, dt, 400.0));
+        // A step far beyond the noise is a jump; so is the same 4.7 m on a precise track.
+        assert!(noisy(2.0).jumped(40.0, dt, 400.0));
+        assert!(noisy(0.0).jumped(4.7, dt, 400.0));
+        assert!(!noisy(0.0).jumped(3.0, dt, 400.0));
+    }
+
+    #[test]
+    fn an_uncertain_fit_gives_no_speed() {
+        // 2 s at 25 fps at 20 m/s, positions jittering by up to `noise` metres.
+        let samples = |noise: f64| -> VecDeque<(f64, f64, f64)> {
+            let mut jitter = jitter_source();
+            (0..50)
+                .map(|i| {
+                    let t = i as f64 / 25.0;
+                    (t, 1.8 + noise * jitter(), 20.0 * t + noise * jitter())
+                })
+                .collect()
+        };
+        let kmh = |samples: &VecDeque<_>, max_standard_error_kmh| {
+            let config = SpeedConfig {
+                max_standard_error_kmh,
+                ..Default::default()
+            };
+            fit_velocity(samples, &config).map(|(vx, vy)| 3.6 * vx.hypot(vy))
+        };
+        let default = SpeedConfig::default().max_standard_error_kmh;
+        // 1.5 m of jitter: the mean speed's standard error is about 0.8 km/h.
+        assert_eq!(kmh(&samples(1.5), default), None);
+        let unchecked = kmh(&samples(1.5), 0.0).expect("with the check off");
+        assert!((unchecked - 72.0).abs() < 5.0, "{unchecked}");
+        let precise = kmh(&samples(0.2), default).expect("precise positions give a speed");
+        assert!((precise - 72.0).abs() < 1.0, "{precise}");
+    }
+
+    /// A car approaching at 20 m/s from 150 m for 7 s (its box jittering by 3 % of its
+    /// height makes its far positions uncertain): the speed each frame gets live, those
+    /// given late by frame, and the mean error of all of them against 72 km/h.
+    fn approach(config: SpeedConfig) -> (Vec<Option<f64>>, HashMap<u64, f64>, f64) {
+        let mut estimator = SpeedEstimator::new(Some(calibration()), config, (1280, 720));
+        let mut jitter = jitter_source();
+        let (mut live, mut late) = (Vec::new(), HashMap::new());
+        for frame in 0..175 {
+            let t = frame as f64 / 25.0;
+            let object = car(
+                5,
+                (1.8, 150.0 - 20.0 * t),
+                (0.03 * jitter(), 0.03 * jitter()),
+            );
+            live.push(estimator.update(t, &[object])[0]);
+            for b in estimator.take_backfill() {
+                late.insert((b.timestamp * 25.0).round() as u64, b.speed);
+            }
+        }
+        estimator.finish_all();
+        for b in estimator.take_backfill() {
+            late.insert((b.timestamp * 25.0).round() as u64, b.speed);
+        }
+        let all: Vec<f64> = live
+            .iter()
+            .flatten()
+            .chain(late.values())
+            .copied()
+            .collect();
+        let error = all.iter().map(|s| (s - 72.0).abs()).sum::<f64>() / all.len() as f64;
+        (live, late, error)
+    }
+
+    #[test]
+    fn uncertain_speeds_come_late_from_a_surer_fit_and_are_closer() {
+        let checked = approach(SpeedConfig::default());
+        let unchecked = approach(SpeedConfig {
+            max_standard_error_kmh: 0.0,
+            ..Default::default()
+        });
+        // Frames the check left without a live speed (the first settled fits, far away):
+        // the backfill gives each of them one, and all speeds together are closer.
+        let withheld: Vec<usize> = (0..checked.0.len())
+            .filter(|&f| checked.0[f].is_none() && unchecked.0[f].is_some())
+            .collect();
+        assert!(withheld.len() >= 10, "{withheld:?}");
+        assert!(
+            withheld
+                .iter()
+                .all(|f| checked.1.contains_key(&(*f as u64)))
+        );
+        assert!(
+            checked.2 < unchecked.2,
+            "{} against {}",
+            checked.2,
+            unchecked.2
+        );
+    }
+
+    #[test]
+    fn a_car_leaving_through_the_bottom_keeps_its_speed_while_its_box_follows() {
+        // Approaching at 20 m/s, its box's bottom reaches the border about 10 m away.
+        let run = |border_hold: f64, swap_at: Option<f64>| {
+            let config = SpeedConfig {
+                border_hold,
+                backfill: false,
+                ..Default::default()
+            };
+            let mut estimator = SpeedEstimator::new(Some(calibration()), config, (1280, 720));
+            let mut held = Vec::new();
+            let mut last_uncut = 0.0;
+            for frame in 0..100 {
+                let t = frame as f64 / 25.0;
+                let mut object = car(6, (1.8, 60.0 - 20.0 * t), (0.0, 0.0));
+                if swap_at.is_some_and(|s| t >= s) {
+                    // Another car's box, standing still a lane over.
+                    object.bbox = car(6, (-1.8, 9.0), (0.0, 0.0)).bbox;
+                }
+                let cut = object.bbox.ground_point_cut(1280.0, 720.0, 6.0, 0.04);
+                let speed = estimator.update(t, &[object])[0];
+                if !cut {
+                    last_uncut = t;
+                } else if let Some(speed) = speed {
+                    held.push((t - last_uncut, speed));
+                }
+            }
+            held
+        };
+        let held = run(1.0, None);
+        assert!(held.len() >= 3, "{held:?}");
+        assert!(
+            held.iter().all(|&(after, _)| after <= 1.0 + 1e-9),
+            "{held:?}"
+        );
+        assert!(
+            held.iter().all(|&(_, speed)| (speed - 72.0).abs() < 1.0),
+            "{held:?}"
+        );
+        assert!(run(0.0, None).is_empty());
+        // Once another vehicle's box takes the id at the border, nothing is held.
+        let first_cut = held[0].0;
+        let swapped = run(1.0, Some(2.5 - 0.04 + first_cut));
+        assert!(swapped.len() < held.len(), "{swapped:?}");
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod calibration;
 pub mod estimator;
+mod hold;
 pub mod homography;
 
 pub use calibration::{Calibration, CalibrationFile, SpeedUnit};
