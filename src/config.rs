@@ -376,6 +376,11 @@ mod tests {
             ("[speed]\nwindow = nan\n", "[speed] window"),
             ("[speed]\nmin_span = -1\n", "[speed] min_span"),
             ("[speed]\nborder_margin = nan\n", "[speed] border_margin"),
+            ("[speed]\nborder_hold = -1\n", "[speed] border_hold"),
+            (
+                "[speed]\nmax_standard_error_kmh = nan\n",
+                "[speed] max_standard_error_kmh",
+            ),
             (
                 "[output]\nkeyframe_interval = 0\n",
                 "[output] keyframe_interval",
