@@ -67,8 +67,9 @@ pub struct SpeedConfig {
     /// measured about a parabola); its frames take the speed of a later fit that does
     /// through the backfill, or none. 0 turns the check off.
     pub max_standard_error_kmh: f64,
-    /// Also give a track's frames that had no speed (before enough positions, while the
-    /// border cut its box) the speed a later fit puts at their time
+    /// Also give a track's frames that had no speed (before enough positions, while the fit
+    /// was too uncertain, while the border cut its box) the speed a later fit puts at their
+    /// time
     /// ([`SpeedEstimator::take_backfill`]): the latest fit whose window still holds the frame,
     /// so each such speed arrives up to `window` seconds late.
     pub backfill: bool,
@@ -134,7 +135,8 @@ pub struct TrackSummary {
     pub class_id: usize,
     pub first_seen: f64,
     pub last_seen: f64,
-    /// Mean and maximum of the reported speeds, in the calibration's unit.
+    /// Mean and maximum of the speeds measured frame by frame (not those held while the
+    /// border cut the box), in the calibration's unit.
     pub mean_speed: Option<f64>,
     pub max_speed: Option<f64>,
     /// Distance travelled on the road plane, metres.
@@ -205,12 +207,6 @@ impl History {
         }
     }
 
-    /// Whether the history is long enough for a speed without the early rule: `min_span`
-    /// seconds and `min_samples` samples.
-    fn settled(&self, config: &SpeedConfig) -> bool {
-        settled(&self.samples, config)
-    }
-
     /// The velocity (m/s) a track whose box the border cuts keeps: that of its last fit,
     /// when the fit is settled, until `border_hold` seconds after its newest position, and
     /// while each cut box's uncut edges follow the track's last uncut boxes (once one does
@@ -224,7 +220,10 @@ impl History {
         (width, side_margin): (f32, f32),
     ) -> Option<(f64, f64)> {
         let (motion, _, newest) = self.last_fit?;
-        if self.hold_broken || timestamp - newest > config.border_hold || !self.settled(config) {
+        if self.hold_broken
+            || timestamp - newest > config.border_hold
+            || !settled(&self.samples, config)
+        {
             return None;
         }
         if !self.uncut.followed_by(timestamp, bbox, width, side_margin) {
@@ -561,7 +560,8 @@ struct Fitted {
 /// sample), refitted once without samples that lie far off the first fit; `None` until the
 /// history spans `min_span` seconds and holds `min_samples` samples, or before that, once a
 /// straight line through the samples gives the velocity with a standard error within
-/// `early_error_kmh`.
+/// `early_error_kmh`; `None` too while the settled window's mean speed is less certain than
+/// `max_standard_error_kmh`.
 fn fit_motion(samples: &VecDeque<(f64, f64, f64)>, config: &SpeedConfig) -> Option<Fitted> {
     let newest = samples.back()?.0;
     let settled = settled(samples, config);
