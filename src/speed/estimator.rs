@@ -890,6 +890,11 @@ mod tests {
         fit_velocity(samples, &config).map(|(vx, vy)| vx.hypot(vy))
     }
 
+    /// The speed (km/h) [`fit_motion`] gives at the newest of `samples` under `config`.
+    fn kmh_with(samples: &VecDeque<(f64, f64, f64)>, config: SpeedConfig) -> Option<f64> {
+        fit_velocity(samples, &config).map(|(vx, vy)| 3.6 * vx.hypot(vy))
+    }
+
     #[test]
     fn constant_speed_is_recovered_despite_an_outlier() {
         let mut samples: VecDeque<(f64, f64, f64)> = (0..25)
@@ -932,11 +937,13 @@ mod tests {
                 .collect()
         };
         let kmh = |samples: &VecDeque<_>, early_error_kmh| {
-            let config = SpeedConfig {
-                early_error_kmh,
-                ..Default::default()
-            };
-            fit_velocity(samples, &config).map(|(vx, vy)| 3.6 * vx.hypot(vy))
+            kmh_with(
+                samples,
+                SpeedConfig {
+                    early_error_kmh,
+                    ..Default::default()
+                },
+            )
         };
         let default = SpeedConfig::default().early_error_kmh;
         // Positions within 2 cm of a steady drive give the speed early.
@@ -1306,19 +1313,16 @@ mod tests {
                 })
                 .collect()
         };
-        let kmh = |samples: &VecDeque<_>, max_standard_error_kmh| {
-            let config = SpeedConfig {
-                max_standard_error_kmh,
-                ..Default::default()
-            };
-            fit_velocity(samples, &config).map(|(vx, vy)| 3.6 * vx.hypot(vy))
+        let unchecked = SpeedConfig {
+            max_standard_error_kmh: 0.0,
+            ..Default::default()
         };
-        let default = SpeedConfig::default().max_standard_error_kmh;
         // 1.5 m of jitter: the mean speed's standard error is about 0.8 km/h.
-        assert_eq!(kmh(&samples(1.5), default), None);
-        let unchecked = kmh(&samples(1.5), 0.0).expect("with the check off");
-        assert!((unchecked - 72.0).abs() < 5.0, "{unchecked}");
-        let precise = kmh(&samples(0.2), default).expect("precise positions give a speed");
+        assert_eq!(kmh_with(&samples(1.5), SpeedConfig::default()), None);
+        let speed = kmh_with(&samples(1.5), unchecked).expect("with the check off");
+        assert!((speed - 72.0).abs() < 5.0, "{speed}");
+        let precise =
+            kmh_with(&samples(0.2), SpeedConfig::default()).expect("precise positions give one");
         assert!((precise - 72.0).abs() < 1.0, "{precise}");
     }
 
