@@ -238,6 +238,7 @@ impl History {
     /// from a low camera one frame's noise alone can pass any plausible speed).
     fn jumped(&self, step: f64, dt: f64, max_kmh: f64) -> bool {
         let reach = max_kmh / 3.6 * dt;
+        // The noise needs a fit: only for a step already too fast.
         step > reach && step > reach + JUMP_NOISE_SCALES * self.noise_scale()
     }
 
@@ -571,11 +572,12 @@ fn fit_motion(samples: &VecDeque<(f64, f64, f64)>, config: &SpeedConfig) -> Opti
     }
     let points = relative_to(samples, newest);
     let inliers = reject_outliers(&points)?;
-    if !settled && early_error(&inliers)? * 3.6 > config.early_error_kmh {
-        return None;
-    }
     let line = poly_fit(&inliers, 1)?;
     let quadratic = poly_fit(&inliers, 2);
+    if !settled && early_error(&inliers, &line, quadratic.as_ref()?)? * 3.6 > config.early_error_kmh
+    {
+        return None;
+    }
     if settled
         && config.max_standard_error_kmh > 0.0
         && mean_speed_error(&line, quadratic.as_ref())
@@ -628,14 +630,12 @@ fn fit_velocity(samples: &VecDeque<(f64, f64, f64)>, config: &SpeedConfig) -> Op
     fit_motion(samples, config).map(|f| f.motion.velocity_at(0.0))
 }
 
-/// The expected error (m/s) of a straight line's speed at the newest of `points` (times
-/// relative to it), for a history too short for the settled rules: the line's standard
-/// error, plus the lag a line has behind an accelerating vehicle (the acceleration a
-/// parabola fits, times the samples' mean age). `None` without enough samples for both
-/// fits.
-fn early_error(points: &[(f64, f64, f64)]) -> Option<f64> {
-    let line = poly_fit(points, 1)?;
-    let parabola = poly_fit(points, 2)?;
+/// The expected error (m/s) of the speed of `line`, fitted to `points` (times relative to
+/// the newest), for a history too short for the settled rules: the line's standard error,
+/// plus the lag a line has behind an accelerating vehicle (the acceleration `parabola` fits
+/// to the same points, times the samples' mean age). `None` without the degrees of freedom
+/// to measure the line's error.
+fn early_error(points: &[(f64, f64, f64)], line: &Fit, parabola: &Fit) -> Option<f64> {
     let mean_age = -points.iter().map(|p| p.0).sum::<f64>() / points.len() as f64;
     Some(line.velocity_standard_error()? + parabola.acceleration() * mean_age)
 }
@@ -674,34 +674,39 @@ fn change_point(samples: &VecDeque<(f64, f64, f64)>) -> Option<usize> {
     let inliers = reject_outliers(before)?;
     let degree = if inliers.len() > 8 { 2 } else { 1 };
     let fit = poly_fit(&inliers, degree)?;
-    let tolerance = CHANGE_RESIDUALS * fit.median_residual() + CHANGE_MARGIN_M;
-    let offset = after.iter().all(|&(t, x, y)| {
-        let (ex, ey) = fit.position(t);
-        (x - ex).hypot(y - ey) > tolerance
-    });
-    (offset || velocity_changed(&fit, before.last()?.0, after)).then_some(older)
+    let median = fit.median_residual();
+    let tolerance = CHANGE_RESIDUALS * median + CHANGE_MARGIN_M;
+    // Each recent sample's time and its offset from the older motion.
+    let offsets: Vec<(f64, f64, f64)> = after
+        .iter()
+        .map(|&(t, x, y)| {
+            let (ex, ey) = fit.position(t);
+            (t, x - ex, y - ey)
+        })
+        .collect();
+    let jumped = offsets.iter().all(|&(_, dx, dy)| dx.hypot(dy) > tolerance);
+    let since = before.last()?.0;
+    (jumped || velocity_changed(&offsets, since, noise_scale(median))).then_some(older)
 }
 
-/// Whether the samples `after` leave the motion `fit` at a new velocity from the time
-/// `since` of the last sample before them: the velocity change that best explains their
-/// offsets from the fit (offsets growing with the time since) is at least
-/// [`CHANGE_MIN_VELOCITY`] and [`CHANGE_SIGNIFICANCE`] in squared noise-scaled units. This
-/// finds an id handed to a vehicle passing at another speed, where the two positions meet
-/// and no offset shows at first.
-fn velocity_changed(fit: &Fit, since: f64, after: &[(f64, f64, f64)]) -> bool {
+/// Whether recent samples leave the older motion at a new velocity from the time `since` of
+/// the last older sample: the velocity change that best explains their `offsets` from that
+/// motion (`(time, dx, dy)`, offsets growing with the time since) is at least
+/// [`CHANGE_MIN_VELOCITY`] and [`CHANGE_SIGNIFICANCE`] in squared units of the positions'
+/// `noise` scale. This finds an id handed to a vehicle passing at another speed, where the
+/// two positions meet and no offset shows at first.
+fn velocity_changed(offsets: &[(f64, f64, f64)], since: f64, noise: f64) -> bool {
     let (mut sum_x, mut sum_y, mut sum_tt) = (0.0, 0.0, 0.0);
-    for &(t, x, y) in after {
-        let (ex, ey) = fit.position(t);
+    for &(t, dx, dy) in offsets {
         let elapsed = t - since;
-        sum_x += (x - ex) * elapsed;
-        sum_y += (y - ey) * elapsed;
+        sum_x += dx * elapsed;
+        sum_y += dy * elapsed;
         sum_tt += elapsed * elapsed;
     }
     if sum_tt <= 0.0 {
         return false;
     }
     let change = (sum_x / sum_tt).hypot(sum_y / sum_tt);
-    let noise = fit.noise_scale();
     change >= CHANGE_MIN_VELOCITY
         && change * change * sum_tt / (noise * noise) >= CHANGE_SIGNIFICANCE
 }
@@ -766,11 +771,9 @@ impl Fit {
         sorted[sorted.len() / 2]
     }
 
-    /// A cautious scale (m) of one coordinate's noise: the median distance from the curve,
-    /// read as the median absolute deviate of one normal coordinate (which overstates the
-    /// noise when it spreads over both), plus a floor for noiseless positions.
+    /// [`noise_scale`] of the fit's residuals.
     fn noise_scale(&self) -> f64 {
-        self.median_residual() / MEDIAN_ABSOLUTE_NORMAL + NOISE_FLOOR_M
+        noise_scale(self.median_residual())
     }
 
     /// Standard error of the velocity along one direction (m/s), from the residuals.
@@ -795,6 +798,13 @@ impl Fit {
         let eval = |c: &[f64; 3]| c[0] + c[1] * t + c[2] * t * t;
         (eval(&self.coefficients.0), eval(&self.coefficients.1))
     }
+}
+
+/// A cautious scale (m) of one coordinate's noise from the median distance of samples from
+/// a fitted curve: read as the median absolute deviate of one normal coordinate (which
+/// overstates the noise when it spreads over both), plus a floor for noiseless positions.
+fn noise_scale(median_residual: f64) -> f64 {
+    median_residual / MEDIAN_ABSOLUTE_NORMAL + NOISE_FLOOR_M
 }
 
 /// The median of the absolute value of a standard normal variate.
