@@ -17,7 +17,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::activation::Epilogue;
+use crate::activation::{Activation, Epilogue, apply_bias_activation_into};
 use crate::conv::{FeatureMap, SharedOut, WorkItem, WorkSplit, finish_tile, output_size};
 use crate::im2col::Window;
 use crate::int8_kernels::{MR, Tile, kernel};
@@ -191,25 +191,68 @@ fn quantize_channels(
     if plane > 0 {
         out.par_chunks_exact_mut(plane)
             .zip(channels.par_chunks(4))
-            .for_each(|(out, group)| quantize_group(lanes_of(group), params, out));
+            .for_each(|(out, group)| {
+                let lanes =
+                    std::array::from_fn(|c| group.get(c).map(|&values| Lane::plain(values)));
+                quantize_group(lanes, Activation::Identity, params, out)
+            });
     }
 }
 
-/// The four lanes of a quad from up to four channels' values (the missing ones `None`).
-fn lanes_of<'a>(group: &[&'a [f32]]) -> [Option<&'a [f32]>; 4] {
-    std::array::from_fn(|c| group.get(c).copied())
+/// One channel's values on their way into a lane of the quads: `activation(values + bias)`
+/// is what gets quantised.
+#[derive(Clone, Copy)]
+struct Lane<'a> {
+    values: &'a [f32],
+    bias: f32,
 }
+
+impl<'a> Lane<'a> {
+    /// Values quantised as they are (with [`Activation::Identity`]).
+    fn plain(values: &'a [f32]) -> Self {
+        Self { values, bias: 0.0 }
+    }
+}
+
+/// Values of the portable path activated at a time, per lane.
+const ACTIVATED_CHUNK: usize = 256;
 
 /// Quads of four lanes of `out.len()` values each (missing ones read as the zero point),
-/// with AVX-512 where the CPU has it.
-fn quantize_group(lanes: [Option<&[f32]>; 4], params: QuantParams, out: &mut [MaybeUninit<u32>]) {
+/// each value biased and activated first: a convolution's epilogue and the quantisation
+/// for the next in one pass. AVX-512 does both in registers; elsewhere the epilogue's own
+/// dispatch activates a chunk of each lane into a buffer, so the values quantised are
+/// those a float output would hold on every CPU.
+fn quantize_group(
+    lanes: [Option<Lane>; 4],
+    activation: Activation,
+    params: QuantParams,
+    out: &mut [MaybeUninit<u32>],
+) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
+    if crate::simd::avx512f() {
         // SAFETY: the CPU supports AVX-512F; every lane holds `out.len()` values.
-        unsafe { quantize_group_avx512(lanes, params, out) };
+        unsafe { quantize_group_avx512(lanes, activation, params, out) };
         return;
     }
-    quantize_group_portable(lanes, params, out);
+    let mut activated = [[0.0f32; ACTIVATED_CHUNK]; 4];
+    for (chunk, out) in out.chunks_mut(ACTIVATED_CHUNK).enumerate() {
+        let range = chunk * ACTIVATED_CHUNK..chunk * ACTIVATED_CHUNK + out.len();
+        for (lane, buffer) in lanes.iter().zip(&mut activated) {
+            if let Some(lane) = lane {
+                // SAFETY: `buffer` holds `ACTIVATED_CHUNK >= out.len()` values of its own.
+                unsafe {
+                    apply_bias_activation_into(
+                        &lane.values[range.clone()],
+                        buffer.as_mut_ptr(),
+                        lane.bias,
+                        activation,
+                    )
+                };
+            }
+        }
+        let lanes = std::array::from_fn(|c| lanes[c].map(|_| &activated[c][..out.len()]));
+        quantize_group_portable(lanes, params, out);
+    }
 }
 
 /// [`quantize_group`] one pixel at a time.
@@ -226,7 +269,8 @@ fn quantize_group_portable(
     }
 }
 
-/// [`quantize_group`] 16 pixels at a time: the same arithmetic as [`QuantParams::quantize`]
+/// [`quantize_group`] 16 pixels at a time: the bias and activation as the epilogue's
+/// AVX-512 path computes them, then the same arithmetic as [`QuantParams::quantize`]
 /// (multiply, round to nearest even, add the zero point, clamp), with the product clamped
 /// before the conversion to integers so that out-of-range values saturate alike.
 ///
@@ -235,10 +279,12 @@ fn quantize_group_portable(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn quantize_group_avx512(
-    lanes: [Option<&[f32]>; 4],
+    lanes: [Option<Lane>; 4],
+    activation: Activation,
     params: QuantParams,
     out: &mut [MaybeUninit<u32>],
 ) {
+    use crate::activation::x86::silu_avx512;
     use std::arch::x86_64::*;
     let n = out.len();
     let inverse = _mm512_set1_ps(1.0 / params.scale);
@@ -252,7 +298,12 @@ unsafe fn quantize_group_avx512(
             let value = match lane {
                 Some(lane) => {
                     // SAFETY: masked lanes are not read; the others lie inside `lane`.
-                    let x = unsafe { _mm512_maskz_loadu_ps(mask, lane.as_ptr().add(start)) };
+                    let x = unsafe { _mm512_maskz_loadu_ps(mask, lane.values.as_ptr().add(start)) };
+                    let x = _mm512_add_ps(x, _mm512_set1_ps(lane.bias));
+                    let x = match activation {
+                        Activation::Identity => x,
+                        Activation::Silu => silu_avx512(x),
+                    };
                     let steps = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(x, inverse), low), high);
                     let q = _mm512_add_epi32(_mm512_cvtps_epi32(steps), zero_point);
                     _mm512_min_epi32(_mm512_max_epi32(q, min), max)
@@ -521,19 +572,14 @@ pub fn conv2d_int8(
                 Destination::Quantized(quads, out_params) => with_reused(&PRODUCT, |product| {
                     let product = prefix(product, channels.len() * len, 0.0);
                     multiply((product.as_mut_ptr(), len));
-                    let dst = product.as_mut_ptr();
-                    // SAFETY: `product` has a row of `len` per channel of the item (no
-                    // residual here: checked above).
-                    unsafe { finish_tile((dst, len), tile, positions, &params.epilogue) };
                     let runs = std::iter::once((0, start, len));
                     // SAFETY: this item's columns of its channels' groups (whole groups:
                     // blocks of `MR` channels start at a multiple of four).
                     unsafe {
                         store_quantized(
-                            product,
-                            len,
-                            channels.clone(),
+                            (product, len, channels.clone()),
                             runs,
+                            &params.epilogue,
                             (quads, positions, out_params),
                         )
                     };
@@ -580,31 +626,36 @@ pub fn conv2d_int8_quantized(
     }
 }
 
-/// Quantises a finished tile (bias and activation applied) into the output quads:
-/// `product` has a row of `len` positions per channel of `channels`, whose start is a
-/// multiple of four; `runs` say which of its positions are which output pixels
-/// (`(offset in the tile, pixel, length)`). The last group's channels past `channels` get
-/// the zero point, so `channels` ends at a multiple of four or at the last channel.
+/// Finishes a tile with `epilogue` (bias and activation: no residual) as it quantises it
+/// into the output quads, in one pass: `product` has a row of `len` positions per channel
+/// of `channels`, whose start is a multiple of four; `runs` say which of its positions are
+/// which output pixels (`(offset in the tile, pixel, length)`), so positions between them
+/// are never activated. The last group's channels past `channels` get the zero point, so
+/// `channels` ends at a multiple of four or at the last channel.
 ///
 /// # Safety
 /// `quads` is the `[groups, plane]` output, whose quads of these channels' groups at the
 /// runs' pixels no one else writes meanwhile.
 unsafe fn store_quantized(
-    product: &[f32],
-    len: usize,
-    channels: Range<usize>,
+    (product, len, channels): (&[f32], usize, Range<usize>),
     runs: impl Iterator<Item = (usize, usize, usize)> + Clone,
+    epilogue: &Epilogue,
     (quads, plane, params): (SharedOut<u32>, usize, QuantParams),
 ) {
     debug_assert_eq!(channels.start % 4, 0, "channels start a group");
+    debug_assert!(
+        epilogue.residual.is_none(),
+        "a residual needs a float output"
+    );
     let rows: &[f32] = &product[..channels.len() * len];
     for (g, group) in rows.chunks(4 * len).enumerate() {
         let first = channels.start / 4 + g;
         for (offset, pixel, kept) in runs.clone() {
             let lanes = std::array::from_fn(|c| {
-                group
-                    .get(c * len..(c + 1) * len)
-                    .map(|row| &row[offset..offset + kept])
+                group.get(c * len..(c + 1) * len).map(|row| Lane {
+                    values: &row[offset..offset + kept],
+                    bias: epilogue.bias[channels.start + 4 * g + c],
+                })
             });
             // SAFETY: quads `pixel..pixel + kept` of group `first`, the caller's alone.
             let out = unsafe {
@@ -616,7 +667,7 @@ unsafe fn store_quantized(
                     kept,
                 )
             };
-            quantize_group(lanes, params, out);
+            quantize_group(lanes, epilogue.activation, params, out);
         }
     }
 }
@@ -742,15 +793,11 @@ fn conv3x3_taps_int8(
                         unsafe { layout.finish_tile(product, tile, channels, finish, out) }
                     }
                     Destination::Quantized(quads, out_params) => {
-                        let dst = product.as_mut_ptr();
-                        let rows = (channels.clone(), 0..len);
-                        // SAFETY: `product` has a row of `len` per channel of the item (no
-                        // residual here: checked in `conv2d_int8`).
-                        unsafe { finish_tile((dst, len), rows, 0, &epilogue.finish) };
                         let runs = layout.output_runs(tile);
                         let out = (quads, layout.out_plane(), out_params);
+                        let finish = &epilogue.finish;
                         // SAFETY: the item's pixels of its channels' groups, its own.
-                        unsafe { store_quantized(product, len, channels, runs, out) };
+                        unsafe { store_quantized((product, len, channels), runs, finish, out) };
                     }
                 }
             },
@@ -761,7 +808,7 @@ fn conv3x3_taps_int8(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Activation;
+    use crate::activation::apply_bias_activation;
     use crate::test_values::{
         UpsampledCase, assert_adds_residual, split_channels, values, written,
     };
@@ -972,14 +1019,15 @@ mod tests {
     }
 
     /// The vectorised quantisation gives the portable one's quads, out-of-range values, a
-    /// missing channel and a tail shorter than a vector included.
+    /// missing channel and a tail shorter than a vector included; with a bias and SiLU, the
+    /// quads of the values the float epilogue makes.
     #[test]
     fn quantisation_paths_agree() {
-        let params = QuantParams::covering(-0.5, 3.0);
+        // SiLU's least value, -0.278, is below the range too.
+        let params = QuantParams::covering(-0.2, 3.0);
         let channels: Vec<Vec<f32>> = (0..3)
             .map(|c| values(37, 20 + c).iter().map(|v| v * 5.0).collect())
             .collect();
-        let lanes: [Option<&[f32]>; 4] = std::array::from_fn(|c| channels.get(c).map(|v| &v[..]));
         // Quads written by `run` into a buffer that starts as a pattern no quad here has.
         let quads = |run: &dyn Fn(&mut [MaybeUninit<u32>])| {
             let mut out = vec![MaybeUninit::new(0xdead_beef_u32); 37];
@@ -989,13 +1037,27 @@ mod tests {
                 .map(|q| unsafe { q.assume_init() })
                 .collect::<Vec<u32>>()
         };
-        let portable = quads(&|out| quantize_group_portable(lanes, params, out));
-        let group: Vec<&[f32]> = channels.iter().map(|c| &c[..]).collect();
-        let dispatched = quads(&|out| quantize_group(lanes_of(&group), params, out));
-        assert_eq!(portable, dispatched);
-        assert!(!portable.contains(&0xdead_beef));
-        assert!(portable.iter().any(|q| q & 0xff == 255) && portable.iter().any(|q| q & 0xff == 0));
-        assert!(portable.iter().all(|q| q >> 24 == params.zero_point as u32));
+        for (activation, bias) in [(Activation::Identity, 0.0), (Activation::Silu, 0.4)] {
+            let finished: Vec<Vec<f32>> = channels
+                .iter()
+                .map(|c| {
+                    let mut row = c.clone();
+                    apply_bias_activation(&mut row, bias, activation);
+                    row
+                })
+                .collect();
+            let lanes: [Option<&[f32]>; 4] =
+                std::array::from_fn(|c| finished.get(c).map(|v| &v[..]));
+            let portable = quads(&|out| quantize_group_portable(lanes, params, out));
+            let lanes =
+                std::array::from_fn(|c| channels.get(c).map(|values| Lane { values, bias }));
+            let dispatched = quads(&|out| quantize_group(lanes, activation, params, out));
+            assert_eq!(portable, dispatched, "{activation:?}");
+            assert!(!portable.contains(&0xdead_beef));
+            let low_byte = |byte| portable.iter().any(|q| q & 0xff == byte);
+            assert!(low_byte(255) && low_byte(0), "{activation:?} saturates");
+            assert!(portable.iter().all(|q| q >> 24 == params.zero_point as u32));
+        }
     }
 
     proptest! {
