@@ -98,9 +98,10 @@ pub fn check_and_save(
 }
 
 /// Convolutions with fewer input channels stay in f32: four channels make one quad of the
-/// integer kernels, and the stem (3 channels, padded to 4) ran 3x slower in INT8 than in f32
-/// (`cargo bench -p cpu-conv`: 2.8 vs 0.9 ms at 640), where quantising the image costs more
-/// than the arithmetic saves.
+/// integer kernels, and the stem (3 channels, padded to 4, nine quads deep) is no faster in
+/// INT8 than in f32 (`cargo bench -p cpu-conv -- stem`: 0.73 ms with the image's
+/// quantisation against 0.79 ms for the f32 tap-wise path at 640; it once was 2.8 against
+/// 0.9 ms), so quantising it would cost accuracy for nothing.
 pub const MIN_INT8_CHANNELS: usize = 16;
 
 /// Calibration frames kept for the per-layer sensitivity (each layer runs them once).
