@@ -219,9 +219,9 @@ const ACTIVATED_CHUNK: usize = 256;
 
 /// Quads of four lanes of `out.len()` values each (missing ones read as the zero point),
 /// each value biased and activated first: a convolution's epilogue and the quantisation
-/// for the next in one pass. AVX-512 does both in registers; elsewhere the epilogue's own
-/// dispatch activates a chunk of each lane into a buffer, so the values quantised are
-/// those a float output would hold on every CPU.
+/// for the next in one pass. AVX-512 does both in registers; elsewhere
+/// [`quantize_group_chunked`] activates a chunk at a time with the epilogue's own dispatch.
+/// Either way the values quantised are those a float output would hold on the same CPU.
 fn quantize_group(
     lanes: [Option<Lane>; 4],
     activation: Activation,
@@ -234,6 +234,17 @@ fn quantize_group(
         unsafe { quantize_group_avx512(lanes, activation, params, out) };
         return;
     }
+    quantize_group_chunked(lanes, activation, params, out);
+}
+
+/// [`quantize_group`] without AVX-512: a chunk of each lane activated into a buffer by the
+/// epilogue's own dispatch, then quantised one pixel at a time.
+fn quantize_group_chunked(
+    lanes: [Option<Lane>; 4],
+    activation: Activation,
+    params: QuantParams,
+    out: &mut [MaybeUninit<u32>],
+) {
     let mut activated = [[0.0f32; ACTIVATED_CHUNK]; 4];
     for (chunk, out) in out.chunks_mut(ACTIVATED_CHUNK).enumerate() {
         let range = chunk * ACTIVATED_CHUNK..chunk * ACTIVATED_CHUNK + out.len();
@@ -1018,19 +1029,21 @@ mod tests {
         }
     }
 
-    /// The vectorised quantisation gives the portable one's quads, out-of-range values, a
-    /// missing channel and a tail shorter than a vector included; with a bias and SiLU, the
-    /// quads of the values the float epilogue makes.
+    /// The vectorised quantisation and the chunked one without AVX-512 give the portable
+    /// one's quads, out-of-range values, a missing channel and a tail shorter than a vector
+    /// included; with a bias and SiLU, the quads of the values the float epilogue makes.
     #[test]
     fn quantisation_paths_agree() {
         // SiLU's least value, -0.278, is below the range too.
         let params = QuantParams::covering(-0.2, 3.0);
+        // Two whole chunks of the path without AVX-512 and a tail shorter than a vector.
+        let pixels = 2 * ACTIVATED_CHUNK + 37;
         let channels: Vec<Vec<f32>> = (0..3)
-            .map(|c| values(37, 20 + c).iter().map(|v| v * 5.0).collect())
+            .map(|c| values(pixels, 20 + c).iter().map(|v| v * 5.0).collect())
             .collect();
         // Quads written by `run` into a buffer that starts as a pattern no quad here has.
         let quads = |run: &dyn Fn(&mut [MaybeUninit<u32>])| {
-            let mut out = vec![MaybeUninit::new(0xdead_beef_u32); 37];
+            let mut out = vec![MaybeUninit::new(0xdead_beef_u32); pixels];
             run(&mut out);
             // SAFETY: every element was initialised before `run`, which writes only u32s.
             out.into_iter()
@@ -1053,6 +1066,8 @@ mod tests {
                 std::array::from_fn(|c| channels.get(c).map(|values| Lane { values, bias }));
             let dispatched = quads(&|out| quantize_group(lanes, activation, params, out));
             assert_eq!(portable, dispatched, "{activation:?}");
+            let chunked = quads(&|out| quantize_group_chunked(lanes, activation, params, out));
+            assert_eq!(portable, chunked, "{activation:?} in chunks");
             assert!(!portable.contains(&0xdead_beef));
             let low_byte = |byte| portable.iter().any(|q| q & 0xff == byte);
             assert!(low_byte(255) && low_byte(0), "{activation:?} saturates");
