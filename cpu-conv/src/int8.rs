@@ -214,7 +214,7 @@ impl<'a> Lane<'a> {
     }
 }
 
-/// Values of the portable path activated at a time, per lane.
+/// Values [`quantize_group_chunked`] activates at a time, per lane.
 const ACTIVATED_CHUNK: usize = 256;
 
 /// Quads of four lanes of `out.len()` values each (missing ones read as the zero point),
