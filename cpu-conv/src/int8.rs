@@ -237,14 +237,20 @@ fn quantize_group(
     quantize_group_chunked(lanes, activation, params, out);
 }
 
-/// [`quantize_group`] without AVX-512: a chunk of each lane activated into a buffer by the
-/// epilogue's own dispatch, then quantised one pixel at a time.
+/// [`quantize_group`] without AVX-512: for SiLU a chunk of each lane activated into a buffer
+/// by the epilogue's own dispatch, then quantised one pixel at a time; without an
+/// activation, the biased values quantised as they are read (what the epilogue's `v + b`
+/// would write).
 fn quantize_group_chunked(
     lanes: [Option<Lane>; 4],
     activation: Activation,
     params: QuantParams,
     out: &mut [MaybeUninit<u32>],
 ) {
+    if activation == Activation::Identity {
+        quantize_group_portable(lanes, params, out);
+        return;
+    }
     let mut activated = [[0.0f32; ACTIVATED_CHUNK]; 4];
     for (chunk, out) in out.chunks_mut(ACTIVATED_CHUNK).enumerate() {
         let range = chunk * ACTIVATED_CHUNK..chunk * ACTIVATED_CHUNK + out.len();
@@ -261,20 +267,23 @@ fn quantize_group_chunked(
                 };
             }
         }
-        let lanes = std::array::from_fn(|c| lanes[c].map(|_| &activated[c][..out.len()]));
+        let lanes =
+            std::array::from_fn(|c| lanes[c].map(|_| Lane::plain(&activated[c][..out.len()])));
         quantize_group_portable(lanes, params, out);
     }
 }
 
-/// [`quantize_group`] one pixel at a time.
+/// Quads of each lane's values plus its bias (no activation), one pixel at a time.
 fn quantize_group_portable(
-    lanes: [Option<&[f32]>; 4],
+    lanes: [Option<Lane>; 4],
     params: QuantParams,
     out: &mut [MaybeUninit<u32>],
 ) {
     for (i, quad) in out.iter_mut().enumerate() {
         quad.write((0..4).fold(0, |q, c| {
-            let v = lanes[c].map_or(params.zero_point, |lane| params.quantize(lane[i]));
+            let v = lanes[c].map_or(params.zero_point, |lane| {
+                params.quantize(lane.values[i] + lane.bias)
+            });
             q | (v as u32) << (8 * c)
         }));
     }
@@ -1031,7 +1040,7 @@ mod tests {
 
     /// The vectorised quantisation and the chunked one without AVX-512 give the portable
     /// one's quads, out-of-range values, a missing channel and a tail shorter than a vector
-    /// included; with a bias and SiLU, the quads of the values the float epilogue makes.
+    /// included; with a bias, and with SiLU, the quads of the values the float epilogue makes.
     #[test]
     fn quantisation_paths_agree() {
         // SiLU's least value, -0.278, is below the range too.
@@ -1050,7 +1059,7 @@ mod tests {
                 .map(|q| unsafe { q.assume_init() })
                 .collect::<Vec<u32>>()
         };
-        for (activation, bias) in [(Activation::Identity, 0.0), (Activation::Silu, 0.4)] {
+        for (activation, bias) in [(Activation::Identity, -0.3), (Activation::Silu, 0.4)] {
             let finished: Vec<Vec<f32>> = channels
                 .iter()
                 .map(|c| {
@@ -1059,8 +1068,7 @@ mod tests {
                     row
                 })
                 .collect();
-            let lanes: [Option<&[f32]>; 4] =
-                std::array::from_fn(|c| finished.get(c).map(|v| &v[..]));
+            let lanes = std::array::from_fn(|c| finished.get(c).map(|v| Lane::plain(v)));
             let portable = quads(&|out| quantize_group_portable(lanes, params, out));
             let lanes =
                 std::array::from_fn(|c| channels.get(c).map(|values| Lane { values, bias }));
