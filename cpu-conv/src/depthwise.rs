@@ -85,7 +85,10 @@ pub fn depthwise_conv2d(
         .with_min_len(min_planes)
         .for_each(|(channel, ((out, plane), filter))| {
             if params.stride == 1 {
-                let shape = PlaneShape {
+                let channel = ChannelPlane {
+                    index: channel,
+                    plane,
+                    filter,
                     height,
                     width,
                     out_w,
@@ -93,11 +96,9 @@ pub fn depthwise_conv2d(
                 #[cfg(target_arch = "x86_64")]
                 if k == 3 && crate::simd::avx512f() {
                     // SAFETY: the CPU has AVX-512F; the filter is 3x3.
-                    return unsafe {
-                        x86::plane_3x3_stride1_avx512(plane, shape, filter, channel, params, out)
-                    };
+                    return unsafe { x86::plane_3x3_stride1_avx512(channel, params, out) };
                 }
-                return padded_plane_stride1(plane, shape, filter, channel, params, out);
+                return padded_plane_stride1(channel, params, out);
             }
             let out = zeroed(out);
             for (oy, row) in out.chunks_exact_mut(out_w).enumerate() {
@@ -120,29 +121,34 @@ pub fn depthwise_conv2d(
         });
 }
 
-/// The sizes of one input plane and of its output rows.
+/// One channel of a stride-1 depthwise convolution: its input plane and filter, and the
+/// sizes of the plane and of the output rows.
 #[derive(Debug, Clone, Copy)]
-struct PlaneShape {
+struct ChannelPlane<'a> {
+    /// The channel's index: its bias, and its place in a residual.
+    index: usize,
+    plane: &'a [f32],
+    filter: &'a [f32],
     height: usize,
     width: usize,
     out_w: usize,
 }
 
-/// Channel `channel`'s stride-1 depthwise convolution and its epilogue, through a
+/// One channel's stride-1 depthwise convolution and its epilogue into `out`, through a
 /// zero-padded copy of its plane (see the module's documentation).
 fn padded_plane_stride1(
-    plane: &[f32],
-    shape: PlaneShape,
-    filter: &[f32],
-    channel: usize,
+    channel: ChannelPlane,
     params: &DepthwiseParams,
     out: &mut [MaybeUninit<f32>],
 ) {
-    let PlaneShape {
+    let ChannelPlane {
+        index: channel,
+        plane,
+        filter,
         height,
         width,
         out_w,
-    } = shape;
+    } = channel;
     let (k, pad) = (params.kernel, params.padding);
     let padded_width = width + 2 * pad;
     let padded_len = (height + 2 * pad) * padded_width;
@@ -291,7 +297,7 @@ mod x86 {
     use std::arch::x86_64::*;
     use std::mem::MaybeUninit;
 
-    use super::{DepthwiseParams, PlaneShape};
+    use super::{ChannelPlane, DepthwiseParams};
     use crate::activation::Activation;
     use crate::activation::x86::silu_avx512;
 
@@ -307,7 +313,7 @@ mod x86 {
     /// Output rows computed together, each with its own chain of multiply-adds.
     const ROWS: usize = 4;
 
-    /// Channel `channel`'s stride-1 3x3 depthwise convolution and its epilogue, in vectors
+    /// One channel's stride-1 3x3 depthwise convolution and its epilogue into `out`, in vectors
     /// of 16 positions of [`ROWS`] output rows at a time: every tap a masked load of the
     /// input row at the tap's offset (the lanes whose input column lies outside the row
     /// masked off, which is the zero padding) and a multiply-add; bias, activation and
@@ -321,28 +327,22 @@ mod x86 {
     /// order of [`super::padded_plane_stride1`], so the two give the same values.
     ///
     /// # Safety
-    /// The CPU has AVX-512F; `plane`, `filter` and `out` hold one channel of `shape` and of
-    /// `params`, whose kernel is 3x3.
+    /// The CPU has AVX-512F; the channel's plane holds `height x width` values, `out` its
+    /// output plane, and its filter is 3x3.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn plane_3x3_stride1_avx512(
-        plane: &[f32],
-        shape: PlaneShape,
-        filter: &[f32],
-        channel: usize,
+        channel: ChannelPlane,
         params: &DepthwiseParams,
         out: &mut [MaybeUninit<f32>],
     ) {
-        let PlaneShape {
-            height,
-            width,
-            out_w,
-        } = shape;
+        let (plane, height, width) = (channel.plane, channel.height, channel.width);
+        let out_w = channel.out_w;
         let out_h = out.len() / out_w;
         let pad = params.padding as isize;
         let epilogue = &params.epilogue;
-        let bias = _mm512_set1_ps(epilogue.bias[channel]);
-        let taps: [__m512; 9] = std::array::from_fn(|t| _mm512_set1_ps(filter[t]));
-        let first = channel * out.len();
+        let bias = _mm512_set1_ps(epilogue.bias[channel.index]);
+        let taps: [__m512; 9] = std::array::from_fn(|t| _mm512_set1_ps(channel.filter[t]));
+        let first = channel.index * out.len();
         let out_ptr = out.as_mut_ptr().cast::<f32>();
         for start in (0..out_w).step_by(16) {
             let count = (out_w - start).min(16) as isize;
@@ -515,17 +515,18 @@ mod tests {
                         ..Epilogue::new(&bias, activation)
                     },
                 };
-                let shape = PlaneShape {
+                let channel = ChannelPlane {
+                    index: 0,
+                    plane: &plane,
+                    filter: &filter,
                     height: h,
                     width: w,
                     out_w: ow,
                 };
-                let padded = written(oh * ow, |out| {
-                    padded_plane_stride1(&plane, shape, &filter, 0, &params, out)
-                });
+                let padded = written(oh * ow, |out| padded_plane_stride1(channel, &params, out));
                 // SAFETY: the CPU has AVX-512F; the filter is 3x3.
                 let direct = written(oh * ow, |out| unsafe {
-                    x86::plane_3x3_stride1_avx512(&plane, shape, &filter, 0, &params, out)
+                    x86::plane_3x3_stride1_avx512(channel, &params, out)
                 });
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&direct), bits(&padded), "{h}x{w}, padding {pad}");
