@@ -51,6 +51,9 @@ pub struct BenchSettings {
     pub calibration: Option<Calibration>,
     /// Also record a per-operation profile of the network (CPU devices only).
     pub op_profile: bool,
+    /// Also record the network's time per layer, in the order the layers run (CPU devices
+    /// only).
+    pub layer_profile: bool,
 }
 
 /// Median and 99th percentile of one stage, in milliseconds.
@@ -66,6 +69,18 @@ pub struct StageStats {
 pub struct OpStats {
     pub op: &'static str,
     pub calls: usize,
+    pub ms: f64,
+}
+
+/// Mean time per forward pass of one timed call, in the order the pass made them.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerStats {
+    /// 1 for the pass's first timed call.
+    pub index: usize,
+    pub op: &'static str,
+    /// A convolution's channels, kernel, stride, output size and arithmetic (`f32` or
+    /// `int8`), e.g. `64->64 3x3/2 to 40x40 int8`; none for other operations.
+    pub layer: Option<String>,
     pub ms: f64,
 }
 
@@ -89,6 +104,8 @@ pub struct BenchReport {
     pub peak_memory_mib: Option<f64>,
     /// Per-operation network profile (CPU devices, when asked for).
     pub ops: Vec<OpStats>,
+    /// Per-layer network profile (CPU devices, when asked for).
+    pub layers: Vec<LayerStats>,
 }
 
 impl BenchReport {
@@ -129,11 +146,18 @@ pub fn run(
         settings.video.display(),
         settings.warmup
     );
-    let ops = if settings.op_profile && !detector.model.device.is_gpu {
+    let profiled = (settings.op_profile || settings.layer_profile) && !detector.model.device.is_gpu;
+    let (mut ops, mut layers) = if profiled {
         op_profile(&detector, settings)?
     } else {
-        Vec::new()
+        Default::default()
     };
+    if !settings.op_profile {
+        ops.clear();
+    }
+    if !settings.layer_profile {
+        layers.clear();
+    }
     let stats: Vec<StageStats> = STAGES
         .iter()
         .zip(samples)
@@ -157,6 +181,7 @@ pub fn run(
         realtime_factor: pipeline_fps / info.fps,
         peak_memory_mib: peak_memory_mib(),
         ops,
+        layers,
     })
 }
 
@@ -234,9 +259,12 @@ fn stage_stats(stage: &'static str, mut times: Vec<Duration>) -> StageStats {
     }
 }
 
-/// Mean per-forward time of each operation type over three forward passes on the video's
-/// first frame.
-fn op_profile(detector: &Detector, settings: &BenchSettings) -> anyhow::Result<Vec<OpStats>> {
+/// Mean per-forward time of each operation type, and of each timed call in the order the
+/// pass makes them, over three forward passes on the video's first frame.
+fn op_profile(
+    detector: &Detector,
+    settings: &BenchSettings,
+) -> anyhow::Result<(Vec<OpStats>, Vec<LayerStats>)> {
     const PASSES: usize = 3;
     let frame = video::open_source(&settings.video, video::DEFAULT_RAW_FPS)?
         .next_frame()?
@@ -253,14 +281,44 @@ fn op_profile(detector: &Detector, settings: &BenchSettings) -> anyhow::Result<V
         .map(|(kind, (calls, time))| (kind, calls / PASSES, time / PASSES as u32))
         .collect();
     ops.sort_by_key(|(_, _, time)| std::cmp::Reverse(*time));
-    Ok(ops
+    let ops = ops
         .into_iter()
         .map(|(kind, calls, time)| OpStats {
             op: kind.label(),
             calls,
             ms: time.as_secs_f64() * 1000.0,
         })
-        .collect())
+        .collect();
+    Ok((ops, layer_stats(&recorded.calls, PASSES)))
+}
+
+/// Each call of a pass with its mean time over `passes` passes that made the same calls in
+/// the same order (`calls` holds them one pass after another); where the passes differ,
+/// the first pass's times alone.
+fn layer_stats(calls: &[profile::OpCall], passes: usize) -> Vec<LayerStats> {
+    let per_pass = calls.len() / passes.max(1);
+    if per_pass == 0 {
+        return Vec::new();
+    }
+    let runs: Vec<&[profile::OpCall]> = calls.chunks_exact(per_pass).collect();
+    let alike = calls.len() == per_pass * passes
+        && runs.iter().all(|run| {
+            run.iter()
+                .zip(runs[0])
+                .all(|(a, b)| a.kind == b.kind && a.layer == b.layer)
+        });
+    let averaged = if alike { &runs[..] } else { &runs[..1] };
+    (0..per_pass)
+        .map(|i| {
+            let total: Duration = averaged.iter().map(|run| run[i].time).sum();
+            LayerStats {
+                index: i + 1,
+                op: runs[0][i].kind.label(),
+                layer: runs[0][i].layer.clone(),
+                ms: total.as_secs_f64() * 1000.0 / averaged.len() as f64,
+            }
+        })
+        .collect()
 }
 
 /// Frames per second of the real pipeline over the first `frames` frames of the video.
@@ -374,27 +432,88 @@ pub fn write_tables(out: &mut impl Write, reports: &[BenchReport]) -> std::io::R
             format!("{:.2}x faster", network(base) / network(r))
         })?;
     }
-    for (i, r) in reports
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| !r.ops.is_empty())
-    {
-        writeln!(
-            out,
-            "\n[{}] network per operation (ms per forward pass):",
-            i + 1
-        )?;
-        let total: f64 = r.ops.iter().map(|o| o.ms).sum();
-        for op in &r.ops {
+    for (i, r) in reports.iter().enumerate() {
+        let column = i + 1;
+        if !r.ops.is_empty() {
             writeln!(
                 out,
-                "  {:<28}{:>5} calls {:>9.2} ms {:>5.1}%",
-                op.op,
-                op.calls,
-                op.ms,
-                100.0 * op.ms / total
+                "\n[{column}] network per operation (ms per forward pass):"
             )?;
+            let total: f64 = r.ops.iter().map(|o| o.ms).sum();
+            for op in &r.ops {
+                writeln!(
+                    out,
+                    "  {:<28}{:>5} calls {:>9.2} ms {:>5.1}%",
+                    op.op,
+                    op.calls,
+                    op.ms,
+                    100.0 * op.ms / total
+                )?;
+            }
+        }
+        if !r.layers.is_empty() {
+            writeln!(
+                out,
+                "\n[{column}] network per layer (ms per forward pass, in the order they ran):"
+            )?;
+            for layer in &r.layers {
+                writeln!(
+                    out,
+                    "  {:>4}  {:<28}{:<36}{:>8.3} ms",
+                    layer.index,
+                    layer.op,
+                    layer.layer.as_deref().unwrap_or(""),
+                    layer.ms
+                )?;
+            }
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use profile::OpCall;
+
+    fn call(kind: OpKind, layer: Option<&str>, micros: u64) -> OpCall {
+        OpCall {
+            kind,
+            layer: layer.map(str::to_string),
+            time: Duration::from_micros(micros),
+        }
+    }
+
+    #[test]
+    fn layer_times_are_averaged_over_passes_that_made_the_same_calls() {
+        let pass = |conv: u64, pool: u64| {
+            [
+                call(OpKind::Conv3x3, Some("3->16 3x3/2 to 8x8 f32"), conv),
+                call(OpKind::MaxPool, None, pool),
+            ]
+        };
+        let calls: Vec<OpCall> = [pass(100, 10), pass(200, 20), pass(300, 60)].concat();
+        let layers = layer_stats(&calls, 3);
+        assert_eq!(layers.len(), 2);
+        assert_eq!(layers[0].index, 1);
+        assert_eq!(layers[0].op, "conv 3x3");
+        assert_eq!(layers[0].layer.as_deref(), Some("3->16 3x3/2 to 8x8 f32"));
+        assert!((layers[0].ms - 0.2).abs() < 1e-9, "{}", layers[0].ms);
+        assert_eq!((layers[1].op, layers[1].layer.clone()), ("max-pool", None));
+        assert!((layers[1].ms - 0.03).abs() < 1e-9, "{}", layers[1].ms);
+    }
+
+    #[test]
+    fn passes_that_differ_leave_the_first_passs_times() {
+        let calls = [
+            call(OpKind::Conv1x1, Some("a"), 100),
+            call(OpKind::Conv1x1, Some("b"), 200),
+            call(OpKind::Conv1x1, Some("a"), 300),
+            call(OpKind::Conv1x1, Some("a"), 400),
+        ];
+        let layers = layer_stats(&calls, 2);
+        assert_eq!(layers.len(), 2);
+        assert!((layers[0].ms - 0.1).abs() < 1e-9 && (layers[1].ms - 0.2).abs() < 1e-9);
+        assert!(layer_stats(&calls[..1], 2).is_empty());
+    }
 }

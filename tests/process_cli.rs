@@ -203,7 +203,9 @@ fn bench_reports_every_stage_and_the_pipeline() {
         std::env::temp_dir().join(format!("streamtrack-bench-{}.toml", std::process::id()));
     std::fs::write(&config, "[tracker]\ncamera_motion = true\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_streamtrack"))
-        .args(["-q", "bench", "--json", "--device", "cpu", "--frames", "8"])
+        .args([
+            "-q", "bench", "--json", "--layers", "--device", "cpu", "--frames", "8",
+        ])
         .arg("--config")
         .arg(&config)
         .args(["--warmup", "2", "-m"])
@@ -227,6 +229,16 @@ fn bench_reports_every_stage_and_the_pipeline() {
         .map(|s| s["stage"].as_str().unwrap())
         .collect();
     assert_eq!(stages, streamtrack::bench::STAGES, "{report}");
+    // `--layers`: every timed call of a pass in order, the stem first, convolutions named.
+    let layers = report["layers"].as_array().unwrap();
+    assert!(layers.len() > 80, "{report}");
+    assert_eq!(layers[0]["index"], 1, "{report}");
+    assert_eq!(layers[0]["layer"], "3->16 3x3/2 to 160x160 f32", "{report}");
+    assert!(
+        layers.iter().all(|l| l["ms"].as_f64().unwrap() >= 0.0),
+        "{report}"
+    );
+    assert!(report["ops"].as_array().unwrap().is_empty(), "{report}");
     for stage in report["stages"].as_array().unwrap() {
         let median = stage["median_ms"].as_f64().unwrap();
         assert!(median.is_finite() && median >= 0.0, "{stage}");

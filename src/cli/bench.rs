@@ -61,6 +61,11 @@ pub struct BenchArgs {
     /// Also print where the network's time goes, per operation type (CPU devices).
     #[arg(long)]
     ops: bool,
+    /// Also print the network's time per layer, in the order the layers run, each
+    /// convolution with its channels, kernel, stride, output size and arithmetic (CPU
+    /// devices).
+    #[arg(long)]
+    layers: bool,
     /// Print the reports as JSON instead of tables.
     #[arg(long)]
     json: bool,
@@ -99,6 +104,7 @@ pub fn bench(args: BenchArgs, config: Config) -> anyhow::Result<()> {
         speed: config.speed.clone(),
         calibration,
         op_profile: args.ops,
+        layer_profile: args.layers,
     };
     let mut reports = Vec::new();
     for model in &models {

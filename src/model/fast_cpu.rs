@@ -28,7 +28,7 @@ use cpu_conv::{
 use rayon::prelude::*;
 
 use super::layers::{ConvBlock, Parts};
-use super::profile::timed;
+use super::profile::timed_layer;
 use super::{awake, int8, profile};
 
 thread_local! {
@@ -833,7 +833,7 @@ pub(crate) fn forward_int8_chain(
         (height, width) = cpu_conv::output_size(in_h, in_w, kernel, conv.stride, conv.padding);
         match layers.get(i + 1) {
             Some(&(_, _, next_input)) => {
-                maps = timed(conv.op_kind(), || {
+                let convolve = || {
                     let inputs = if i == 0 { quantize_input() } else { maps };
                     inputs
                         .par_iter()
@@ -841,6 +841,9 @@ pub(crate) fn forward_int8_chain(
                             cpu_conv::conv2d_int8_quantized(map, in_h, in_w, &params, next_input)
                         })
                         .collect()
+                };
+                maps = timed_layer(conv.op_kind(), convolve, |_| {
+                    Some(conv.layer_label((height, width)))
                 });
             }
             None => {
@@ -848,7 +851,8 @@ pub(crate) fn forward_int8_chain(
                 let out_len = c_out * height * width;
                 out.reserve_exact(batch * out_len);
                 let inputs = std::mem::take(&mut maps);
-                timed(conv.op_kind(), || {
+                let label = |_: &()| Some(conv.layer_label((height, width)));
+                let convolve = || {
                     let inputs = if i == 0 { quantize_input() } else { inputs };
                     out.spare_capacity_mut()[..batch * out_len]
                         .par_chunks_exact_mut(out_len)
@@ -866,7 +870,8 @@ pub(crate) fn forward_int8_chain(
                             let out_image = Int8Output::Float(out_image);
                             cpu_conv::conv2d_int8(map, in_h, in_w, &params, out_image)
                         })
-                });
+                };
+                timed_layer(conv.op_kind(), convolve, label);
                 // SAFETY: each image's convolution above wrote all `out_len` values of
                 // its chunk.
                 unsafe { out.set_len(batch * out_len) };

@@ -15,7 +15,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use model_import::ConvWeights;
 
 use super::fast_cpu;
-use super::profile::{OpKind, timed, timed_if_some};
+use super::profile::{OpKind, timed, timed_layer_if_some};
 use model_import::architecture::{
     AttentionSpec, BottleneckSpec, ConvSpec, CspBlockSpec, PsaBlockSpec,
 };
@@ -80,9 +80,7 @@ impl ConvBlock {
     /// output: on the fast CPU path in the convolution's epilogue, without a pass of its own.
     pub fn forward_residual(&self, x: Tensor<4>, residual: Tensor<4>) -> Tensor<4> {
         let parts = [x];
-        let fused = timed_if_some(self.op_kind(), || {
-            fast_cpu::forward(self, &parts, Some(&residual))
-        });
+        let fused = self.timed_fast(|| fast_cpu::forward(self, &parts, Some(&residual)));
         let [x] = parts;
         fused.unwrap_or_else(|| add(residual, self.forward(x)))
     }
@@ -91,14 +89,14 @@ impl ConvBlock {
     /// the parts in place instead of concatenating them first, and folds a first part's
     /// upsampling into a 1x1 convolution.
     pub fn forward_parts(&self, parts: Parts) -> Tensor<4> {
-        let kind = self.op_kind();
-        if let Some(y) = timed_if_some(kind, || fast_cpu::forward_upsampled(self, &parts)) {
+        if let Some(y) = self.timed_fast(|| fast_cpu::forward_upsampled(self, &parts)) {
             return y;
         }
         let parts = parts.made();
-        if let Some(y) = timed_if_some(kind, || fast_cpu::forward(self, &parts, None)) {
+        if let Some(y) = self.timed_fast(|| fast_cpu::forward(self, &parts, None)) {
             return y;
         }
+        let kind = self.op_kind();
         let x = concat(parts);
         let options = ConvOptions::new([self.stride; 2], [self.padding; 2], [1, 1], self.groups);
         let y = timed(kind, || {
@@ -109,6 +107,33 @@ impl ConvBlock {
         } else {
             y
         }
+    }
+
+    /// `fast`, a fast CPU path of this block, timed as the block's operation type and named
+    /// in the profile by its output.
+    fn timed_fast(&self, fast: impl FnOnce() -> Option<Tensor<4>>) -> Option<Tensor<4>> {
+        timed_layer_if_some(self.op_kind(), fast, |y| {
+            let [_, _, height, width] = y.dims();
+            Some(self.layer_label((height, width)))
+        })
+    }
+
+    /// How the profile names this block with an output of `height x width`: its channels,
+    /// kernel, stride and the arithmetic it runs in, e.g. `64->64 3x3/2 to 40x40 int8`.
+    pub(crate) fn layer_label(&self, (height, width): (usize, usize)) -> String {
+        let [c_out, c_in_per_group, k, _] = self.weight.dims();
+        let c_in = c_in_per_group * self.groups;
+        let stride = match self.stride {
+            1 => String::new(),
+            s => format!("/{s}"),
+        };
+        let grouping = if self.groups > 1 { " depthwise" } else { "" };
+        let arithmetic = if fast_cpu::int8_run(&[self]) == 1 {
+            "int8"
+        } else {
+            "f32"
+        };
+        format!("{c_in}->{c_out} {k}x{k}{stride}{grouping} to {height}x{width} {arithmetic}")
     }
 
     pub(crate) fn op_kind(&self) -> OpKind {

@@ -42,10 +42,21 @@ impl OpKind {
     }
 }
 
-/// Accumulated calls and time per operation type.
+/// One timed call of a recorded forward pass: what ran, and for a convolution which one.
+#[derive(Debug, Clone)]
+pub struct OpCall {
+    pub kind: OpKind,
+    /// A convolution's channels, kernel, stride, output size and arithmetic, e.g.
+    /// `64->64 3x3/2 to 40x40 int8`; `None` for other operations.
+    pub layer: Option<String>,
+    pub time: Duration,
+}
+
+/// Accumulated calls and time per operation type, and every call in the order it ran.
 #[derive(Debug, Clone, Default)]
 pub struct OpProfile {
     pub ops: BTreeMap<OpKind, (usize, Duration)>,
+    pub calls: Vec<OpCall>,
 }
 
 thread_local! {
@@ -57,19 +68,40 @@ pub(crate) fn timed<T>(kind: OpKind, f: impl FnOnce() -> T) -> T {
     timed_if_some(kind, || Some(f())).expect("always Some")
 }
 
+/// Like [`timed`], for a layer the profile names (see [`timed_layer_if_some`]).
+pub(crate) fn timed_layer<T>(
+    kind: OpKind,
+    f: impl FnOnce() -> T,
+    layer: impl FnOnce(&T) -> Option<String>,
+) -> T {
+    timed_layer_if_some(kind, || Some(f()), layer).expect("always Some")
+}
+
 /// Like [`timed`], for an operation that may decline (`None`): only runs that happened count.
 pub(crate) fn timed_if_some<T>(kind: OpKind, f: impl FnOnce() -> Option<T>) -> Option<T> {
+    timed_layer_if_some(kind, f, |_| None)
+}
+
+/// Like [`timed_if_some`], for a layer the profile names: `layer` describes it from what it
+/// returned (called only while recording).
+pub(crate) fn timed_layer_if_some<T>(
+    kind: OpKind,
+    f: impl FnOnce() -> Option<T>,
+    layer: impl FnOnce(&T) -> Option<String>,
+) -> Option<T> {
     if !is_recording() {
         return f();
     }
     let start = Instant::now();
     let out = f()?;
-    let elapsed = start.elapsed();
+    let time = start.elapsed();
+    let layer = layer(&out);
     ACTIVE.with(|a| {
         if let Some(profile) = a.borrow_mut().as_mut() {
             let entry = profile.ops.entry(kind).or_default();
             entry.0 += 1;
-            entry.1 += elapsed;
+            entry.1 += time;
+            profile.calls.push(OpCall { kind, layer, time });
         }
     });
     Some(out)
@@ -122,6 +154,29 @@ mod tests {
         assert!(calls(OpKind::Conv3x3) > 10, "{:?}", recorded.ops);
         assert!(calls(OpKind::Conv1x1) > 10, "{:?}", recorded.ops);
         assert_eq!(calls(OpKind::HeadDecode), 1, "{:?}", recorded.ops);
+        // Every call in order, each convolution named: the stem first.
+        let counted: usize = recorded.ops.values().map(|(calls, _)| calls).sum();
+        assert_eq!(recorded.calls.len(), counted);
+        let first = &recorded.calls[0];
+        assert_eq!(first.kind, OpKind::Conv3x3);
+        assert_eq!(first.layer.as_deref(), Some("3->16 3x3/2 to 160x160 f32"));
+        let convolution = |kind| {
+            matches!(
+                kind,
+                OpKind::Conv3x3 | OpKind::Conv1x1 | OpKind::ConvDepthwise
+            )
+        };
+        for call in &recorded.calls {
+            assert_eq!(convolution(call.kind), call.layer.is_some(), "{call:?}");
+        }
+        let depthwise = recorded
+            .calls
+            .iter()
+            .find(|c| c.kind == OpKind::ConvDepthwise);
+        let label = depthwise
+            .and_then(|c| c.layer.as_deref())
+            .unwrap_or_default();
+        assert!(label.contains("3x3 depthwise"), "{label}");
         assert!(
             ACTIVE.with(|a| a.borrow().is_none()),
             "recording ends with `record`"
