@@ -79,7 +79,8 @@ pub struct LayerStats {
     pub index: usize,
     pub op: &'static str,
     /// A convolution's channels, kernel, stride, output size and arithmetic (`f32` or
-    /// `int8`), e.g. `64->64 3x3/2 to 40x40 int8`; none for other operations.
+    /// `int8`), e.g. `64->64 3x3/2 to 40x40 int8`; none for other operations and for
+    /// convolutions on Burn's stock kernels.
     pub layer: Option<String>,
     pub ms: f64,
 }

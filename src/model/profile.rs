@@ -47,7 +47,8 @@ impl OpKind {
 pub struct OpCall {
     pub kind: OpKind,
     /// A convolution's channels, kernel, stride, output size and arithmetic, e.g.
-    /// `64->64 3x3/2 to 40x40 int8`; `None` for other operations.
+    /// `64->64 3x3/2 to 40x40 int8`; `None` for other operations and for convolutions on
+    /// Burn's stock kernels.
     pub layer: Option<String>,
     pub time: Duration,
 }
