@@ -277,7 +277,7 @@ fn op_profile(
         }
     });
     let mut ops: Vec<(OpKind, usize, Duration)> = recorded
-        .ops
+        .per_kind()
         .into_iter()
         .map(|(kind, (calls, time))| (kind, calls / PASSES, time / PASSES as u32))
         .collect();

@@ -53,11 +53,23 @@ pub struct OpCall {
     pub time: Duration,
 }
 
-/// Accumulated calls and time per operation type, and every call in the order it ran.
+/// Every timed call of a recording, in the order it ran.
 #[derive(Debug, Clone, Default)]
 pub struct OpProfile {
-    pub ops: BTreeMap<OpKind, (usize, Duration)>,
     pub calls: Vec<OpCall>,
+}
+
+impl OpProfile {
+    /// Calls and total time per operation type.
+    pub fn per_kind(&self) -> BTreeMap<OpKind, (usize, Duration)> {
+        let mut totals = BTreeMap::<OpKind, (usize, Duration)>::new();
+        for call in &self.calls {
+            let entry = totals.entry(call.kind).or_default();
+            entry.0 += 1;
+            entry.1 += call.time;
+        }
+        totals
+    }
 }
 
 thread_local! {
@@ -99,9 +111,6 @@ pub(crate) fn timed_layer_if_some<T>(
     let layer = layer(&out);
     ACTIVE.with(|a| {
         if let Some(profile) = a.borrow_mut().as_mut() {
-            let entry = profile.ops.entry(kind).or_default();
-            entry.0 += 1;
-            entry.1 += time;
             profile.calls.push(OpCall { kind, layer, time });
         }
     });
@@ -151,13 +160,12 @@ mod tests {
         let model = YoloModel::load(path, ComputeDevice::cpu()).expect("test model loads");
         let input = model.planar_input(vec![0.5; 3 * 320 * 320], 1);
         let (_, recorded) = record(|| model.infer(input));
-        let calls = |kind| recorded.ops.get(&kind).map_or(0, |(calls, _)| *calls);
-        assert!(calls(OpKind::Conv3x3) > 10, "{:?}", recorded.ops);
-        assert!(calls(OpKind::Conv1x1) > 10, "{:?}", recorded.ops);
-        assert_eq!(calls(OpKind::HeadDecode), 1, "{:?}", recorded.ops);
+        let per_kind = recorded.per_kind();
+        let calls = |kind| per_kind.get(&kind).map_or(0, |(calls, _)| *calls);
+        assert!(calls(OpKind::Conv3x3) > 10, "{per_kind:?}");
+        assert!(calls(OpKind::Conv1x1) > 10, "{per_kind:?}");
+        assert_eq!(calls(OpKind::HeadDecode), 1, "{per_kind:?}");
         // Every call in order, each convolution named: the stem first.
-        let counted: usize = recorded.ops.values().map(|(calls, _)| calls).sum();
-        assert_eq!(recorded.calls.len(), counted);
         let first = &recorded.calls[0];
         assert_eq!(first.kind, OpKind::Conv3x3);
         assert_eq!(first.layer.as_deref(), Some("3->16 3x3/2 to 160x160 f32"));
