@@ -20,9 +20,9 @@ use cpu_conv::{
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 
-/// `(name, c_in, c_out, size, kernel, stride)` of representative YOLOv8n layers (and eight
+/// `(name, c_in, c_out, size, kernel, stride)` of representative YOLOv8n layers (and nine
 /// of YOLO11n at 320).
-const LAYERS: [(&str, usize, usize, usize, usize, usize); 19] = [
+const LAYERS: [(&str, usize, usize, usize, usize, usize); 20] = [
     ("stem 3->16 3x3/2 @640", 3, 16, 640, 3, 2),
     ("down 16->32 3x3/2 @320", 16, 32, 320, 3, 2),
     ("down 32->64 3x3/2 @160", 32, 64, 160, 3, 2),
@@ -37,6 +37,7 @@ const LAYERS: [(&str, usize, usize, usize, usize, usize); 19] = [
     ("c3k2 128->128 3x3 @10", 128, 128, 10, 3, 1),
     ("c3k2 16->8 3x3 @80", 16, 8, 80, 3, 1),
     ("c3k2 32->16 3x3 @40", 32, 16, 40, 3, 1),
+    ("down 64->64 3x3/2 @80", 64, 64, 80, 3, 2),
     ("c2f cv2 48->32 1x1 @160", 48, 32, 160, 1, 1),
     ("sppf cv2 512->256 1x1 @20", 512, 256, 20, 1, 1),
     ("c2f cv2 48->64 1x1 @80", 48, 64, 80, 1, 1),
