@@ -34,7 +34,7 @@
 //! [`max_pool_same`] is the stride-1 max-pool of YOLO's SPPF block, separable;
 //! [`upsample_nearest`] the neck's nearest-neighbour upsampling; [`attention`] the
 //! multi-head self-attention of YOLO11's PSA block;
-//! [`sigmoid_in_place`] and [`exp_minus_column_max`] (a softmax's numerator) are the
+//! [`sigmoid_into`] and [`exp_minus_column_max`] (a softmax's numerator) are the
 //! vectorised activations the detection head and the attention need.
 
 mod activation;
@@ -56,7 +56,7 @@ mod upsample;
 mod winograd;
 
 pub use activation::{
-    Activation, Epilogue, apply_bias_activation, exp_minus_column_max, sigmoid_in_place,
+    Activation, Epilogue, apply_bias_activation, exp_minus_column_max, sigmoid_into,
 };
 pub use attention::{AttentionShape, attention};
 pub use conv::{ConvParams, FeatureMap, conv1x1_upsampled, conv2d, output_size};

@@ -210,7 +210,9 @@ pub(crate) fn attention(
 /// `[B, 4 * reg_max, n_l]` and class logits `[B, nc, n_l]` (levels in order, `N` the sum of
 /// their `n_l`): DFL expectation, distances to `cx, cy, w, h` around each anchor `(xs, ys)`
 /// scaled by its stride, and sigmoid scores. The levels are read where they are, not
-/// concatenated first (at 640 that copy alone moved 4.8 MB per image).
+/// concatenated first (at 640 that copy alone moved 4.8 MB per image); the boxes and the
+/// scores of an image are made side by side, the scores straight from the logits into the
+/// output.
 pub(crate) fn decode_head(
     box_levels: &[Tensor<3>],
     class_levels: &[Tensor<3>],
@@ -250,27 +252,27 @@ pub(crate) fn decode_head(
         .enumerate()
     {
         let (box_rows, score_rows) = image.split_at_mut(4 * n);
-        let distances = dfl_distances(&boxes, &levels, b, reg_max, n);
-        let [xs, ys, strides] = anchors;
-        for i in 0..n {
-            let [left, top, right, bottom] = std::array::from_fn(|side| distances[side * n + i]);
-            let (x1, y1, x2, y2) = (xs[i] - left, ys[i] - top, xs[i] + right, ys[i] + bottom);
-            box_rows[i].write((x1 + x2) / 2.0 * strides[i]);
-            box_rows[n + i].write((y1 + y2) / 2.0 * strides[i]);
-            box_rows[2 * n + i].write((x2 - x1) * strides[i]);
-            box_rows[3 * n + i].write((y2 - y1) * strides[i]);
-        }
-        score_rows
-            .par_chunks_mut(n)
-            .enumerate()
-            .for_each(|(class, row)| {
-                for (&(first, count), level) in levels.iter().zip(&scores) {
-                    let logits = &level[(b * classes + class) * count..][..count];
-                    row[first..first + count].write_copy_of_slice(logits);
-                }
-                // SAFETY: the levels' anchors tile the row, so every value was just written.
-                cpu_conv::sigmoid_in_place(unsafe { row.assume_init_mut() });
-            });
+        let image_boxes = ImageBoxes {
+            logits: &boxes,
+            levels: &levels,
+            image: b,
+            reg_max,
+            anchors,
+        };
+        rayon::join(
+            || image_boxes.decode(box_rows),
+            || {
+                score_rows
+                    .par_chunks_mut(n)
+                    .enumerate()
+                    .for_each(|(class, row)| {
+                        for (&(first, count), level) in levels.iter().zip(&scores) {
+                            let logits = &level[(b * classes + class) * count..][..count];
+                            cpu_conv::sigmoid_into(logits, &mut row[first..first + count]);
+                        }
+                    })
+            },
+        );
     }
     // SAFETY: each image's box and score rows were all written above.
     unsafe { out.set_len(len) };
@@ -282,53 +284,92 @@ pub(crate) fn decode_head(
 /// logits (16 KiB for 16 bins) stay in the core's L1 cache from the copy to the sums.
 const DFL_ANCHORS_PER_JOB: usize = 256;
 
-/// Per side (left, top, right, bottom) and anchor of image `b`, the expected bin of the
-/// softmax over the side's `reg_max` logits: `[4, n]`, from each level's box logits
-/// (`levels`: each level's first anchor and anchor count). Runs of
-/// [`DFL_ANCHORS_PER_JOB`] anchors of a side and level run in parallel (a level's side
-/// as one job copied 400 KiB of logits at 640, and four such jobs carried three quarters of
-/// the work).
-fn dfl_distances(
-    boxes: &[&[f32]],
-    levels: &[(usize, usize)],
-    b: usize,
+/// One image's box logits, level by level, and what decoding them needs.
+struct ImageBoxes<'a> {
+    /// Each level's `[B, 4 * reg_max, n_l]` logits.
+    logits: &'a [&'a [f32]],
+    /// Each level's first anchor and anchor count.
+    levels: &'a [(usize, usize)],
+    image: usize,
     reg_max: usize,
-    n: usize,
-) -> Vec<f32> {
-    let mut distances = vec![0.0f32; 4 * n];
-    // (distances of a run of anchors, the side's logits of their level, the run's first
-    // anchor in the level)
-    let mut jobs = Vec::with_capacity(4 * n.div_ceil(DFL_ANCHORS_PER_JOB) + 4 * levels.len());
-    for (side, side_distances) in distances.chunks_exact_mut(n).enumerate() {
-        let mut rest = side_distances;
-        for (&(_, count), logits) in levels.iter().zip(boxes) {
-            let (level_distances, tail) = rest.split_at_mut(count);
-            rest = tail;
-            let image = &logits[b * 4 * reg_max * count..][..4 * reg_max * count];
-            let side_logits = &image[side * reg_max * count..][..reg_max * count];
-            for (run, dist) in level_distances.chunks_mut(DFL_ANCHORS_PER_JOB).enumerate() {
-                jobs.push((dist, side_logits, run * DFL_ANCHORS_PER_JOB));
+    /// Every anchor's centre `x`, `y` and stride.
+    anchors: [&'a [f32]; 3],
+}
+
+impl ImageBoxes<'_> {
+    /// Writes the `[4, n]` box rows (`cx, cy, w, h`): runs of [`DFL_ANCHORS_PER_JOB`] anchors
+    /// of a level run in parallel, each taking the DFL expectation of its anchors' four sides
+    /// and writing their boxes (a level's side as one job copied 400 KiB of logits at 640, and
+    /// four such jobs carried three quarters of the work).
+    fn decode(&self, rows: &mut [MaybeUninit<f32>]) {
+        let n = rows.len() / 4;
+        let mut rest: [&mut [MaybeUninit<f32>]; 4] = {
+            let (cx, rest) = rows.split_at_mut(n);
+            let (cy, rest) = rest.split_at_mut(n);
+            let (w, h) = rest.split_at_mut(n);
+            [cx, cy, w, h]
+        };
+        // (the level's logits, the run's first anchor in the level, its first anchor in the
+        // image, its anchors' four rows)
+        let mut jobs = Vec::with_capacity(n.div_ceil(DFL_ANCHORS_PER_JOB) + self.levels.len());
+        for (&(first, count), logits) in self.levels.iter().zip(self.logits) {
+            let size = 4 * self.reg_max * count;
+            let level = &logits[self.image * size..][..size];
+            for start in (0..count).step_by(DFL_ANCHORS_PER_JOB) {
+                let anchors = DFL_ANCHORS_PER_JOB.min(count - start);
+                let outs = rest.each_mut().map(|row| {
+                    let (run, tail) = std::mem::take(row).split_at_mut(anchors);
+                    *row = tail;
+                    run
+                });
+                jobs.push((level, start, first + start, outs));
             }
+        }
+        jobs.into_par_iter()
+            .for_each(|(level, start, anchor, outs)| self.decode_run(level, start, anchor, outs));
+    }
+
+    /// The boxes of `outs[0].len()` anchors from anchor `start` of a level (`level`, its
+    /// logits), anchor `anchor` of the image: each side's distance is the expected bin of the
+    /// softmax over its `reg_max` logits.
+    fn decode_run(
+        &self,
+        level: &[f32],
+        start: usize,
+        anchor: usize,
+        [cx, cy, w, h]: [&mut [MaybeUninit<f32>]; 4],
+    ) {
+        let (reg_max, anchors) = (self.reg_max, cx.len());
+        let count = level.len() / (4 * reg_max);
+        let mut distances = [[0.0f32; DFL_ANCHORS_PER_JOB]; 4];
+        let mut bins = Vec::with_capacity(reg_max * anchors);
+        for (side, dist) in distances.iter_mut().enumerate() {
+            let side_logits = &level[side * reg_max * count..][..reg_max * count];
+            bins.clear();
+            for k in 0..reg_max {
+                bins.extend_from_slice(&side_logits[k * count + start..][..anchors]);
+            }
+            cpu_conv::exp_minus_column_max(&mut bins, anchors);
+            let mut total = [0.0f32; DFL_ANCHORS_PER_JOB];
+            let (total, dist) = (&mut total[..anchors], &mut dist[..anchors]);
+            for (k, row) in bins.chunks_exact(anchors).enumerate() {
+                for ((t, d), &e) in total.iter_mut().zip(dist.iter_mut()).zip(row) {
+                    *t += e;
+                    *d += k as f32 * e;
+                }
+            }
+            dist.iter_mut().zip(total.iter()).for_each(|(d, t)| *d /= t);
+        }
+        let [xs, ys, strides] = self.anchors.map(|a| &a[anchor..anchor + anchors]);
+        for i in 0..anchors {
+            let [left, top, right, bottom] = std::array::from_fn(|side| distances[side][i]);
+            let (x1, y1, x2, y2) = (xs[i] - left, ys[i] - top, xs[i] + right, ys[i] + bottom);
+            cx[i].write((x1 + x2) / 2.0 * strides[i]);
+            cy[i].write((y1 + y2) / 2.0 * strides[i]);
+            w[i].write((x2 - x1) * strides[i]);
+            h[i].write((y2 - y1) * strides[i]);
         }
     }
-    jobs.into_par_iter().for_each(|(dist, logits, first)| {
-        let (anchors, count) = (dist.len(), logits.len() / reg_max);
-        let mut bins = Vec::with_capacity(reg_max * anchors);
-        for k in 0..reg_max {
-            bins.extend_from_slice(&logits[k * count + first..][..anchors]);
-        }
-        cpu_conv::exp_minus_column_max(&mut bins, anchors);
-        let mut total = [0.0f32; DFL_ANCHORS_PER_JOB];
-        let total = &mut total[..anchors];
-        for (k, row) in bins.chunks_exact(anchors).enumerate() {
-            for ((t, d), &e) in total.iter_mut().zip(dist.iter_mut()).zip(row) {
-                *t += e;
-                *d += k as f32 * e;
-            }
-        }
-        dist.iter_mut().zip(total.iter()).for_each(|(d, t)| *d /= t);
-    });
-    distances
 }
 
 fn to_tensor(data: Vec<f32>, shape: [usize; 4]) -> Tensor<4> {
@@ -1188,8 +1229,9 @@ mod tests {
     fn head_decode_over_levels_matches_burn_over_the_concatenation() {
         let device = Device::flex();
         let (batch, classes, reg_max) = (2, 5, 16);
-        // Three levels of 4x4, 2x2 and 1x1 anchors, as YOLO's strides 8, 16 and 32 give.
-        let sizes = [(4usize, 8.0f32), (2, 16.0), (1, 32.0)];
+        // Three levels, as YOLO's strides 8, 16 and 32 give: 24x24 and 12x12 anchors, whose
+        // box rows are decoded in several runs, and 1x1.
+        let sizes = [(24usize, 8.0f32), (12, 16.0), (1, 32.0)];
         let logits = |rows: usize, n: usize| {
             Tensor::<3>::random([batch, rows, n], Distribution::Uniform(-4.0, 4.0), &device)
         };
