@@ -329,9 +329,9 @@ impl ImageBoxes<'_> {
             .for_each(|(level, start, anchor, outs)| self.decode_run(level, start, anchor, outs));
     }
 
-    /// The boxes of `outs[0].len()` anchors from anchor `start` of a level (`level`, its
-    /// logits), anchor `anchor` of the image: each side's distance is the expected bin of the
-    /// softmax over its `reg_max` logits.
+    /// The boxes (into the `cx`, `cy`, `w` and `h` rows given) of `cx.len()` anchors from
+    /// anchor `start` of a level (`level`, its logits), anchor `anchor` of the image: each
+    /// side's distance is the expected bin of the softmax over its `reg_max` logits.
     fn decode_run(
         &self,
         level: &[f32],
