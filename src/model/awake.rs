@@ -6,7 +6,9 @@
 //! stat`: about 50 context switches per YOLO11n pass at 320). ONNX Runtime's pool spins
 //! instead. Here the pass spawns one *spinner* job per other worker: it runs whatever rayon
 //! work there is (`rayon::yield_now`) and otherwise yields the core to the OS scheduler,
-//! until the pass ends. Spinners are re-spawned as each layer starts if one has ended.
+//! until the pass ends. Spinners are re-spawned as each layer starts if one has ended. While
+//! nothing else wants the CPUs, a spinner found on the pass's own CPU moves off it
+//! ([`placement`]).
 //!
 //! Three rules keep this free of deadlocks:
 //! - A spinner that lands on the pass's own thread (rayon pops its local jobs while that
@@ -17,6 +19,8 @@
 //!   waits at a join inside the part, and it would spin above the part until the pass ends.
 //! - Only one pass at a time spins. Two spinning passes could each park a spinner above a
 //!   frame of the other pass, and each would wait for the other to end.
+
+mod placement;
 
 use std::cell::RefCell;
 use std::sync::Arc;
@@ -29,6 +33,20 @@ struct SpinningPass {
     done: AtomicBool,
     /// Spinners spawned that have not ended yet.
     spinners: AtomicUsize,
+    /// Whether the spinners keep off the CPU the pass runs on ([`placement`]).
+    apart: bool,
+    /// The CPU the pass ran on as its latest layer started (`usize::MAX`: unknown).
+    owner_cpu: AtomicUsize,
+}
+
+impl SpinningPass {
+    /// Notes the CPU the pass's thread is on, for spinners held apart from it.
+    fn publish_owner_cpu(&self) {
+        if self.apart {
+            let cpu = placement::current_cpu().unwrap_or(usize::MAX);
+            self.owner_cpu.store(cpu, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Whether some pass is spinning now.
@@ -86,6 +104,8 @@ pub(crate) fn with_workers_awake<T>(f: impl FnOnce() -> T) -> T {
         owner,
         done: AtomicBool::new(false),
         spinners: AtomicUsize::new(0),
+        apart: placement::hold_apart(),
+        owner_cpu: AtomicUsize::new(usize::MAX),
     });
     /// Ends the pass's spinning however `f` returns, unwinding included.
     struct EndSpinning(Arc<SpinningPass>);
@@ -110,6 +130,7 @@ pub(crate) fn keep_awake() {
         let Some(pass) = current.as_ref() else {
             return;
         };
+        pass.publish_owner_cpu();
         let wanted = rayon::current_num_threads() - 1;
         while pass
             .spinners
@@ -132,7 +153,14 @@ fn spin(pass: &SpinningPass) {
             .is_some_and(|running| std::ptr::eq(Arc::as_ptr(running), pass))
     });
     if rayon::current_thread_index() != Some(pass.owner) && !under_a_part {
+        let mut kept_off = placement::KeptOff::default();
         while !pass.done.load(Ordering::Acquire) {
+            if pass.apart {
+                let owner_cpu = pass.owner_cpu.load(Ordering::Relaxed);
+                if placement::current_cpu() == Some(owner_cpu) {
+                    kept_off.keep_off(owner_cpu);
+                }
+            }
             if rayon::yield_now() != Some(rayon::Yield::Executed) {
                 std::thread::yield_now();
             }
