@@ -2,7 +2,8 @@
 //! on every shape, the INT8 path (quantising the f32 input included) beside it, the INT8
 //! hand-off to a next INT8 layer (f32 output quantised afterwards, against the output
 //! quantised in the epilogue), the
-//! tap-wise indirect product on the 3x3 ones, the channel-blocked path (output channels in
+//! tap-wise indirect product on the 3x3 ones (the stem also from an image's byte levels),
+//! the channel-blocked path (output channels in
 //! the lanes, AVX-512) on every shape, and Winograd F(2x2, 3x3) and F(4x4, 3x3) on the
 //! 3x3 stride-1 ones. Then the
 //! matrix product alone, single-threaded, on the products those layers run: our packed
@@ -15,8 +16,8 @@ use cpu_conv::{
     Activation, ChannelBlockedWeights, ConvParams, DepthwiseParams, Epilogue, FeatureMap,
     Int8ConvParams, Int8Output, PackedWeights, QuantParams, QuantizedMap, QuantizedWeights,
     WinogradTile, WinogradWeights, channel_blocked_supported, conv_channel_blocked, conv2d,
-    conv2d_int8, conv2d_int8_quantized, conv3x3_taps, conv3x3_winograd, depthwise_conv2d,
-    output_size,
+    conv2d_int8, conv2d_int8_quantized, conv3x3_taps, conv3x3_taps_levels, conv3x3_winograd,
+    depthwise_conv2d, output_size,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -117,6 +118,13 @@ fn layers(c: &mut Criterion) {
         if k == 3 {
             c.bench_function(&format!("{name} taps"), |b| {
                 b.iter(|| conv3x3_taps(&input, size, size, &params, &mut out))
+            });
+        }
+        if k == 3 && c_in == 3 {
+            // The stem on an image's byte levels, as the network's input arrives.
+            let levels: Vec<u8> = (0..c_in * size * size).map(|i| (i % 251) as u8).collect();
+            c.bench_function(&format!("{name} taps from levels"), |b| {
+                b.iter(|| conv3x3_taps_levels(&levels, c_in, (size, size), &params, &mut out))
             });
         }
         if channel_blocked_supported() {

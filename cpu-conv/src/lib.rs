@@ -11,6 +11,8 @@
 //! weights transformed once ([`WinogradWeights`]); on small maps, where Winograd's transforms
 //! do not pay, and for stride 2, [`conv3x3_taps`] computes 3x3 convolutions as one indirect product read straight
 //! from a padded (for stride 2, phase-split) copy of the input, with the im2col weights.
+//! [`conv3x3_taps_levels`] does the same for a network's first convolution on an image's
+//! byte levels, each widened to `level / 255` ([`level_to_unit`]) as it is copied.
 //! [`conv_channel_blocked`] (AVX-512) puts output channels in the vector lanes instead of
 //! output positions, for 3x3 and 1x1 convolutions on small maps, where positions leave
 //! lanes empty ([`ChannelBlockedWeights`], packed once).
@@ -45,6 +47,7 @@ mod direct;
 mod im2col;
 mod int8;
 mod int8_kernels;
+mod levels;
 mod packed;
 mod pool;
 mod scratch;
@@ -70,8 +73,9 @@ pub use int8::{
     conv2d_int8_quantized,
 };
 pub use int8_kernels::int8_kernel_name;
+pub use levels::level_to_unit;
 pub use packed::PackedWeights;
 pub use pool::max_pool_same;
-pub use taps::conv3x3_taps;
+pub use taps::{conv3x3_taps, conv3x3_taps_levels};
 pub use upsample::{UpsampledPart, upsample_nearest};
 pub use winograd::{WinogradTile, WinogradWeights, conv3x3_winograd};

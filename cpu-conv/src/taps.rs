@@ -38,6 +38,7 @@ use crate::conv::{
     ConvParams, FeatureMap, ITEMS_PER_THREAD, SharedOut, WorkItem, WorkSplit, output_size,
 };
 use crate::im2col::deinterleave;
+use crate::levels::PlaneValue;
 use crate::packed::{MR, Rows, block_width, multiply_indirect_blocks};
 use crate::scratch::{prefix, with_reused};
 
@@ -143,12 +144,12 @@ impl PaddedLayout {
             .collect()
     }
 
-    /// The padded copy of `planes` (each `height x width`) in `buffer`, with `pad` around
-    /// them and in the slack past them that `offsets` (from [`Self::offsets`]) read for the
-    /// last, dropped positions.
-    pub(crate) fn copy<'a, T: Copy + Send + Sync>(
+    /// The padded copy of `planes` (each `height x width`, [widened](PlaneValue::widened)) in
+    /// `buffer`, with `pad` around them and in the slack past them that `offsets` (from
+    /// [`Self::offsets`]) read for the last, dropped positions.
+    pub(crate) fn copy<'a, S: PlaneValue<T> + Sync, T: Copy + Send + Sync>(
         &self,
-        planes: &[&[T]],
+        planes: &[&[S]],
         offsets: &[usize],
         pad: T,
         buffer: &'a mut Vec<T>,
@@ -173,9 +174,9 @@ impl PaddedLayout {
     /// The padded copy of a band of output rows from `first_row` (this layout being the
     /// band's, [`Self::for_band`]) in `buffer`: the rows of `planes` it reads, with `pad`
     /// around them and in the slack `offsets` read past them.
-    pub(crate) fn copy_band<'a, T: Copy>(
+    pub(crate) fn copy_band<'a, S: PlaneValue<T>, T: Copy>(
         &self,
-        planes: &[&[T]],
+        planes: &[&[S]],
         offsets: &[usize],
         (pad, first_row): (T, usize),
         buffer: &'a mut Vec<T>,
@@ -207,9 +208,11 @@ impl PaddedLayout {
     }
 
     /// Fills `dst` (one channel of this layout's `rows` output rows from output row
-    /// `first_row`) from the `height x width` plane `src`.
-    fn fill<T: Copy>(&self, src: &[T], dst: &mut [T], pad: T, first_row: usize) {
+    /// `first_row`) from the `height x width` plane `src`, [widened](PlaneValue::widened)
+    /// line by line.
+    fn fill<S: PlaneValue<T>, T: Copy>(&self, src: &[S], dst: &mut [T], pad: T, first_row: usize) {
         let width = self.width;
+        let mut widened = Vec::new();
         let line = |y: usize| (y < self.height).then(|| &src[y * width..][..width]);
         let plane = self.plane();
         let plane_width = self.plane_width;
@@ -219,7 +222,7 @@ impl PaddedLayout {
                 match (first_row + j).checked_sub(1).and_then(line) {
                     Some(values) => {
                         row[0] = pad;
-                        row[1..=width].copy_from_slice(values);
+                        row[1..=width].copy_from_slice(S::widened(values, &mut widened));
                         row[width + 1..].fill(pad);
                     }
                     None => row.fill(pad),
@@ -241,6 +244,7 @@ impl PaddedLayout {
                 let even_columns = &mut right[..plane_width];
                 match (2 * (first_row + i) + py).checked_sub(1).and_then(line) {
                     Some(values) => {
+                        let values = S::widened(values, &mut widened);
                         deinterleave(values, even_columns, &mut odd_columns[1..]);
                         odd_columns[0] = pad;
                         odd_columns[odd + 1..].fill(pad);
@@ -380,7 +384,46 @@ fn conv3x3_taps_in(
         params.kernel == 3 && params.padding == 1 && matches!(params.stride, 1 | 2),
         "3x3 kernel, padding 1, stride 1 or 2"
     );
-    let c_in = FeatureMap::channels_of(inputs, (height, width));
+    FeatureMap::channels_of(inputs, (height, width));
+    let planes: Vec<&[f32]> = inputs
+        .iter()
+        .flat_map(|p| p.data.chunks_exact(height * width))
+        .collect();
+    convolve_planes(&planes, (height, width), params, out, bands);
+}
+
+/// Computes `activation(conv3x3(levels / 255, weights) + bias)` as [`conv3x3_taps`] does for
+/// an image given as its `channels` planes of byte levels (`[channels, height, width]`):
+/// each level is turned into the value `level / 255` ([`level_to_unit`]) as the padded copy
+/// is made, so the output is exactly [`conv3x3_taps`]' on the image's f32 values, and the
+/// image is read at a byte a value.
+///
+/// [`level_to_unit`]: crate::level_to_unit
+///
+/// # Panics
+/// As for [`conv3x3_taps`].
+pub fn conv3x3_taps_levels(
+    levels: &[u8],
+    channels: usize,
+    (height, width): (usize, usize),
+    params: &ConvParams,
+    out: &mut [MaybeUninit<f32>],
+) {
+    assert_eq!(levels.len(), channels * height * width, "input shape");
+    let planes: Vec<&[u8]> = levels.chunks_exact(height * width).collect();
+    convolve_planes(&planes, (height, width), params, out, Bands::new);
+}
+
+/// The convolution of [`conv3x3_taps_in`] over the input's channel `planes`, widened to f32
+/// as they are copied.
+fn convolve_planes<S: PlaneValue<f32> + Sync>(
+    planes: &[&[S]],
+    (height, width): (usize, usize),
+    params: &ConvParams,
+    out: &mut [MaybeUninit<f32>],
+    bands: impl FnOnce(&PaddedLayout, usize, usize) -> Option<Bands>,
+) {
+    let c_in = planes.len();
     let c_out = params.weight.rows();
     assert_eq!(params.weight.depth(), TAPS * c_in, "weight shape");
     let layout = PaddedLayout::new(height, width, params.stride);
@@ -393,20 +436,21 @@ fn conv3x3_taps_in(
     if height == 0 || width == 0 || c_in == 0 {
         return;
     }
-    let planes: Vec<&[f32]> = inputs
-        .iter()
-        .flat_map(|p| p.data.chunks_exact(height * width))
-        .collect();
     let out = SharedOut::new(out);
-    match bands(&layout, c_out, planes.len()) {
-        Some(bands) => convolve_bands(&planes, &layout, &bands, params, out),
-        None => convolve_whole(&planes, &layout, params, out),
+    match bands(&layout, c_out, c_in) {
+        Some(bands) => convolve_bands(planes, &layout, &bands, params, out),
+        None => convolve_whole(planes, &layout, params, out),
     }
 }
 
 /// [`conv3x3_taps`] on one padded copy of the whole input, shared by every item: tiles of
 /// positions times groups of output channels.
-fn convolve_whole(planes: &[&[f32]], layout: &PaddedLayout, params: &ConvParams, out: SharedOut) {
+fn convolve_whole<S: PlaneValue<f32> + Sync>(
+    planes: &[&[S]],
+    layout: &PaddedLayout,
+    params: &ConvParams,
+    out: SharedOut,
+) {
     let offsets = layout.offsets(planes.len());
     let c_out = params.weight.rows();
     with_reused(&PADDED, |buffer| {
@@ -442,8 +486,8 @@ fn convolve_whole(planes: &[&[f32]], layout: &PaddedLayout, params: &ConvParams,
 
 /// [`conv3x3_taps`] band by band of output rows, each item making its own padded copy of
 /// the input rows its band reads and computing every output channel of the band.
-fn convolve_bands(
-    planes: &[&[f32]],
+fn convolve_bands<S: PlaneValue<f32> + Sync>(
+    planes: &[&[S]],
     layout: &PaddedLayout,
     bands: &Bands,
     params: &ConvParams,
@@ -550,7 +594,7 @@ mod tests {
     use super::*;
     use crate::test_values::{
         BANDED_3X3_SHAPES, YOLO_3X3_SHAPES, assert_adds_residual, max_difference_from_im2col,
-        values,
+        values, written,
     };
     use crate::{Activation, PackedWeights};
     use proptest::prelude::*;
@@ -612,6 +656,51 @@ mod tests {
             assert!(Bands::new(&layout, c_out, c_in).is_some(), "{shape:?}");
             let diff = max_difference(shape, stride, Activation::Silu);
             assert!(diff < 1e-5, "{shape:?} stride {stride}: {diff}");
+        }
+    }
+
+    /// An image's byte levels give exactly the output of its f32 values (`level / 255`), at
+    /// both strides, from one shared copy and in bands.
+    #[test]
+    fn byte_levels_give_the_outputs_of_their_f32_values() {
+        for ([c_in, c_out, h, w], stride, banded) in [
+            ([3, 16, 40, 30], 2, false),
+            ([3, 16, 41, 29], 1, false),
+            ([3, 16, 320, 240], 2, true),
+            ([3, 32, 241, 250], 1, true),
+        ] {
+            let levels: Vec<u8> = values(c_in * h * w, 4)
+                .iter()
+                .map(|v| ((v + 1.0) * 127.5) as u8)
+                .collect();
+            let x: Vec<f32> = levels.iter().map(|&l| crate::level_to_unit(l)).collect();
+            let input = [FeatureMap {
+                data: &x,
+                channels: c_in,
+            }];
+            let packed = PackedWeights::new(&values(c_out * c_in * TAPS, 5), c_out, c_in * TAPS);
+            let bias = values(c_out, 6);
+            let params = ConvParams {
+                weight: &packed,
+                kernel: 3,
+                stride,
+                padding: 1,
+                epilogue: Epilogue::new(&bias, Activation::Silu),
+            };
+            let layout = PaddedLayout::new(h, w, stride);
+            assert_eq!(Bands::new(&layout, c_out, c_in).is_some(), banded);
+            let (out_h, out_w) = layout.out_size();
+            let len = c_out * out_h * out_w;
+            let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            let from_values = written(len, |out| conv3x3_taps(&input, h, w, &params, out));
+            let from_levels = written(len, |out| {
+                conv3x3_taps_levels(&levels, c_in, (h, w), &params, out)
+            });
+            assert_eq!(
+                bits(from_levels),
+                bits(from_values),
+                "{c_in}x{h}x{w} stride {stride}"
+            );
         }
     }
 

@@ -29,7 +29,7 @@ use rayon::prelude::*;
 
 use super::layers::{ConvBlock, Parts};
 use super::profile::timed_layer;
-use super::{awake, int8, profile};
+use super::{ImageLevels, awake, int8, profile};
 
 thread_local! {
     static ENABLED: Cell<bool> = const { Cell::new(true) };
@@ -607,6 +607,48 @@ pub(crate) fn forward(
         }
     };
     Some(convolve_images([batch, c_out, out_h, out_w], convolve))
+}
+
+/// `block` applied to frames given as their byte levels, on the fast path: a 3x3
+/// convolution (padding 1, stride 1 or 2, one group) that runs tap-wise in f32 reads the
+/// levels as `level / 255` while it makes its padded copy
+/// ([`cpu_conv::conv3x3_taps_levels`]), which gives exactly its output on the values. `None`
+/// for other blocks and layouts (INT8, Winograd, channel-blocked), off the Flex backend, or
+/// while a calibration records the inputs' values.
+pub(crate) fn forward_levels(block: &ConvBlock, levels: &ImageLevels) -> Option<Tensor<4>> {
+    let [c_out, c_in, kernel, _] = block.weight.dims();
+    let [batch, channels, height, width] = levels.shape;
+    let tap_wise = kernel == 3 && block.padding == 1 && matches!(block.stride, 1 | 2);
+    let (out_h, out_w) = cpu_conv::output_size(height, width, kernel, block.stride, block.padding);
+    if !ENABLED.get()
+        || !matches!(levels.device.as_dispatch(), DispatchDevice::Flex(_))
+        || !tap_wise
+        || block.groups != 1
+        || c_in != channels
+        || int8::is_recording()
+        || int8::planned(block.weight.id).is_some()
+        || f32_layout(block, (height, width), out_h * out_w) != Layout::Packed
+    {
+        return None;
+    }
+    let weights = prepared_weights(block, Layout::Packed)?;
+    let ConvWeights::Packed(packed) = weights.as_ref() else {
+        return None;
+    };
+    let bias = contiguous_bias(block)?;
+    let params = ConvParams {
+        weight: packed,
+        kernel,
+        stride: block.stride,
+        padding: block.padding,
+        epilogue: Epilogue::new(dense_f32(&bias)?, activation_of(block)),
+    };
+    awake::keep_awake();
+    let image_len = channels * height * width;
+    Some(convolve_images([batch, c_out, out_h, out_w], |b, out| {
+        let image = &levels.levels[b * image_len..][..image_len];
+        cpu_conv::conv3x3_taps_levels(image, channels, (height, width), &params, out)
+    }))
 }
 
 /// Each of `parts` as dense images, with its channels.

@@ -14,6 +14,7 @@ use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions, MaxPoo
 use burn::tensor::{Device, Tensor, TensorData};
 use model_import::ConvWeights;
 
+use super::ImageLevels;
 use super::fast_cpu;
 use super::profile::{OpKind, timed, timed_layer_if_some};
 use model_import::architecture::{
@@ -107,6 +108,13 @@ impl ConvBlock {
         } else {
             y
         }
+    }
+
+    /// The block applied to frames given as their byte levels (`level / 255`), on the fast
+    /// CPU path; `None` where that path does not take the block (the caller then converts
+    /// the levels to values).
+    pub(crate) fn forward_levels(&self, levels: &ImageLevels) -> Option<Tensor<4>> {
+        self.timed_fast(|| fast_cpu::forward_levels(self, levels))
     }
 
     /// `fast`, a fast CPU path of this block, timed as the block's operation type and named

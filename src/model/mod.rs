@@ -22,7 +22,7 @@ use burn::module::Module;
 use burn::tensor::{Tensor, TensorData};
 use image::RgbImage;
 use model_import::{Architecture, ModelMetadata};
-use preprocess::{Letterbox, letterbox_into};
+use preprocess::{Letterbox, letterbox_into, letterbox_levels_into};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -103,7 +103,47 @@ impl RawOutput {
 
 /// A batch of letterboxed frames on the model's device, ready for [`YoloModel::infer`].
 #[derive(Debug, Clone)]
-pub struct NetworkInput(Tensor<4>);
+pub struct NetworkInput(Input);
+
+/// How a [`NetworkInput`] holds its frames.
+#[derive(Debug, Clone)]
+enum Input {
+    /// `[B, 3, H, W]` values in 0..1 on the model's device.
+    Values(Tensor<4>),
+    /// The frames as byte levels, on the fast CPU path.
+    Levels(ImageLevels),
+}
+
+/// Letterboxed frames as their byte levels, `[B, 3, H, W]` planar RGB: the fast CPU path's
+/// network input. Its first convolution reads them as `level / 255`, exactly the values'
+/// bits, so no f32 copy of the frames (four times their bytes) is written and read back.
+#[derive(Debug, Clone)]
+pub(crate) struct ImageLevels {
+    pub levels: Vec<u8>,
+    pub shape: [usize; 4],
+    device: burn::tensor::Device,
+}
+
+impl ImageLevels {
+    /// The frames as the `[B, 3, H, W]` values tensor they stand for.
+    pub fn into_values(self) -> Tensor<4> {
+        let values = self
+            .levels
+            .into_iter()
+            .map(preprocess::level_to_unit)
+            .collect();
+        Tensor::from_data(TensorData::new(values, self.shape), &self.device)
+    }
+}
+
+impl Input {
+    fn into_values(self) -> Tensor<4> {
+        match self {
+            Input::Values(values) => values,
+            Input::Levels(levels) => levels.into_values(),
+        }
+    }
+}
 
 impl NetworkInput {
     /// The batches of `inputs` as one batch, in order.
@@ -111,10 +151,27 @@ impl NetworkInput {
     /// # Panics
     /// When `inputs` is empty or their image sizes differ.
     pub fn cat(inputs: Vec<NetworkInput>) -> Self {
-        Self(Tensor::cat(
-            inputs.into_iter().map(|input| input.0).collect(),
+        let mut inputs: Vec<Input> = inputs.into_iter().map(|input| input.0).collect();
+        if inputs.len() == 1 {
+            return Self(inputs.remove(0));
+        }
+        if inputs.iter().all(|input| matches!(input, Input::Levels(_))) {
+            let mut batch = inputs.into_iter().map(|input| match input {
+                Input::Levels(levels) => levels,
+                Input::Values(_) => unreachable!("all inputs are levels"),
+            });
+            let mut first = batch.next().expect("at least one input");
+            for levels in batch {
+                assert_eq!(levels.shape[1..], first.shape[1..], "image sizes");
+                first.levels.extend_from_slice(&levels.levels);
+                first.shape[0] += levels.shape[0];
+            }
+            return Self(Input::Levels(first));
+        }
+        Self(Input::Values(Tensor::cat(
+            inputs.into_iter().map(Input::into_values).collect(),
             0,
-        ))
+        )))
     }
 }
 
@@ -366,8 +423,9 @@ impl YoloModel {
     /// One f32 forward pass on the fast CPU path, for calibration.
     fn forward_f32(&self, image: &RgbImage) {
         let (input, _) = self.letterbox(&[image]);
+        let images = input.0.into_values();
         int8::with_plan(None, || {
-            fast_cpu::with_fast_path(true, || self.network.forward(input.0))
+            fast_cpu::with_fast_path(true, || self.network.forward(images))
         });
     }
 
@@ -415,8 +473,9 @@ impl YoloModel {
 
     /// Letterboxes `images` into one network input batch. Where the device
     /// [letterboxes](ComputeDevice::letterbox_on_device), each frame's bytes are uploaded and
-    /// one kernel writes its input; otherwise the CPU writes planar floats that are uploaded
-    /// once. Both give the same values.
+    /// one kernel writes its input; on the fast CPU path the CPU writes planar byte levels
+    /// ([`ImageLevels`]), which the first convolution reads; otherwise the CPU writes planar
+    /// floats that are uploaded once. All give the same values.
     pub fn letterbox(&self, images: &[&RgbImage]) -> (NetworkInput, Vec<Letterbox>) {
         let size = self.input_size();
         if self.device.letterbox_on_device {
@@ -424,9 +483,28 @@ impl YoloModel {
                 .iter()
                 .map(|image| gpu_letterbox::letterbox_on_device(image, size, &self.device.device))
                 .unzip();
-            return (NetworkInput(Tensor::cat(frames, 0)), letterboxes);
+            return (
+                NetworkInput(Input::Values(Tensor::cat(frames, 0))),
+                letterboxes,
+            );
         }
         let per_image = 3 * size.0 as usize * size.1 as usize;
+        if self.device.fast_cpu_conv {
+            let mut levels = vec![0; per_image * images.len()];
+            let letterboxes = levels
+                .par_chunks_mut(per_image)
+                .zip(images.par_iter())
+                .map(|(buffer, image)| letterbox_levels_into(image, size, buffer))
+                .collect();
+            let shape = [images.len(), 3, size.1 as usize, size.0 as usize];
+            let device = self.device.device.clone();
+            let levels = ImageLevels {
+                levels,
+                shape,
+                device,
+            };
+            return (NetworkInput(Input::Levels(levels)), letterboxes);
+        }
         // The network takes ownership of the buffer, so it is allocated per batch.
         let mut pixels = vec![0.0; per_image * images.len()];
         let letterboxes = pixels
@@ -441,10 +519,10 @@ impl YoloModel {
     /// (`batch * 3 * h * w`).
     pub fn planar_input(&self, pixels: Vec<f32>, batch: usize) -> NetworkInput {
         let (w, h) = self.input_size();
-        NetworkInput(Tensor::<4>::from_data(
+        NetworkInput(Input::Values(Tensor::<4>::from_data(
             TensorData::new(pixels, [batch, 3, h as usize, w as usize]),
             &self.device.device,
-        ))
+        )))
     }
 
     /// Runs the network on a letterboxed batch and reads the whole head output back.
@@ -482,8 +560,9 @@ impl YoloModel {
     fn forward(&self, input: NetworkInput) -> Tensor<3> {
         let run = || {
             int8::with_plan(self.int8_plan.clone(), || {
-                fast_cpu::with_fast_path(self.device.fast_cpu_conv, || {
-                    self.network.forward(input.0)
+                fast_cpu::with_fast_path(self.device.fast_cpu_conv, || match input.0 {
+                    Input::Values(images) => self.network.forward(images),
+                    Input::Levels(levels) => self.network.forward_levels(levels),
                 })
             })
         };
@@ -491,6 +570,54 @@ impl YoloModel {
             profile::in_rayon_pool(|| awake::with_workers_awake(run))
         } else {
             run()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::network::Layer;
+    use super::*;
+
+    /// On the fast CPU path frames go in as their byte levels, which the stem reads as
+    /// `level / 255`: the network's output is bit for bit that of the frames' f32 values,
+    /// for one frame and for a batch of two, letterboxed together or batched afterwards.
+    #[test]
+    fn byte_levels_give_the_output_of_their_values() {
+        let path = Path::new("../shared/data/models/yolo11n-coco-320.onnx");
+        let model = YoloModel::load(path, ComputeDevice::cpu()).expect("test model loads");
+        let images: Vec<RgbImage> = ["bus", "zidane"]
+            .iter()
+            .map(|name| {
+                let path = format!("../shared/data/images/{name}.jpg");
+                crate::video::images::read_image(path.as_ref()).expect("test image reads")
+            })
+            .collect();
+        let Layer::Conv(stem) = &model.network.layers[0] else {
+            panic!("YOLO starts with a convolution")
+        };
+        let size = model.input_size();
+        let per_image = 3 * size.0 as usize * size.1 as usize;
+        let bits = |output: RawOutput| output.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for frames in [&images[..1], &images[..]] {
+            let frames: Vec<&RgbImage> = frames.iter().collect();
+            let (input, _) = model.letterbox(&frames);
+            let Input::Levels(levels) = &input.0 else {
+                panic!("the fast CPU path takes byte levels")
+            };
+            let stem_output = fast_cpu::with_fast_path(true, || stem.forward_levels(levels));
+            assert!(stem_output.is_some(), "the stem reads the levels");
+            let mut values = vec![0.0; per_image * frames.len()];
+            for (buffer, image) in values.chunks_exact_mut(per_image).zip(&frames) {
+                letterbox_into(image, size, buffer);
+            }
+            let from_values = bits(model.infer(model.planar_input(values, frames.len())));
+            assert_eq!(bits(model.infer(input)), from_values);
+            // The frames' levels made one by one and batched, as the engine batches streams.
+            let one_by_one = frames.iter().map(|&frame| model.letterbox(&[frame]).0);
+            let batched = NetworkInput::cat(one_by_one.collect());
+            assert!(matches!(batched.0, Input::Levels(_)));
+            assert_eq!(bits(model.infer(batched)), from_values);
         }
     }
 }

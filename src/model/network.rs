@@ -9,6 +9,7 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor, TensorData};
 use model_import::{Architecture, DetectSpec, LayerKind};
 
+use super::ImageLevels;
 use super::awake::PassPart;
 use super::fast_cpu::{self, BranchContext};
 use super::layers::{
@@ -96,15 +97,37 @@ impl YoloNetwork {
     /// 20x20), too small to keep both cores busy one layer at a time.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<3> {
         let [_, _, input_h, input_w] = images.dims();
+        self.forward_from(Start::Images(images), [input_h, input_w])
+    }
+
+    /// [`forward`](Self::forward) on frames given as their byte levels: the first layer, a
+    /// convolution that alone reads the network's input, reads them as `level / 255` on the
+    /// fast CPU path. Elsewhere (or for another first layer) the levels become values first.
+    pub(crate) fn forward_levels(&self, levels: ImageLevels) -> Tensor<3> {
+        let [_, _, input_h, input_w] = levels.shape;
+        let only_the_first_reads_the_input = self.wiring.from[0] == [-1]
+            && self.wiring.from[1..].iter().all(|from| !from.contains(&-1));
+        let stem_output = match &self.layers[0] {
+            Layer::Conv(stem) if only_the_first_reads_the_input => stem.forward_levels(&levels),
+            _ => None,
+        };
+        match stem_output {
+            Some(output) => self.forward_from(Start::FirstOutput(output), [input_h, input_w]),
+            None => self.forward(levels.into_values()),
+        }
+    }
+
+    /// The forward pass from `start`, on `input_hw` frames.
+    fn forward_from(&self, start: Start, [input_h, input_w]: [usize; 2]) -> Tensor<3> {
         let Some(Layer::Detect(head)) = self.layers.last() else {
             unreachable!("architecture ends with a Detect layer")
         };
         let mut levels: Vec<Option<(Tensor<4>, Tensor<4>)>> = vec![None; head.box_branches.len()];
-        if let Some(context) = fast_cpu::branches_side_by_side(&images) {
+        if let Some(context) = fast_cpu::branches_side_by_side(start.tensor()) {
             let slots: Vec<OnceLock<(Tensor<4>, Tensor<4>)>> =
                 levels.iter().map(|_| OnceLock::new()).collect();
             rayon::scope(|scope| {
-                self.forward_to_head(images, &mut |level, x| {
+                self.forward_to_head(start, &mut |level, x| {
                     let slot = &slots[level];
                     let (part, context) = (PassPart::of_current_pass(), context.clone());
                     scope.spawn(move |_| {
@@ -117,7 +140,7 @@ impl YoloNetwork {
                 *level = slot.into_inner();
             }
         } else {
-            self.forward_to_head(images, &mut |level, x| {
+            self.forward_to_head(start, &mut |level, x| {
                 levels[level] = Some(head.level(level, x, None));
             });
         }
@@ -128,21 +151,29 @@ impl YoloNetwork {
         head.finish(levels, [input_h, input_w])
     }
 
-    /// Runs every layer before the detection head, handing each of the head's inputs to
-    /// `head_input` (with its level) as soon as it is made.
-    fn forward_to_head(&self, images: Tensor<4>, head_input: &mut dyn FnMut(usize, Tensor<4>)) {
+    /// Runs every layer before the detection head from `start`, handing each of the head's
+    /// inputs to `head_input` (with its level) as soon as it is made.
+    fn forward_to_head(&self, start: Start, head_input: &mut dyn FnMut(usize, Tensor<4>)) {
         let head_from = self.wiring.from.last().expect("a network has layers");
         let mut hand_on = |i: i64, output: &Tensor<4>| {
             for (level, _) in head_from.iter().enumerate().filter(|(_, src)| **src == i) {
                 head_input(level, output.clone());
             }
         };
-        hand_on(-1, &images);
+        let mut previous = start.tensor().clone();
+        let (images, mut first_output) = match start {
+            Start::Images(images) => (Some(images), None),
+            Start::FirstOutput(output) => (None, Some(output)),
+        };
+        if let Some(images) = &images {
+            hand_on(-1, images);
+        }
         let mut saved: Vec<Option<Tensor<4>>> = vec![None; self.layers.len()];
-        let mut previous = images.clone();
         let fetch = |saved: &[Option<Tensor<4>>], previous: &Tensor<4>, i: usize, src: i64| {
             if src == -1 {
-                images.clone()
+                images
+                    .clone()
+                    .expect("only the first layer reads the input, and it has run")
             } else if src as usize + 1 == i {
                 previous.clone()
             } else {
@@ -158,36 +189,42 @@ impl YoloNetwork {
         // that part, with the scale still to apply (see `Parts`).
         let mut deferred_scale = None;
         for (i, layer) in self.layers.iter().enumerate() {
-            let from = &self.wiring.from[i];
-            let inputs: Parts = match pending_parts.take() {
-                Some(parts) => parts,
-                None => from
-                    .iter()
-                    .map(|&src| fetch(&saved, &previous, i, src))
-                    .collect::<Vec<_>>()
-                    .into(),
-            };
-            let output = match layer {
-                Layer::Detect(_) => return,
-                Layer::Conv(m) => m.forward_parts(inputs),
-                Layer::Csp(m) => m.forward_parts(inputs),
-                Layer::Sppf(m) => m.forward(single(inputs.made())),
-                Layer::C2psa(m) => m.forward(single(inputs.made())),
-                Layer::Upsample(m) if self.defers_upsampling(i) => {
-                    deferred_scale = Some(m.scale);
-                    previous = single(inputs.made());
-                    continue;
-                }
-                Layer::Upsample(m) => upsample(single(inputs.made()), m.scale),
-                Layer::Concat(m) if m.dim == 1 && self.hands_on_parts(i) => {
-                    pending_parts = Some(Parts {
-                        tensors: inputs.made(),
-                        first_scale: deferred_scale.take().unwrap_or(1),
-                    });
-                    continue;
-                }
-                Layer::Concat(m) => {
-                    timed(OpKind::SplitConcat, || Tensor::cat(inputs.made(), m.dim))
+            // The first layer's output may be given: it ran on the input's byte levels.
+            let output = match first_output.take() {
+                Some(output) => output,
+                None => {
+                    let from = &self.wiring.from[i];
+                    let inputs: Parts = match pending_parts.take() {
+                        Some(parts) => parts,
+                        None => from
+                            .iter()
+                            .map(|&src| fetch(&saved, &previous, i, src))
+                            .collect::<Vec<_>>()
+                            .into(),
+                    };
+                    match layer {
+                        Layer::Detect(_) => return,
+                        Layer::Conv(m) => m.forward_parts(inputs),
+                        Layer::Csp(m) => m.forward_parts(inputs),
+                        Layer::Sppf(m) => m.forward(single(inputs.made())),
+                        Layer::C2psa(m) => m.forward(single(inputs.made())),
+                        Layer::Upsample(m) if self.defers_upsampling(i) => {
+                            deferred_scale = Some(m.scale);
+                            previous = single(inputs.made());
+                            continue;
+                        }
+                        Layer::Upsample(m) => upsample(single(inputs.made()), m.scale),
+                        Layer::Concat(m) if m.dim == 1 && self.hands_on_parts(i) => {
+                            pending_parts = Some(Parts {
+                                tensors: inputs.made(),
+                                first_scale: deferred_scale.take().unwrap_or(1),
+                            });
+                            continue;
+                        }
+                        Layer::Concat(m) => {
+                            timed(OpKind::SplitConcat, || Tensor::cat(inputs.made(), m.dim))
+                        }
+                    }
                 }
             };
             hand_on(i as i64, &output);
@@ -220,6 +257,22 @@ impl YoloNetwork {
             && self.wiring.from.get(i + 1).and_then(|from| from.first()) == Some(&(i as i64))
             && matches!(self.layers.get(i + 1), Some(Layer::Concat(c)) if c.dim == 1)
             && self.hands_on_parts(i + 1)
+    }
+}
+
+/// Where a forward pass starts.
+enum Start {
+    /// From the network's input.
+    Images(Tensor<4>),
+    /// From the first layer's output, made already.
+    FirstOutput(Tensor<4>),
+}
+
+impl Start {
+    fn tensor(&self) -> &Tensor<4> {
+        match self {
+            Start::Images(tensor) | Start::FirstOutput(tensor) => tensor,
+        }
     }
 }
 

@@ -7,6 +7,8 @@ use std::borrow::Cow;
 use image::RgbImage;
 use rayon::prelude::*;
 
+pub(super) use cpu_conv::level_to_unit;
+
 /// Grey value Ultralytics pads with.
 pub(super) const PAD_VALUE: u8 = 114;
 /// OpenCV's `INTER_RESIZE_COEF_BITS`.
@@ -73,16 +75,33 @@ impl Letterbox {
 
 /// Letterboxes `image` into `out` (`3 * h * w` floats, planar RGB in 0..1).
 pub fn letterbox_into(image: &RgbImage, input: (u32, u32), out: &mut [f32]) -> Letterbox {
+    letterbox_with(image, input, out, level_to_unit)
+}
+
+/// Letterboxes `image` into `out` (`3 * h * w` bytes, planar RGB levels): the levels whose
+/// values `level / 255` [`letterbox_into`] writes, a quarter of its bytes.
+pub fn letterbox_levels_into(image: &RgbImage, input: (u32, u32), out: &mut [u8]) -> Letterbox {
+    letterbox_with(image, input, out, |level| level)
+}
+
+/// Letterboxes `image` into `out` (`3 * h * w` values, planar RGB), each byte level written
+/// as `value(level)`.
+fn letterbox_with<T: Copy + Send + Sync>(
+    image: &RgbImage,
+    input: (u32, u32),
+    out: &mut [T],
+    value: impl Fn(u8) -> T + Sync,
+) -> Letterbox {
     let geometry = Letterbox::new(image.dimensions(), input);
     let (rw, rh) = geometry.resized();
     let (w, h) = (input.0 as usize, input.1 as usize);
     assert_eq!(out.len(), 3 * w * h, "output buffer size");
     let (left, top) = geometry.offset();
     let resized = resize_linear(image, rw, rh);
-    let pad = level_to_unit(PAD_VALUE);
+    let pad = value(PAD_VALUE);
     let (plane_r, rest) = out.split_at_mut(w * h);
     let (plane_g, plane_b) = rest.split_at_mut(w * h);
-    let planes: [&mut [f32]; 3] = [plane_r, plane_g, plane_b];
+    let planes: [&mut [T]; 3] = [plane_r, plane_g, plane_b];
     let (rw, rh) = (rw as usize, rh as usize);
     planes.into_par_iter().enumerate().for_each(|(c, plane)| {
         for (y, row) in plane.chunks_exact_mut(w).enumerate() {
@@ -96,17 +115,12 @@ pub fn letterbox_into(image: &RgbImage, input: (u32, u32), out: &mut [f32]) -> L
             before.fill(pad);
             after.fill(pad);
             let pixels = resized[ry * rw * 3..(ry + 1) * rw * 3].chunks_exact(3);
-            for (value, pixel) in inside.iter_mut().zip(pixels) {
-                *value = level_to_unit(pixel[c]);
+            for (to, pixel) in inside.iter_mut().zip(pixels) {
+                *to = value(pixel[c]);
             }
         }
     });
     geometry
-}
-
-/// The network's value for a byte level: `level / 255`.
-pub(super) fn level_to_unit(level: u8) -> f32 {
-    level as f32 / 255.0
 }
 
 /// Source index pairs and fixed-point weights for one axis of a linear resize, computed as
@@ -198,6 +212,10 @@ mod tests {
         assert_eq!(out[0], 114.0 / 255.0);
         assert_eq!(out[8 * 16 + 8], 10.0 / 255.0);
         assert_eq!(out[256 + 8 * 16 + 8], 200.0 / 255.0);
+        let mut levels = vec![0; out.len()];
+        assert_eq!(letterbox_levels_into(&image, (16, 16), &mut levels), lb);
+        let values: Vec<f32> = levels.into_iter().map(level_to_unit).collect();
+        assert_eq!(values, out, "the levels are the values' bytes");
     }
 
     #[test]
