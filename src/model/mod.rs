@@ -175,6 +175,23 @@ impl NetworkInput {
     }
 }
 
+/// `images` letterboxed side by side by `letterbox` into one planar buffer of `size` frames
+/// (the network takes ownership of it, so it is allocated per batch).
+fn letterbox_batch<T: Clone + Default + Send>(
+    images: &[&RgbImage],
+    size: (u32, u32),
+    letterbox: impl Fn(&RgbImage, (u32, u32), &mut [T]) -> Letterbox + Sync,
+) -> (Vec<T>, Vec<Letterbox>) {
+    let per_image = 3 * size.0 as usize * size.1 as usize;
+    let mut buffer = vec![T::default(); per_image * images.len()];
+    let letterboxes = buffer
+        .par_chunks_mut(per_image)
+        .zip(images.par_iter())
+        .map(|(frame, image)| letterbox(image, size, frame))
+        .collect();
+    (buffer, letterboxes)
+}
+
 /// A loaded YOLO detector network on a device.
 #[derive(Debug, Clone)]
 pub struct YoloModel {
@@ -488,14 +505,8 @@ impl YoloModel {
                 letterboxes,
             );
         }
-        let per_image = 3 * size.0 as usize * size.1 as usize;
         if self.device.fast_cpu_conv {
-            let mut levels = vec![0; per_image * images.len()];
-            let letterboxes = levels
-                .par_chunks_mut(per_image)
-                .zip(images.par_iter())
-                .map(|(buffer, image)| letterbox_levels_into(image, size, buffer))
-                .collect();
+            let (levels, letterboxes) = letterbox_batch(images, size, letterbox_levels_into);
             let shape = [images.len(), 3, size.1 as usize, size.0 as usize];
             let device = self.device.device.clone();
             let levels = ImageLevels {
@@ -505,13 +516,7 @@ impl YoloModel {
             };
             return (NetworkInput(Input::Levels(levels)), letterboxes);
         }
-        // The network takes ownership of the buffer, so it is allocated per batch.
-        let mut pixels = vec![0.0; per_image * images.len()];
-        let letterboxes = pixels
-            .par_chunks_mut(per_image)
-            .zip(images.par_iter())
-            .map(|(buffer, image)| letterbox_into(image, size, buffer))
-            .collect();
+        let (pixels, letterboxes) = letterbox_batch(images, size, letterbox_into);
         (self.planar_input(pixels, images.len()), letterboxes)
     }
 
