@@ -35,7 +35,7 @@ impl PlaneValue<f32> for u8 {
 ///
 /// # Panics
 /// When the slices' lengths differ.
-pub(crate) fn widen_levels(src: &[u8], dst: &mut [f32]) {
+pub fn widen_levels(src: &[u8], dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len(), "one value per level");
     #[cfg(target_arch = "x86_64")]
     if crate::simd::avx512f() {

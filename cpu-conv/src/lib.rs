@@ -73,7 +73,7 @@ pub use int8::{
     conv2d_int8_quantized,
 };
 pub use int8_kernels::int8_kernel_name;
-pub use levels::level_to_unit;
+pub use levels::{level_to_unit, widen_levels};
 pub use packed::PackedWeights;
 pub use pool::max_pool_same;
 pub use taps::{conv3x3_taps, conv3x3_taps_levels};

@@ -127,11 +127,8 @@ pub(crate) struct ImageLevels {
 impl ImageLevels {
     /// The frames as the `[B, 3, H, W]` values tensor they stand for.
     pub fn into_values(self) -> Tensor<4> {
-        let values = self
-            .levels
-            .into_iter()
-            .map(preprocess::level_to_unit)
-            .collect();
+        let mut values = vec![0.0; self.levels.len()];
+        cpu_conv::widen_levels(&self.levels, &mut values);
         Tensor::from_data(TensorData::new(values, self.shape), &self.device)
     }
 }
