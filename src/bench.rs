@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::analysis::Analysis;
 use crate::detect::Detector;
-use crate::model::profile::{self, OpKind};
+use crate::model::profile;
 use crate::output::ResultWriters;
 use crate::pipeline::detect_stage::FrameDetector;
 use crate::pipeline::{self, FrameStage, Sinks};
@@ -64,7 +64,7 @@ pub struct StageStats {
     pub p99_ms: f64,
 }
 
-/// Mean time per forward pass of one operation type.
+/// Median time per forward pass of one operation type.
 #[derive(Debug, Clone, Serialize)]
 pub struct OpStats {
     pub op: &'static str,
@@ -72,7 +72,7 @@ pub struct OpStats {
     pub ms: f64,
 }
 
-/// Mean time per forward pass of one timed call, in the order the pass made them.
+/// Median time per forward pass of one timed call, in the order the pass made them.
 #[derive(Debug, Clone, Serialize)]
 pub struct LayerStats {
     /// 1 for the pass's first timed call.
@@ -260,43 +260,32 @@ fn stage_stats(stage: &'static str, mut times: Vec<Duration>) -> StageStats {
     }
 }
 
-/// Mean per-forward time of each operation type, and of each timed call in the order the
-/// pass makes them, over three forward passes on the video's first frame.
+/// Forward passes the operation profile records; each figure is the median over them, so
+/// that a pass slowed by the machine does not move it.
+const PROFILED_PASSES: usize = 7;
+
+/// Per-forward time of each operation type, and of each timed call in the order the pass
+/// makes them: medians over [`PROFILED_PASSES`] forward passes on the video's first frame.
 fn op_profile(
     detector: &Detector,
     settings: &BenchSettings,
 ) -> anyhow::Result<(Vec<OpStats>, Vec<LayerStats>)> {
-    const PASSES: usize = 3;
     let frame = video::open_source(&settings.video, video::DEFAULT_RAW_FPS)?
         .next_frame()?
         .ok_or_else(|| anyhow::anyhow!("{}: no frames", settings.video.display()))?;
     let (input, _) = detector.preprocess(&[&frame.image]);
     let ((), recorded) = profile::record(|| {
-        for _ in 0..PASSES {
+        for _ in 0..PROFILED_PASSES {
             detector.model.infer(input.clone());
         }
     });
-    let mut ops: Vec<(OpKind, usize, Duration)> = recorded
-        .per_kind()
-        .into_iter()
-        .map(|(kind, (calls, time))| (kind, calls / PASSES, time / PASSES as u32))
-        .collect();
-    ops.sort_by_key(|(_, _, time)| std::cmp::Reverse(*time));
-    let ops = ops
-        .into_iter()
-        .map(|(kind, calls, time)| OpStats {
-            op: kind.label(),
-            calls,
-            ms: time.as_secs_f64() * 1000.0,
-        })
-        .collect();
-    Ok((ops, layer_stats(&recorded.calls, PASSES)))
+    let passes = alike_passes(&recorded.calls, PROFILED_PASSES);
+    Ok((kind_stats(&passes), layer_stats(&passes)))
 }
 
-/// Each call of a pass with its mean time over `passes` passes that made the same calls in
-/// the same order (`calls` holds them one pass after another); where the passes differ,
-/// the first pass's times alone.
-fn layer_stats(calls: &[profile::OpCall], passes: usize) -> Vec<LayerStats> {
+/// `calls`, recorded over `passes` passes one after another, split into its passes where
+/// they made the same calls in the same order; otherwise the first pass's calls alone.
+fn alike_passes(calls: &[profile::OpCall], passes: usize) -> Vec<&[profile::OpCall]> {
     let per_pass = calls.len() / passes.max(1);
     if per_pass == 0 {
         return Vec::new();
@@ -308,16 +297,47 @@ fn layer_stats(calls: &[profile::OpCall], passes: usize) -> Vec<LayerStats> {
                 .zip(runs[0])
                 .all(|(a, b)| a.kind == b.kind && a.layer == b.layer)
         });
-    let averaged = if alike { &runs[..] } else { &runs[..1] };
-    (0..per_pass)
-        .map(|i| {
-            let total: Duration = averaged.iter().map(|run| run[i].time).sum();
-            LayerStats {
-                index: i + 1,
-                op: runs[0][i].kind.label(),
-                layer: runs[0][i].layer.clone(),
-                ms: total.as_secs_f64() * 1000.0 / averaged.len() as f64,
-            }
+    if alike { runs } else { runs[..1].to_vec() }
+}
+
+/// The median of `times`, in milliseconds (`times` is not empty).
+fn median_ms(mut times: Vec<Duration>) -> f64 {
+    times.sort();
+    times[times.len() / 2].as_secs_f64() * 1000.0
+}
+
+/// Each operation type's calls per pass and its median time per pass over `passes`, the
+/// costliest first.
+fn kind_stats(passes: &[&[profile::OpCall]]) -> Vec<OpStats> {
+    let Some(first) = passes.first() else {
+        return Vec::new();
+    };
+    let per_pass: Vec<_> = passes.iter().map(|pass| profile::per_kind(pass)).collect();
+    let mut ops: Vec<OpStats> = profile::per_kind(first)
+        .into_iter()
+        .map(|(kind, (calls, _))| OpStats {
+            op: kind.label(),
+            calls,
+            ms: median_ms(per_pass.iter().map(|totals| totals[&kind].1).collect()),
+        })
+        .collect();
+    ops.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+    ops
+}
+
+/// Each call of a pass with its median time over `passes`.
+fn layer_stats(passes: &[&[profile::OpCall]]) -> Vec<LayerStats> {
+    let Some(first) = passes.first() else {
+        return Vec::new();
+    };
+    first
+        .iter()
+        .enumerate()
+        .map(|(i, call)| LayerStats {
+            index: i + 1,
+            op: call.kind.label(),
+            layer: call.layer.clone(),
+            ms: median_ms(passes.iter().map(|pass| pass[i].time).collect()),
         })
         .collect()
 }
@@ -475,7 +495,7 @@ pub fn write_tables(out: &mut impl Write, reports: &[BenchReport]) -> std::io::R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use profile::OpCall;
+    use profile::{OpCall, OpKind};
 
     fn call(kind: OpKind, layer: Option<&str>, micros: u64) -> OpCall {
         OpCall {
@@ -485,23 +505,32 @@ mod tests {
         }
     }
 
+    /// Per layer and per operation type, the median over the passes: a pass the machine
+    /// slowed (the third) does not move it.
     #[test]
-    fn layer_times_are_averaged_over_passes_that_made_the_same_calls() {
+    fn times_are_medians_over_passes_that_made_the_same_calls() {
         let pass = |conv: u64, pool: u64| {
             [
                 call(OpKind::Conv3x3, Some("3->16 3x3/2 to 8x8 f32"), conv),
                 call(OpKind::MaxPool, None, pool),
+                call(OpKind::MaxPool, None, pool),
             ]
         };
-        let calls: Vec<OpCall> = [pass(100, 10), pass(200, 20), pass(300, 60)].concat();
-        let layers = layer_stats(&calls, 3);
-        assert_eq!(layers.len(), 2);
+        let calls: Vec<OpCall> = [pass(100, 10), pass(200, 20), pass(900, 60)].concat();
+        let passes = alike_passes(&calls, 3);
+        assert_eq!(passes.len(), 3);
+        let layers = layer_stats(&passes);
+        assert_eq!(layers.len(), 3);
         assert_eq!(layers[0].index, 1);
         assert_eq!(layers[0].op, "conv 3x3");
         assert_eq!(layers[0].layer.as_deref(), Some("3->16 3x3/2 to 8x8 f32"));
         assert!((layers[0].ms - 0.2).abs() < 1e-9, "{}", layers[0].ms);
-        assert_eq!((layers[1].op, layers[1].layer.clone()), ("max-pool", None));
-        assert!((layers[1].ms - 0.03).abs() < 1e-9, "{}", layers[1].ms);
+        assert_eq!((layers[2].op, layers[2].layer.clone()), ("max-pool", None));
+        assert!((layers[2].ms - 0.02).abs() < 1e-9, "{}", layers[2].ms);
+        let ops = kind_stats(&passes);
+        let summary: Vec<(&str, usize)> = ops.iter().map(|op| (op.op, op.calls)).collect();
+        assert_eq!(summary, [("conv 3x3", 1), ("max-pool", 2)]);
+        assert!((ops[0].ms - 0.2).abs() < 1e-9 && (ops[1].ms - 0.04).abs() < 1e-9);
     }
 
     #[test]
@@ -512,9 +541,15 @@ mod tests {
             call(OpKind::Conv1x1, Some("a"), 300),
             call(OpKind::Conv1x1, Some("a"), 400),
         ];
-        let layers = layer_stats(&calls, 2);
+        let passes = alike_passes(&calls, 2);
+        assert_eq!(passes.len(), 1);
+        let layers = layer_stats(&passes);
         assert_eq!(layers.len(), 2);
         assert!((layers[0].ms - 0.1).abs() < 1e-9 && (layers[1].ms - 0.2).abs() < 1e-9);
-        assert!(layer_stats(&calls[..1], 2).is_empty());
+        let ops = kind_stats(&passes);
+        assert_eq!((ops.len(), ops[0].calls), (1, 2));
+        assert!((ops[0].ms - 0.3).abs() < 1e-9, "{}", ops[0].ms);
+        assert!(alike_passes(&calls[..1], 2).is_empty());
+        assert!(layer_stats(&[]).is_empty() && kind_stats(&[]).is_empty());
     }
 }

@@ -62,14 +62,19 @@ pub struct OpProfile {
 impl OpProfile {
     /// Calls and total time per operation type.
     pub fn per_kind(&self) -> BTreeMap<OpKind, (usize, Duration)> {
-        let mut totals = BTreeMap::<OpKind, (usize, Duration)>::new();
-        for call in &self.calls {
-            let entry = totals.entry(call.kind).or_default();
-            entry.0 += 1;
-            entry.1 += call.time;
-        }
-        totals
+        per_kind(&self.calls)
     }
+}
+
+/// Calls and total time per operation type of `calls`.
+pub fn per_kind(calls: &[OpCall]) -> BTreeMap<OpKind, (usize, Duration)> {
+    let mut totals = BTreeMap::<OpKind, (usize, Duration)>::new();
+    for call in calls {
+        let entry = totals.entry(call.kind).or_default();
+        entry.0 += 1;
+        entry.1 += call.time;
+    }
+    totals
 }
 
 thread_local! {
