@@ -28,6 +28,10 @@ pub struct AgreeArgs {
     /// Fail when mAP50 against the reference is below this.
     #[arg(long, default_value_t = 0.5)]
     min_map50: f64,
+    /// Also print each class's reference objects, candidate boxes and average precisions,
+    /// whose means are the mAP figures (a class seen once weighs as much as any other).
+    #[arg(long)]
+    per_class: bool,
     /// Where the networks run: auto, gpu, cpu or cpu-burn.
     #[arg(long)]
     device: Option<DeviceChoice>,
@@ -156,6 +160,28 @@ pub fn agree(args: AgreeArgs, config: Config) -> anyhow::Result<()> {
         m.map50,
         m.map50_95
     );
+    if args.per_class {
+        report!(
+            "{:<16} {:>9} {:>9} {:>7} {:>9}",
+            "class",
+            "reference",
+            "boxes",
+            "AP50",
+            "AP50-95"
+        );
+        let names = reference.class_names();
+        for class in &agreement.per_class {
+            let name = names.get(class.class_id).map_or("?", String::as_str);
+            report!(
+                "{:<16} {:>9} {:>9} {:>7.3} {:>9.3}",
+                name,
+                class.labels,
+                class.predictions,
+                class.ap50,
+                class.ap50_95
+            );
+        }
+    }
     if m.map50 < args.min_map50 {
         bail!(
             "{}: mAP50 {:.3} against {} is below {} — the model does not agree with its reference",

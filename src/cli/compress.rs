@@ -176,12 +176,15 @@ pub fn save_compressed(
 /// One line on a written model: size against the source file, and its agreement.
 pub fn report_written(source: &Path, output: &Path, written: &streamtrack::compress::Written) {
     let source_bytes = std::fs::metadata(source).map(|m| m.len()).unwrap_or(0);
-    let agreement = written.agreement.map_or(String::from("unchecked"), |a| {
-        format!(
-            "mAP50 {:.3}, mAP50-95 {:.3} against the original on {} frames ({} objects)",
-            a.metrics.map50, a.metrics.map50_95, a.frames, a.reference_objects
-        )
-    });
+    let agreement = written
+        .agreement
+        .as_ref()
+        .map_or(String::from("unchecked"), |a| {
+            format!(
+                "mAP50 {:.3}, mAP50-95 {:.3} against the original on {} frames ({} objects)",
+                a.metrics.map50, a.metrics.map50_95, a.frames, a.reference_objects
+            )
+        });
     report!(
         "{} -> {} ({:.2} MB, source {:.2} MB): {agreement}",
         source.display(),

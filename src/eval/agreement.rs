@@ -8,15 +8,17 @@
 
 use std::path::PathBuf;
 
-use super::detection::{DetectionEval, DetectionMetrics, SCORING_CONF};
+use super::detection::{ClassMetrics, DetectionEval, DetectionMetrics, SCORING_CONF};
 use crate::detect::Detector;
 use crate::formats::yolo_labels::Label;
 use crate::video::{self, VideoError};
 
 /// Agreement over evenly spaced frames of each video.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Agreement {
     pub metrics: DetectionMetrics,
+    /// The figures of each class the reference detected, whose means `metrics` holds.
+    pub per_class: Vec<ClassMetrics>,
     pub frames: usize,
     /// Reference detections, the labels.
     pub reference_objects: usize,
@@ -61,6 +63,7 @@ fn score(
     }
     Ok(Agreement {
         metrics: eval.metrics(),
+        per_class: eval.per_class(),
         frames,
         reference_objects,
     })
