@@ -153,13 +153,15 @@ fn frame_skip_and_input_size_keep_every_frame_and_report_analysed_ones() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The INT8 export agrees with its float original on real frames of both videos, and a
-/// threshold it cannot meet fails loudly.
+/// The INT8 export agrees with its float original on real frames of both videos, its
+/// per-class figures are the terms of that mean, and a threshold it cannot meet fails
+/// loudly.
 #[test]
 fn int8_export_agrees_with_the_float_model_on_video_frames() {
     let run = |min_map50: &str| {
         Command::new(env!("CARGO_BIN_EXE_streamtrack"))
             .args(["agree", "--quiet", "--device", "cpu", "--frames", "6"])
+            .arg("--per-class")
             .arg("-m")
             .arg(data("models/yolo11n-coco-320-int8.onnx"))
             .arg("--reference")
@@ -184,6 +186,23 @@ fn int8_export_agrees_with_the_float_model_on_video_frames() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no mAP50 in {stdout}"));
     assert!((0.5..=1.0).contains(&map50), "{stdout}");
+    // One row per class the reference found: name, reference objects, boxes, AP50, AP50-95.
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .skip_while(|line| !line.starts_with("class "))
+        .skip(1)
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    assert!(rows.iter().any(|row| row[0] == "person"), "{stdout}");
+    let ap50: Vec<f64> = rows
+        .iter()
+        .map(|row| row[row.len() - 2].parse().expect("AP50"))
+        .collect();
+    let mean = ap50.iter().sum::<f64>() / ap50.len() as f64;
+    assert!(
+        (mean - map50).abs() <= 0.001,
+        "{mean} against {map50}: {stdout}"
+    );
 
     let out = run("1.01");
     let stderr = String::from_utf8_lossy(&out.stderr);
