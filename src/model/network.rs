@@ -155,20 +155,34 @@ impl YoloNetwork {
     /// inputs to `head_input` (with its level) as soon as it is made.
     fn forward_to_head(&self, start: Start, head_input: &mut dyn FnMut(usize, Tensor<4>)) {
         let head_from = self.wiring.from.last().expect("a network has layers");
-        let mut hand_on = |i: i64, output: &Tensor<4>| {
-            for (level, _) in head_from.iter().enumerate().filter(|(_, src)| **src == i) {
+        let mut saved: Vec<Option<Tensor<4>>> = vec![None; self.layers.len()];
+        // What follows the output of `source` (a layer, or -1 for the input): the head gets
+        // it if it reads it, and a layer's is kept if a later layer reads it.
+        let mut record = |saved: &mut [Option<Tensor<4>>], source: i64, output: &Tensor<4>| {
+            for (level, _) in head_from
+                .iter()
+                .enumerate()
+                .filter(|(_, src)| **src == source)
+            {
                 head_input(level, output.clone());
             }
+            if let Ok(i) = usize::try_from(source)
+                && self.wiring.keep[i]
+            {
+                saved[i] = Some(output.clone());
+            }
         };
-        let mut previous = start.tensor().clone();
-        let (images, mut first_output) = match start {
-            Start::Images(images) => (Some(images), None),
-            Start::FirstOutput(output) => (None, Some(output)),
+        let (images, mut previous, first_layer) = match start {
+            Start::Images(images) => {
+                record(&mut saved, -1, &images);
+                (Some(images.clone()), images, 0)
+            }
+            // The first layer ran already, on the input's byte levels.
+            Start::FirstOutput(output) => {
+                record(&mut saved, 0, &output);
+                (None, output, 1)
+            }
         };
-        if let Some(images) = &images {
-            hand_on(-1, images);
-        }
-        let mut saved: Vec<Option<Tensor<4>>> = vec![None; self.layers.len()];
         let fetch = |saved: &[Option<Tensor<4>>], previous: &Tensor<4>, i: usize, src: i64| {
             if src == -1 {
                 images
@@ -188,49 +202,40 @@ impl YoloNetwork {
         // An upsampling that such a concatenation reads first: its input is handed on as
         // that part, with the scale still to apply (see `Parts`).
         let mut deferred_scale = None;
-        for (i, layer) in self.layers.iter().enumerate() {
-            // The first layer's output may be given: it ran on the input's byte levels.
-            let output = match first_output.take() {
-                Some(output) => output,
-                None => {
-                    let from = &self.wiring.from[i];
-                    let inputs: Parts = match pending_parts.take() {
-                        Some(parts) => parts,
-                        None => from
-                            .iter()
-                            .map(|&src| fetch(&saved, &previous, i, src))
-                            .collect::<Vec<_>>()
-                            .into(),
-                    };
-                    match layer {
-                        Layer::Detect(_) => return,
-                        Layer::Conv(m) => m.forward_parts(inputs),
-                        Layer::Csp(m) => m.forward_parts(inputs),
-                        Layer::Sppf(m) => m.forward(single(inputs.made())),
-                        Layer::C2psa(m) => m.forward(single(inputs.made())),
-                        Layer::Upsample(m) if self.defers_upsampling(i) => {
-                            deferred_scale = Some(m.scale);
-                            previous = single(inputs.made());
-                            continue;
-                        }
-                        Layer::Upsample(m) => upsample(single(inputs.made()), m.scale),
-                        Layer::Concat(m) if m.dim == 1 && self.hands_on_parts(i) => {
-                            pending_parts = Some(Parts {
-                                tensors: inputs.made(),
-                                first_scale: deferred_scale.take().unwrap_or(1),
-                            });
-                            continue;
-                        }
-                        Layer::Concat(m) => {
-                            timed(OpKind::SplitConcat, || Tensor::cat(inputs.made(), m.dim))
-                        }
-                    }
+        for (i, layer) in self.layers.iter().enumerate().skip(first_layer) {
+            let from = &self.wiring.from[i];
+            let inputs: Parts = match pending_parts.take() {
+                Some(parts) => parts,
+                None => from
+                    .iter()
+                    .map(|&src| fetch(&saved, &previous, i, src))
+                    .collect::<Vec<_>>()
+                    .into(),
+            };
+            let output = match layer {
+                Layer::Detect(_) => return,
+                Layer::Conv(m) => m.forward_parts(inputs),
+                Layer::Csp(m) => m.forward_parts(inputs),
+                Layer::Sppf(m) => m.forward(single(inputs.made())),
+                Layer::C2psa(m) => m.forward(single(inputs.made())),
+                Layer::Upsample(m) if self.defers_upsampling(i) => {
+                    deferred_scale = Some(m.scale);
+                    previous = single(inputs.made());
+                    continue;
+                }
+                Layer::Upsample(m) => upsample(single(inputs.made()), m.scale),
+                Layer::Concat(m) if m.dim == 1 && self.hands_on_parts(i) => {
+                    pending_parts = Some(Parts {
+                        tensors: inputs.made(),
+                        first_scale: deferred_scale.take().unwrap_or(1),
+                    });
+                    continue;
+                }
+                Layer::Concat(m) => {
+                    timed(OpKind::SplitConcat, || Tensor::cat(inputs.made(), m.dim))
                 }
             };
-            hand_on(i as i64, &output);
-            if self.wiring.keep[i] {
-                saved[i] = Some(output.clone());
-            }
+            record(&mut saved, i as i64, &output);
             previous = output;
         }
         unreachable!("architecture ends with a Detect layer")
