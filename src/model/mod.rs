@@ -599,7 +599,6 @@ mod tests {
             panic!("YOLO starts with a convolution")
         };
         let size = model.input_size();
-        let per_image = 3 * size.0 as usize * size.1 as usize;
         let bits = |output: RawOutput| output.data.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         for frames in [&images[..1], &images[..]] {
             let frames: Vec<&RgbImage> = frames.iter().collect();
@@ -609,10 +608,7 @@ mod tests {
             };
             let stem_output = fast_cpu::with_fast_path(true, || stem.forward_levels(levels));
             assert!(stem_output.is_some(), "the stem reads the levels");
-            let mut values = vec![0.0; per_image * frames.len()];
-            for (buffer, image) in values.chunks_exact_mut(per_image).zip(&frames) {
-                letterbox_into(image, size, buffer);
-            }
+            let (values, _) = letterbox_batch(&frames, size, letterbox_into);
             let from_values = bits(model.infer(model.planar_input(values, frames.len())));
             assert_eq!(bits(model.infer(input)), from_values);
             // The frames' levels made one by one and batched, as the engine batches streams.
