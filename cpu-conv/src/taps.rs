@@ -384,6 +384,7 @@ fn conv3x3_taps_in(
         params.kernel == 3 && params.padding == 1 && matches!(params.stride, 1 | 2),
         "3x3 kernel, padding 1, stride 1 or 2"
     );
+    // Checks that each part holds its channels' planes; `convolve_planes` counts them.
     FeatureMap::channels_of(inputs, (height, width));
     let planes: Vec<&[f32]> = inputs
         .iter()
