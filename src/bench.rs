@@ -5,7 +5,9 @@
 //! host, so GPU work is finished before its timer stops. Tracking, speed and annotation are
 //! the [`Analysis`] that `process` and `live` run, timed from inside (annotate covers events,
 //! zone counting, drawing and the result writers). The same frames are then run
-//! through the real three-thread pipeline for the end-to-end rate.
+//! through the real three-thread pipeline for the end-to-end rate. Several models (or
+//! devices) can take the frames in turn ([`run_interleaved`]), so that their stage times come
+//! from the same stretch of time.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -118,72 +120,147 @@ impl BenchReport {
 
 /// Times every stage of `detector` on the settings' video, then the real pipeline.
 pub fn run(
-    mut detector: Detector,
+    detector: Detector,
     names: Vec<String>,
     settings: &BenchSettings,
 ) -> anyhow::Result<BenchReport> {
-    let source = video::open_source(&settings.video, video::DEFAULT_RAW_FPS)?;
-    let info = source.info().clone();
-    let scratch = ScratchFile::new("stages");
-    let mut stages = StageRun {
-        analysis: analysis(names.clone(), settings, &info)?.with_stage_times(),
-        sink: Mp4Sink::create(&scratch.path, info.fps, EncodeSettings::default())?,
-    };
-    let mut samples = vec![Vec::new(); STAGES.len()];
-    let mut source = source;
-    for i in 0..settings.warmup + settings.frames {
-        let Some(times) = stages.frame(source.as_mut(), &mut detector)? else {
-            break;
-        };
-        if i >= settings.warmup {
-            samples.iter_mut().zip(times).for_each(|(s, t)| s.push(t));
+    let mut reports = run_interleaved(vec![(detector, names)], settings)?;
+    Ok(reports.remove(0))
+}
+
+/// [`run`] for several detectors (the report's columns), their stage-by-stage runs taken
+/// frame by frame in turn: each frame through every column before the next frame, so that
+/// on a machine whose speed drifts from minute to minute every column's medians come from
+/// the same stretch of time. The profiles and the pipeline runs follow, column by column.
+pub fn run_interleaved(
+    columns: Vec<(Detector, Vec<String>)>,
+    settings: &BenchSettings,
+) -> anyhow::Result<Vec<BenchReport>> {
+    let mut runs = columns
+        .into_iter()
+        .enumerate()
+        .map(|(column, (detector, names))| ColumnRun::start(detector, names, settings, column))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    'frames: for i in 0..settings.warmup + settings.frames {
+        for run in &mut runs {
+            if !run.frame(i >= settings.warmup)? {
+                break 'frames;
+            }
         }
     }
-    stages.sink.finish()?;
-    let timed = samples[0].len();
-    anyhow::ensure!(
-        timed > 0,
-        "{}: fewer frames than the {} warm-up frames",
-        settings.video.display(),
-        settings.warmup
-    );
-    let profiled = (settings.op_profile || settings.layer_profile) && !detector.model.device.is_gpu;
-    let (mut ops, mut layers) = if profiled {
-        op_profile(&detector, settings)?
-    } else {
-        Default::default()
-    };
-    if !settings.op_profile {
-        ops.clear();
+    runs.into_iter().map(|run| run.finish(settings)).collect()
+}
+
+/// One column's stage-by-stage run: its detector, its own decoder of the video, the analysis
+/// and encoder after the network, and the stage times of the frames timed so far.
+struct ColumnRun {
+    detector: Detector,
+    names: Vec<String>,
+    source: Box<dyn FrameSource>,
+    info: StreamInfo,
+    stages: StageRun,
+    /// Per stage, the time of each timed frame.
+    samples: Vec<Vec<Duration>>,
+    /// Where `stages` encodes to; removed when the run is dropped.
+    _scratch: ScratchFile,
+}
+
+impl ColumnRun {
+    /// Opens the video and the encoder for column `column` (numbered so that columns run
+    /// side by side do not share a scratch file).
+    fn start(
+        detector: Detector,
+        names: Vec<String>,
+        settings: &BenchSettings,
+        column: usize,
+    ) -> anyhow::Result<Self> {
+        let source = video::open_source(&settings.video, video::DEFAULT_RAW_FPS)?;
+        let info = source.info().clone();
+        let scratch = ScratchFile::new(&format!("stages-{column}"));
+        let stages = StageRun {
+            analysis: analysis(names.clone(), settings, &info)?.with_stage_times(),
+            sink: Mp4Sink::create(&scratch.path, info.fps, EncodeSettings::default())?,
+        };
+        Ok(Self {
+            detector,
+            names,
+            source,
+            info,
+            stages,
+            samples: vec![Vec::new(); STAGES.len()],
+            _scratch: scratch,
+        })
     }
-    if !settings.layer_profile {
-        layers.clear();
+
+    /// Runs the next frame through every stage, keeping its times if `timed`; false at the
+    /// end of the video.
+    fn frame(&mut self, timed: bool) -> anyhow::Result<bool> {
+        let Some(times) = self
+            .stages
+            .frame(self.source.as_mut(), &mut self.detector)?
+        else {
+            return Ok(false);
+        };
+        if timed {
+            self.samples
+                .iter_mut()
+                .zip(times)
+                .for_each(|(s, t)| s.push(t));
+        }
+        Ok(true)
     }
-    let stats: Vec<StageStats> = STAGES
-        .iter()
-        .zip(samples)
-        .map(|(stage, times)| stage_stats(stage, times))
-        .collect();
-    let sequential_ms: f64 = stats.iter().map(|s| s.median_ms).sum();
-    let model = detector.model.card.source.clone();
-    let device = detector.model.device.description.clone();
-    let (w, h) = detector.model.input_size();
-    let pipeline_fps = pipeline_fps(detector, names, settings, timed)?;
-    Ok(BenchReport {
-        model,
-        device,
-        input: [w as usize, h as usize],
-        video: settings.video.display().to_string(),
-        video_fps: info.fps,
-        frames: timed,
-        stages: stats,
-        sequential_fps: 1000.0 / sequential_ms,
-        pipeline_fps,
-        realtime_factor: pipeline_fps / info.fps,
-        peak_memory_mib: peak_memory_mib(),
-        ops,
-        layers,
-    })
+
+    /// The column's report: the stage medians, then its profile (when asked for) and its
+    /// pipeline run.
+    fn finish(mut self, settings: &BenchSettings) -> anyhow::Result<BenchReport> {
+        self.stages.sink.finish()?;
+        let timed = self.samples[0].len();
+        anyhow::ensure!(
+            timed > 0,
+            "{}: fewer frames than the {} warm-up frames",
+            settings.video.display(),
+            settings.warmup
+        );
+        let detector = self.detector;
+        let profiled =
+            (settings.op_profile || settings.layer_profile) && !detector.model.device.is_gpu;
+        let (mut ops, mut layers) = if profiled {
+            op_profile(&detector, settings)?
+        } else {
+            Default::default()
+        };
+        if !settings.op_profile {
+            ops.clear();
+        }
+        if !settings.layer_profile {
+            layers.clear();
+        }
+        let stats: Vec<StageStats> = STAGES
+            .iter()
+            .zip(self.samples)
+            .map(|(stage, times)| stage_stats(stage, times))
+            .collect();
+        let sequential_ms: f64 = stats.iter().map(|s| s.median_ms).sum();
+        let model = detector.model.card.source.clone();
+        let device = detector.model.device.description.clone();
+        let (w, h) = detector.model.input_size();
+        let pipeline_fps = pipeline_fps(detector, self.names, settings, timed)?;
+        Ok(BenchReport {
+            model,
+            device,
+            input: [w as usize, h as usize],
+            video: settings.video.display().to_string(),
+            video_fps: self.info.fps,
+            frames: timed,
+            stages: stats,
+            sequential_fps: 1000.0 / sequential_ms,
+            pipeline_fps,
+            realtime_factor: pipeline_fps / self.info.fps,
+            peak_memory_mib: peak_memory_mib(),
+            ops,
+            layers,
+        })
+    }
 }
 
 /// The per-frame state of the stage-by-stage run: the analysis `process` and `live` run.

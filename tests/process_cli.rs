@@ -276,6 +276,56 @@ fn bench_reports_every_stage_and_the_pipeline() {
     assert!(report["pipeline_fps"].as_f64().unwrap() > 0.0, "{report}");
 }
 
+/// `bench --interleave` gives each model its own column, as the runs one after another do:
+/// every column times the frames asked for on its own model and input size.
+#[test]
+fn bench_interleaved_keeps_a_column_per_model() {
+    let out = Command::new(env!("CARGO_BIN_EXE_streamtrack"))
+        .args([
+            "-q",
+            "bench",
+            "--json",
+            "--interleave",
+            "--device",
+            "cpu",
+            "--frames",
+            "4",
+            "--warmup",
+            "1",
+            "-m",
+        ])
+        .arg(data("models/yolo11n-coco-320.onnx"))
+        .arg("-m")
+        .arg(data("models/yolov8n-coco-640.onnx"))
+        .arg(data("video/traffic-640x360.mp4"))
+        .output()
+        .expect("binary runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reports = reports.as_array().unwrap();
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    for (report, (name, size)) in reports
+        .iter()
+        .zip([("yolo11n-coco-320", 320), ("yolov8n-coco-640", 640)])
+    {
+        assert!(report["model"].as_str().unwrap().contains(name), "{report}");
+        assert_eq!(report["input"], serde_json::json!([size, size]), "{report}");
+        assert_eq!(report["frames"], 4, "{report}");
+        let network = report["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["stage"] == "network")
+            .unwrap();
+        assert!(network["median_ms"].as_f64().unwrap() > 0.0, "{report}");
+        assert!(report["pipeline_fps"].as_f64().unwrap() > 0.0, "{report}");
+    }
+}
+
 /// `live` with two sources in one process: one model whose network calls take the frames
 /// of both streams, each stream's events in its own file named after its source; with
 /// several sources, an output path without `{stream}` is refused before anything starts.

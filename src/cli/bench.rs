@@ -70,6 +70,11 @@ pub struct BenchArgs {
     /// devices).
     #[arg(long)]
     layers: bool,
+    /// With several models or devices, time their stage-by-stage runs frame by frame in
+    /// turn (each frame through every column before the next), so that a machine whose
+    /// speed drifts slows every column alike; every model is loaded first.
+    #[arg(long)]
+    interleave: bool,
     /// Print the reports as JSON instead of tables.
     #[arg(long)]
     json: bool,
@@ -110,15 +115,25 @@ pub fn bench(args: BenchArgs, config: Config) -> anyhow::Result<()> {
         op_profile: args.ops,
         layer_profile: args.layers,
     };
-    let mut reports = Vec::new();
-    for model in &models {
-        for device in &devices {
-            eprintln!("benchmarking {} on {}", model.display(), device.description);
-            let model_args = DetectorSpec::for_model(model, args.input_size);
-            let (detector, names) = setup::build_detector_on(&model_args, &config, device.clone())?;
+    let columns = models
+        .iter()
+        .flat_map(|model| devices.iter().map(move |device| (model, device)));
+    let build = |(model, device): (&PathBuf, &ComputeDevice)| {
+        eprintln!("benchmarking {} on {}", model.display(), device.description);
+        let model_args = DetectorSpec::for_model(model, args.input_size);
+        setup::build_detector_on(&model_args, &config, device.clone())
+    };
+    let reports = if args.interleave {
+        let detectors = columns.map(build).collect::<anyhow::Result<Vec<_>>>()?;
+        streamtrack::bench::run_interleaved(detectors, &settings)?
+    } else {
+        let mut reports = Vec::new();
+        for column in columns {
+            let (detector, names) = build(column)?;
             reports.push(streamtrack::bench::run(detector, names, &settings)?);
         }
-    }
+        reports
+    };
     if args.json {
         report!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
