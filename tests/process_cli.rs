@@ -214,6 +214,20 @@ fn int8_export_agrees_with_the_float_model_on_video_frames() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// The reports of `streamtrack -q bench --json` with the arguments `args` adds, a run that
+/// must succeed.
+fn bench_reports(args: impl FnOnce(&mut Command) -> &mut Command) -> serde_json::Value {
+    let mut bench = Command::new(env!("CARGO_BIN_EXE_streamtrack"));
+    bench.args(["-q", "bench", "--json"]);
+    let out = args(&mut bench).output().expect("binary runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 /// `bench` times every stage, the analysis ones inside the same analysis `process` runs
 /// (with the camera's motion measured), and the real pipeline after them.
 #[test]
@@ -221,24 +235,14 @@ fn bench_reports_every_stage_and_the_pipeline() {
     let config =
         std::env::temp_dir().join(format!("streamtrack-bench-{}.toml", std::process::id()));
     std::fs::write(&config, "[tracker]\ncamera_motion = true\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_streamtrack"))
-        .args([
-            "-q", "bench", "--json", "--layers", "--device", "cpu", "--frames", "8",
-        ])
-        .arg("--config")
-        .arg(&config)
-        .args(["--warmup", "2", "-m"])
-        .arg(data("models/yolo11n-coco-320.onnx"))
-        .arg(data("video/traffic-640x360.mp4"))
-        .output()
-        .expect("binary runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let reports: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let reports = bench_reports(|bench| {
+        bench
+            .args(["--layers", "--device", "cpu", "--frames", "8", "--config"])
+            .arg(&config)
+            .args(["--warmup", "2", "-m"])
+            .arg(data("models/yolo11n-coco-320.onnx"))
+            .arg(data("video/traffic-640x360.mp4"))
+    });
     let report = &reports[0];
     assert_eq!(report["frames"], 8, "{report}");
     let stages: Vec<&str> = report["stages"]
@@ -280,32 +284,15 @@ fn bench_reports_every_stage_and_the_pipeline() {
 /// every column times the frames asked for on its own model and input size.
 #[test]
 fn bench_interleaved_keeps_a_column_per_model() {
-    let out = Command::new(env!("CARGO_BIN_EXE_streamtrack"))
-        .args([
-            "-q",
-            "bench",
-            "--json",
-            "--interleave",
-            "--device",
-            "cpu",
-            "--frames",
-            "4",
-            "--warmup",
-            "1",
-            "-m",
-        ])
-        .arg(data("models/yolo11n-coco-320.onnx"))
-        .arg("-m")
-        .arg(data("models/yolov8n-coco-640.onnx"))
-        .arg(data("video/traffic-640x360.mp4"))
-        .output()
-        .expect("binary runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reports = bench_reports(|bench| {
+        bench
+            .args(["--interleave", "--device", "cpu", "--frames", "4"])
+            .args(["--warmup", "1", "-m"])
+            .arg(data("models/yolo11n-coco-320.onnx"))
+            .arg("-m")
+            .arg(data("models/yolov8n-coco-640.onnx"))
+            .arg(data("video/traffic-640x360.mp4"))
+    });
     let reports = reports.as_array().unwrap();
     assert_eq!(reports.len(), 2, "{reports:?}");
     for (report, (name, size)) in reports
