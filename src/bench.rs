@@ -386,13 +386,13 @@ fn median_ms(mut times: Vec<Duration>) -> f64 {
 /// Each operation type's calls per pass and its median time per pass over `passes`, the
 /// costliest first.
 fn kind_stats(passes: &[&[profile::OpCall]]) -> Vec<OpStats> {
-    let Some(first) = passes.first() else {
+    let per_pass: Vec<_> = passes.iter().map(|pass| profile::per_kind(pass)).collect();
+    let Some(first) = per_pass.first() else {
         return Vec::new();
     };
-    let per_pass: Vec<_> = passes.iter().map(|pass| profile::per_kind(pass)).collect();
-    let mut ops: Vec<OpStats> = profile::per_kind(first)
-        .into_iter()
-        .map(|(kind, (calls, _))| OpStats {
+    let mut ops: Vec<OpStats> = first
+        .iter()
+        .map(|(&kind, &(calls, _))| OpStats {
             op: kind.label(),
             calls,
             ms: median_ms(per_pass.iter().map(|totals| totals[&kind].1).collect()),
