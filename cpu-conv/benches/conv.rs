@@ -21,9 +21,9 @@ use cpu_conv::{
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 
-/// `(name, c_in, c_out, size, kernel, stride)` of representative YOLOv8n layers (and nine
+/// `(name, c_in, c_out, size, kernel, stride)` of representative YOLOv8n layers (and ten
 /// of YOLO11n at 320).
-const LAYERS: [(&str, usize, usize, usize, usize, usize); 20] = [
+const LAYERS: [(&str, usize, usize, usize, usize, usize); 21] = [
     ("stem 3->16 3x3/2 @640", 3, 16, 640, 3, 2),
     ("down 16->32 3x3/2 @320", 16, 32, 320, 3, 2),
     ("down 32->64 3x3/2 @160", 32, 64, 160, 3, 2),
@@ -44,6 +44,7 @@ const LAYERS: [(&str, usize, usize, usize, usize, usize); 20] = [
     ("c2f cv2 48->64 1x1 @80", 48, 64, 80, 1, 1),
     ("c3k2 384->256 1x1 @10", 384, 256, 10, 1, 1),
     ("c3k2 256->64 1x1 @40", 256, 64, 40, 1, 1),
+    ("c3k2 192->128 1x1 @20", 192, 128, 20, 1, 1),
 ];
 
 fn layers(c: &mut Criterion) {
